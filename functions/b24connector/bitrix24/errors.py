@@ -1,0 +1,130 @@
+"""Typed Bitrix24 errors. Texts carry codes and server descriptions only, never a token or secret."""
+
+from __future__ import annotations
+
+
+class Bitrix24Error(Exception):
+    """Base of every error raised by the Bitrix24 protocol layer."""
+
+    retryable = False
+
+    def __init__(self, code: str, description: str = "", *, http_status: int | None = None) -> None:
+        self.code = code
+        # Server descriptions are short free text; cap them so a hostile body cannot flood logs.
+        self.description = description[:200]
+        self.http_status = http_status
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        status = f" (HTTP {self.http_status})" if self.http_status is not None else ""
+        detail = f": {self.description}" if self.description else ""
+        return f"{self.code}{status}{detail}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._text()!r})"
+
+
+class TransientError(Bitrix24Error):
+    """5xx, timeout, connection failure, or a non-JSON/HTML body: worth a later retry."""
+
+    retryable = True
+
+
+# --- OAuth server (/oauth/token/, app.info on the server endpoint) ---------------------------------
+
+
+class OAuthError(Bitrix24Error):
+    """The OAuth server refused the request."""
+
+
+class InvalidGrant(OAuthError):
+    """The code or refresh token is bad, expired or already used: full re-authorization needed."""
+
+
+class InvalidClient(OAuthError):
+    """Bad client_id/client_secret (`invalid_client`, `wrong_client`, also with HTTP 200)."""
+
+
+class PaymentRequired(OAuthError):
+    """The app's trial/paid period is over, or the app was removed."""
+
+
+class NotInstalled(OAuthError):
+    """The app is not installed on that portal (`NOT_INSTALLED`, `ERROR_OAUTH`)."""
+
+
+class OAuthRequestError(OAuthError):
+    """Malformed request or scope problem (`invalid_request`, `invalid_scope`, `insufficient_scope`)."""
+
+
+class OAuthTransientError(TransientError, OAuthError):
+    """The OAuth server failed in a way worth retrying later (never for a code exchange)."""
+
+
+# --- Portal REST API ------------------------------------------------------------------------------
+
+
+class RestError(Bitrix24Error):
+    """A REST method answered with an error envelope."""
+
+
+class ExpiredToken(RestError):
+    """401 `expired_token`: refresh and retry once."""
+
+
+class InvalidToken(RestError):
+    """401 token unknown/revoked/app not installed (`invalid_token`, `NO_AUTH_FOUND`, `ERROR_OAUTH`...)."""
+
+
+class MethodConfirmWaiting(RestError):
+    """401 `METHOD_CONFIRM_WAITING`: an admin must approve the method."""
+
+
+class AccessDenied(RestError):
+    """403 scope or permission errors."""
+
+
+class MethodNotFound(RestError):
+    """404 `ERROR_METHOD_NOT_FOUND`."""
+
+
+class BadRequest(RestError):
+    """400/405 request-shape errors (`INVALID_REQUEST`, batch length/method errors)."""
+
+
+class QueryLimitExceeded(TransientError, RestError):
+    """503 `QUERY_LIMIT_EXCEEDED`: the portal's leaky bucket is full."""
+
+
+class OverloadLimit(RestError):
+    """503 `OVERLOAD_LIMIT`: blocked manually by Bitrix24 support; not worth retrying."""
+
+
+class OperationTimeLimit(RestError):
+    """429 `OPERATION_TIME_LIMIT`: the method is blocked until `reset_at` (Unix time, may be unknown)."""
+
+    def __init__(
+        self, code: str, description: str = "", *, http_status: int | None = None, reset_at: float | None = None
+    ) -> None:
+        self.reset_at = reset_at
+        super().__init__(code, description, http_status=http_status)
+
+
+class PortalDeleted(RestError):
+    """`PORTAL_DELETED` (500 per docs, 410 per b24pysdk)."""
+
+
+class ServerError(TransientError, RestError):
+    """5xx `INTERNAL_SERVER_ERROR` / `ERROR_UNEXPECTED_ANSWER` or an unknown 5xx."""
+
+
+class PortalMoved(RestError):
+    """302 portal rename that could not be followed (e.g. the new host is not allowed)."""
+
+    def __init__(self, code: str, description: str = "", *, http_status: int | None = None, location: str = ""):
+        self.location = location
+        super().__init__(code, description, http_status=http_status)
+
+
+class UnsafeEndpoint(Bitrix24Error):
+    """A URL or host failed validation; no request was sent."""
