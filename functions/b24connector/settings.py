@@ -141,7 +141,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         state_ttl_seconds=read.get("STATE_TTL_SECONDS", _positive(int), "600"),
         pkce_enabled=read.get("PKCE_ENABLED", _bool, "false"),
         success_redirect_url=read.get("SUCCESS_REDIRECT_URL", str, ""),
-        install_finish_script_url=read.get("INSTALL_FINISH_SCRIPT_URL", _nonempty, "//api.bitrix24.com/api/v1/"),
+        install_finish_script_url=read.get(
+            "INSTALL_FINISH_SCRIPT_URL", _nonempty, "//api.bitrix24.com/api/v1/"
+        ),
         rate_limit_per_second=read.get("RATE_LIMIT_PER_SECOND", _positive(float), "2"),
         rate_limit_burst=read.get("RATE_LIMIT_BURST", _positive(int), "50"),
         operating_limit_seconds=read.get("OPERATING_LIMIT_SECONDS", _positive(float), "480"),

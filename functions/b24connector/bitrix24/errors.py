@@ -104,7 +104,12 @@ class OperationTimeLimit(RestError):
     """429 `OPERATION_TIME_LIMIT`: the method is blocked until `reset_at` (Unix time, may be unknown)."""
 
     def __init__(
-        self, code: str, description: str = "", *, http_status: int | None = None, reset_at: float | None = None
+        self,
+        code: str,
+        description: str = "",
+        *,
+        http_status: int | None = None,
+        reset_at: float | None = None,
     ) -> None:
         self.reset_at = reset_at
         super().__init__(code, description, http_status=http_status)
@@ -121,7 +126,9 @@ class ServerError(TransientError, RestError):
 class PortalMoved(RestError):
     """302 portal rename that could not be followed (e.g. the new host is not allowed)."""
 
-    def __init__(self, code: str, description: str = "", *, http_status: int | None = None, location: str = ""):
+    def __init__(
+        self, code: str, description: str = "", *, http_status: int | None = None, location: str = ""
+    ):
         self.location = location
         super().__init__(code, description, http_status=http_status)
 
