@@ -8,6 +8,7 @@ TOOLS       := .venv-tools
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed
 TOOLS_STAMP := $(TOOLS)/.installed
+CHECKOV_VENV := $(TOOLS)/checkov
 export PYTHONPATH := functions:infra:.
 export AWS_DEFAULT_REGION ?= eu-central-1
 ENV         ?= dev
@@ -25,11 +26,16 @@ $(STAMP): requirements-dev.txt functions/requirements.txt
 	@$(PY) -m pip install -q -r requirements-dev.txt
 	@touch $@
 
-$(TOOLS_STAMP): requirements-tools.txt
-	@echo "==> virtualenv $(TOOLS) (cfn-lint, checkov, sam)"
+# checkov pins a boto3 that aws-sam-cli cannot share, so it gets its own virtualenv inside $(TOOLS).
+# pip here prints harmless "Location ... is ignored" lines; filter them, keep pip's exit status.
+$(TOOLS_STAMP): requirements-tools.txt requirements-checkov.txt
+	@echo "==> virtualenvs $(TOOLS) (cfn-lint, sam) and $(CHECKOV_VENV) (checkov)"
 	@test -x $(TOOLS)/bin/python || $(PYTHON_BOOT) -m venv $(TOOLS)
-	@$(TOOLS)/bin/python -m pip install -q --upgrade pip
-	@$(TOOLS)/bin/python -m pip install -q -r requirements-tools.txt
+	@set -o pipefail; $(TOOLS)/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v 'is ignored: it is neither' || test $${PIPESTATUS[0]} -eq 0
+	@set -o pipefail; $(TOOLS)/bin/python -m pip install -q -r requirements-tools.txt 2>&1 | grep -v 'is ignored: it is neither' || test $${PIPESTATUS[0]} -eq 0
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON_BOOT) -m venv $(CHECKOV_VENV)
+	@set -o pipefail; $(CHECKOV_VENV)/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v 'is ignored: it is neither' || test $${PIPESTATUS[0]} -eq 0
+	@set -o pipefail; $(CHECKOV_VENV)/bin/python -m pip install -q -r requirements-checkov.txt 2>&1 | grep -v 'is ignored: it is neither' || test $${PIPESTATUS[0]} -eq 0
 	@touch $@
 
 venv: $(STAMP) ## create the dev virtualenv
