@@ -1,0 +1,103 @@
+"""Token vault: portal records (DynamoDB via PynamoDB), KMS token ciphertext, versioned refreshes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+from b24connector.settings import Settings, get_settings
+from b24connector.vault.cipher import TokenCipher
+from b24connector.vault.errors import (
+    NotEnoughTime,
+    PortalNotFound,
+    ReauthRequired,
+    RefreshRejected,
+    RefreshTimeout,
+    RefreshUnavailable,
+    TokenDecryptError,
+    TokenRescueFailed,
+    VaultError,
+    VaultUnavailable,
+)
+from b24connector.vault.models import aws_region, bind_portal_model, bind_state_model
+from b24connector.vault.refresh import (
+    RefreshCoordinator,
+    RefreshOutcome,
+    RefreshPolicy,
+    RescueOutcome,
+    TokenRefresher,
+)
+from b24connector.vault.rescue import SqsRescueQueue
+from b24connector.vault.store import ConsumedState, Portal, PortalStore, StateStore
+
+__all__ = [
+    "ConsumedState",
+    "NotEnoughTime",
+    "Portal",
+    "PortalNotFound",
+    "PortalStore",
+    "ReauthRequired",
+    "RefreshCoordinator",
+    "RefreshOutcome",
+    "RefreshPolicy",
+    "RefreshRejected",
+    "RefreshTimeout",
+    "RefreshUnavailable",
+    "RescueOutcome",
+    "StateStore",
+    "TokenCipher",
+    "TokenDecryptError",
+    "TokenRefresher",
+    "TokenRescueFailed",
+    "Vault",
+    "VaultError",
+    "VaultUnavailable",
+    "open_vault",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Vault:
+    """The vault's parts wired from settings: one set per container (see open_vault)."""
+
+    settings: Settings
+    cipher: TokenCipher
+    portals: PortalStore
+    states: StateStore
+    rescue_queue: SqsRescueQueue
+    policy: RefreshPolicy
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, region: str | None = None) -> Vault:
+        """Build every part from settings; table models bind to the configured names and region."""
+        where = region or aws_region()
+        cipher = TokenCipher(settings.token_key_id)
+        return cls(
+            settings=settings,
+            cipher=cipher,
+            portals=PortalStore(
+                bind_portal_model(settings.portals_table, where),
+                cipher,
+                refresh_after_days=settings.refresh_after_days,
+                due_index_shards=settings.due_index_shards,
+            ),
+            states=StateStore(
+                bind_state_model(settings.states_table, where), cipher, ttl_seconds=settings.state_ttl_seconds
+            ),
+            rescue_queue=SqsRescueQueue(settings.rescue_queue_url),
+            policy=RefreshPolicy.from_settings(settings),
+        )
+
+    def coordinator(self, refresher: TokenRefresher) -> RefreshCoordinator:
+        """A refresh coordinator over this vault that calls `refresher` (the OAuth client)."""
+        return RefreshCoordinator(self.portals, refresher, self.rescue_queue, policy=self.policy)
+
+
+@cache
+def _vault_for(settings: Settings) -> Vault:
+    return Vault.from_settings(settings)
+
+
+def open_vault(settings: Settings | None = None) -> Vault:
+    """The container-wide vault (cached per settings, so the decrypted-token cache survives warm calls)."""
+    return _vault_for(settings or get_settings())

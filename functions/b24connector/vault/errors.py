@@ -1,0 +1,63 @@
+"""Typed vault errors. Texts name the tenant and the reason only, never a token or ciphertext."""
+
+from __future__ import annotations
+
+
+class VaultError(Exception):
+    """Base of every error raised by the token vault."""
+
+    retryable = False
+
+
+class PortalNotFound(VaultError):
+    """No portal record for that member_id or domain."""
+
+
+class ReauthRequired(VaultError):
+    """The portal is not active (needs_reauth or uninstalled): only a new install/authorization helps."""
+
+    def __init__(self, member_id: str, health: str) -> None:
+        self.member_id = member_id
+        self.health = health
+        super().__init__(f"portal {member_id} is {health}; a new authorization is needed")
+
+
+class TokenDecryptError(VaultError):
+    """The stored ciphertext does not decrypt with this key and tenant (moved row, wrong key, damage)."""
+
+    def __init__(self, member_id: str, reason: str) -> None:
+        self.member_id = member_id
+        self.reason = reason
+        super().__init__(f"token ciphertext of portal {member_id} could not be decrypted ({reason})")
+
+
+class VaultUnavailable(VaultError):
+    """DynamoDB, KMS or SQS failed in a way worth retrying later."""
+
+    retryable = True
+
+
+class RefreshUnavailable(VaultError):
+    """The refresh could not be done now (OAuth server trouble, another worker failed); nothing changed."""
+
+    retryable = True
+
+
+class RefreshRejected(VaultError):
+    """The OAuth server rejected the app itself (invalid_client, bad request): an operator problem."""
+
+
+class RefreshTimeout(VaultError):
+    """Another worker held the refresh lease for longer than this caller could wait."""
+
+    retryable = True
+
+
+class NotEnoughTime(VaultError):
+    """Too little invocation time is left to call the token endpoint and commit the answer safely."""
+
+    retryable = True
+
+
+class TokenRescueFailed(VaultError):
+    """A refreshed pair could neither be committed nor queued for rescue; the portal was flagged."""

@@ -1,0 +1,479 @@
+"""Refresh coordinator: one token-endpoint call per expired pair, however many workers notice it.
+
+Bitrix24 refresh tokens are treated as single-use and rotating (fact sheet 2.6): a second refresh with
+the same token fails with invalid_grant and the chain is lost. So a refresh runs only under a short
+lease (a conditional update), its answer is committed with a compare-and-set on `version`, and a pair
+that cannot be committed goes to the rescue queue as ciphertext instead of being dropped.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any, Protocol
+
+from b24connector.bitrix24.errors import (
+    Bitrix24Error,
+    InvalidGrant,
+    NotInstalled,
+    PaymentRequired,
+)
+from b24connector.bitrix24.tokens import TokenSet
+from b24connector.observability import count, logger
+from b24connector.settings import Settings
+from b24connector.vault.cipher import SealedTokens
+from b24connector.vault.errors import (
+    NotEnoughTime,
+    PortalNotFound,
+    ReauthRequired,
+    RefreshRejected,
+    RefreshTimeout,
+    RefreshUnavailable,
+    TokenRescueFailed,
+    VaultUnavailable,
+)
+from b24connector.vault.models import HEALTH_NEEDS_REAUTH
+from b24connector.vault.rescue import RescueMessage, RescueSink, new_rescue_message
+from b24connector.vault.store import Portal, PortalStore
+
+RemainingMs = Callable[[], int]
+_HOUR = 3600
+
+
+class TokenRefresher(Protocol):
+    """The token endpoint as the vault needs it (b24connector.bitrix24.oauth.OAuthClient fits)."""
+
+    def refresh(self, refresh_token: str, *, server_hint: str | None = None) -> TokenSet:
+        """Exchange a refresh token for a new pair; raise InvalidGrant, OAuthTransientError, ..."""
+        ...
+
+
+class RefreshOutcome(StrEnum):
+    """How one refresh attempt ended; the value is the `outcome` field of its log line."""
+
+    REFRESHED = "refreshed"
+    RESCUED = "rescued"  # Bitrix24 answered, the commit did not land, the ciphertext is queued
+    ADOPTED = "adopted"  # another worker's newer pair is stored and was used instead
+    ALREADY_FRESH = "already_fresh"  # the rejected access token had been replaced meanwhile
+    NEEDS_REAUTH = "needs_reauth"
+    TRANSIENT_FAILURE = "transient_failure"
+    CLIENT_REJECTED = "client_rejected"
+    NOT_ENOUGH_TIME = "not_enough_time"
+    BUSY = "busy"
+    LEASE_TIMEOUT = "lease_timeout"
+    RESCUE_FAILED = "rescue_failed"
+    SKIPPED_VERSION_MOVED = "skipped_version_moved"
+    SKIPPED_NOT_DUE = "skipped_not_due"
+    SKIPPED_RECENT = "skipped_recent"
+    SKIPPED_INACTIVE = "skipped_inactive"
+    MISSING = "missing"
+
+
+class RescueOutcome(StrEnum):
+    """How applying one rescue message ended."""
+
+    APPLIED = "applied"
+    STALE = "stale"  # the version moved on (newer grant or refresh): the rescued pair is obsolete
+
+
+_METRIC = {
+    RefreshOutcome.REFRESHED: "TokenRefreshed",
+    RefreshOutcome.RESCUED: "TokenRescueQueued",
+    RefreshOutcome.ADOPTED: "TokenAdopted",
+    RefreshOutcome.ALREADY_FRESH: "TokenAlreadyFresh",
+    RefreshOutcome.NEEDS_REAUTH: "PortalNeedsReauth",
+    RefreshOutcome.TRANSIENT_FAILURE: "TokenRefreshTransientFailure",
+    RefreshOutcome.CLIENT_REJECTED: "TokenRefreshRejected",
+    RefreshOutcome.NOT_ENOUGH_TIME: "TokenRefreshNoTime",
+    RefreshOutcome.BUSY: "TokenRefreshBusy",
+    RefreshOutcome.LEASE_TIMEOUT: "TokenRefreshLeaseTimeout",
+    RefreshOutcome.RESCUE_FAILED: "TokenRescueFailed",
+    RefreshOutcome.SKIPPED_VERSION_MOVED: "TokenRefreshSkipped",
+    RefreshOutcome.SKIPPED_NOT_DUE: "TokenRefreshSkipped",
+    RefreshOutcome.SKIPPED_RECENT: "TokenRefreshSkipped",
+    RefreshOutcome.SKIPPED_INACTIVE: "TokenRefreshSkipped",
+    RefreshOutcome.MISSING: "TokenRefreshSkipped",
+    RescueOutcome.APPLIED: "TokenRescueApplied",
+    RescueOutcome.STALE: "TokenRescueStale",
+}
+
+
+_SCHEDULED_OUTCOME_OF: dict[type[Exception], RefreshOutcome] = {
+    NotEnoughTime: RefreshOutcome.NOT_ENOUGH_TIME,
+    RefreshUnavailable: RefreshOutcome.TRANSIENT_FAILURE,
+    RefreshRejected: RefreshOutcome.CLIENT_REJECTED,
+    ReauthRequired: RefreshOutcome.NEEDS_REAUTH,
+    PortalNotFound: RefreshOutcome.MISSING,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshPolicy:
+    """Timing of leases, waits and retries; `from_settings` derives them from the HTTP timeout."""
+
+    lease_seconds: float = 30.0
+    max_wait_seconds: float = 20.0
+    poll_initial_seconds: float = 0.05
+    poll_max_seconds: float = 0.5
+    refresh_budget_ms: int = 15_000  # the holder needs: token call + KMS Encrypt + commit (+ retries)
+    wait_reserve_ms: int = 3_000  # a waiting caller keeps this much for its own REST call afterwards
+    commit_attempts: int = 4
+    commit_backoff_seconds: float = 0.2
+    min_refresh_interval_hours: int = 24
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RefreshPolicy:
+        """Lease outlives the slowest token call; waiting stops before the lease would expire."""
+        http = settings.http_timeout_seconds
+        return cls(
+            lease_seconds=2 * http + 10,
+            max_wait_seconds=http + 10,
+            refresh_budget_ms=int((http + 5) * 1000),
+            min_refresh_interval_hours=settings.min_refresh_interval_hours,
+        )
+
+
+def _record(
+    outcome: RefreshOutcome | RescueOutcome, member_id: str, version: int | None, **extra: Any
+) -> None:
+    fields = {"member_id": member_id, "version": version, "outcome": outcome.value, **extra}
+    if outcome in (RefreshOutcome.RESCUE_FAILED,):
+        logger.error("token refresh", extra=fields)
+    elif outcome in (
+        RefreshOutcome.NEEDS_REAUTH,
+        RefreshOutcome.TRANSIENT_FAILURE,
+        RefreshOutcome.CLIENT_REJECTED,
+        RefreshOutcome.LEASE_TIMEOUT,
+        RefreshOutcome.RESCUED,
+        RescueOutcome.STALE,
+    ):
+        logger.warning("token refresh", extra=fields)
+    else:
+        logger.info("token refresh", extra=fields)
+    count(_METRIC[outcome])
+
+
+class RefreshCoordinator:
+    """Lazy (expired_token) and scheduled refreshes of portal tokens, plus rescue application."""
+
+    def __init__(
+        self,
+        store: PortalStore,
+        refresher: TokenRefresher,
+        rescue: RescueSink,
+        *,
+        policy: RefreshPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.store = store
+        self.refresher = refresher
+        self.rescue = rescue
+        self.policy = policy or RefreshPolicy()
+        self._clock = clock
+        self._sleep = sleep
+        self._jitter = jitter
+
+    # --- reads -------------------------------------------------------------------------------------
+
+    def current_tokens(self, member_id: str) -> TokenSet:
+        """The stored pair of an active portal (no KMS call when this container saw the version)."""
+        portal = self.store.get(member_id)
+        if portal is None:
+            raise PortalNotFound(f"no portal {member_id}")
+        if not portal.is_active:
+            raise ReauthRequired(member_id, portal.health)
+        return self.store.tokens(portal)
+
+    # --- lazy path ---------------------------------------------------------------------------------
+
+    def fresh_access_token(
+        self, member_id: str, rejected_access_token: str, *, remaining_ms: RemainingMs | None = None
+    ) -> TokenSet:
+        """A pair whose access token is not `rejected_access_token`, refreshing at most once overall.
+
+        Raises PortalNotFound, ReauthRequired, RefreshTimeout, RefreshUnavailable, RefreshRejected,
+        NotEnoughTime or TokenRescueFailed.
+        """
+        start = self._clock()
+        deadline = start + self.policy.max_wait_seconds
+        if remaining_ms is not None:
+            deadline = min(deadline, start + (remaining_ms() - self.policy.wait_reserve_ms) / 1000)
+        seen_holder = False
+        attempt = 0
+        while True:
+            portal = self.store.get(member_id, consistent=True)
+            if portal is None:
+                raise PortalNotFound(f"no portal {member_id}")
+            if not portal.is_active:
+                raise ReauthRequired(member_id, portal.health)
+            stored = self.store.tokens(portal)
+            if stored.access_token != rejected_access_token:
+                _record(RefreshOutcome.ALREADY_FRESH, member_id, portal.version, path="lazy")
+                return stored
+            now = self._clock()
+            if portal.lease_held(now):
+                seen_holder = True
+            elif seen_holder and portal.lease_owner is None:
+                # The holder let go without a commit (its token call failed): one attempt per wave,
+                # so a struggling OAuth server does not get one call per waiting caller.
+                _record(RefreshOutcome.TRANSIENT_FAILURE, member_id, portal.version, path="lazy", waited=True)
+                raise RefreshUnavailable(f"the refresh of portal {member_id} failed in another worker")
+            else:
+                self._require_budget(remaining_ms, portal, "lazy")
+                owner = uuid.uuid4().hex
+                if self.store.take_lease(
+                    member_id, portal.version, owner, lease_seconds=self.policy.lease_seconds
+                ):
+                    return self._refresh_as_holder(portal, stored, owner, remaining_ms, path="lazy")[1]
+                if self._clock() < deadline:
+                    continue  # lost the race for the lease: the winner is visible on the next read
+            if self._clock() >= deadline:
+                _record(RefreshOutcome.LEASE_TIMEOUT, member_id, portal.version, path="lazy")
+                raise RefreshTimeout(f"gave up waiting for the refresh of portal {member_id}")
+            self._sleep(self._backoff(attempt))
+            attempt += 1
+
+    # --- scheduled path ----------------------------------------------------------------------------
+
+    def refresh_if_due(
+        self, member_id: str, expected_version: int, *, remaining_ms: RemainingMs | None = None
+    ) -> RefreshOutcome:
+        """Refresh a portal the sweep found due, unless anything says it should not be touched now."""
+        portal = self.store.get(member_id, consistent=True)
+        if portal is None:
+            _record(RefreshOutcome.MISSING, member_id, None, path="scheduled")
+            return RefreshOutcome.MISSING
+        now = self._clock()
+        min_gap = self.policy.min_refresh_interval_hours * _HOUR
+        skip = self._scheduled_skip(portal, expected_version, now, min_gap)
+        if skip is not None:
+            _record(skip, member_id, portal.version, path="scheduled")
+            return skip
+        try:
+            self._require_budget(remaining_ms, portal, "scheduled")
+            stored = self.store.tokens(portal)
+            owner = uuid.uuid4().hex
+            if not self.store.take_lease(
+                member_id,
+                portal.version,
+                owner,
+                lease_seconds=self.policy.lease_seconds,
+                defer_due_until=int(now + min_gap),
+            ):
+                _record(RefreshOutcome.BUSY, member_id, portal.version, path="scheduled")
+                return RefreshOutcome.BUSY
+            return self._refresh_as_holder(portal, stored, owner, remaining_ms, path="scheduled")[0]
+        except (NotEnoughTime, RefreshUnavailable, RefreshRejected, ReauthRequired, PortalNotFound) as exc:
+            # Already logged and counted where it happened; the sweep only needs the outcome.
+            return _SCHEDULED_OUTCOME_OF[type(exc)]
+
+    @staticmethod
+    def _scheduled_skip(
+        portal: Portal, expected_version: int, now: float, min_gap: float
+    ) -> RefreshOutcome | None:
+        if portal.version != expected_version:
+            return RefreshOutcome.SKIPPED_VERSION_MOVED
+        if not portal.is_active:
+            return RefreshOutcome.SKIPPED_INACTIVE
+        if portal.refresh_due_at is None or portal.refresh_due_at > now:
+            return RefreshOutcome.SKIPPED_NOT_DUE
+        # Bitrix24 blocks apps that refresh too often (fact sheet 2.7): one refresh per portal per gap.
+        if any(
+            t is not None and now - t < min_gap
+            for t in (portal.refresh_obtained_at, portal.last_refresh_attempt_at)
+        ):
+            return RefreshOutcome.SKIPPED_RECENT
+        if portal.lease_held(now):
+            return RefreshOutcome.BUSY
+        return None
+
+    # --- rescue ------------------------------------------------------------------------------------
+
+    def apply_rescue(self, body: str | bytes | Mapping[str, Any]) -> RescueOutcome:
+        """Commit a rescued pair on its base version (TokenRescueFunction); stale ones are dropped.
+
+        Raises ValueError for a malformed message, TokenDecryptError when the ciphertext is not this
+        tenant's, VaultUnavailable when DynamoDB failed (the SQS retry will bring it back).
+        """
+        message = RescueMessage.parse(body)
+        # Decrypting proves the pair belongs to this tenant before it can replace anything.
+        tokens = self.store.cipher.open(message.sealed)
+        committed = self.store.commit_refresh(message.member_id, message.base_version, message.sealed)
+        if committed is None:
+            current = self.store.get(message.member_id, consistent=True)
+            _record(
+                RescueOutcome.STALE,
+                message.member_id,
+                message.base_version,
+                current_version=current.version if current else None,
+            )
+            return RescueOutcome.STALE
+        self.store.cipher.remember(message.member_id, committed.version, tokens)
+        _record(RescueOutcome.APPLIED, message.member_id, committed.version)
+        return RescueOutcome.APPLIED
+
+    # --- the lease holder --------------------------------------------------------------------------
+
+    def _refresh_as_holder(
+        self, portal: Portal, stored: TokenSet, owner: str, remaining_ms: RemainingMs | None, *, path: str
+    ) -> tuple[RefreshOutcome, TokenSet]:
+        member_id, version = portal.member_id, portal.version
+        try:
+            self._require_budget(remaining_ms, portal, path)
+        except NotEnoughTime:
+            self._release(member_id, owner)
+            raise
+        try:
+            new = self.refresher.refresh(stored.refresh_token, server_hint=portal.server_endpoint)
+        except (InvalidGrant, PaymentRequired, NotInstalled) as exc:
+            return self._after_dead_grant(portal, owner, exc, path=path)
+        except Bitrix24Error as exc:
+            self._release(member_id, owner)
+            if exc.retryable:
+                _record(RefreshOutcome.TRANSIENT_FAILURE, member_id, version, path=path, error=exc.code)
+                raise RefreshUnavailable(f"token endpoint unavailable for portal {member_id}") from None
+            _record(RefreshOutcome.CLIENT_REJECTED, member_id, version, path=path, error=exc.code)
+            raise RefreshRejected(
+                f"token endpoint rejected the app for portal {member_id} ({exc.code})"
+            ) from None
+        except BaseException:
+            self._release(member_id, owner)
+            raise
+        if not new.member_id:
+            new = replace(new, member_id=member_id)
+        elif new.member_id != member_id:
+            # Storing it would bind another tenant's pair to this row; nothing sane can be done with it.
+            self._flag(member_id, version)
+            _record(RefreshOutcome.NEEDS_REAUTH, member_id, version, path=path, error="member_mismatch")
+            raise ReauthRequired(member_id, HEALTH_NEEDS_REAUTH)
+        return self._commit(portal, new, path=path, remaining_ms=remaining_ms)
+
+    def _commit(
+        self, portal: Portal, new: TokenSet, *, path: str, remaining_ms: RemainingMs | None
+    ) -> tuple[RefreshOutcome, TokenSet]:
+        member_id, version = portal.member_id, portal.version
+        try:
+            sealed = self._with_retries(lambda: self.store.cipher.seal(new), remaining_ms)
+        except VaultUnavailable:
+            # Without ciphertext the pair can go nowhere (plaintext never leaves memory): flag the portal.
+            self._flag(member_id, version)
+            _record(RefreshOutcome.RESCUE_FAILED, member_id, version, path=path, error="kms_encrypt")
+            raise TokenRescueFailed(f"refreshed pair of portal {member_id} could not be encrypted") from None
+        try:
+            committed = self._with_retries(
+                lambda: self.store.commit_refresh(member_id, version, sealed), remaining_ms
+            )
+        except VaultUnavailable as exc:
+            return self._rescue(portal, new, sealed, str(exc), path=path)
+        if committed is not None:
+            self.store.cipher.remember(member_id, committed.version, new)
+            _record(RefreshOutcome.REFRESHED, member_id, committed.version, path=path)
+            return RefreshOutcome.REFRESHED, new
+        # The version moved while we refreshed (a new grant, or a commit after our lease expired):
+        # the stored chain wins and ours is abandoned.
+        try:
+            return self._adopt_or_raise(portal, path=path, reason="commit_conflict")
+        except _NothingToAdopt:
+            return self._rescue(portal, new, sealed, "conflict without a newer version", path=path)
+
+    def _rescue(
+        self, portal: Portal, new: TokenSet, sealed: SealedTokens, error: str, *, path: str
+    ) -> tuple[RefreshOutcome, TokenSet]:
+        member_id, version = portal.member_id, portal.version
+        try:
+            self.rescue.send(new_rescue_message(version, sealed))
+        except Exception:
+            logger.exception(
+                "token rescue could not be queued",
+                extra={"member_id": member_id, "version": version, "commit_error": error},
+            )
+            self._flag(member_id, version)
+            count(_METRIC[RefreshOutcome.NEEDS_REAUTH])
+            _record(RefreshOutcome.RESCUE_FAILED, member_id, version, path=path, commit_error=error)
+            raise TokenRescueFailed(f"refreshed pair of portal {member_id} could not be kept") from None
+        # The lease is left to expire: until the rescue lands, waiting callers keep waiting instead of
+        # spending the (already spent) old refresh token.
+        _record(RefreshOutcome.RESCUED, member_id, version, path=path, commit_error=error)
+        return RefreshOutcome.RESCUED, new
+
+    def _after_dead_grant(
+        self, portal: Portal, owner: str, exc: Bitrix24Error, *, path: str
+    ) -> tuple[RefreshOutcome, TokenSet]:
+        member_id = portal.member_id
+        try:
+            return self._adopt_or_raise(portal, path=path, reason=exc.code)
+        except _NothingToAdopt:
+            pass
+        if self.store.mark_needs_reauth(member_id, portal.version):
+            _record(RefreshOutcome.NEEDS_REAUTH, member_id, portal.version, path=path, error=exc.code)
+            raise ReauthRequired(member_id, HEALTH_NEEDS_REAUTH) from None
+        self._release(member_id, owner)
+        # Flagging lost a race: whatever moved the record decides (adopt, or it is inactive now).
+        try:
+            return self._adopt_or_raise(portal, path=path, reason=exc.code)
+        except _NothingToAdopt:
+            current = self.store.get(member_id, consistent=True)
+            _record(RefreshOutcome.NEEDS_REAUTH, member_id, portal.version, path=path, error=exc.code)
+            raise ReauthRequired(member_id, current.health if current else "missing") from None
+
+    def _adopt_or_raise(self, portal: Portal, *, path: str, reason: str) -> tuple[RefreshOutcome, TokenSet]:
+        """Use a newer stored pair if one landed; ReauthRequired if the portal became inactive."""
+        current = self.store.get(portal.member_id, consistent=True)
+        if current is None:
+            raise PortalNotFound(f"no portal {portal.member_id}")
+        if current.version == portal.version:
+            raise _NothingToAdopt
+        if not current.is_active:
+            raise ReauthRequired(portal.member_id, current.health)
+        tokens = self.store.tokens(current)
+        _record(RefreshOutcome.ADOPTED, portal.member_id, current.version, path=path, reason=reason)
+        return RefreshOutcome.ADOPTED, tokens
+
+    # --- helpers -----------------------------------------------------------------------------------
+
+    def _require_budget(self, remaining_ms: RemainingMs | None, portal: Portal, path: str) -> None:
+        if remaining_ms is None:
+            return
+        left = remaining_ms()
+        if left < self.policy.refresh_budget_ms:
+            _record(RefreshOutcome.NOT_ENOUGH_TIME, portal.member_id, portal.version, path=path, left_ms=left)
+            raise NotEnoughTime(f"{left} ms left, a refresh needs {self.policy.refresh_budget_ms} ms")
+
+    def _with_retries(self, action: Callable[[], Any], remaining_ms: RemainingMs | None) -> Any:
+        attempts = self.policy.commit_attempts
+        for attempt in range(attempts):
+            try:
+                return action()
+            except VaultUnavailable:
+                delay = self.policy.commit_backoff_seconds * (2.0**attempt) * (0.5 + self._jitter() / 2)
+                out_of_time = remaining_ms is not None and remaining_ms() < delay * 1000 + 2_000
+                if attempt == attempts - 1 or out_of_time:
+                    raise
+                self._sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self.policy.poll_max_seconds, self.policy.poll_initial_seconds * (2.0**attempt))
+        return ceiling * (0.5 + self._jitter() / 2)
+
+    def _release(self, member_id: str, owner: str) -> None:
+        try:
+            self.store.release_lease(member_id, owner)
+        except VaultUnavailable:
+            logger.warning("refresh lease not released; it will expire", extra={"member_id": member_id})
+
+    def _flag(self, member_id: str, version: int) -> None:
+        try:
+            self.store.mark_needs_reauth(member_id, version)
+        except VaultUnavailable:
+            logger.error("portal could not be flagged needs_reauth", extra={"member_id": member_id})
+
+
+class _NothingToAdopt(Exception):
+    """The stored version is still the one the refresh started from."""

@@ -1,0 +1,541 @@
+"""The one module that reads and writes the portals and OAuth-state tables.
+
+Every change of a portal's token chain is a conditional write on `version`, so a writer that read an
+older row can never overwrite a newer chain; the refresh lease is a conditional update as well.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pynamodb.constants import ALL_OLD
+from pynamodb.exceptions import PynamoDBException
+
+from b24connector.bitrix24.tokens import TokenSet
+from b24connector.vault.cipher import PKCE_PURPOSE, SealedTokens, TokenCipher, TokenMetadata
+from b24connector.vault.errors import ReauthRequired, VaultError, VaultUnavailable
+from b24connector.vault.models import (
+    HEALTH_ACTIVE,
+    HEALTH_NEEDS_REAUTH,
+    HEALTH_UNINSTALLED,
+    OAuthStateModel,
+    PortalModel,
+    due_shard_of,
+)
+
+Clock = Callable[[], float]
+_CONDITION_FAILED = "ConditionalCheckFailedException"
+_GRANT_DIGESTS_KEPT = 4
+_DAY = 86_400
+
+
+def hash_secret(value: str) -> str:
+    """SHA-256 hex of a one-time secret (OAuth state, browser nonce): what the tables store instead."""
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def _grant_digest(tokens: TokenSet) -> str:
+    # Recognises a replayed install/callback payload without decrypting; a truncated hash of two random
+    # tokens reveals nothing usable and is not a token.
+    material = f"b24connector-grant\0{tokens.access_token}\0{tokens.refresh_token}"
+    return hashlib.sha256(material.encode("utf-8")).hexdigest()[:32]
+
+
+def _conditional_failure(exc: PynamoDBException) -> bool:
+    return exc.cause_response_code == _CONDITION_FAILED
+
+
+def _unavailable(action: str, exc: PynamoDBException) -> VaultUnavailable:
+    return VaultUnavailable(f"DynamoDB {action} failed ({exc.cause_response_code or type(exc).__name__})")
+
+
+def _int_or_none(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Portal:
+    """A read-only snapshot of a portal record. Token blob and application_token stay out of repr."""
+
+    member_id: str
+    version: int
+    health: str
+    domain: str | None
+    client_endpoint: str | None
+    server_endpoint: str | None
+    scope: str | None
+    status: str | None
+    user_id: int | None
+    access_expires_at: int | None
+    refresh_obtained_at: int | None
+    last_refresh_attempt_at: float | None
+    due_shard: str | None
+    refresh_due_at: int | None
+    lease_owner: str | None
+    lease_expires_at: float | None
+    created_at: int | None
+    updated_at: int | None
+    uninstalled_at: int | None
+    application_token: str | None = field(repr=False)
+    token_ciphertext: bytes | None = field(repr=False)
+
+    @property
+    def is_active(self) -> bool:
+        """True when the portal's tokens may be used and refreshed."""
+        return self.health == HEALTH_ACTIVE
+
+    def lease_held(self, now: float) -> bool:
+        """True while another worker's refresh lease is still running."""
+        return self.lease_owner is not None and (self.lease_expires_at or 0) > now
+
+    def sealed(self) -> SealedTokens | None:
+        """The stored ciphertext with its metadata, or None when no tokens are stored."""
+        if self.token_ciphertext is None:
+            return None
+        return SealedTokens(
+            member_id=self.member_id,
+            ciphertext=self.token_ciphertext,
+            metadata=TokenMetadata(
+                expires_at=self.access_expires_at or 0,
+                client_endpoint=self.client_endpoint or "",
+                server_endpoint=self.server_endpoint or "",
+                scope=self.scope or "",
+                status=self.status or "",
+                user_id=self.user_id,
+                obtained_at=self.refresh_obtained_at or 0,
+            ),
+        )
+
+    @classmethod
+    def of(cls, item: PortalModel) -> Portal:
+        """Snapshot of a PynamoDB item."""
+        return cls(
+            member_id=item.member_id,
+            version=int(item.version or 0),
+            health=item.health,
+            domain=item.domain,
+            client_endpoint=item.client_endpoint,
+            server_endpoint=item.server_endpoint,
+            scope=item.scope,
+            status=item.status,
+            user_id=_int_or_none(item.user_id),
+            access_expires_at=_int_or_none(item.access_expires_at),
+            refresh_obtained_at=_int_or_none(item.refresh_obtained_at),
+            last_refresh_attempt_at=item.last_refresh_attempt_at,
+            due_shard=item.due_shard,
+            refresh_due_at=_int_or_none(item.refresh_due_at),
+            lease_owner=item.lease_owner,
+            lease_expires_at=item.lease_expires_at,
+            created_at=_int_or_none(item.created_at),
+            updated_at=_int_or_none(item.updated_at),
+            uninstalled_at=_int_or_none(item.uninstalled_at),
+            application_token=item.application_token,
+            token_ciphertext=item.token_ciphertext,
+        )
+
+
+class PortalStore:
+    """Versioned access to portal records: grants, reads, lease, compare-and-set commits, due index."""
+
+    def __init__(
+        self,
+        model: type[PortalModel],
+        cipher: TokenCipher,
+        *,
+        refresh_after_days: int,
+        due_index_shards: int,
+        clock: Clock = time.time,
+    ) -> None:
+        self.model = model
+        self.cipher = cipher
+        self.refresh_after_seconds = refresh_after_days * _DAY
+        self.due_index_shards = due_index_shards
+        self._clock = clock
+
+    # --- reads -------------------------------------------------------------------------------------
+
+    def _item(self, member_id: str, *, consistent: bool) -> PortalModel | None:
+        try:
+            return self.model.get(member_id, consistent_read=consistent)
+        except self.model.DoesNotExist:
+            return None
+        except PynamoDBException as exc:
+            raise _unavailable("GetItem", exc) from None
+
+    def get(self, member_id: str, *, consistent: bool = False) -> Portal | None:
+        """The portal record, or None; `consistent` for a strongly consistent read."""
+        item = self._item(member_id, consistent=consistent)
+        return Portal.of(item) if item is not None else None
+
+    def get_by_domain(self, domain: str) -> Portal | None:
+        """The portal serving `domain` (DomainIndex, eventually consistent); active and newest first."""
+        try:
+            items = [Portal.of(item) for item in self.model.domain_index.query(domain.strip().lower())]
+        except PynamoDBException as exc:
+            raise _unavailable("Query DomainIndex", exc) from None
+        if not items:
+            return None
+        # A portal deleted and created again keeps its domain under a new member_id.
+        return max(items, key=lambda p: (p.is_active, p.updated_at or 0))
+
+    def tokens(self, portal: Portal) -> TokenSet:
+        """Decrypt the portal's stored pair (cached per version); ReauthRequired when none is stored."""
+        sealed = portal.sealed()
+        if sealed is None:
+            raise ReauthRequired(portal.member_id, portal.health)
+        return self.cipher.open(sealed, version=portal.version)
+
+    def due_portals(self, now: float, limit: int) -> Iterator[tuple[str, int]]:
+        """(member_id, version) of active portals whose refresh is due, from every index shard; no Scan."""
+        remaining = limit
+        # Rotate the first shard by the hour so a capped sweep does not always favour shard 0.
+        first = int(now // 3600) % self.due_index_shards
+        for step in range(self.due_index_shards):
+            if remaining <= 0:
+                return
+            shard = str((first + step) % self.due_index_shards)
+            try:
+                for item in self.model.refresh_due_index.query(
+                    shard, self.model.refresh_due_at <= int(now), limit=remaining
+                ):
+                    remaining -= 1
+                    yield item.member_id, int(item.version)
+                    if remaining <= 0:
+                        return
+            except PynamoDBException as exc:
+                raise _unavailable("Query RefreshDueIndex", exc) from None
+
+    # --- grants and health -------------------------------------------------------------------------
+
+    def save_grant(self, tokens: TokenSet, *, domain: str, application_token: str | None = None) -> Portal:
+        """Store a new token chain (install, callback): version 1, or +1 over an existing record.
+
+        A replay of a grant already stored (same pair) changes nothing and returns the current record.
+        """
+        if not tokens.member_id:
+            raise ValueError("a grant needs its member_id")
+        digest = _grant_digest(tokens)
+        sealed: SealedTokens | None = None
+        for _ in range(5):
+            existing = self._item(tokens.member_id, consistent=True)
+            if existing is not None and digest in (existing.grant_digests or []):
+                return Portal.of(existing)
+            if sealed is None:
+                sealed = self.cipher.seal(tokens)
+            now = int(self._clock())
+            obtained = int(tokens.obtained_at) or now
+            item = self.model(
+                tokens.member_id,
+                version=(int(existing.version) if existing is not None else 0) + 1,
+                health=HEALTH_ACTIVE,
+                domain=domain.strip().lower(),
+                client_endpoint=tokens.client_endpoint or None,
+                server_endpoint=tokens.server_endpoint or None,
+                scope=tokens.scope or None,
+                status=tokens.status or None,
+                user_id=tokens.user_id,
+                application_token=application_token
+                or (existing.application_token if existing is not None else None),
+                token_ciphertext=sealed.ciphertext,
+                access_expires_at=int(tokens.expires_at),
+                refresh_obtained_at=obtained,
+                due_shard=due_shard_of(tokens.member_id, self.due_index_shards),
+                refresh_due_at=obtained + self.refresh_after_seconds,
+                grant_digests=[digest, *(existing.grant_digests or [])][:_GRANT_DIGESTS_KEPT]
+                if existing is not None
+                else [digest],
+                created_at=(existing.created_at if existing is not None else None) or now,
+                updated_at=now,
+            )
+            condition = (
+                self.model.member_id.does_not_exist()
+                if existing is None
+                else (self.model.version == existing.version)
+            )
+            try:
+                item.save(condition=condition)
+            except PynamoDBException as exc:
+                if _conditional_failure(exc):
+                    continue  # someone wrote in between: re-read and build on their version
+                raise _unavailable("PutItem", exc) from None
+            self.cipher.remember(tokens.member_id, int(item.version), tokens)
+            return Portal.of(item)
+        raise VaultUnavailable(f"grant for portal {tokens.member_id} kept conflicting with other writers")
+
+    def mark_uninstalled(self, member_id: str, *, clean: bool) -> Portal | None:
+        """Record an uninstall: the ciphertext goes, version +1 so no older pair can come back.
+
+        `clean` (the admin chose "clear application data") also removes everything that describes
+        the tenant: domain, endpoints, scope, status, user, application_token and timestamps. What
+        stays is a tombstone (member_id, version, health, uninstalled_at, grant digests) so the version
+        keeps growing across a reinstall and a replayed old grant or rescue cannot resurrect the portal.
+        """
+        m = self.model
+        now = int(self._clock())
+        removed: list[Any] = [
+            m.token_ciphertext,
+            m.due_shard,
+            m.refresh_due_at,
+            m.lease_owner,
+            m.lease_expires_at,
+        ]
+        if clean:
+            removed += [
+                m.domain,
+                m.client_endpoint,
+                m.server_endpoint,
+                m.scope,
+                m.status,
+                m.user_id,
+                m.application_token,
+                m.access_expires_at,
+                m.refresh_obtained_at,
+                m.last_refresh_attempt_at,
+                m.created_at,
+            ]
+        actions: list[Any] = [
+            m.version.add(1),
+            m.health.set(HEALTH_UNINSTALLED),
+            m.uninstalled_at.set(now),
+            m.updated_at.set(now),
+            *(attr.remove() for attr in removed),
+        ]
+        item = m(member_id)
+        try:
+            item.update(actions=actions, condition=m.member_id.exists())
+        except PynamoDBException as exc:
+            if _conditional_failure(exc):
+                return None
+            raise _unavailable("UpdateItem", exc) from None
+        return Portal.of(item)
+
+    def mark_needs_reauth(self, member_id: str, expected_version: int) -> bool:
+        """Flag an active portal at `expected_version` as needing re-authorization; False if it moved.
+
+        The version does not change: the stored pair is kept, so a rescued pair for this version can
+        still land and make the portal active again.
+        """
+        m = self.model
+        try:
+            m(member_id).update(
+                actions=[
+                    m.health.set(HEALTH_NEEDS_REAUTH),
+                    m.updated_at.set(int(self._clock())),
+                    m.due_shard.remove(),
+                    m.refresh_due_at.remove(),
+                    m.lease_owner.remove(),
+                    m.lease_expires_at.remove(),
+                ],
+                condition=(m.version == expected_version) & (m.health == HEALTH_ACTIVE),
+            )
+        except PynamoDBException as exc:
+            if _conditional_failure(exc):
+                return False
+            raise _unavailable("UpdateItem", exc) from None
+        return True
+
+    # --- refresh lease and commit ------------------------------------------------------------------
+
+    def take_lease(
+        self,
+        member_id: str,
+        expected_version: int,
+        owner: str,
+        *,
+        lease_seconds: float,
+        defer_due_until: int | None = None,
+    ) -> bool:
+        """Take the refresh lease of an active portal at `expected_version` if free or expired.
+
+        `defer_due_until` moves the portal out of the due window (scheduled refreshes), so a failed
+        attempt is not picked up again before MIN_REFRESH_INTERVAL_HOURS.
+        """
+        m = self.model
+        now = self._clock()
+        actions: list[Any] = [
+            m.lease_owner.set(owner),
+            m.lease_expires_at.set(now + lease_seconds),
+            m.last_refresh_attempt_at.set(now),
+        ]
+        if defer_due_until is not None:
+            actions.append(m.refresh_due_at.set(defer_due_until))
+        try:
+            m(member_id).update(
+                actions=actions,
+                condition=(m.version == expected_version)
+                & (m.health == HEALTH_ACTIVE)
+                & (m.lease_owner.does_not_exist() | (m.lease_expires_at < now)),
+            )
+        except PynamoDBException as exc:
+            if _conditional_failure(exc):
+                return False
+            raise _unavailable("UpdateItem", exc) from None
+        return True
+
+    def release_lease(self, member_id: str, owner: str) -> bool:
+        """Drop the lease if `owner` still holds it; False when it had expired and moved on."""
+        m = self.model
+        try:
+            m(member_id).update(
+                actions=[m.lease_owner.remove(), m.lease_expires_at.remove()],
+                condition=m.lease_owner == owner,
+            )
+        except PynamoDBException as exc:
+            if _conditional_failure(exc):
+                return False
+            raise _unavailable("UpdateItem", exc) from None
+        return True
+
+    def commit_refresh(self, member_id: str, expected_version: int, sealed: SealedTokens) -> Portal | None:
+        """Compare-and-set a refreshed pair on `expected_version`: version +1, lease cleared, new due time.
+
+        Returns the new record, or None when the version moved (someone else's chain is stored).
+        """
+        if sealed.member_id != member_id:
+            raise ValueError("sealed tokens belong to another portal")
+        m = self.model
+        meta = sealed.metadata
+        now = int(self._clock())
+        obtained = meta.obtained_at or now
+        actions: list[Any] = [
+            m.version.set(expected_version + 1),
+            m.health.set(HEALTH_ACTIVE),
+            m.token_ciphertext.set(sealed.ciphertext),
+            m.access_expires_at.set(meta.expires_at),
+            m.refresh_obtained_at.set(obtained),
+            m.due_shard.set(due_shard_of(member_id, self.due_index_shards)),
+            m.refresh_due_at.set(obtained + self.refresh_after_seconds),
+            m.updated_at.set(now),
+            m.lease_owner.remove(),
+            m.lease_expires_at.remove(),
+        ]
+        # The token response repeats the portal facts; keep stored values where it left them out.
+        for attr, value in (
+            (m.client_endpoint, meta.client_endpoint),
+            (m.server_endpoint, meta.server_endpoint),
+            (m.scope, meta.scope),
+            (m.status, meta.status),
+        ):
+            if value:
+                actions.append(attr.set(value))
+        if meta.user_id is not None:
+            actions.append(m.user_id.set(meta.user_id))
+        item = m(member_id)
+        try:
+            item.update(actions=actions, condition=m.version == expected_version)
+        except PynamoDBException as exc:
+            if _conditional_failure(exc):
+                return None
+            raise _unavailable("UpdateItem", exc) from None
+        return Portal.of(item)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedState:
+    """What a consumed OAuth state vouches for."""
+
+    portal_domain: str
+    created_at: int
+    expires_at: int
+    pkce_verifier: str | None = field(default=None, repr=False)
+
+
+class StateStore:
+    """Single-use OAuth `state` records: only hashes are stored; consuming is one conditional delete.
+
+    The PKCE verifier, when PKCE is on, is stored as KMS ciphertext bound to the state hash: it must
+    survive until the callback, and a plain copy in the table would defeat PKCE for anyone who can
+    read the table.
+    """
+
+    def __init__(
+        self,
+        model: type[OAuthStateModel],
+        cipher: TokenCipher,
+        *,
+        ttl_seconds: int,
+        clock: Clock = time.time,
+    ) -> None:
+        if not 0 < ttl_seconds <= 600:
+            raise ValueError("state TTL must be between 1 and 600 seconds")
+        self.model = model
+        self.cipher = cipher
+        self.ttl_seconds = ttl_seconds
+        self._clock = clock
+
+    def save(
+        self, raw_state: str, browser_nonce: str, portal_domain: str, *, pkce_verifier: str | None = None
+    ) -> int:
+        """Store a new pending authorization; returns its expiry (Unix seconds)."""
+        if not raw_state or not browser_nonce:
+            raise ValueError("state and browser nonce must not be empty")
+        state_hash = hash_secret(raw_state)
+        now = int(self._clock())
+        expires_at = now + self.ttl_seconds
+        verifier_blob = None
+        if pkce_verifier is not None:
+            verifier_blob = self.cipher.encrypt(
+                pkce_verifier.encode("utf-8"), {"purpose": PKCE_PURPOSE, "state_hash": state_hash}
+            )
+        item = self.model(
+            state_hash,
+            nonce_hash=hash_secret(browser_nonce),
+            portal_domain=portal_domain.strip().lower(),
+            created_at=now,
+            expires_at=expires_at,
+            pkce_verifier_ciphertext=verifier_blob,
+        )
+        try:
+            item.save(condition=self.model.state_hash.does_not_exist())
+        except PynamoDBException as exc:
+            if _conditional_failure(exc):
+                raise VaultError("OAuth state already exists; states must be freshly random") from None
+            raise _unavailable("PutItem", exc) from None
+        return expires_at
+
+    def consume(self, raw_state: str, browser_nonce: str) -> ConsumedState | None:
+        """Delete the state if it exists, matches the browser nonce and has not expired.
+
+        Exactly one concurrent caller gets the record; every other (replay, wrong browser, expired,
+        unknown) gets None, without learning which.
+        """
+        if not raw_state or not browser_nonce:
+            return None
+        m = self.model
+        state_hash = hash_secret(raw_state)
+        now = int(self._clock())
+        try:
+            answer = m._get_connection().delete_item(
+                state_hash,
+                condition=(m.state_hash.exists())
+                & (m.nonce_hash == hash_secret(browser_nonce))
+                & (m.expires_at > now),
+                return_values=ALL_OLD,
+            )
+        except PynamoDBException as exc:
+            if _conditional_failure(exc):
+                return None
+            raise _unavailable("DeleteItem", exc) from None
+        raw = answer.get("Attributes")
+        if not raw:
+            return None
+        item = m.from_raw_data(raw)
+        if item.expires_at <= self._clock():  # belt and braces: TTL deletion is lazy
+            return None
+        verifier = None
+        if item.pkce_verifier_ciphertext is not None:
+            verifier = self.cipher.decrypt(
+                item.pkce_verifier_ciphertext,
+                {"purpose": PKCE_PURPOSE, "state_hash": state_hash},
+                owner=f"state {state_hash[:12]}",
+            ).decode("utf-8")
+        return ConsumedState(
+            portal_domain=item.portal_domain,
+            created_at=int(item.created_at),
+            expires_at=int(item.expires_at),
+            pkce_verifier=verifier,
+        )
