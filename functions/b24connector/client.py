@@ -1,0 +1,193 @@
+"""A small typed client for LeadsFunction, for other Lambda functions and scripts.
+
+    from b24connector.client import fetch_leads, ReauthRequired
+
+    for lead in fetch_leads(domain="acme.bitrix24.com", select=["ID", "TITLE"], filter={"STATUS_ID": "NEW"}):
+        print(lead["ID"], lead["TITLE"])
+
+`fetch_leads` pages through cursors lazily (one Lambda invoke per page) and raises a typed LeadsError
+subclass for every error code of the contract (ARCHITECTURE.md section 2). See docs/leads-client.md.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mypy_boto3_lambda import LambdaClient
+
+DEFAULT_FUNCTION_NAME = "LeadsFunction"
+
+
+class LeadsError(Exception):
+    """LeadsFunction answered an error; `code` is the contract's code, `message` its explanation."""
+
+    code = "UNKNOWN"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        if code is not None:
+            self.code = code
+        self.message = message
+        super().__init__(f"{self.code}: {message}")
+
+
+class InvalidRequest(LeadsError):
+    """The request was malformed (bad keys, types, bounds, or a cursor of another query)."""
+
+    code = "INVALID_REQUEST"
+
+
+class PortalNotFound(LeadsError):
+    """No connected portal has that member_id or domain."""
+
+    code = "PORTAL_NOT_FOUND"
+
+
+class ReauthRequired(LeadsError):
+    """The portal was uninstalled or its grant is dead: it must install or authorize the app again."""
+
+    code = "REAUTH_REQUIRED"
+
+
+class RateLimited(LeadsError):
+    """Bitrix24's rate or resource limits were reached; retry later (the last cursor stays valid)."""
+
+    code = "RATE_LIMITED"
+
+
+class UpstreamError(LeadsError):
+    """Bitrix24 or a dependency failed; usually worth retrying later."""
+
+    code = "UPSTREAM_ERROR"
+
+
+class InvocationError(LeadsError):
+    """The Lambda invocation itself failed (function error, malformed answer)."""
+
+    code = "INVOCATION_FAILED"
+
+
+_ERRORS: dict[str, type[LeadsError]] = {
+    cls.code: cls for cls in (InvalidRequest, PortalNotFound, ReauthRequired, RateLimited, UpstreamError)
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LeadsPage:
+    """One answer of LeadsFunction: the leads and the cursor of the next page (None at the end)."""
+
+    leads: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+def _request(
+    *,
+    member_id: str | None,
+    domain: str | None,
+    select: Sequence[str] | None,
+    filter: Mapping[str, Any] | None,  # Bitrix24's own parameter name
+    limit: int | None,
+    cursor: str | None,
+) -> dict[str, Any]:
+    if (member_id is None) == (domain is None):
+        raise ValueError("give exactly one of member_id or domain")
+    payload: dict[str, Any] = {"member_id": member_id} if member_id is not None else {"domain": domain}
+    if select is not None:
+        payload["select"] = list(select)
+    if filter is not None:
+        payload["filter"] = dict(filter)
+    if limit is not None:
+        payload["limit"] = limit
+    if cursor is not None:
+        payload["cursor"] = cursor
+    return payload
+
+
+def _default_lambda_client() -> LambdaClient:
+    import boto3  # noqa: PLC0415 - only callers that pass no client pay for boto3
+
+    client: LambdaClient = boto3.client("lambda")
+    return client
+
+
+def fetch_leads_page(
+    *,
+    member_id: str | None = None,
+    domain: str | None = None,
+    select: Sequence[str] | None = None,
+    filter: Mapping[str, Any] | None = None,  # Bitrix24's own parameter name
+    limit: int | None = None,
+    cursor: str | None = None,
+    function_name: str = DEFAULT_FUNCTION_NAME,
+    lambda_client: LambdaClient | None = None,
+) -> LeadsPage:
+    """Invoke LeadsFunction once and return one page; raise a LeadsError subclass on an error answer."""
+    payload = _request(
+        member_id=member_id, domain=domain, select=select, filter=filter, limit=limit, cursor=cursor
+    )
+    client = lambda_client or _default_lambda_client()
+    response = client.invoke(
+        FunctionName=function_name,
+        InvocationType="RequestResponse",
+        Payload=json.dumps(payload).encode("utf-8"),
+    )
+    raw = response["Payload"].read()
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        answer = None
+    if response.get("FunctionError"):
+        error_type = answer.get("errorType") if isinstance(answer, dict) else None
+        raise InvocationError(f"{function_name} failed ({error_type or response['FunctionError']})")
+    if answer is None:
+        raise InvocationError(f"{function_name} answered something that is not JSON")
+    return parse_answer(answer)
+
+
+def parse_answer(answer: object) -> LeadsPage:
+    """Turn a LeadsFunction answer into a LeadsPage or raise its typed error."""
+    if not isinstance(answer, dict):
+        raise InvocationError("the answer is not a JSON object")
+    error = answer.get("error")
+    if isinstance(error, dict):
+        code = str(error.get("code") or "")
+        message = str(error.get("message") or "")
+        raise _ERRORS.get(code, LeadsError)(message, code=code or None)
+    leads = answer.get("leads")
+    next_cursor = answer.get("next_cursor")
+    if not isinstance(leads, list) or not (next_cursor is None or isinstance(next_cursor, str)):
+        raise InvocationError("the answer does not follow the LeadsFunction contract")
+    return LeadsPage(leads, next_cursor)
+
+
+def fetch_leads(
+    *,
+    member_id: str | None = None,
+    domain: str | None = None,
+    select: Sequence[str] | None = None,
+    filter: Mapping[str, Any] | None = None,  # Bitrix24's own parameter name
+    limit: int | None = None,
+    cursor: str | None = None,
+    function_name: str = DEFAULT_FUNCTION_NAME,
+    lambda_client: LambdaClient | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Yield every matching lead in ascending ID order, `limit` per invocation, following cursors."""
+    client = lambda_client or _default_lambda_client()
+    while True:
+        page = fetch_leads_page(
+            member_id=member_id,
+            domain=domain,
+            select=select,
+            filter=filter,
+            limit=limit,
+            cursor=cursor,
+            function_name=function_name,
+            lambda_client=client,
+        )
+        yield from page.leads
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor

@@ -1,0 +1,491 @@
+"""Read one page of a portal's leads for another Lambda: validation, signed cursors, the fast list.
+
+Contract (ARCHITECTURE.md section 2). Choices made here:
+- Only `order {"ID": "ASC"}` (or no order) is accepted: the fast list pages by ascending ID.
+- ID range conditions in `filter` (`>ID`, `>=ID`, `<ID`, `<=ID`) are folded into the ID window by the
+  lister; the cursor only ever moves the lower bound up, and it is bound to a hash of the query, so a
+  caller cannot edit it to read outside its filter or another tenant's rows.
+- `select` always yields the ID (added when missing) because the cursor needs it.
+- A page ends at `limit` rows or when the answer would pass MAX_ANSWER_BYTES, whichever comes first.
+- When a transient failure or the time budget stops a read after some rows, those rows are answered
+  with a cursor instead of an error; the next call continues from there.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from b24connector.bitrix24.errors import (
+    Bitrix24Error,
+    DeadlineExceeded,
+    InvalidClient,
+    InvalidGrant,
+    InvalidToken,
+    NotInstalled,
+    OperationTimeLimit,
+    OverloadLimit,
+    PaymentRequired,
+    PortalDeleted,
+    QueryLimitExceeded,
+    TransientError,
+)
+from b24connector.vault.errors import PortalNotFound, ReauthRequired, TokenDecryptError, VaultError
+
+LEAD_METHOD = "crm.lead.list"
+DEFAULT_LIMIT = 1000
+MAX_LIMIT = 20_000
+# Above this many rows the ID range is read on a few threads; below it two sequential batches win.
+PARALLEL_FROM = 5_000
+# Lambda answers at most 6 MB; keep a wide margin for the envelope and estimation error.
+MAX_ANSWER_BYTES = 5_000_000
+MAX_SELECT_FIELDS = 200
+MAX_FILTER_KEYS = 50
+MAX_FILTER_LIST = 500
+MAX_FILTER_TEXT = 1_000
+MAX_CURSOR_CHARS = 1_024
+
+_ALLOWED_KEYS = frozenset({"member_id", "domain", "select", "filter", "order", "limit", "cursor"})
+_MEMBER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+_FIELD = re.compile(r"(?:[A-Za-z][A-Za-z0-9_]{0,63}|\*|UF_\*)\Z")
+# Bitrix24 filter keys: an optional operator prefix, then a field name (fact sheet 5.1).
+_FILTER_KEY = re.compile(r"(?P<op>>=|<=|!=|!%|!@|=%|%=|>|<|@|=|%|!)?(?P<field>[A-Za-z][A-Za-z0-9_]{0,63})\Z")
+_CURSOR_VERSION = 1
+_CURSOR_LABEL = b"b24connector/leads-cursor/v1\n"
+
+INVALID_REQUEST = "INVALID_REQUEST"
+PORTAL_NOT_FOUND = "PORTAL_NOT_FOUND"
+REAUTH_REQUIRED = "REAUTH_REQUIRED"
+RATE_LIMITED = "RATE_LIMITED"
+UPSTREAM_ERROR = "UPSTREAM_ERROR"
+
+
+class LeadsError(Exception):
+    """An expected failure answered as `{"error": {"code", "message"}}`; the message is caller-safe."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(f"{code}: {message}")
+
+    def answer(self) -> dict[str, Any]:
+        """The error answer of the contract."""
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+def _invalid(message: str) -> LeadsError:
+    return LeadsError(INVALID_REQUEST, message)
+
+
+# --- request ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LeadsRequest:
+    """A validated request: exactly one portal key, a normalized query, and paging."""
+
+    member_id: str | None
+    domain: str | None
+    select: tuple[str, ...]
+    filter: Mapping[str, Any]
+    limit: int
+    cursor: str | None
+
+    def query_digest(self) -> bytes:
+        """A digest of everything that decides which rows match (not of the paging)."""
+        canonical = json.dumps(
+            {"select": list(self.select), "filter": self.filter, "order": {"ID": "ASC"}},
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=True,
+        )
+        return hashlib.sha256(canonical.encode("ascii")).digest()[:16]
+
+
+def parse_request(payload: object, normalize_domain: Callable[[str], str]) -> LeadsRequest:
+    """Validate a direct-invoke payload; every problem is a LeadsError(INVALID_REQUEST)."""
+    if not isinstance(payload, dict):
+        raise _invalid("the request must be a JSON object")
+    unknown = sorted(str(key) for key in payload if key not in _ALLOWED_KEYS)
+    if unknown:
+        raise _invalid(f"unknown keys: {', '.join(unknown)[:200]}")
+    member_id, domain = _portal_key(payload, normalize_domain)
+    _check_order(payload.get("order"))
+    return LeadsRequest(
+        member_id=member_id,
+        domain=domain,
+        select=_select(payload.get("select")),
+        filter=_filter(payload.get("filter")),
+        limit=_limit(payload.get("limit", DEFAULT_LIMIT)),
+        cursor=_cursor_text(payload.get("cursor")),
+    )
+
+
+def _portal_key(
+    payload: Mapping[str, Any], normalize_domain: Callable[[str], str]
+) -> tuple[str | None, str | None]:
+    has_member, has_domain = "member_id" in payload, "domain" in payload
+    if has_member == has_domain:
+        raise _invalid("give exactly one of member_id or domain")
+    if has_member:
+        member_id = payload["member_id"]
+        if not isinstance(member_id, str) or not _MEMBER_ID.match(member_id):
+            raise _invalid("member_id must be a string of 1-64 letters, digits, '_' or '-'")
+        return member_id, None
+    domain = payload["domain"]
+    if not isinstance(domain, str):
+        raise _invalid("domain must be a string")
+    try:
+        return None, normalize_domain(domain)
+    except ValueError as exc:  # InvalidPortal is a ValueError with a short reason code
+        reason = getattr(exc, "reason", "invalid")
+        raise _invalid(f"domain is not an allowed Bitrix24 portal ({reason})") from None
+
+
+def _select(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise _invalid("select must be a list of field names")
+    if len(value) > MAX_SELECT_FIELDS:
+        raise _invalid(f"select may name at most {MAX_SELECT_FIELDS} fields")
+    fields: list[str] = []
+    for name in value:
+        if not isinstance(name, str) or not _FIELD.match(name):
+            raise _invalid("select entries must be field names such as 'TITLE', '*' or 'UF_*'")
+        if name not in fields:
+            fields.append(name)
+    if fields and "*" not in fields and "ID" not in fields:
+        fields.insert(0, "ID")  # the cursor pages by ID
+    return tuple(fields)
+
+
+def _scalar_ok(value: object) -> bool:
+    if value is None or isinstance(value, bool | int):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, str) and len(value) <= MAX_FILTER_TEXT
+
+
+def _filter(value: object) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _invalid("filter must be an object of Bitrix24 filter keys")
+    if len(value) > MAX_FILTER_KEYS:
+        raise _invalid(f"filter may hold at most {MAX_FILTER_KEYS} keys")
+    result: dict[str, Any] = {}
+    for key, item in value.items():
+        match = _FILTER_KEY.match(key) if isinstance(key, str) else None
+        if match is None:
+            raise _invalid("filter keys look like 'STATUS_ID', '>DATE_CREATE' or '@SOURCE_ID'")
+        if isinstance(item, list):
+            if len(item) > MAX_FILTER_LIST or not all(_scalar_ok(v) and v is not None for v in item):
+                raise _invalid(f"filter lists hold at most {MAX_FILTER_LIST} strings or numbers")
+        elif not _scalar_ok(item):
+            raise _invalid("filter values are strings, numbers, booleans, null or lists of those")
+        is_id_bound_key = match["field"].upper() == "ID" and match["op"] in {">", ">=", "<", "<="}
+        if is_id_bound_key and not _is_id_bound(item):
+            raise _invalid("ID bounds in filter must be non-negative integers")
+        result[key] = item
+    return result
+
+
+def _is_id_bound(value: object) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return 0 <= value < 2**53
+    return isinstance(value, str) and value.isdigit() and len(value) <= 15
+
+
+def _check_order(value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, dict) and len(value) == 1:
+        ((field, direction),) = value.items()
+        if (
+            isinstance(field, str)
+            and isinstance(direction, str)
+            and (field.upper(), direction.upper())
+            == (
+                "ID",
+                "ASC",
+            )
+        ):
+            return
+    raise _invalid('only order {"ID": "ASC"} is supported (pages follow ascending IDs)')
+
+
+def _limit(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _invalid("limit must be an integer")
+    if not 1 <= value <= MAX_LIMIT:
+        raise _invalid(f"limit must be between 1 and {MAX_LIMIT}")
+    return value
+
+
+def _cursor_text(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > MAX_CURSOR_CHARS:
+        raise _invalid("cursor must be the string from a previous answer")
+    return value
+
+
+# --- cursor -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CursorPosition:
+    """Where the next page starts: after `last_id`, for this tenant and this query only."""
+
+    member_id: str
+    query_digest: bytes
+    last_id: int
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    if not re.fullmatch(r"[A-Za-z0-9_-]*", text):
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class CursorCodec:
+    """Opaque, tamper-evident cursors: base64url(JSON) + '.' + base64url(HMAC-SHA256)."""
+
+    def __init__(self, key: Callable[[], bytes]) -> None:
+        self._key = key
+
+    def _mac(self, body: str) -> bytes:
+        return hmac.new(self._key(), _CURSOR_LABEL + body.encode("ascii"), hashlib.sha256).digest()
+
+    def encode(self, position: CursorPosition) -> str:
+        """Sign a position."""
+        payload = {
+            "v": _CURSOR_VERSION,
+            "m": position.member_id,
+            "q": _b64(position.query_digest),
+            "a": position.last_id,
+        }
+        body = _b64(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("ascii"))
+        return f"{body}.{_b64(self._mac(body))}"
+
+    def decode(self, cursor: str) -> CursorPosition:
+        """Verify and read a cursor; any flaw is INVALID_REQUEST without saying which."""
+        rejected = _invalid("cursor is not valid for this request")
+        body, sep, mac = cursor.partition(".")
+        if not sep:
+            raise rejected
+        try:
+            given = _unb64(mac)
+            if not hmac.compare_digest(given, self._mac(body)):
+                raise rejected
+            payload = json.loads(_unb64(body))
+            member_id, digest, last_id = payload["m"], _unb64(payload["q"]), payload["a"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            raise rejected from None
+        if (
+            payload.get("v") != _CURSOR_VERSION
+            or not isinstance(member_id, str)
+            or isinstance(last_id, bool)
+            or not isinstance(last_id, int)
+            or last_id < 0
+        ):
+            raise rejected
+        return CursorPosition(member_id, digest, last_id)
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+class LeadLister(Protocol):
+    """The fast list reader (bitrix24.listing.FastLister) as this use case needs it."""
+
+    def iter_list(
+        self,
+        portal: Any,
+        method: str,
+        *,
+        select: Sequence[str] = (),
+        filter: Mapping[str, Any] | None = None,  # Bitrix24's own parameter name
+        after_id: int = 0,
+        before_id: int | None = None,
+        limit: int | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Rows in ascending ID order, sequentially."""
+        ...
+
+    def iter_list_parallel(
+        self,
+        portal: Any,
+        method: str,
+        *,
+        select: Sequence[str] = (),
+        filter: Mapping[str, Any] | None = None,  # Bitrix24's own parameter name
+        after_id: int = 0,
+        before_id: int | None = None,
+        limit: int | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Rows in ascending ID order, ID windows read on a few threads."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class OpenPortal:
+    """A portal ready for REST calls: its tenant key and the REST client's portal context."""
+
+    member_id: str
+    context: Any
+
+
+class PortalOpener(Protocol):
+    """Finds an active portal by member_id or domain and prepares it for REST calls."""
+
+    def open(self, *, member_id: str | None, domain: str | None, deadline: float | None) -> OpenPortal:
+        """Raise the vault's PortalNotFound / ReauthRequired / TokenDecryptError when it cannot be used."""
+        ...
+
+
+_REAUTH_ERRORS = (InvalidGrant, InvalidToken, NotInstalled, PaymentRequired, InvalidClient, PortalDeleted)
+_RATE_ERRORS = (QueryLimitExceeded, OperationTimeLimit, OverloadLimit)
+
+
+def _resumable(exc: Bitrix24Error | VaultError) -> bool:
+    """True when the rows read before `exc` are still worth answering with a cursor."""
+    if isinstance(exc, VaultError):
+        return exc.retryable
+    return isinstance(exc, TransientError | OperationTimeLimit | DeadlineExceeded)
+
+
+def _row_id(row: Mapping[str, Any]) -> int:
+    value = row.get("ID")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    raise LeadsError(UPSTREAM_ERROR, "Bitrix24 answered a lead without a numeric ID")
+
+
+def row_bytes(row: Mapping[str, Any]) -> int:
+    """Bytes `row` adds to the answer, serialized the way the Lambda runtime does (ASCII escapes)."""
+    return len(json.dumps(row, separators=(", ", ": "))) + 2
+
+
+def error_for(exc: Bitrix24Error | VaultError) -> LeadsError:
+    """The contract's error for a Bitrix24 or vault failure."""
+    if isinstance(exc, VaultError):
+        return _vault_error(exc)
+    if isinstance(exc, _REAUTH_ERRORS):
+        return LeadsError(REAUTH_REQUIRED, f"Bitrix24 no longer accepts this portal's grant ({exc.code})")
+    if isinstance(exc, _RATE_ERRORS) or exc.code == "CLIENT_RATE_LIMIT":
+        return LeadsError(RATE_LIMITED, f"Bitrix24 rate limits were reached ({exc.code}); retry later")
+    if isinstance(exc, DeadlineExceeded):
+        return LeadsError(UPSTREAM_ERROR, "Bitrix24 did not answer within the time budget")
+    return LeadsError(UPSTREAM_ERROR, f"Bitrix24 failed ({exc.code})")
+
+
+def _vault_error(exc: VaultError) -> LeadsError:
+    if isinstance(exc, PortalNotFound):
+        return LeadsError(PORTAL_NOT_FOUND, "no connected portal with that member_id or domain")
+    if isinstance(exc, ReauthRequired | TokenDecryptError):
+        return LeadsError(REAUTH_REQUIRED, "the portal must be installed or authorized again")
+    return LeadsError(UPSTREAM_ERROR, "the token vault is unavailable right now; retry later")
+
+
+@dataclass(frozen=True, slots=True)
+class LeadsPage:
+    """One page of the contract's answer."""
+
+    leads: list[dict[str, Any]]
+    next_cursor: str | None
+
+    def answer(self) -> dict[str, Any]:
+        """The success answer of the contract."""
+        return {"leads": self.leads, "count": len(self.leads), "next_cursor": self.next_cursor}
+
+
+class LeadsReader:
+    """Serves LeadsFunction: one validated request in, one page out."""
+
+    def __init__(
+        self,
+        portals: PortalOpener,
+        lister: LeadLister,
+        cursors: CursorCodec,
+        *,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
+        parallel_from: int = PARALLEL_FROM,
+    ) -> None:
+        self._portals = portals
+        self._lister = lister
+        self._cursors = cursors
+        self._max_answer_bytes = max_answer_bytes
+        self._parallel_from = parallel_from
+
+    def read(self, request: LeadsRequest, *, deadline: float | None = None) -> LeadsPage:
+        """Read up to `request.limit` leads after the cursor; raise LeadsError for expected failures."""
+        # Check the cursor's signature before any I/O, so forged cursors cost nothing.
+        position = self._cursors.decode(request.cursor) if request.cursor else None
+        try:
+            portal = self._portals.open(member_id=request.member_id, domain=request.domain, deadline=deadline)
+        except VaultError as exc:
+            raise error_for(exc) from None
+        digest = request.query_digest()
+        if position is not None and (
+            position.member_id != portal.member_id or not hmac.compare_digest(position.query_digest, digest)
+        ):
+            raise _invalid("cursor is not valid for this request")
+        after_id = position.last_id if position is not None else 0
+        leads, more = self._collect(portal, request, after_id)
+        next_cursor = None
+        if more and leads:
+            next_cursor = self._cursors.encode(CursorPosition(portal.member_id, digest, _row_id(leads[-1])))
+        return LeadsPage(leads, next_cursor)
+
+    def _collect(
+        self, portal: OpenPortal, request: LeadsRequest, after_id: int
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """(rows, whether more may follow). One extra row is asked for to know if the list ended."""
+        iterate = (
+            self._lister.iter_list_parallel if request.limit > self._parallel_from else self._lister.iter_list
+        )
+        rows: list[dict[str, Any]] = []
+        size = 2
+        try:
+            for row in iterate(
+                portal.context,
+                LEAD_METHOD,
+                select=request.select,
+                filter=request.filter,
+                after_id=after_id,
+                limit=request.limit + 1,
+            ):
+                if len(rows) == request.limit:
+                    return rows, True
+                size += row_bytes(row)
+                if size > self._max_answer_bytes:
+                    if not rows:
+                        raise LeadsError(UPSTREAM_ERROR, "a single lead is larger than the answer limit")
+                    return rows, True
+                _row_id(row)
+                rows.append(row)
+        except LeadsError:
+            raise
+        except (Bitrix24Error, VaultError) as exc:
+            if rows and _resumable(exc):
+                return rows, True
+            raise error_for(exc) from None
+        return rows, False

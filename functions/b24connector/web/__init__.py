@@ -1,0 +1,1 @@
+"""HTTP plumbing for the API Gateway functions: event parsing, pages, one exception-to-answer map."""

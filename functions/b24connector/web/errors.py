@@ -1,0 +1,105 @@
+"""The one place that turns a use case's outcome or failure into an HTTP answer."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, Protocol
+
+from b24connector.problems import Problem, ProblemKind
+from b24connector.web.http import (
+    DEFAULT_MAX_BODY_BYTES,
+    HttpProblem,
+    HttpRequest,
+    HttpResponse,
+    json_response,
+)
+from b24connector.web.pages import problem_page
+
+_STATUS = {
+    ProblemKind.INVALID: 400,
+    ProblemKind.FORBIDDEN: 403,
+    ProblemKind.NOT_FOUND: 404,
+    ProblemKind.UPSTREAM_REJECTED: 502,
+    ProblemKind.UNAVAILABLE: 503,
+}
+INTERNAL_ERROR = "internal_error"
+
+
+class LogSink(Protocol):
+    """The slice of a Powertools Logger this module uses."""
+
+    def info(self, msg: object, *args: object, **kwargs: Any) -> None: ...
+
+    def warning(self, msg: object, *args: object, **kwargs: Any) -> None: ...
+
+    def error(self, msg: object, *args: object, **kwargs: Any) -> None: ...
+
+
+def status_for(problem: Problem) -> int:
+    """The HTTP status of an expected failure."""
+    if isinstance(problem, HttpProblem):
+        return problem.status
+    return _STATUS[problem.kind]
+
+
+def safe_traceback(exc: BaseException) -> dict[str, Any]:
+    """Where an unexpected error came from: types and code locations only, never messages or values."""
+    chain: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(chain) < 5:
+        chain.append(type(seen).__name__)
+        seen = seen.__cause__ or seen.__context__
+    frames = [
+        f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno}:{f.name}"
+        for f in traceback.extract_tb(exc.__traceback__)
+    ]
+    return {"error_types": chain, "frames": frames[-12:]}
+
+
+def serve(
+    event: Mapping[str, Any],
+    handle: Callable[[HttpRequest], HttpResponse],
+    *,
+    logger: LogSink,
+    answer_as: Literal["html", "json"] = "html",
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    cookies_on_problem: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Parse the event, run `handle`, and map every failure to a 4xx/5xx answer without internals."""
+    request_id = str((event.get("requestContext") or {}).get("requestId") or "")
+    try:
+        request = HttpRequest.from_event(event, max_body_bytes=max_body_bytes)
+        response = handle(request)
+    except Problem as problem:
+        status = status_for(problem)
+        log = logger.warning if status >= 500 else logger.info
+        log("request refused", extra={"reason": problem.reason, "status": status})
+        response = render_problem(status, problem.reason, problem.message, request_id, answer_as)
+        response.cookies.extend(cookies_on_problem)
+    except Exception as exc:
+        # No message, no locals: an exception text from a library could quote a request body.
+        logger.error("unhandled error", extra={"status": 500, **safe_traceback(exc)})
+        response = render_problem(
+            500,
+            INTERNAL_ERROR,
+            "An unexpected error occurred. Please try again later.",
+            request_id,
+            answer_as,
+        )
+        response.cookies.extend(cookies_on_problem)
+    return response.to_event()
+
+
+def render_problem(
+    status: int, reason: str, message: str, request_id: str, answer_as: Literal["html", "json"]
+) -> HttpResponse:
+    """An error answer as an HTML page or as JSON, always with the reason code."""
+    if answer_as == "json":
+        response = json_response(
+            status,
+            {"status": "error", "error": {"code": reason, "message": message}, "request_id": request_id},
+        )
+        response.headers["X-Reason-Code"] = reason
+        return response
+    return problem_page(status, reason, message, request_id=request_id)
