@@ -135,3 +135,11 @@ class PortalMoved(RestError):
 
 class UnsafeEndpoint(Bitrix24Error):
     """A URL or host failed validation; no request was sent."""
+
+
+class MalformedTokenPayload(OAuthError):
+    """A token response or install payload lacks a required field (access/refresh token, member_id)."""
+
+
+class DeadlineExceeded(TransientError):
+    """The caller's time budget ran out before the request could be (re)sent."""

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from b24connector.bitrix24.errors import MalformedTokenPayload
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,3 +27,63 @@ class TokenSet:
     def access_expired(self, now: float | None = None, *, skew_seconds: int = 30) -> bool:
         """True when the access token is expired or will be within `skew_seconds`."""
         return (now if now is not None else time.time()) >= self.expires_at - skew_seconds
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, object], *, now: float | None = None) -> TokenSet:
+        """Parse a token response (fact sheet 2.4) or an ONAPPINSTALL `auth` block (3.3, string values)."""
+        current = int(now if now is not None else time.time())
+        access_token = _text(payload, "access_token")
+        refresh_token = _text(payload, "refresh_token")
+        member_id = _text(payload, "member_id")
+        for name, value in (
+            ("access_token", access_token),
+            ("refresh_token", refresh_token),
+            ("member_id", member_id),
+        ):
+            if not value:
+                raise MalformedTokenPayload("MISSING_FIELD", f"token payload has no {name}")
+        expires = _int(payload, "expires")
+        if expires is None:
+            expires_in = _int(payload, "expires_in")
+            if expires_in is None:
+                raise MalformedTokenPayload(
+                    "MISSING_FIELD", "token payload has neither expires nor expires_in"
+                )
+            expires = current + expires_in
+        return cls(
+            access_token=access_token,
+            refresh_token=refresh_token,
+            expires_at=expires,
+            member_id=member_id,
+            client_endpoint=_text(payload, "client_endpoint"),
+            server_endpoint=_text(payload, "server_endpoint"),
+            scope=_text(payload, "scope"),
+            status=_text(payload, "status"),
+            user_id=_int(payload, "user_id"),
+            obtained_at=current,
+        )
+
+
+def _text(payload: Mapping[str, object], name: str) -> str:
+    value = payload.get(name)
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise MalformedTokenPayload("BAD_FIELD", f"token payload field {name} is not text")
+    return str(value).strip()
+
+
+def _int(payload: Mapping[str, object], name: str) -> int | None:
+    """Integer fields arrive as JSON numbers from the OAuth server and as strings in form payloads."""
+    value = payload.get(name)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise MalformedTokenPayload("BAD_FIELD", f"token payload field {name} is not an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    raise MalformedTokenPayload("BAD_FIELD", f"token payload field {name} is not an integer")

@@ -1,0 +1,400 @@
+"""Portal REST client: JSON POSTs with `auth` in the body, the error taxonomy, and the retry rules of 4.1-6.
+
+Retries are narrow on purpose: 503 QUERY_LIMIT_EXCEEDED gets bounded, fully jittered backoff; 429
+OPERATION_TIME_LIMIT waits for `operating_reset_at` only when that fits the caller's budget; 401
+expired_token renews the access token once; a 302 portal rename is re-POSTed to an allowed new host.
+Nothing else is retried here (callers own that), and no body, URL query or token is ever logged.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin
+
+import requests
+
+from b24connector.bitrix24.encoding import batch_command
+from b24connector.bitrix24.envelope import (
+    BatchResult,
+    RestResponse,
+    error_of,
+    parse_batch,
+    parse_response,
+    reset_at_of,
+)
+from b24connector.bitrix24.errors import (
+    Bitrix24Error,
+    DeadlineExceeded,
+    ExpiredToken,
+    OperationTimeLimit,
+    PortalMoved,
+    QueryLimitExceeded,
+    TransientError,
+    UnsafeEndpoint,
+)
+from b24connector.bitrix24.pacing import LocalTokenBucket, Pacer
+from b24connector.bitrix24.transport import DEFAULT_TIMEOUT, decode_json, shared_session
+from b24connector.portals import InvalidPortal, PortalPolicy
+
+if TYPE_CHECKING:
+    from b24connector.settings import Settings
+
+MAX_BATCH_COMMANDS = 50
+_METHOD = re.compile(r"[A-Za-z][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*\Z")
+_COMMAND_ID = re.compile(r"[A-Za-z0-9_]{1,64}\Z")
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+_RESET_MARGIN_SECONDS = 0.5  # operating_reset_at has one-second resolution
+_MIN_REQUEST_SECONDS = 0.05  # below this a request cannot complete; fail fast instead
+_MAX_REMEMBERED_RESETS = 4096
+
+
+class PortalContext:
+    """One portal as the REST client sees it: endpoint, current access token, renewal hook and budget.
+
+    Thread-safe: parallel list windows share one context, and a single renewal serves them all.
+    """
+
+    def __init__(
+        self,
+        client_endpoint: str,
+        access_token: str,
+        *,
+        renew: Callable[[str], str] | None = None,
+        deadline: float | None = None,
+        on_moved: Callable[[str, str], None] | None = None,
+        domain: str | None = None,
+        pacing_key: str | None = None,
+    ) -> None:
+        self._client_endpoint = client_endpoint
+        self._access_token = access_token
+        self._renew = renew
+        self.deadline = deadline  # time.monotonic() value after which no request is started
+        self._on_moved = on_moved
+        self.domain = domain  # when set, client_endpoint must be on exactly this host
+        self._pacing_key = pacing_key
+        self.moved_to: str | None = None  # new host after a followed 302 rename
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"PortalContext(host={self.host!r}, deadline={self.deadline!r}, moved_to={self.moved_to!r})"
+
+    @property
+    def client_endpoint(self) -> str:
+        """The REST base URL, e.g. https://acme.bitrix24.com/rest/."""
+        return self._client_endpoint
+
+    @property
+    def access_token(self) -> str:
+        """The access token currently in use."""
+        return self._access_token
+
+    @property
+    def host(self) -> str:
+        """host[:port] of the client endpoint."""
+        return self._client_endpoint.partition("://")[2].partition("/")[0].lower()
+
+    @property
+    def pacing_key(self) -> str:
+        """The key the pacer buckets this portal's requests under."""
+        return self._pacing_key or self.host
+
+    @property
+    def can_renew(self) -> bool:
+        """True when an expired access token can be replaced."""
+        return self._renew is not None
+
+    def renew_token(self, rejected: str) -> None:
+        """Replace `rejected` with a fresh access token, unless another thread already did."""
+        if self._renew is None:
+            return
+        with self._lock:
+            if self._access_token != rejected:
+                return
+            self._access_token = self._renew(rejected)
+
+    def move_to(self, client_endpoint: str) -> None:
+        """Switch to the endpoint of a renamed portal and tell the owner."""
+        with self._lock:
+            self._client_endpoint = client_endpoint
+            self.moved_to = self.host
+            self.domain = self.host
+        if self._on_moved is not None:
+            self._on_moved(self.host, client_endpoint)
+
+
+def check_method(method: str) -> str:
+    """The method name if it is a plain dotted REST method name (it becomes part of the URL path)."""
+    if not isinstance(method, str) or not _METHOD.match(method):
+        raise ValueError("REST method names look like crm.lead.list")
+    return method
+
+
+def encode_commands(
+    commands: Mapping[str, tuple[str, Mapping[str, Any]] | str],
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(cmd, method by command id) for a batch; raise ValueError before anything is sent."""
+    if not commands:
+        raise ValueError("a batch needs at least one command")
+    if len(commands) > MAX_BATCH_COMMANDS:
+        raise ValueError(f"a batch holds at most {MAX_BATCH_COMMANDS} commands")
+    cmd: dict[str, str] = {}
+    methods: dict[str, str] = {}
+    for key, command in commands.items():
+        if not isinstance(key, str) or not _COMMAND_ID.match(key):
+            raise ValueError("batch command ids are 1-64 letters, digits or underscores")
+        if isinstance(command, str):
+            method = check_method(command.partition("?")[0])
+            cmd[key] = command
+        else:
+            method, params = command
+            cmd[key] = batch_command(check_method(method), params)
+        methods[key] = method
+    return cmd, methods
+
+
+class RestClient:
+    """Calls REST methods on validated portal endpoints through one shared requests.Session."""
+
+    def __init__(
+        self,
+        policy: PortalPolicy,
+        *,
+        session: requests.Session | None = None,
+        pacer: Pacer | None = None,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        max_query_limit_retries: int = 4,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 8.0,
+        max_limit_wait: float = 60.0,
+        max_redirects: int = 2,
+        sleep: Callable[[float], None] = time.sleep,
+        rand: Callable[[], float] = random.random,
+        monotonic: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.policy = policy
+        self._session = session
+        self.pacer: Pacer = pacer if pacer is not None else LocalTokenBucket()
+        self._timeout = timeout
+        self._max_query_limit_retries = max_query_limit_retries
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._max_limit_wait = max_limit_wait
+        self._max_redirects = max_redirects
+        self._sleep = sleep
+        self._rand = rand
+        self._monotonic = monotonic
+        self._clock = clock
+        self._resets: dict[tuple[str, str], float] = {}
+        self._resets_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, session: requests.Session | None = None, pacer: Pacer | None = None
+    ) -> RestClient:
+        """A client configured by the environment (policy, timeout, pacing)."""
+        read_timeout = settings.http_timeout_seconds
+        return cls(
+            PortalPolicy.from_settings(settings),
+            session=session,
+            pacer=pacer or LocalTokenBucket(settings.rate_limit_per_second, settings.rate_limit_burst),
+            timeout=(min(3.05, read_timeout), read_timeout),
+        )
+
+    def __repr__(self) -> str:
+        return f"RestClient(policy={self.policy!r}, pacer={self.pacer!r}, timeout={self._timeout!r})"
+
+    # --- public API -------------------------------------------------------------------------------
+
+    def call(
+        self, portal: PortalContext, method: str, params: Mapping[str, Any] | None = None
+    ) -> RestResponse:
+        """POST one REST method; return its result or raise the typed error."""
+        check_method(method)
+        body = dict(params or {})
+        if "auth" in body:
+            raise ValueError("the access token comes from the portal context, not from params")
+        data = self._request(portal, method, lambda token: {**body, "auth": token}, (method,))
+        response = parse_response(data)
+        self._remember_reset(portal.host, method, response.time)
+        return response
+
+    def batch(
+        self,
+        portal: PortalContext,
+        commands: Mapping[str, tuple[str, Mapping[str, Any]] | str],
+        *,
+        halt: bool = False,
+    ) -> BatchResult:
+        """Run up to 50 commands in one HTTP request; sub-call failures come back in `errors`."""
+        cmd, methods = encode_commands(commands)
+        halt_flag = 1 if halt else 0
+        data = self._request(
+            portal,
+            "batch",
+            lambda token: {"halt": halt_flag, "cmd": cmd, "auth": token},
+            tuple(set(methods.values())),
+        )
+        result = parse_batch(data)
+        for key, time_block in result.times.items():
+            if key in methods:
+                self._remember_reset(portal.host, methods[key], time_block)
+        return result
+
+    def known_reset_at(self, host: str, methods: Iterable[str]) -> float | None:
+        """The latest `operating_reset_at` seen in successful answers of these methods on this host."""
+        with self._resets_lock:
+            known = [self._resets.get((host, m.lower())) for m in methods]
+        values = [v for v in known if v is not None]
+        return max(values) if values else None
+
+    def wait_for_operating_reset(
+        self, portal: PortalContext, error: OperationTimeLimit, methods: Iterable[str]
+    ) -> None:
+        """Sleep until the method unblocks if that fits the budget; else raise the error with `reset_at`."""
+        reset_at = error.reset_at if error.reset_at is not None else self.known_reset_at(portal.host, methods)
+        if reset_at is None:
+            raise _with_reset(error, None)
+        wait = max(0.0, reset_at - self._clock() + _RESET_MARGIN_SECONDS)
+        budget = self._max_limit_wait
+        remaining = self._remaining(portal)
+        if remaining is not None:
+            budget = min(budget, remaining - _MIN_REQUEST_SECONDS)
+        if wait > budget:
+            raise _with_reset(error, reset_at)
+        if wait > 0:
+            self._sleep(wait)
+
+    # --- internals --------------------------------------------------------------------------------
+
+    def _remaining(self, portal: PortalContext) -> float | None:
+        return None if portal.deadline is None else portal.deadline - self._monotonic()
+
+    def _remember_reset(self, host: str, method: str, time_block: object) -> None:
+        reset_at = reset_at_of(time_block)
+        if reset_at is None:
+            return
+        with self._resets_lock:
+            if len(self._resets) >= _MAX_REMEMBERED_RESETS:
+                self._resets.clear()
+            self._resets[(host, method.lower())] = reset_at
+
+    def _endpoint(self, portal: PortalContext) -> str:
+        try:
+            return self.policy.check_client_endpoint(portal.client_endpoint, portal.domain)
+        except InvalidPortal as exc:
+            raise UnsafeEndpoint(
+                "UNSAFE_CLIENT_ENDPOINT", f"client endpoint rejected ({exc.reason})"
+            ) from None
+
+    def _request(
+        self,
+        portal: PortalContext,
+        method: str,
+        make_body: Callable[[str], Mapping[str, Any]],
+        limit_methods: tuple[str, ...],
+    ) -> Mapping[str, Any]:
+        renewed = False
+        limit_waited = False
+        query_limit_attempts = 0
+        redirects = 0
+        while True:
+            token = portal.access_token
+            body = json.dumps(make_body(token), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            status, data, location = self._send(portal, method, body)
+            if status in _REDIRECTS:
+                redirects += 1
+                self._follow_rename(portal, location, redirects)
+                continue
+            error = error_of(status, data)
+            if error is None:
+                return data  # type: ignore[no-any-return]  # error_of vetted it as a success envelope
+            if isinstance(error, ExpiredToken) and portal.can_renew and not renewed:
+                renewed = True
+                portal.renew_token(token)
+                continue
+            if isinstance(error, QueryLimitExceeded):
+                self._back_off(portal, error, query_limit_attempts)
+                query_limit_attempts += 1
+                continue
+            if isinstance(error, OperationTimeLimit):
+                if limit_waited:
+                    raise _with_reset(
+                        error, error.reset_at or self.known_reset_at(portal.host, limit_methods)
+                    )
+                self.wait_for_operating_reset(portal, error, limit_methods)
+                limit_waited = True
+                continue
+            raise error
+
+    def _back_off(self, portal: PortalContext, error: QueryLimitExceeded, attempt: int) -> None:
+        if attempt >= self._max_query_limit_retries:
+            raise error
+        # Full jitter (AWS architecture blog): spreads competing clients across the whole window.
+        delay = self._rand() * min(self._backoff_cap, self._backoff_base * (2**attempt))
+        remaining = self._remaining(portal)
+        if remaining is not None and delay + _MIN_REQUEST_SECONDS > remaining:
+            raise error
+        self._sleep(delay)
+
+    def _timeout_for(self, portal: PortalContext) -> tuple[float, float]:
+        connect, read = self._timeout
+        remaining = self._remaining(portal)
+        if remaining is None:
+            return connect, read
+        if remaining < _MIN_REQUEST_SECONDS:
+            raise DeadlineExceeded("DEADLINE_EXCEEDED", "no time left for another portal request")
+        return min(connect, remaining), min(read, remaining)
+
+    def _send(self, portal: PortalContext, method: str, body: bytes) -> tuple[int, Any, str | None]:
+        url = self._endpoint(portal) + method
+        timeout = self._timeout_for(portal)
+        self.pacer.acquire(portal.pacing_key, portal.deadline)
+        timeout = self._timeout_for(portal)  # pacing may have used part of the budget
+        session = self._session or shared_session()
+        try:
+            response = session.post(
+                url, data=body, headers=_JSON_HEADERS, timeout=timeout, allow_redirects=False
+            )
+        except requests.Timeout:
+            raise TransientError("TIMEOUT", "the portal did not answer in time") from None
+        except requests.RequestException:
+            raise TransientError("CONNECTION_ERROR", "the portal could not be reached") from None
+        if response.status_code in _REDIRECTS:
+            return response.status_code, None, response.headers.get("Location")
+        return response.status_code, decode_json(response), None
+
+    def _follow_rename(self, portal: PortalContext, location: str | None, redirects: int) -> None:
+        if redirects > self._max_redirects:
+            raise PortalMoved("PORTAL_MOVED", "too many portal redirects", http_status=302)
+        if not location:
+            raise PortalMoved("PORTAL_MOVED", "redirect without a Location", http_status=302)
+        target = urljoin(portal.client_endpoint, location)
+        scheme, _, rest = target.partition("://")
+        authority, _, path = rest.partition("/")
+        origin = f"{scheme}://{authority}"
+        if not path.startswith("rest/"):
+            raise PortalMoved(
+                "PORTAL_MOVED", "redirect outside the REST API", http_status=302, location=origin
+            )
+        try:
+            endpoint = self.policy.check_client_endpoint(f"{origin}/rest/")
+        except InvalidPortal as exc:
+            raise PortalMoved(
+                "PORTAL_MOVED",
+                f"new portal address rejected ({exc.reason})",
+                http_status=302,
+                location=origin,
+            ) from None
+        portal.move_to(endpoint)
+
+
+def _with_reset(error: Bitrix24Error, reset_at: float | None) -> OperationTimeLimit:
+    return OperationTimeLimit(error.code, error.description, http_status=error.http_status, reset_at=reset_at)
