@@ -1,0 +1,1 @@
+"""Operator helpers: template reading (cfn_yaml), putting the client secret, deploy parameters."""
