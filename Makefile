@@ -12,6 +12,10 @@ CHECKOV_VENV := $(TOOLS)/checkov
 export PYTHONPATH := functions:infra:.
 export AWS_DEFAULT_REGION ?= eu-central-1
 ENV         ?= dev
+# pip prints harmless "Location ... is ignored" lines in some sandboxes; drop them, keep pip's status.
+PIP_FILTER  := 2>&1 | grep -v 'is ignored: it is neither'; test $${PIPESTATUS[0]} -eq 0
+# SAM CLI: no usage telemetry from CI or operators' machines.
+SAM         := SAM_CLI_TELEMETRY=0 $(TOOLS)/bin/sam
 
 .PHONY: help venv tools format lint typecheck lint-template test test-unit test-integration test-e2e \
         pr demo serve bench bench-smoke build deploy put-secret clean
@@ -22,20 +26,19 @@ help: ## list the targets
 $(STAMP): requirements-dev.txt functions/requirements.txt
 	@echo "==> virtualenv $(VENV) with $(PYTHON_BOOT)"
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
-	@$(PY) -m pip install -q --upgrade pip
-	@$(PY) -m pip install -q -r requirements-dev.txt
+	@$(PY) -m pip install -q --upgrade pip $(PIP_FILTER)
+	@$(PY) -m pip install -q -r requirements-dev.txt $(PIP_FILTER)
 	@touch $@
 
 # checkov pins a boto3 that aws-sam-cli cannot share, so it gets its own virtualenv inside $(TOOLS).
-# pip here prints harmless "Location ... is ignored" lines; filter them, keep pip's exit status.
 $(TOOLS_STAMP): requirements-tools.txt requirements-checkov.txt
 	@echo "==> virtualenvs $(TOOLS) (cfn-lint, sam) and $(CHECKOV_VENV) (checkov)"
 	@test -x $(TOOLS)/bin/python || $(PYTHON_BOOT) -m venv $(TOOLS)
-	@set -o pipefail; $(TOOLS)/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v 'is ignored: it is neither' || test $${PIPESTATUS[0]} -eq 0
-	@set -o pipefail; $(TOOLS)/bin/python -m pip install -q -r requirements-tools.txt 2>&1 | grep -v 'is ignored: it is neither' || test $${PIPESTATUS[0]} -eq 0
+	@$(TOOLS)/bin/python -m pip install -q --upgrade pip $(PIP_FILTER)
+	@$(TOOLS)/bin/python -m pip install -q -r requirements-tools.txt $(PIP_FILTER)
 	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON_BOOT) -m venv $(CHECKOV_VENV)
-	@set -o pipefail; $(CHECKOV_VENV)/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v 'is ignored: it is neither' || test $${PIPESTATUS[0]} -eq 0
-	@set -o pipefail; $(CHECKOV_VENV)/bin/python -m pip install -q -r requirements-checkov.txt 2>&1 | grep -v 'is ignored: it is neither' || test $${PIPESTATUS[0]} -eq 0
+	@$(CHECKOV_VENV)/bin/python -m pip install -q --upgrade pip $(PIP_FILTER)
+	@$(CHECKOV_VENV)/bin/python -m pip install -q -r requirements-checkov.txt $(PIP_FILTER)
 	@touch $@
 
 venv: $(STAMP) ## create the dev virtualenv
@@ -50,10 +53,12 @@ lint: $(STAMP) ## ruff + mypy
 	$(VENV)/bin/ruff format --check functions infra tests
 	$(VENV)/bin/mypy
 
+# All three run offline: checkov with skip-download (.checkov.yaml) and no update check; sam validate
+# needs a region but no credentials.
 lint-template: $(TOOLS_STAMP) ## cfn-lint, checkov and sam validate on template.yaml
 	$(TOOLS)/bin/cfn-lint template.yaml
-	$(TOOLS)/bin/checkov --quiet --compact --config-file .checkov.yaml
-	$(TOOLS)/bin/sam validate --lint --template template.yaml --region $(AWS_DEFAULT_REGION)
+	CKV_SKIP_PACKAGE_UPDATE_CHECK=true $(CHECKOV_VENV)/bin/checkov --config-file .checkov.yaml
+	$(SAM) validate --lint --template template.yaml --region $(AWS_DEFAULT_REGION)
 
 test: lint lint-template ## everything CI runs: lint, template checks, all tests
 	$(PY) -m pytest tests/unit tests/integration tests/e2e
@@ -82,10 +87,14 @@ bench-smoke: $(STAMP) ## a 30-second smoke run of the benchmarks
 	$(PY) -m tests.bench --smoke
 
 build: $(TOOLS_STAMP) ## sam build (python3.13, arm64)
-	PATH="$(dir $(PYTHON_BOOT)):$$PATH" $(TOOLS)/bin/sam build --template template.yaml
+	PATH="$(dir $(PYTHON_BOOT)):$$PATH" $(SAM) build --template template.yaml
 
-deploy: build ## sam deploy with samconfig.toml's $(ENV) profile
-	$(TOOLS)/bin/sam deploy --config-env $(ENV)
+# SAM replaces samconfig's parameter_overrides when given any on the command line, so deploy_params
+# writes samconfig's plus the Bitrix24 client id (BITRIX24_CLIENT_ID on the first deploy, then the
+# stack's current value) and sam reads that file.
+deploy: build $(STAMP) ## sam deploy with samconfig.toml's $(ENV) profile (first time: BITRIX24_CLIENT_ID=...)
+	$(PY) -m operator_tools.deploy_params --env $(ENV) --output .aws-sam/deploy-parameters-$(ENV).json
+	$(SAM) deploy --config-env $(ENV) --parameter-overrides file://.aws-sam/deploy-parameters-$(ENV).json
 
 put-secret: $(STAMP) ## store the Bitrix24 client secret in Secrets Manager (prompts, never echoes)
 	$(PY) -m operator_tools.put_secret --env $(ENV)
