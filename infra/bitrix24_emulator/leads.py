@@ -543,6 +543,10 @@ class LeadStore:
     def __len__(self) -> int:
         return len(self._rows)
 
+    def ids(self) -> list[int]:
+        """Every lead ID in ascending order (a copy)."""
+        return list(self._ids)
+
     def summary(self) -> dict[str, Any]:
         """Count and ID range, for the admin API."""
         return {

@@ -286,11 +286,13 @@ class RestEngine:
                 else {"error": "ERROR_BATCH_REFERENCE", "error_description": str(refused)}
             )
             state.stats.call(sub_method, cost=0.0, counted=False, rows=0, listing=False, failed=True)
+            state.stats.batch_errors[acc.errors[label]["error"]] += 1
             return 0.0, True
         try:
             outcome = self._run(sub_method, handler, sub_params, chain)
         except RestError as error:
             acc.errors[label] = error.body()
+            state.stats.batch_errors[error.error] += 1
             return state.config.base_cost_seconds, True
         acc.results[label] = outcome.body.get("result")
         if "total" in outcome.body:

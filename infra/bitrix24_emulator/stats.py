@@ -39,6 +39,7 @@ class Stats:
     oauth_app_info_requests: int = 0
     http_status: Counter[int] = field(default_factory=Counter)
     rest_errors: Counter[str] = field(default_factory=Counter)
+    batch_errors: Counter[str] = field(default_factory=Counter)
     methods: dict[str, MethodStats] = field(default_factory=lambda: defaultdict(MethodStats))
     concurrent_requests: int = 0
     max_concurrent_requests: int = 0
@@ -107,6 +108,7 @@ class Stats:
             "http_401": self.http_status.get(401, 0),
             "http_302": self.http_status.get(302, 0),
             "rest_errors": dict(self.rest_errors),
+            "batch_errors": dict(self.batch_errors),
             "methods": {
                 name: {
                     "calls": m.calls,
