@@ -131,7 +131,9 @@ def build_event(
     for name, value in request.headers.items():
         lowered = name.lower()
         if lowered == "cookie":
-            cookies.extend(part.strip() for part in re.split(r";", value) if part.strip())
+            # Cookie pairs never contain ";" or "," (RFC 6265), and repeated Cookie headers arrive
+            # comma-joined, so both separate cookies.
+            cookies.extend(part.strip() for part in re.split(r"[;,]", value) if part.strip())
             continue
         headers[lowered] = f"{headers[lowered]},{value}" if lowered in headers else value
     source_ip = str(environ.get("REMOTE_ADDR", "127.0.0.1"))

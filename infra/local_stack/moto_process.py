@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m local_stack.moto_process")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--access-log", action="store_true", help="log every request (noisy)")
     args = parser.parse_args(argv)
     # The stack decides when we stop; a terminal's Ctrl-C reaches the whole process group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -33,13 +34,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     from werkzeug.serving import make_server
 
+    class QuietHandler(MotoRequestHandler):
+        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+            if args.access_log:
+                super().log_request(code, size)
+
     try:
         server = make_server(
             args.host,
             args.port,
             DomainDispatcherApplication(create_backend_app),
             threaded=True,
-            request_handler=MotoRequestHandler,
+            request_handler=QuietHandler,
         )
     except OSError as exc:
         print(json.dumps({"error": str(exc.strerror or exc)}), flush=True)

@@ -409,24 +409,23 @@ class LocalStack:
             if self._stopped:
                 return
             self._stopped = True
+        # First nothing new comes in (fronts and poller), then the parts go down side by side: each
+        # werkzeug listener takes up to half a second to notice its shutdown flag.
+        first: list[tuple[str, Callable[[], None]]] = [(f"the {s.name} front", s.stop) for s in self._servers]
         if self._poller is not None:
-            self._poller.stop()
-        for server in self._servers:
-            try:
-                server.stop()
-            except Exception:
-                _log.exception("stopping the %s front failed", server.name)
+            first.append(("the SQS poller", self._poller.stop))
+        _in_parallel(first)
+        second: list[tuple[str, Callable[[], None]]] = [
+            (f"{name}'s workers", runtime.close) for name, runtime in self.runtimes.items()
+        ]
         if self._lambda_api is not None:
-            self._lambda_api.close()
-        for runtime in self.runtimes.values():
-            runtime.close()
+            second.append(("the async invoker", self._lambda_api.close))
         if self.emulator is not None:
-            try:
-                self.emulator.stop()
-            except Exception:
-                _log.exception("stopping the emulator failed")
+            second.append(("the emulator", self.emulator.stop))
         if self._moto is not None:
-            self._stop_moto(self._moto)
+            moto = self._moto
+            second.append(("the moto server", lambda: self._stop_moto(moto)))
+        _in_parallel(second)
         state_file = self.config.state_file
         if state_file is not None and self.info is not None and state_file.exists():
             try:
@@ -586,6 +585,22 @@ class LocalStack:
         except KeyError as exc:
             return Response(json.dumps({"message": str(exc.args[0])}), 404, content_type="application/json")
         return Response(json.dumps(body), 200, content_type="application/json")
+
+
+def _in_parallel(steps: list[tuple[str, Callable[[], None]]]) -> None:
+    """Run shutdown steps concurrently; a failing step is logged and does not stop the others."""
+
+    def run(name: str, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except Exception:
+            _log.exception("stopping %s failed", name)
+
+    threads = [threading.Thread(target=run, args=step, daemon=True) for step in steps]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
 
 
 def _host_port(url: str) -> str:

@@ -24,31 +24,30 @@ def echo(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return {"statusCode": 200, "headers": {"content-type": "application/json"}, "body": json.dumps(body)}
 
 
+ANSWERS: dict[str, Any] = {
+    "redirect": {
+        "statusCode": 302,
+        "headers": {"Location": "https://example.invalid/next?x=1", "Cache-Control": "no-store"},
+        "cookies": ["a=1; Path=/; HttpOnly", "__Host-b24-oauth=xyz; Secure; Path=/; SameSite=Lax"],
+    },
+    "binary": {
+        "statusCode": 201,
+        "headers": {"content-type": "application/octet-stream"},
+        "body": base64.b64encode(bytes(range(256))).decode(),
+        "isBase64Encoded": True,
+    },
+    "string": "plain words",
+    "dict": {"hello": "world"},
+    "teapot": {"statusCode": 418, "body": "short and stout", "headers": {"X-Count": 3}},
+    "malformed": {"statusCode": "two hundred"},
+    "multi": {"statusCode": 200, "body": "", "multiValueHeaders": {"X-Multi": ["a", "b"]}},
+}
+
+
 def shaped(event: dict[str, Any], context: Any) -> Any:
-    """Answer in the shape named by ?case=..."""
-    case = (event.get("queryStringParameters") or {}).get("case")
-    if case == "redirect":
-        return {
-            "statusCode": 302,
-            "headers": {"Location": "https://example.invalid/next?x=1", "Cache-Control": "no-store"},
-            "cookies": ["a=1; Path=/; HttpOnly", "__Host-b24-oauth=xyz; Secure; Path=/; SameSite=Lax"],
-        }
-    if case == "binary":
-        return {
-            "statusCode": 201,
-            "headers": {"content-type": "application/octet-stream"},
-            "body": base64.b64encode(bytes(range(256))).decode(),
-            "isBase64Encoded": True,
-        }
-    if case == "string":
-        return "plain words"
-    if case == "dict":
-        return {"hello": "world"}
-    if case == "teapot":
-        return {"statusCode": 418, "body": "short and stout", "headers": {"X-Count": 3}}
-    if case == "malformed":
-        return {"statusCode": "two hundred"}
+    """Answer in the shape named by ?case=... (or fail with a token in a local variable)."""
+    case = (event.get("queryStringParameters") or {}).get("case", "")
     if case == "boom":
-        refresh_token = "rt-SECRET-do-not-leak"  # noqa: S105 - the test checks it never reaches the client
+        refresh_token = "rt-SECRET-do-not-leak"
         raise RuntimeError(f"upstream refused {len(refresh_token)}")
-    return {"statusCode": 204}
+    return ANSWERS.get(case, {"statusCode": 204})
