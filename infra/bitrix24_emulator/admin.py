@@ -261,13 +261,18 @@ class AdminApi:
         return json_response(self.rename())
 
     def clock(self, request: Request) -> Response:
-        """Advance the emulated clock: {"advance_seconds": n}."""
+        """Move the emulated clock: {"advance_seconds": n, "freeze"?: bool}."""
         body = self._body(request)
         seconds = body.get("advance_seconds", 0)
-        if not isinstance(seconds, int | float) or seconds < 0:
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
             raise AdminError("advance_seconds must be a non-negative number")
-        now = self.state.clock.advance(float(seconds))
-        return json_response({"now": now, "offset_seconds": self.state.clock.offset})
+        clock = self.state.clock
+        if body.get("freeze") is True:
+            clock.freeze()
+        elif body.get("freeze") is False:
+            clock.unfreeze()
+        now = clock.advance(float(seconds))
+        return json_response({"now": now, "offset_seconds": clock.offset, "frozen": clock.frozen})
 
     # --- installs ----------------------------------------------------------------------------------
 

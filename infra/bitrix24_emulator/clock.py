@@ -8,15 +8,32 @@ from datetime import UTC, datetime, timedelta, timezone
 
 
 class Clock:
-    """Unix time plus an offset that only moves forward."""
+    """Unix time plus an offset that only moves forward; can be frozen so that only `advance` moves it."""
 
-    def __init__(self, offset_seconds: float = 0.0) -> None:
+    def __init__(self, offset_seconds: float = 0.0, *, frozen: bool = False) -> None:
         self._offset = offset_seconds
+        self._frozen_at: float | None = time.time() if frozen else None
         self._lock = threading.Lock()
 
     def now(self) -> float:
         """Current emulated Unix time."""
-        return time.time() + self._offset
+        base = self._frozen_at if self._frozen_at is not None else time.time()
+        return base + self._offset
+
+    def freeze(self) -> float:
+        """Stop the clock at the current emulated time (it moves only by `advance`); return that time."""
+        with self._lock:
+            if self._frozen_at is None:
+                self._frozen_at = time.time()
+        return self.now()
+
+    def unfreeze(self) -> float:
+        """Let the clock run again from where it stands; return the time."""
+        with self._lock:
+            if self._frozen_at is not None:
+                self._offset += self._frozen_at - time.time()
+                self._frozen_at = None
+        return self.now()
 
     def advance(self, seconds: float) -> float:
         """Move the clock forward by `seconds`; return the new time."""
@@ -25,6 +42,11 @@ class Clock:
         with self._lock:
             self._offset += seconds
         return self.now()
+
+    @property
+    def frozen(self) -> bool:
+        """Whether only `advance` moves the clock."""
+        return self._frozen_at is not None
 
     @property
     def offset(self) -> float:
