@@ -28,7 +28,7 @@ from b24connector.vault.refresh import (
     TokenRefresher,
 )
 from b24connector.vault.rescue import SqsRescueQueue
-from b24connector.vault.store import ConsumedState, Portal, PortalStore, StateStore
+from b24connector.vault.store import ConsumedState, Portal, PortalStore, StateStore, derive_pkce_verifier
 
 __all__ = [
     "ConsumedState",
@@ -52,6 +52,7 @@ __all__ = [
     "Vault",
     "VaultError",
     "VaultUnavailable",
+    "derive_pkce_verifier",
     "open_vault",
 ]
 
@@ -82,7 +83,7 @@ class Vault:
                 due_index_shards=settings.due_index_shards,
             ),
             states=StateStore(
-                bind_state_model(settings.states_table, where), cipher, ttl_seconds=settings.state_ttl_seconds
+                bind_state_model(settings.states_table, where), ttl_seconds=settings.state_ttl_seconds
             ),
             rescue_queue=SqsRescueQueue(settings.rescue_queue_url),
             policy=RefreshPolicy.from_settings(settings),

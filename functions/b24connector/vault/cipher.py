@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from mypy_boto3_kms import KMSClient
 
 TOKEN_PURPOSE = "bitrix24-oauth-tokens"
-PKCE_PURPOSE = "bitrix24-oauth-pkce"
 
 # KMS answers that mean "this ciphertext will never decrypt here", as opposed to throttling or outages.
 _UNDECRYPTABLE = frozenset(

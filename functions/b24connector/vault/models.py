@@ -93,7 +93,6 @@ class OAuthStateModel(Model):
     portal_domain = UnicodeAttribute()
     created_at = NumberAttribute()
     expires_at = NumberAttribute()  # TTL attribute; DynamoDB deletes lazily, so code checks it too
-    pkce_verifier_ciphertext = BinaryAttribute(null=True, legacy_encoding=False)
 
 
 def aws_region() -> str:

@@ -283,14 +283,14 @@ class RefreshCoordinator:
             return RefreshOutcome.SKIPPED_INACTIVE
         if portal.refresh_due_at is None or portal.refresh_due_at > now:
             return RefreshOutcome.SKIPPED_NOT_DUE
+        if portal.lease_held(now):
+            return RefreshOutcome.BUSY
         # Bitrix24 blocks apps that refresh too often (fact sheet 2.7): one refresh per portal per gap.
         if any(
             t is not None and now - t < min_gap
             for t in (portal.refresh_obtained_at, portal.last_refresh_attempt_at)
         ):
             return RefreshOutcome.SKIPPED_RECENT
-        if portal.lease_held(now):
-            return RefreshOutcome.BUSY
         return None
 
     # --- rescue ------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ older row can never overwrite a newer chain; the refresh lease is a conditional 
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ from pynamodb.constants import ALL_OLD
 from pynamodb.exceptions import PynamoDBException
 
 from b24connector.bitrix24.tokens import TokenSet
-from b24connector.vault.cipher import PKCE_PURPOSE, SealedTokens, TokenCipher, TokenMetadata
+from b24connector.vault.cipher import SealedTokens, TokenCipher, TokenMetadata
 from b24connector.vault.errors import ReauthRequired, VaultError, VaultUnavailable
 from b24connector.vault.models import (
     HEALTH_ACTIVE,
@@ -36,6 +38,21 @@ _DAY = 86_400
 def hash_secret(value: str) -> str:
     """SHA-256 hex of a one-time secret (OAuth state, browser nonce): what the tables store instead."""
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def derive_pkce_verifier(key: bytes, raw_state: str, browser_nonce: str) -> str:
+    """The PKCE code_verifier of one authorization, derived instead of stored (43 chars, RFC 7636).
+
+    Nothing secret sits in the states table: the verifier is an HMAC of the raw state and the browser
+    nonce (neither stored) under a server-side key, so only this service, holding the browser's cookie,
+    can recompute it at the callback. Use a Secrets Manager key (e.g. the cursor signing key; the
+    domain-separation prefix keeps the uses apart).
+    """
+    if not key:
+        raise ValueError("a PKCE derivation key is required")
+    message = f"b24connector-pkce-verifier\0{raw_state}\0{browser_nonce}".encode()
+    digest = hmac.new(key, message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 def _grant_digest(tokens: TokenSet) -> str:
@@ -441,53 +458,34 @@ class ConsumedState:
     portal_domain: str
     created_at: int
     expires_at: int
-    pkce_verifier: str | None = field(default=None, repr=False)
 
 
 class StateStore:
     """Single-use OAuth `state` records: only hashes are stored; consuming is one conditional delete.
 
-    The PKCE verifier, when PKCE is on, is stored as KMS ciphertext bound to the state hash: it must
-    survive until the callback, and a plain copy in the table would defeat PKCE for anyone who can
-    read the table.
+    A PKCE verifier, when PKCE is on, is not stored at all (see derive_pkce_verifier): the token key's
+    policy only serves token blobs, and a plain copy in the table would defeat PKCE.
     """
 
-    def __init__(
-        self,
-        model: type[OAuthStateModel],
-        cipher: TokenCipher,
-        *,
-        ttl_seconds: int,
-        clock: Clock = time.time,
-    ) -> None:
+    def __init__(self, model: type[OAuthStateModel], *, ttl_seconds: int, clock: Clock = time.time) -> None:
         if not 0 < ttl_seconds <= 600:
             raise ValueError("state TTL must be between 1 and 600 seconds")
         self.model = model
-        self.cipher = cipher
         self.ttl_seconds = ttl_seconds
         self._clock = clock
 
-    def save(
-        self, raw_state: str, browser_nonce: str, portal_domain: str, *, pkce_verifier: str | None = None
-    ) -> int:
+    def save(self, raw_state: str, browser_nonce: str, portal_domain: str) -> int:
         """Store a new pending authorization; returns its expiry (Unix seconds)."""
         if not raw_state or not browser_nonce:
             raise ValueError("state and browser nonce must not be empty")
-        state_hash = hash_secret(raw_state)
         now = int(self._clock())
         expires_at = now + self.ttl_seconds
-        verifier_blob = None
-        if pkce_verifier is not None:
-            verifier_blob = self.cipher.encrypt(
-                pkce_verifier.encode("utf-8"), {"purpose": PKCE_PURPOSE, "state_hash": state_hash}
-            )
         item = self.model(
-            state_hash,
+            hash_secret(raw_state),
             nonce_hash=hash_secret(browser_nonce),
             portal_domain=portal_domain.strip().lower(),
             created_at=now,
             expires_at=expires_at,
-            pkce_verifier_ciphertext=verifier_blob,
         )
         try:
             item.save(condition=self.model.state_hash.does_not_exist())
@@ -506,11 +504,10 @@ class StateStore:
         if not raw_state or not browser_nonce:
             return None
         m = self.model
-        state_hash = hash_secret(raw_state)
         now = int(self._clock())
         try:
             answer = m._get_connection().delete_item(
-                state_hash,
+                hash_secret(raw_state),
                 condition=(m.state_hash.exists())
                 & (m.nonce_hash == hash_secret(browser_nonce))
                 & (m.expires_at > now),
@@ -526,16 +523,6 @@ class StateStore:
         item = m.from_raw_data(raw)
         if item.expires_at <= self._clock():  # belt and braces: TTL deletion is lazy
             return None
-        verifier = None
-        if item.pkce_verifier_ciphertext is not None:
-            verifier = self.cipher.decrypt(
-                item.pkce_verifier_ciphertext,
-                {"purpose": PKCE_PURPOSE, "state_hash": state_hash},
-                owner=f"state {state_hash[:12]}",
-            ).decode("utf-8")
         return ConsumedState(
-            portal_domain=item.portal_domain,
-            created_at=int(item.created_at),
-            expires_at=int(item.expires_at),
-            pkce_verifier=verifier,
+            portal_domain=item.portal_domain, created_at=int(item.created_at), expires_at=int(item.expires_at)
         )

@@ -1,0 +1,117 @@
+"""Project-wide fixtures: safe AWS defaults, no sockets in unit tests, moto/dynalite servers, AWS stacks.
+
+Fixtures (details in tests/support):
+- `moto_server` (session): moto's server in a child process on an ephemeral port.
+- `dynalite_server` (session): dynalite (node) in a child process; needs `.local/node` (see .ci/run).
+- `aws_stack` (function): unique tables (from template.yaml), KMS key, secrets and queues on
+  `moto_server`, with every env var the settings read set (monkeypatched) and get_settings() reset.
+- `aws_stack_factory` (function): build more stacks, e.g. `aws_stack_factory(dynamodb="dynalite")`.
+- `metrics_capture` (function): the Powertools metric buffer, cleared before and after the test.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.aws import FAKE_CREDENTIALS, TEST_REGION, AwsStack, provision
+from tests.support.servers import DynaliteServer, MotoServer, dynalite_installed, install_dynalite_hint
+
+# Set before any test module imports boto3/Powertools: never real AWS, never a developer's profile.
+for _name, _value in {
+    **FAKE_CREDENTIALS,
+    "AWS_DEFAULT_REGION": TEST_REGION,
+    "AWS_REGION": TEST_REGION,
+    "POWERTOOLS_SERVICE_NAME": "b24connector-tests",
+    "POWERTOOLS_METRICS_NAMESPACE": "B24ConnectorTests",
+    "POWERTOOLS_LOG_LEVEL": "INFO",
+}.items():
+    os.environ[_name] = _value
+for _name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
+    os.environ.pop(_name, None)
+
+_UNIT_DIR = Path(__file__).parent / "unit"
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+
+
+def _guarded(real: Callable[..., Any]) -> Callable[..., Any]:
+    def connect(self: socket.socket, address: Any) -> Any:
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            raise RuntimeError(f"unit tests must not open network connections (tried {address!r})")
+        return real(self, address)
+
+    return connect
+
+
+@pytest.fixture(autouse=True)
+def _no_sockets_in_unit_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tests/unit is the no-network tier: any TCP/UDP connect fails loudly."""
+    if _UNIT_DIR in Path(str(request.node.path)).parents:
+        monkeypatch.setattr(socket.socket, "connect", _guarded(_real_connect))
+        monkeypatch.setattr(socket.socket, "connect_ex", _guarded(_real_connect_ex))
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """moto's server in its own process (shared by the session; every test uses unique names)."""
+    with MotoServer() as server:
+        assert isinstance(server, MotoServer)
+        yield server
+
+
+@pytest.fixture(scope="session")
+def dynalite_server() -> Iterator[DynaliteServer]:
+    """dynalite in its own process: a second DynamoDB implementation with per-table locking."""
+    if not dynalite_installed():
+        pytest.fail(f"dynalite is not installed; run: {install_dynalite_hint()} (.ci/run does it)")
+    with DynaliteServer() as server:
+        assert isinstance(server, DynaliteServer)
+        yield server
+
+
+@pytest.fixture
+def aws_stack_factory(
+    request: pytest.FixtureRequest, moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., AwsStack]]:
+    """Provision a stack; `dynamodb="dynalite"` puts its tables on the dynalite server instead."""
+    from b24connector.settings import get_settings
+
+    def build(*, dynamodb: str = "moto", activate: bool = True, **extra_env: str) -> AwsStack:
+        dynamodb_url = None
+        if dynamodb == "dynalite":
+            dynamodb_url = request.getfixturevalue("dynalite_server").endpoint_url
+        elif dynamodb != "moto":
+            raise ValueError(f"unknown DynamoDB backend {dynamodb!r}")
+        stack = provision(moto_server.endpoint_url, dynamodb_endpoint_url=dynamodb_url)
+        stack.extra_env.update(extra_env)
+        if activate:
+            monkeypatch.delenv("AWS_ENDPOINT_URL_DYNAMODB", raising=False)
+            for name, value in stack.env().items():
+                monkeypatch.setenv(name, value)
+            get_settings.cache_clear()
+        return stack
+
+    yield build
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def aws_stack(aws_stack_factory: Callable[..., AwsStack]) -> AwsStack:
+    """A fresh stack on the moto server, active in this process's environment."""
+    return aws_stack_factory()
+
+
+@pytest.fixture
+def metrics_capture() -> Iterator[dict[str, Any]]:
+    """The shared Powertools metric set (name -> {"Unit", "Value": [...]}), empty at the start."""
+    from b24connector.observability import metrics
+
+    metrics.clear_metrics()
+    yield metrics.metric_set
+    metrics.clear_metrics()

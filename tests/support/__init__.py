@@ -1,0 +1,1 @@
+"""Shared test fixtures' machinery: child-process servers (moto, dynalite), AWS resources, fakes."""

@@ -1,0 +1,132 @@
+"""AWS-compatible servers in their own processes, on ephemeral loopback ports.
+
+Each child prints one JSON line with its port and lives until its stdin closes, so a crashed test run
+leaves no server behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+NODE_PREFIX = REPO_ROOT / ".local" / "node"
+DYNALITE_VERSION = "3.2.2"
+_START_TIMEOUT_SECONDS = 30.0
+
+
+class ChildServer:
+    """A server process that reports its port as its first stdout line ({"port": N})."""
+
+    name = "server"
+
+    def __init__(self, argv: list[str], *, env: dict[str, str] | None = None, cwd: Path = REPO_ROOT) -> None:
+        self.argv = argv
+        self.env = env
+        self.cwd = cwd
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    @property
+    def endpoint_url(self) -> str:
+        """http://127.0.0.1:<port>"""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ChildServer:
+        """Start the child and wait for its port line."""
+        self.process = subprocess.Popen(
+            self.argv,
+            cwd=self.cwd,
+            env=self.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        stdout = self.process.stdout
+        assert stdout is not None
+        line: list[bytes] = []
+        reader = threading.Thread(target=lambda: line.append(stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(_START_TIMEOUT_SECONDS)
+        if not line or not line[0].strip():
+            self.stop()
+            raise RuntimeError(f"{self.name} did not report its port within {_START_TIMEOUT_SECONDS:.0f} s")
+        info: dict[str, Any] = json.loads(line[0])
+        if "port" not in info:
+            self.stop()
+            raise RuntimeError(f"{self.name} failed to start: {info}")
+        self.port = int(info["port"])
+        return self
+
+    def stop(self) -> None:
+        """Close stdin (the child's signal to end), then make sure it is gone."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.stdin is not None:
+            process.stdin.close()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+        if process.stdout is not None:
+            process.stdout.close()
+
+    def __enter__(self) -> ChildServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _python_env() -> dict[str, str]:
+    env = dict(os.environ)
+    paths = [str(REPO_ROOT / "functions"), str(REPO_ROOT / "infra"), str(REPO_ROOT)]
+    env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+class MotoServer(ChildServer):
+    """moto's server (DynamoDB, KMS, SQS, Secrets Manager, ...) in a child process."""
+
+    name = "moto server"
+
+    def __init__(self) -> None:
+        # The local stack's launcher: same server the stack runs, port 0 reported back.
+        super().__init__([sys.executable, "-m", "local_stack.moto_process", "--port", "0"], env=_python_env())
+
+    def reset(self) -> None:
+        """Drop every resource in every moto backend."""
+        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310  (loopback http only)
+            answer.read()
+
+
+def dynalite_installed() -> bool:
+    """True when node and the project-local dynalite are present (.ci/run installs them)."""
+    return shutil.which("node") is not None and (NODE_PREFIX / "node_modules" / "dynalite").is_dir()
+
+
+def install_dynalite_hint() -> str:
+    """The command that installs dynalite where the fixtures look for it."""
+    return f"npm install --no-audit --no-fund --prefix {NODE_PREFIX} dynalite@{DYNALITE_VERSION}"
+
+
+class DynaliteServer(ChildServer):
+    """dynalite (DynamoDB API on LevelDB/memdown, one lock per table) in a node child process."""
+
+    name = "dynalite"
+
+    def __init__(self) -> None:
+        node = shutil.which("node") or "node"
+        env = dict(os.environ)
+        env["NODE_PATH"] = str(NODE_PREFIX / "node_modules")
+        super().__init__([node, str(Path(__file__).with_name("dynalite_main.js"))], env=env)
