@@ -1,0 +1,115 @@
+"""Walkers shared by the template tests: the repository paths, the handler contract, IAM statements."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from operator_tools.cfn_yaml import resources_of_type
+
+# Values for parameters without a default (the operator passes them at deploy time).
+DEPLOY_TIME_VALUES = {"Bitrix24ClientId": "local.65f0c0c0c0c0c0.12345678"}
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+TEMPLATE_PATH = REPO_ROOT / "template.yaml"
+
+# The contract in TEAM.md / ARCHITECTURE.md: logical ID -> handler.
+HANDLERS = {
+    "AuthorizeFunction": "b24connector.handlers.authorize.handler",
+    "CallbackFunction": "b24connector.handlers.callback.handler",
+    "InstallFunction": "b24connector.handlers.install.handler",
+    "RefreshFunction": "b24connector.handlers.refresh_sweep.handler",
+    "RefreshWorkerFunction": "b24connector.handlers.refresh_worker.handler",
+    "LeadsFunction": "b24connector.handlers.leads.handler",
+    "TokenRescueFunction": "b24connector.handlers.token_rescue.handler",
+}
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One policy statement with where it was found."""
+
+    resource_id: str  # logical ID of the role / key / queue policy holding it
+    document: str  # e.g. "Policies[0]", "KeyPolicy"
+    body: dict[str, Any]
+
+    @property
+    def sid(self) -> str:
+        """The statement's Sid ("" when it has none)."""
+        return str(self.body.get("Sid", ""))
+
+    @property
+    def allow(self) -> bool:
+        """True for an Allow statement."""
+        return self.body.get("Effect") == "Allow"
+
+    @property
+    def actions(self) -> list[str]:
+        """Action as a list."""
+        return as_list(self.body.get("Action"))
+
+    @property
+    def resources(self) -> list[Any]:
+        """Resource as a list (literals or intrinsic maps)."""
+        return as_list(self.body.get("Resource"))
+
+
+def as_list(value: Any) -> list[Any]:
+    """A scalar as a one-element list; a list as itself; None as []."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+def policy_statements(template: dict[str, Any]) -> Iterator[Statement]:
+    """Every statement of every identity, key and queue policy in the template (trust policies excluded)."""
+    for role_id, role in resources_of_type(template, "AWS::IAM::Role").items():
+        for index, policy in enumerate(role["Properties"].get("Policies", [])):
+            for body in policy["PolicyDocument"]["Statement"]:
+                yield Statement(role_id, f"Policies[{index}]", body)
+    for key_id, key in resources_of_type(template, "AWS::KMS::Key").items():
+        for body in key["Properties"]["KeyPolicy"]["Statement"]:
+            yield Statement(key_id, "KeyPolicy", body)
+    for policy_id, policy in resources_of_type(template, "AWS::SQS::QueuePolicy").items():
+        for body in policy["Properties"]["PolicyDocument"]["Statement"]:
+            yield Statement(policy_id, "PolicyDocument", body)
+
+
+def role_of(template: dict[str, Any], function_id: str) -> str:
+    """The logical ID of the role a function runs as (it must be a GetAtt <Role>.Arn)."""
+    role = template["Resources"][function_id]["Properties"]["Role"]
+    assert isinstance(role, dict), f"{function_id}: Role must reference a role in the template"
+    assert list(role) == ["Fn::GetAtt"], f"{function_id}: Role must be !GetAtt <Role>.Arn"
+    assert role["Fn::GetAtt"][1] == "Arn"
+    return str(role["Fn::GetAtt"][0])
+
+
+def role_statements(template: dict[str, Any], role_id: str) -> list[Statement]:
+    """The Allow statements of one role's inline policies."""
+    return [s for s in policy_statements(template) if s.resource_id == role_id and s.allow]
+
+
+def getatt(logical_id: str, attribute: str = "Arn") -> dict[str, list[str]]:
+    """The JSON form of !GetAtt logical_id.attribute."""
+    return {"Fn::GetAtt": [logical_id, attribute]}
+
+
+def deployed_value(template: dict[str, Any], value: Any) -> str:
+    """What a variable would hold after deployment: parameter defaults, stand-ins for resource ids."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    (kind, argument), *_ = value.items()
+    if kind == "Ref" and argument in template.get("Parameters", {}):
+        parameter = template["Parameters"][argument]
+        return str(parameter["Default"]) if "Default" in parameter else DEPLOY_TIME_VALUES[argument]
+    if kind == "Ref":
+        return f"{argument}-physical-id"
+    if kind == "Fn::GetAtt":
+        return f"arn:aws:service:eu-central-1:123456789012:{argument[0]}"
+    raise AssertionError(f"unexpected intrinsic {kind} in an environment variable")
