@@ -19,6 +19,7 @@ import hmac
 import json
 import math
 import re
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -37,7 +38,10 @@ from b24connector.bitrix24.errors import (
     QueryLimitExceeded,
     TransientError,
 )
+from b24connector.bitrix24.rest import PortalContext
 from b24connector.vault.errors import PortalNotFound, ReauthRequired, TokenDecryptError, VaultError
+from b24connector.vault.refresh import RefreshCoordinator
+from b24connector.vault.store import PortalStore
 
 LEAD_METHOD = "crm.lead.list"
 DEFAULT_LIMIT = 1000
@@ -357,6 +361,59 @@ class PortalOpener(Protocol):
     def open(self, *, member_id: str | None, domain: str | None, deadline: float | None) -> OpenPortal:
         """Raise the vault's PortalNotFound / ReauthRequired / TokenDecryptError when it cannot be used."""
         ...
+
+
+class VaultPortalOpener:
+    """PortalOpener over the vault: one DynamoDB read, tokens from the per-version cache when warm."""
+
+    def __init__(
+        self,
+        store: PortalStore,
+        coordinator: RefreshCoordinator,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._coordinator = coordinator
+        self._monotonic = monotonic
+
+    def open(self, *, member_id: str | None, domain: str | None, deadline: float | None) -> OpenPortal:
+        """The portal's REST context, whose renew hook refreshes through the coordinator."""
+        if member_id is not None:
+            portal = self._store.get(member_id)
+        elif domain is not None:
+            portal = self._store.get_by_domain(domain)
+        else:
+            raise ValueError("a member_id or a domain is required")
+        if portal is None:
+            raise PortalNotFound("no portal with that key")
+        if not portal.is_active or not portal.client_endpoint:
+            raise ReauthRequired(portal.member_id, portal.health)
+        tokens = self._store.tokens(portal)
+        portal_id = portal.member_id
+
+        def remaining_ms() -> int:
+            return 60_000 if deadline is None else int((deadline - self._monotonic()) * 1000)
+
+        def renew(rejected_access_token: str) -> str:
+            fresh = self._coordinator.fresh_access_token(
+                portal_id, rejected_access_token, remaining_ms=remaining_ms
+            )
+            return fresh.access_token
+
+        access_token = tokens.access_token
+        if tokens.access_expired():
+            # Known to be dead: renew now instead of spending a portal request on expired_token.
+            access_token = renew(access_token)
+        context = PortalContext(
+            portal.client_endpoint,
+            access_token,
+            renew=renew,
+            deadline=deadline,
+            domain=portal.domain,
+            pacing_key=portal_id,
+        )
+        return OpenPortal(portal_id, context)
 
 
 _REAUTH_ERRORS = (InvalidGrant, InvalidToken, NotInstalled, PaymentRequired, InvalidClient, PortalDeleted)

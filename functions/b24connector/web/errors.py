@@ -65,6 +65,7 @@ def serve(
     answer_as: Literal["html", "json"] = "html",
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     cookies_on_problem: tuple[str, ...] = (),
+    count: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Parse the event, run `handle`, and map every failure to a 4xx/5xx answer without internals."""
     request_id = str((event.get("requestContext") or {}).get("requestId") or "")
@@ -77,6 +78,8 @@ def serve(
         log("request refused", extra={"reason": problem.reason, "status": status})
         response = render_problem(status, problem.reason, problem.message, request_id, answer_as)
         response.cookies.extend(cookies_on_problem)
+        if count is not None:
+            count("RequestRefused" if status < 500 else "RequestFailed")
     except Exception as exc:
         # No message, no locals: an exception text from a library could quote a request body.
         logger.error("unhandled error", extra={"status": 500, **safe_traceback(exc)})
@@ -88,6 +91,8 @@ def serve(
             answer_as,
         )
         response.cookies.extend(cookies_on_problem)
+        if count is not None:
+            count("RequestFailed")
     return response.to_event()
 
 

@@ -60,6 +60,10 @@ class Fields:
             raise HttpProblem(400, f"{_reason_name(name)}_missing", f"Field {name!r} is required.")
         return value
 
+    def single_values(self) -> dict[str, str]:
+        """Every field with its one value; conflicting duplicates of any field are refused."""
+        return {name: value for name in self.names() if (value := self.one(name)) is not None}
+
     def nested(self) -> dict[str, Any]:
         """PHP-style bracket keys (`auth[member_id]`, `a[]`) folded into nested dicts and lists."""
         return nest_fields(self.pairs)

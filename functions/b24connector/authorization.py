@@ -1,0 +1,284 @@
+"""The full OAuth protocol (fact sheet 1-2): send the browser to the portal, take the code back once.
+
+CSRF and mix-up defences: a random `state` (stored hashed, single use, short-lived) bound to a random
+browser nonce in a host-only cookie and to the portal the user named; the code is exchanged exactly
+once, on the allow-listed OAuth server that `server_domain` names; the token answer must name the
+same portal (`member_id`, `client_endpoint` host) as the callback before anything is stored.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from pynamodb.exceptions import PynamoDBException
+
+from b24connector.bitrix24.errors import (
+    InvalidClient,
+    MalformedTokenPayload,
+    OAuthError,
+    TransientError,
+    UnsafeEndpoint,
+)
+from b24connector.bitrix24.tokens import TokenSet
+from b24connector.portals import InvalidPortal, PortalPolicy
+from b24connector.problems import invalid, unavailable, upstream_rejected
+from b24connector.vault.errors import VaultUnavailable
+from b24connector.vault.store import StateStore, hash_secret
+
+_MEMBER_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+_MAX_PARAM = 512
+
+# Why a consumed-state check failed; the callback page shows the code.
+STATE_MISSING = "state_missing"  # never issued, already used (consuming deletes it) or swept by TTL
+STATE_EXPIRED = "state_expired"
+COOKIE_MISMATCH = "cookie_mismatch"
+
+
+class StateBook(Protocol):
+    """Pending authorizations (vault.StateStore plus a read-only explanation of a refusal)."""
+
+    def save(self, raw_state: str, browser_nonce: str, portal_domain: str) -> int:
+        """Store hashes of a new state and nonce for `portal_domain`; return the expiry (Unix s)."""
+        ...
+
+    def consume(self, raw_state: str, browser_nonce: str) -> _Consumed | None:
+        """Atomically delete a matching, unexpired state; None for every other case."""
+        ...
+
+    def explain_refusal(self, raw_state: str, browser_nonce: str) -> str:
+        """Why `consume` refused: STATE_MISSING, STATE_EXPIRED or COOKIE_MISMATCH (no change made)."""
+        ...
+
+
+class _Consumed(Protocol):
+    @property
+    def portal_domain(self) -> str: ...
+
+
+class ExplainingStateStore:
+    """vault.StateStore plus `explain_refusal`, so the callback page can say why a state was refused.
+
+    The explanation is one read-only GetItem, made only after `consume` refused; it never changes the
+    outcome. (It reads the state model directly; it belongs in StateStore once the vault adopts it.)
+    """
+
+    def __init__(self, store: StateStore, *, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._clock = clock
+
+    def save(self, raw_state: str, browser_nonce: str, portal_domain: str) -> int:
+        """Store a new pending authorization."""
+        return self._store.save(raw_state, browser_nonce, portal_domain)
+
+    def consume(self, raw_state: str, browser_nonce: str) -> _Consumed | None:
+        """Atomically consume a matching, unexpired state."""
+        return self._store.consume(raw_state, browser_nonce)
+
+    def explain_refusal(self, raw_state: str, browser_nonce: str) -> str:
+        """Why consume refused; VaultUnavailable when DynamoDB cannot say."""
+        model = self._store.model
+        try:
+            item = model.get(hash_secret(raw_state), consistent_read=True)
+        except model.DoesNotExist:
+            return STATE_MISSING
+        except PynamoDBException:
+            raise VaultUnavailable("DynamoDB GetItem on the states table failed") from None
+        if item.expires_at <= self._clock():
+            return STATE_EXPIRED
+        if not hmac.compare_digest(item.nonce_hash, hash_secret(browser_nonce)):
+            return COOKIE_MISMATCH
+        return STATE_MISSING  # consumed between the two calls by a concurrent request
+
+
+class AuthorizationServer(Protocol):
+    """The OAuth client as this flow needs it (bitrix24.oauth.OAuthClient)."""
+
+    def authorize_url(self, portal_host: str, state: str, *, code_challenge: str | None = None) -> str:
+        """The portal's consent URL."""
+        ...
+
+    def resolve_server(self, hint: str | None) -> str:
+        """The allow-listed OAuth server base URL a hint names; raise UnsafeEndpoint otherwise."""
+        ...
+
+    def exchange_code(
+        self, code: str, *, server_hint: str | None = None, code_verifier: str | None = None
+    ) -> TokenSet:
+        """One code exchange, never retried."""
+        ...
+
+
+class GrantStore(Protocol):
+    """Where a new token chain goes (vault.PortalStore)."""
+
+    def save_grant(self, tokens: TokenSet, *, domain: str, application_token: str | None = None) -> object:
+        """Store a new chain for tokens.member_id."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationStart:
+    """Where to send the browser, and the nonce its cookie must carry back."""
+
+    redirect_url: str
+    browser_nonce: str = ""
+    max_age: int = 0
+
+    def __repr__(self) -> str:
+        return f"AuthorizationStart(max_age={self.max_age})"
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackParams:
+    """What Bitrix24 appends to the redirect URI (fact sheet 1)."""
+
+    code: str
+    state: str
+    domain: str
+    member_id: str
+    server_domain: str | None = None
+    scope: str | None = None
+
+    def __repr__(self) -> str:
+        return f"CallbackParams(domain={self.domain!r}, member_id={self.member_id!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """A portal whose grant was stored."""
+
+    domain: str
+    member_id: str
+
+
+def pkce_challenge(verifier: str) -> str:
+    """The S256 code_challenge of a verifier (RFC 7636)."""
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+class AuthorizationFlow:
+    """Start and finish an authorization; every refusal is a Problem and changes nothing stored."""
+
+    def __init__(
+        self,
+        policy: PortalPolicy,
+        states: StateBook,
+        server: AuthorizationServer,
+        grants: GrantStore,
+        *,
+        ttl_seconds: int,
+        pkce_verifier: Callable[[str, str], str] | None = None,
+        token_urlsafe: Callable[[int], str] = secrets.token_urlsafe,
+    ) -> None:
+        self._policy = policy
+        self._states = states
+        self._server = server
+        self._grants = grants
+        self._ttl = ttl_seconds
+        # PKCE is UNVERIFIED for Bitrix24 (fact sheet 1), so it is a setting; the verifier is derived
+        # from the state and nonce (vault.derive_pkce_verifier), never stored.
+        self._pkce_verifier = pkce_verifier
+        self._token_urlsafe = token_urlsafe
+
+    def start(self, raw_domain: str | None) -> AuthorizationStart:
+        """Validate the portal, store a fresh state, and build the consent URL."""
+        if raw_domain is None or raw_domain == "":
+            raise invalid("domain_missing", "Enter the address of your Bitrix24 portal.")
+        portal = self._normalize(raw_domain, "domain_invalid")
+        state = self._token_urlsafe(32)
+        nonce = self._token_urlsafe(32)
+        challenge = pkce_challenge(self._pkce_verifier(state, nonce)) if self._pkce_verifier else None
+        try:
+            self._states.save(state, nonce, portal)
+        except VaultUnavailable:
+            raise unavailable("storage_unavailable", "Please try again in a moment.") from None
+        url = self._server.authorize_url(portal, state, code_challenge=challenge)
+        return AuthorizationStart(redirect_url=url, browser_nonce=nonce, max_age=self._ttl)
+
+    def complete(self, params: CallbackParams, browser_nonce: str | None) -> Connected:
+        """Check the callback against its state, exchange the code once, and store the grant."""
+        for value, name in (
+            (params.state, "state"),
+            (params.code, "code"),
+            (params.domain, "domain"),
+            (params.member_id, "member_id"),
+        ):
+            _check_param(value, name)
+        domain = self._normalize(params.domain, "domain_invalid")
+        if not set(params.member_id) <= _MEMBER_ID_CHARS:
+            raise invalid("member_id_invalid", "The portal identifier is malformed.")
+        try:
+            server = self._server.resolve_server(params.server_domain)
+        except UnsafeEndpoint:
+            raise invalid("server_not_allowed", "The authorization server is not one we trust.") from None
+        if not browser_nonce:
+            raise invalid("cookie_missing", "This browser did not start the sign-in (or it took too long).")
+        consumed = self._consume(params.state, browser_nonce)
+        if consumed.portal_domain != domain:
+            raise invalid("domain_mismatch", "The portal differs from the one the sign-in started with.")
+        verifier = self._pkce_verifier(params.state, browser_nonce) if self._pkce_verifier else None
+        tokens = self._exchange(params.code, server, verifier)
+        if tokens.member_id != params.member_id:
+            raise invalid("member_mismatch", "The token answer names another portal.")
+        try:
+            client_endpoint = self._policy.check_client_endpoint(tokens.client_endpoint, domain)
+        except InvalidPortal:
+            raise invalid("endpoint_mismatch", "The token answer points at another portal.") from None
+        # Store the endpoints we verified, not the ones the answer claimed.
+        grant = replace(tokens, client_endpoint=client_endpoint, server_endpoint=f"{server}/rest/")
+        try:
+            self._grants.save_grant(grant, domain=domain)
+        except VaultUnavailable:
+            raise unavailable(
+                "storage_unavailable", "The connection could not be saved; start again."
+            ) from None
+        return Connected(domain=domain, member_id=grant.member_id)
+
+    def _normalize(self, raw: str, reason: str) -> str:
+        try:
+            return self._policy.normalize(raw)
+        except InvalidPortal as exc:
+            raise invalid(reason, f"This is not an allowed Bitrix24 portal address ({exc.reason}).") from None
+
+    def _consume(self, state: str, nonce: str) -> _Consumed:
+        try:
+            consumed = self._states.consume(state, nonce)
+            if consumed is not None:
+                return consumed
+            reason = self._states.explain_refusal(state, nonce)
+        except VaultUnavailable:
+            raise unavailable("storage_unavailable", "Please start the sign-in again.") from None
+        messages = {
+            STATE_EXPIRED: "The sign-in took too long. Please start again.",
+            COOKIE_MISMATCH: "This browser did not start this sign-in.",
+        }
+        raise invalid(reason, messages.get(reason, "This sign-in link is unknown or was already used."))
+
+    def _exchange(self, code: str, server: str, verifier: str | None) -> TokenSet:
+        try:
+            return self._server.exchange_code(code, server_hint=server, code_verifier=verifier)
+        except TransientError:
+            raise unavailable("oauth_unavailable", "Bitrix24 did not answer. Please start again.") from None
+        except MalformedTokenPayload:
+            raise upstream_rejected("token_answer_malformed", "Bitrix24 answered without tokens.") from None
+        except InvalidClient:
+            raise upstream_rejected(
+                "client_rejected", "Bitrix24 does not accept this app's credentials."
+            ) from None
+        except OAuthError:
+            raise invalid("code_rejected", "Bitrix24 refused the sign-in code. Please start again.") from None
+
+
+def _check_param(value: str, name: str) -> None:
+    if not value:
+        raise invalid(f"{name}_missing", f"The callback has no {name}.")
+    if len(value) > _MAX_PARAM or not value.isascii() or not value.isprintable():
+        raise invalid(f"{name}_invalid", f"The callback's {name} is malformed.")

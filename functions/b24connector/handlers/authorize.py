@@ -1,0 +1,60 @@
+"""AuthorizeFunction: GET /authorize?domain=PORTAL -> 302 to the portal's consent page, with a state cookie."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from b24connector import credentials
+from b24connector.authorization import AuthorizationFlow, ExplainingStateStore
+from b24connector.handlers import _services
+from b24connector.observability import count, logger, metrics
+from b24connector.settings import Settings, get_settings
+from b24connector.vault import derive_pkce_verifier
+from b24connector.web.errors import serve
+from b24connector.web.http import HttpProblem, HttpRequest, HttpResponse, redirect, set_cookie
+
+
+@cache
+def authorization_flow(conf: Settings) -> AuthorizationFlow:
+    """The authorization use case, wired once per container."""
+    vault = _services.vault(conf)
+    pkce = None
+    if conf.pkce_enabled:
+
+        def pkce(state: str, nonce: str) -> str:
+            return derive_pkce_verifier(credentials.cursor_signing_key(conf), state, nonce)
+
+    return AuthorizationFlow(
+        _services.portal_policy(conf),
+        ExplainingStateStore(vault.states),
+        _services.oauth_client(conf),
+        vault.portals,
+        ttl_seconds=conf.state_ttl_seconds,
+        pkce_verifier=pkce,
+    )
+
+
+def start_authorization(request: HttpRequest) -> HttpResponse:
+    """Validate the portal, remember a fresh state, and send the browser to the portal's consent page."""
+    if request.method != "GET":
+        raise HttpProblem(405, "method_not_allowed", "Use GET.")
+    conf = get_settings()
+    start = authorization_flow(conf).start(request.query.one("domain"))
+    count("AuthorizationStarted")
+    return redirect(
+        start.redirect_url,
+        cookies=[set_cookie(conf.state_cookie_name, start.browser_nonce, max_age=start.max_age)],
+    )
+
+
+@logger.inject_lambda_context(
+    log_event=False, correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True
+)
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """HttpApi payload 2.0 in, redirect or error page out."""
+    return serve(event, start_authorization, logger=logger, count=count)

@@ -1,0 +1,69 @@
+"""LeadsFunction (direct invoke): one page of a portal's leads, per ARCHITECTURE.md section 2."""
+
+from __future__ import annotations
+
+import time
+from functools import cache
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from b24connector import credentials
+from b24connector.bitrix24.listing import FastLister
+from b24connector.bitrix24.rest import RestClient
+from b24connector.bitrix24.transport import shared_session
+from b24connector.handlers import _services
+from b24connector.leads import (
+    UPSTREAM_ERROR,
+    CursorCodec,
+    LeadsError,
+    LeadsReader,
+    VaultPortalOpener,
+    parse_request,
+)
+from b24connector.observability import count, logger, metrics
+from b24connector.settings import Settings, get_settings
+from b24connector.web.errors import safe_traceback
+
+# Leave this much of the invocation for answering: the reader stops starting requests after it.
+ANSWER_RESERVE_SECONDS = 3.0
+
+
+@cache
+def reader(conf: Settings) -> LeadsReader:
+    """The leads use case, wired once per container."""
+    store = _services.vault(conf).portals
+    rest = RestClient.from_settings(conf, session=shared_session())
+    return LeadsReader(
+        VaultPortalOpener(store, _services.coordinator(conf)),
+        FastLister(rest),
+        CursorCodec(lambda: credentials.cursor_signing_key(conf)),
+    )
+
+
+def read_leads(event: Any, deadline: float) -> dict[str, Any]:
+    """Validate the request and read one page; expected failures become the contract's error answer."""
+    conf = get_settings()
+    try:
+        request = parse_request(event, _services.portal_policy(conf).normalize)
+        page = reader(conf).read(request, deadline=deadline)
+    except LeadsError as exc:
+        logger.info("leads refused", extra={"code": exc.code})
+        count(f"Leads{exc.code.title().replace('_', '')}")
+        return exc.answer()
+    count("LeadsServed", len(page.leads))
+    logger.info("leads served", extra={"count": len(page.leads), "more": page.next_cursor is not None})
+    return page.answer()
+
+
+@logger.inject_lambda_context(log_event=False, clear_state=True)
+@metrics.log_metrics
+def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
+    """Direct-invoke JSON in and out; nothing is raised to the caller (errors are answers)."""
+    deadline = time.monotonic() + context.get_remaining_time_in_millis() / 1000 - ANSWER_RESERVE_SECONDS
+    try:
+        return read_leads(event, deadline)
+    except Exception as exc:
+        # Unexpected (a bug, or AWS failing in a way no layer mapped): logged without its text.
+        logger.error("leads failed", extra=safe_traceback(exc))
+        return LeadsError(UPSTREAM_ERROR, f"internal failure (request {context.aws_request_id})").answer()

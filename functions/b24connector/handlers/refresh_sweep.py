@@ -1,0 +1,40 @@
+"""RefreshFunction (EventBridge Scheduler): queue every portal whose refresh token is due."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import boto3
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.config import Config
+
+from b24connector.handlers import _services
+from b24connector.observability import count, logger, metrics
+from b24connector.refresh import RefreshSweep, SqsBatchSender
+from b24connector.settings import Settings, get_settings
+from b24connector.vault.models import aws_region
+
+
+@cache
+def sweep(conf: Settings) -> RefreshSweep:
+    """The sweep use case, wired once per container."""
+    sqs = boto3.client(
+        "sqs",
+        region_name=aws_region(),
+        config=Config(connect_timeout=3, read_timeout=5, retries={"mode": "standard", "max_attempts": 4}),
+    )
+    return RefreshSweep(_services.vault(conf).portals, SqsBatchSender(sqs, conf.refresh_queue_url))
+
+
+@logger.inject_lambda_context(log_event=False, clear_state=True)
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """The schedule's input is not used: the due index says what to do."""
+    report = sweep(get_settings()).run(context.get_remaining_time_in_millis)
+    logger.info("refresh sweep", extra=report.as_log())
+    count("RefreshDue", report.due)
+    count("RefreshQueued", report.queued)
+    if report.failed:
+        count("RefreshQueueFailed", report.failed)
+    return report.as_log()

@@ -1,0 +1,39 @@
+"""TokenRescueFunction (SQS TokenRescueQueue): commit refreshed pairs whose first commit failed."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from b24connector.handlers import _services
+from b24connector.observability import count, logger, metrics
+from b24connector.refresh import RescueWorker
+from b24connector.settings import Settings, get_settings
+from b24connector.web.errors import safe_traceback
+
+
+def log_failure(message_id: str, exc: BaseException) -> None:
+    """Log a failure by type and location only (exception texts stay out of logs)."""
+    logger.error("token rescue failed", extra={"message_id": message_id, **safe_traceback(exc)})
+
+
+@cache
+def rescue_worker(conf: Settings) -> RescueWorker:
+    """The rescue use case, wired once per container."""
+    return RescueWorker(_services.coordinator(conf), on_error=log_failure)
+
+
+@logger.inject_lambda_context(log_event=False, clear_state=True)
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """SQS batch in, `batchItemFailures` out: a failed rescue is retried, then kept in the DLQ."""
+    records = event.get("Records") or []
+    report = rescue_worker(get_settings()).handle(records)
+    logger.info(
+        "rescue batch", extra={"messages": len(records), "retry": len(report.retry), **report.outcomes}
+    )
+    if report.retry:
+        count("RescueRetried", len(report.retry))
+    return report.answer()

@@ -1,0 +1,244 @@
+"""In-memory stand-ins behind the same interfaces as the vault and the OAuth client (unit tests only).
+
+They follow the fact sheet: codes are single-use, app.info answers the TEAM.md shape's facts, a state is
+single-use and bound to a nonce, a replayed grant changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from b24connector.authorization import COOKIE_MISMATCH, STATE_EXPIRED, STATE_MISSING
+from b24connector.bitrix24.errors import (
+    Bitrix24Error,
+    InvalidGrant,
+    InvalidToken,
+    UnsafeEndpoint,
+)
+from b24connector.bitrix24.oauth import AppInfo
+from b24connector.bitrix24.tokens import TokenSet
+from b24connector.vault.errors import VaultUnavailable
+
+CLIENT_ID = "local.test.app"
+DEFAULT_SERVER = "https://oauth.bitrix.info"
+SERVERS = (DEFAULT_SERVER, "https://oauth.bitrix24.tech")
+
+
+class Clock:
+    """A settable clock."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _hash(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+@dataclass
+class _State:
+    nonce_hash: str
+    portal_domain: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class Consumed:
+    portal_domain: str
+
+
+class FakeStates:
+    """StateBook in memory: hashed, single use (consuming deletes), bound to a nonce, expiring."""
+
+    def __init__(self, clock: Clock, ttl: int = 600) -> None:
+        self.clock = clock
+        self.ttl = ttl
+        self.items: dict[str, _State] = {}
+        self.fail = False
+
+    def save(self, raw_state: str, browser_nonce: str, portal_domain: str) -> int:
+        if self.fail:
+            raise VaultUnavailable("DynamoDB PutItem failed")
+        expires = self.clock() + self.ttl
+        self.items[_hash(raw_state)] = _State(_hash(browser_nonce), portal_domain, expires)
+        return int(expires)
+
+    def consume(self, raw_state: str, browser_nonce: str) -> Consumed | None:
+        item = self.items.get(_hash(raw_state))
+        if item is None or item.expires_at <= self.clock() or item.nonce_hash != _hash(browser_nonce):
+            return None
+        del self.items[_hash(raw_state)]
+        return Consumed(item.portal_domain)
+
+    def explain_refusal(self, raw_state: str, browser_nonce: str) -> str:
+        item = self.items.get(_hash(raw_state))
+        if item is None:
+            return STATE_MISSING
+        if item.expires_at <= self.clock():
+            return STATE_EXPIRED
+        if not hmac.compare_digest(item.nonce_hash, _hash(browser_nonce)):
+            return COOKIE_MISMATCH
+        return STATE_MISSING
+
+
+@dataclass
+class Issued:
+    """A code the fake OAuth server will exchange once."""
+
+    member_id: str
+    domain: str
+    client_endpoint: str | None = None
+
+
+class FakeOAuth:
+    """The OAuth client's surface: allow-listed servers, single-use codes, app.info on live tokens."""
+
+    def __init__(self, clock: Clock, *, local_mode: bool = False) -> None:
+        self.clock = clock
+        self.codes: dict[str, Issued] = {}
+        self.live_tokens: dict[str, AppInfo] = {}
+        self.exchanges: list[dict[str, Any]] = []
+        self.app_info_calls: list[str] = []
+        self.fail_exchange: Exception | None = None
+        self.fail_app_info: Exception | None = None
+        self.token_overrides: dict[str, Any] = {}
+
+    def authorize_url(self, portal_host: str, state: str, *, code_challenge: str | None = None) -> str:
+        extra = f"&code_challenge={code_challenge}&code_challenge_method=S256" if code_challenge else ""
+        return f"https://{portal_host}/oauth/authorize/?client_id={CLIENT_ID}&state={state}{extra}"
+
+    def resolve_server(self, hint: str | None) -> str:
+        if not hint:
+            return DEFAULT_SERVER
+        for server in SERVERS:
+            host = server.partition("://")[2]
+            if hint in (host, server, f"{server}/", f"{server}/rest/"):
+                return server
+        raise UnsafeEndpoint("UNSAFE_OAUTH_SERVER", "not allow-listed")
+
+    def issue_code(self, member_id: str, domain: str, **kwargs: Any) -> str:
+        code = secrets.token_hex(16)
+        self.codes[code] = Issued(member_id, domain, **kwargs)
+        return code
+
+    def exchange_code(
+        self, code: str, *, server_hint: str | None = None, code_verifier: str | None = None
+    ) -> TokenSet:
+        self.exchanges.append({"code": code, "server": server_hint, "verifier": code_verifier})
+        if self.fail_exchange is not None:
+            raise self.fail_exchange
+        issued = self.codes.pop(code, None)  # single use
+        if issued is None:
+            raise InvalidGrant("invalid_grant", "code is unknown or used", http_status=400)
+        tokens = self.new_tokens(issued.member_id, issued.domain, client_endpoint=issued.client_endpoint)
+        return replace(tokens, **self.token_overrides) if self.token_overrides else tokens
+
+    def new_tokens(self, member_id: str, domain: str, *, client_endpoint: str | None = None) -> TokenSet:
+        access = secrets.token_hex(16)
+        endpoint = client_endpoint or f"https://{domain}/rest/"
+        self.live_tokens[access] = AppInfo(
+            member_id=member_id,
+            domain=domain,
+            client_id=CLIENT_ID,
+            client_endpoint=endpoint,
+            installed=True,
+            status="L",
+            scope="crm,user",
+            user_id=1,
+        )
+        return TokenSet(
+            access_token=access,
+            refresh_token=secrets.token_hex(16),
+            expires_at=int(self.clock()) + 3600,
+            member_id=member_id,
+            client_endpoint=endpoint,
+            server_endpoint=f"{DEFAULT_SERVER}/rest/",
+            scope="crm,user",
+            status="L",
+            user_id=1,
+            obtained_at=int(self.clock()),
+        )
+
+    def app_info(self, access_token: str, *, server_hint: str | None = None) -> AppInfo:
+        self.app_info_calls.append(access_token)
+        if self.fail_app_info is not None:
+            raise self.fail_app_info
+        info = self.live_tokens.get(access_token)
+        if info is None:
+            raise InvalidToken("invalid_token", "Unable to get application by token", http_status=401)
+        return info
+
+
+@dataclass
+class StoredPortal:
+    member_id: str
+    version: int
+    domain: str
+    health: str = "active"
+    application_token: str | None = field(default=None, repr=False)
+    tokens: TokenSet | None = field(default=None, repr=False)
+    digests: list[str] = field(default_factory=list)
+
+    @property
+    def is_active(self) -> bool:
+        return self.health == "active"
+
+
+class FakeStore:
+    """PortalStore's grant/uninstall surface, with replay detection like the vault's grant digests."""
+
+    def __init__(self) -> None:
+        self.portals: dict[str, StoredPortal] = {}
+        self.writes = 0
+        self.fail: Exception | None = None
+
+    def get(self, member_id: str, *, consistent: bool = False) -> StoredPortal | None:
+        if self.fail is not None:
+            raise self.fail
+        return self.portals.get(member_id)
+
+    def save_grant(
+        self, tokens: TokenSet, *, domain: str, application_token: str | None = None
+    ) -> StoredPortal:
+        if self.fail is not None:
+            raise self.fail
+        digest = _hash(tokens.access_token + "\0" + tokens.refresh_token)
+        current = self.portals.get(tokens.member_id)
+        if current is not None and digest in current.digests:
+            return current
+        self.writes += 1
+        portal = StoredPortal(
+            member_id=tokens.member_id,
+            version=(current.version if current else 0) + 1,
+            domain=domain,
+            application_token=application_token or (current.application_token if current else None),
+            tokens=tokens,
+            digests=[digest, *(current.digests if current else [])],
+        )
+        self.portals[tokens.member_id] = portal
+        return portal
+
+    def mark_uninstalled(self, member_id: str, *, clean: bool) -> StoredPortal | None:
+        current = self.portals.get(member_id)
+        if current is None:
+            return None
+        self.writes += 1
+        current.version += 1
+        current.health = "uninstalled"
+        current.tokens = None
+        if clean:
+            current.application_token = None
+            current.domain = ""
+        return current
+
+
+def raise_(error: Bitrix24Error | VaultUnavailable) -> Any:
+    """Raise `error` (for lambdas)."""
+    raise error
