@@ -64,7 +64,7 @@ class ServerThread:
         self.server.socket.listen(128)
         self.port: int = self.server.server_address[1]
         self._thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, name=name, daemon=True
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, name=name, daemon=True
         )
 
     def start(self) -> None:
