@@ -111,9 +111,11 @@ class AdminApi:
             )
 
     def stats(self, request: Request) -> Response:
-        """Counters since the last reset."""
+        """Counters since the last reset (?timestamps=0 leaves out the per-request timestamps)."""
         with self.state.lock:
             body = self.state.stats.as_json()
+            if request.args.get("timestamps") in ("0", "false", "no"):
+                body.pop("request_timestamps")
             limits = self.state.config.rate_limits()
             now = self.state.clock.now()
             body["bucket_level"] = (

@@ -14,6 +14,7 @@ EmptyFilterValue = Literal["ignore", "match_none"]
 BatchBlockedMethod = Literal["http_429", "sub_error"]
 TokenResponseDomain = Literal["oauth_server", "portal"]
 AppInfoInvalidToken = Literal["invalid_token", "invalid_client"]
+StartPastEnd = Literal["last_page", "empty"]
 
 # Bitrix24's published plan figures: drain per second and bucket size ([EN] limits.md).
 RATE_PLANS: dict[str, tuple[float, int]] = {"standard": (2.0, 50), "enterprise": (5.0, 250)}
@@ -28,6 +29,7 @@ _LITERAL_CHOICES: dict[str, tuple[str, ...]] = {
     "batch_blocked_method": get_args(BatchBlockedMethod),
     "token_response_domain": get_args(TokenResponseDomain),
     "app_info_invalid_token": get_args(AppInfoInvalidToken),
+    "start_past_end": get_args(StartPastEnd),
 }
 
 # Settings that may change while the emulator runs (identity, ports and seeding may not).
@@ -53,6 +55,7 @@ RUNTIME_SETTINGS = frozenset(
         "batch_missing_reference",
         "empty_filter_value",
         "batch_blocked_method",
+        "start_past_end",
         "portal_deleted_status",
         "install_timeout_seconds",
     }
@@ -125,6 +128,9 @@ class EmulatorConfig:
     empty_filter_value: EmptyFilterValue = "ignore"
     # A batch naming a blocked method: answer the whole request 429, or fail only those sub-calls.
     batch_blocked_method: BatchBlockedMethod = "http_429"
+    # UNVERIFIED (CDBResult navigation as we read it): crm.lead.list with a start past the end
+    # answers the last page again instead of an empty one.
+    start_past_end: StartPastEnd = "last_page"
     # CONFLICT: PORTAL_DELETED is 500 in the docs, 410 in b24pysdk.
     portal_deleted_status: int = 500
     # The app counts as installed at start (an already installed app); install page sends reset it.

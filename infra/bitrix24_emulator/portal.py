@@ -58,7 +58,11 @@ class PortalApp:
     def _moved(self, request: Request) -> Response:
         """A renamed portal answers its old address with 302 to the new one (same path and query)."""
         with self.state.lock:
-            self.state.stats.http_status[302] += 1
+            if request.path.startswith("/rest/"):
+                self.state.stats.request_started(self.state.clock.now())
+                self.state.stats.request_finished(302, None)
+            else:
+                self.state.stats.http_status[302] += 1
             location = f"{self.state.portal_url}{request.full_path.rstrip('?')}"
         response = html_response(error_page("Moved", "The portal address has changed."), 302)
         response.headers["Location"] = location

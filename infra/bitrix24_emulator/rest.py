@@ -420,7 +420,7 @@ def _crm_lead_list(engine: RestEngine, params: dict[str, Any], chain: Chain, now
         # comes back as the last page (CDBResult navigation).
         start = (start // PAGE_SIZE) * PAGE_SIZE
     result = QueryResult([], 0) if impossible else state.leads.query(conditions, order, start)
-    if counted and not result.rows and result.matched:
+    if counted and not result.rows and result.matched and state.config.start_past_end == "last_page":
         last_page = ((result.matched - 1) // PAGE_SIZE) * PAGE_SIZE
         start = last_page
         result = state.leads.query(conditions, order, start)

@@ -223,4 +223,6 @@ def test_portal_rename_answers_302_to_the_new_address(emu: Emulator, token: str)
     assert again.status_code == 200
     assert emu.issue_tokens()["client_endpoint"] == emu.client_endpoint
     # The admin API stays where it was
-    assert admin(emu, "GET", "/stats").json()["http_302"] == 1
+    stats = admin(emu, "GET", "/stats", None).json()
+    assert stats["http_302"] == 1
+    assert stats["requests"] == 2

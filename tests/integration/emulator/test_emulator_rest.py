@@ -110,6 +110,8 @@ def test_order_desc_and_paging_with_start(emu: Emulator, token: str) -> None:
     past = call(emu, "crm.lead.list", token, select=["ID"], start=10_000).json()
     assert _ids(past["result"]) == ids[300 - 50 : 300]
     assert "next" not in past
+    emu.configure(start_past_end="empty")
+    assert call(emu, "crm.lead.list", token, select=["ID"], start=10_000).json()["result"] == []
 
 
 def test_order_by_other_fields_and_unknown_order_ignored(emu: Emulator, token: str) -> None:
