@@ -5,11 +5,11 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
+from bitrix24_emulator.clock import iso_local
 from bitrix24_emulator.faults import Fault
 from bitrix24_emulator.state import EmulatorState
 from bitrix24_emulator.tokens import AuthFailure, OAuthFailure
@@ -145,8 +145,8 @@ class OAuthServerApp:
                 return answer
         params = request_params(request, accept_json=True)
         token = params.get("auth")
-        start = time.time()
         with state.lock:
+            start = state.clock.now()
             config = state.config
             try:
                 chain, access = state.tokens.authenticate(
@@ -160,7 +160,7 @@ class OAuthServerApp:
                 return json_response(
                     {"error": failure.error, "error_description": failure.description}, failure.status
                 )
-            expires = datetime.fromtimestamp(int(access.expires_at), UTC).astimezone(state.tz).isoformat()
+            expires = iso_local(access.expires_at, state.tz)
             body = {
                 "result": {
                     "scope": config.scope,
@@ -181,10 +181,11 @@ class OAuthServerApp:
                 },
                 "time": {
                     "start": round(start, 6),
-                    "finish": round(time.time(), 6),
-                    "duration": round(time.time() - start, 6),
-                    "date_start": datetime.fromtimestamp(start, UTC).astimezone(state.tz).isoformat(),
-                    "date_finish": datetime.now(UTC).astimezone(state.tz).isoformat(),
+                    "finish": round(start, 6),
+                    "duration": 0.0,
+                    "processing": 0.0,
+                    "date_start": iso_local(start, state.tz),
+                    "date_finish": iso_local(start, state.tz),
                 },
             }
         return json_response(body)
