@@ -1,0 +1,456 @@
+"""Full paths through the real handlers: moto (tables from template.yaml, KMS, Secrets Manager, SQS) and
+the Bitrix24 emulator over real HTTP."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+import requests
+
+from b24connector.handlers import _services
+from b24connector.settings import get_settings
+from bitrix24_emulator import Emulator
+from tests.integration.handlers.conftest import COOKIE, AwsCalls, Connector
+
+pytestmark = pytest.mark.slow
+
+
+def _item_version(item: dict[str, Any] | None) -> int:
+    assert item is not None
+    return int(item["version"]["N"])
+
+
+# --- authorize -> consent -> callback ------------------------------------------------------------
+
+
+def test_authorize_consent_callback_stores_working_tokens(connector: Connector, emulator: Emulator) -> None:
+    # Given a user who names the emulated portal
+    consent_url, nonce = connector.authorize()
+    assert consent_url.startswith(f"{emulator.portal_url}/oauth/authorize/?client_id=local.test.app&state=")
+    # When they approve on the portal and the browser follows the redirect with its cookie
+    redirect = connector.consent(consent_url)
+    assert redirect.startswith(f"{connector.api_url}/callback?")
+    answer = requests.get(
+        redirect, headers={"Cookie": f"{COOKIE}={nonce}"}, allow_redirects=False, timeout=10
+    )
+    # Then the portal is connected, the cookie cleared, and only ciphertext is stored
+    assert answer.status_code == 200, answer.text
+    assert "Connected" in answer.text
+    assert answer.headers["Set-Cookie"].startswith(f"{COOKIE}=; Max-Age=0")
+    item = connector.portal_item()
+    assert item is not None
+    assert item["health"]["S"] == "active"
+    assert item["domain"]["S"] == emulator.portal_domain
+    assert item["client_endpoint"]["S"] == emulator.client_endpoint
+    live = emulator.tokens()
+    assert not any(chain["access_token"] in repr(item) for chain in live if chain.get("access_token"))
+    assert emulator.stats()["token_requests"] == 1
+    # And the stored tokens work: LeadsFunction reads with them
+    page = connector.leads(member_id=emulator.member_id, limit=5, select=["TITLE"])
+    assert page["count"] == 5, page
+
+
+def test_a_replayed_callback_is_refused_and_changes_nothing(connector: Connector) -> None:
+    consent_url, nonce = connector.authorize()
+    redirect = connector.consent(consent_url)
+    first = requests.get(redirect, headers={"Cookie": f"{COOKIE}={nonce}"}, allow_redirects=False, timeout=10)
+    assert first.status_code == 200
+    version = _item_version(connector.portal_item())
+    again = requests.get(redirect, headers={"Cookie": f"{COOKIE}={nonce}"}, allow_redirects=False, timeout=10)
+    assert (again.status_code, again.headers["X-Reason-Code"]) == (400, "state_missing")
+    assert _item_version(connector.portal_item()) == version
+
+
+def test_callback_without_the_cookie_is_refused_before_the_code_is_spent(
+    connector: Connector, emulator: Emulator
+) -> None:
+    consent_url, nonce = connector.authorize()
+    redirect = connector.consent(consent_url)
+    answer = requests.get(redirect, allow_redirects=False, timeout=10)
+    assert (answer.status_code, answer.headers["X-Reason-Code"]) == (400, "cookie_missing")
+    assert connector.portal_item() is None
+    assert emulator.stats()["token_requests"] == 0
+    # The same browser can still finish (the state was not consumed)
+    done = requests.get(redirect, headers={"Cookie": f"{COOKIE}={nonce}"}, allow_redirects=False, timeout=10)
+    assert done.status_code == 200
+
+
+def test_an_expired_code_is_refused_and_not_retried(connector: Connector, emulator: Emulator) -> None:
+    consent_url, nonce = connector.authorize()
+    redirect = connector.consent(consent_url)
+    emulator.clock.advance(31)  # codes live 30 s
+    answer = requests.get(
+        redirect, headers={"Cookie": f"{COOKIE}={nonce}"}, allow_redirects=False, timeout=10
+    )
+    assert (answer.status_code, answer.headers["X-Reason-Code"]) == (400, "code_rejected")
+    assert emulator.stats()["token_requests"] == 1
+    assert connector.portal_item() is None
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ({}, "domain_missing"),
+        ({"domain": "evil.example.com"}, "domain_invalid"),
+        ({"domain": "127.0.0.2:1"}, "domain_invalid"),
+    ],
+)
+def test_authorize_refuses_bad_domains_and_stores_nothing(
+    connector: Connector, query: dict[str, str], reason: str
+) -> None:
+    answer = requests.get(f"{connector.api_url}/authorize", params=query, allow_redirects=False, timeout=10)
+    assert (answer.status_code, answer.headers["X-Reason-Code"]) == (400, reason)
+    assert "Set-Cookie" not in answer.headers
+    assert connector.stack.raw_items(connector.stack.states_table) == []
+
+
+def test_authorize_refuses_duplicate_domains(connector: Connector, emulator: Emulator) -> None:
+    url = f"{connector.api_url}/authorize?domain={emulator.portal_domain}&domain=other.bitrix24.com"
+    answer = requests.get(url, allow_redirects=False, timeout=10)
+    assert (answer.status_code, answer.headers["X-Reason-Code"]) == (400, "domain_duplicate")
+    assert connector.stack.raw_items(connector.stack.states_table) == []
+
+
+def test_states_are_stored_hashed_with_an_expiry(connector: Connector) -> None:
+    consent_url, nonce = connector.authorize()
+    (item,) = connector.stack.raw_items(connector.stack.states_table)
+    assert nonce not in repr(item)
+    assert consent_url.split("state=", 1)[1].split("&", 1)[0] not in repr(item)
+    assert int(item["expires_at"]["N"]) > 0
+
+
+# --- install page, ONAPPINSTALL, uninstall -------------------------------------------------------
+
+
+def test_install_page_then_event_are_verified_stored_and_replays_change_nothing(
+    connector: Connector, emulator: Emulator
+) -> None:
+    # Given the portal opens the install page
+    page = emulator.send_install(connector.install_url(), "page")
+    assert page["status"] == 200, page
+    assert "BX24.installFinish()" in page["body"]
+    assert _item_version(connector.portal_item()) == 1
+    assert emulator.stats()["oauth_app_info_requests"] == 1
+    # When ONAPPINSTALL arrives with a new chain and the application token
+    event = emulator.send_install(connector.events_url(), "event")
+    assert (event["status"], json.loads(event["body"])) == (200, {"status": "success"})
+    item = connector.portal_item()
+    assert _item_version(item) == 2
+    assert item is not None
+    assert item["application_token"]["S"] == emulator.application_token
+    assert "token_ciphertext" in item
+
+
+def test_replayed_install_event_keeps_the_version(connector: Connector, emulator: Emulator) -> None:
+    from bitrix24_emulator.installer import deliver, install_event_request
+
+    request = install_event_request(emulator.state, connector.events_url())
+    first = deliver(request, 10)
+    assert first["status"] == 200
+    version = _item_version(connector.portal_item())
+    second = deliver(request, 10)
+    assert second["status"] == 200
+    assert _item_version(connector.portal_item()) == version
+
+
+def test_legacy_install_page_uses_the_default_oauth_server(connector: Connector, emulator: Emulator) -> None:
+    answer = emulator.send_install(connector.install_url(), "page", legacy=True)
+    assert answer["status"] == 200, answer
+    item = connector.portal_item()
+    assert item is not None
+    assert item["server_endpoint"]["S"] == f"{emulator.oauth_url}/rest/"
+    assert "application_token" not in item
+
+
+def test_forged_uninstall_is_403_and_genuine_uninstall_deletes_the_ciphertext(
+    connector: Connector, emulator: Emulator
+) -> None:
+    emulator.send_install(connector.events_url(), "event")
+    before = connector.portal_item()
+    forged = emulator.send_uninstall(connector.events_url(), application_token="0" * 32)
+    assert forged["status"] == 403
+    assert connector.portal_item() == before
+    genuine = emulator.send_uninstall(connector.events_url(), clean=False)
+    assert genuine["status"] == 200
+    item = connector.portal_item()
+    assert item is not None
+    assert item["health"]["S"] == "uninstalled"
+    assert "token_ciphertext" not in item
+    # And LeadsFunction now says so
+    assert connector.leads(member_id=emulator.member_id)["error"]["code"] == "REAUTH_REQUIRED"
+
+
+def test_clean_uninstall_forgets_the_portal(connector: Connector, emulator: Emulator) -> None:
+    emulator.send_install(connector.events_url(), "event")
+    assert emulator.send_uninstall(connector.events_url(), clean=True)["status"] == 200
+    item = connector.portal_item()
+    assert item is not None
+    assert {"token_ciphertext", "domain", "application_token", "client_endpoint"}.isdisjoint(item)
+
+
+def test_uninstall_of_an_unknown_portal_is_403(connector: Connector) -> None:
+    answer = connector.post_form(
+        "/events",
+        [("event", "ONAPPUNINSTALL"), ("auth[member_id]", "f" * 32), ("auth[application_token]", "a" * 32)],
+    )
+    assert answer.status_code == 403
+    assert connector.portal_item() is None
+
+
+def test_install_with_a_token_the_oauth_server_does_not_know_is_403(
+    connector: Connector, emulator: Emulator
+) -> None:
+    fields = [
+        ("event", "ONAPPINSTALL"),
+        ("auth[access_token]", "x" * 32),
+        ("auth[refresh_token]", "y" * 32),
+        ("auth[expires_in]", "3600"),
+        ("auth[domain]", emulator.portal_domain),
+        ("auth[server_endpoint]", f"{emulator.oauth_url}/rest/"),
+        ("auth[client_endpoint]", emulator.client_endpoint),
+        ("auth[member_id]", emulator.member_id),
+        ("auth[application_token]", "z" * 32),
+    ]
+    answer = connector.post_form("/events", fields)
+    assert (answer.status_code, answer.json()["error"]["code"]) == (403, "token_rejected")
+    assert connector.portal_item() is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status"),
+    [
+        ({"Content-Type": "application/json"}, b'{"event": "ONAPPINSTALL"}', 415),
+        ({"Content-Type": "text/plain"}, b"event=ONAPPINSTALL", 415),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, b"event=%C3%28", 400),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, b"event=ONAPPINSTALL", 400),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, b"auth[member_id]=" + b"x" * 300_000, 413),
+        (
+            {"Content-Type": "application/x-www-form-urlencoded; charset=x-unknown"},
+            b"event=ONAPPINSTALL",
+            415,
+        ),
+    ],
+)
+@pytest.mark.parametrize("path", ["/install", "/events"])
+def test_bad_posts_are_4xx_and_change_nothing(
+    connector: Connector, path: str, headers: dict[str, str], body: bytes, status: int
+) -> None:
+    emulator = connector.emulator
+    answer = requests.post(
+        f"{connector.api_url}{path}?DOMAIN={emulator.portal_domain}", data=body, headers=headers, timeout=10
+    )
+    assert answer.status_code == status, answer.text
+    assert "Traceback" not in answer.text
+    assert connector.portal_item() is None
+    assert emulator.stats()["oauth_app_info_requests"] == 0
+
+
+# --- LeadsFunction -------------------------------------------------------------------------------
+
+
+def _install(connector: Connector, emulator: Emulator) -> None:
+    assert emulator.send_install(connector.events_url(), "event")["status"] == 200
+
+
+def test_leads_pages_every_lead_through_cursors(connector: Connector, emulator: Emulator) -> None:
+    _install(connector, emulator)
+    seen: list[int] = []
+    cursor = None
+    pages = 0
+    while True:
+        payload: dict[str, Any] = {"domain": emulator.portal_domain, "select": ["ID", "TITLE"], "limit": 70}
+        if cursor:
+            payload["cursor"] = cursor
+        page = connector.leads(**payload)
+        assert "error" not in page, page
+        assert page["count"] == len(page["leads"])
+        seen.extend(int(lead["ID"]) for lead in page["leads"])
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == sorted(emulator.state.leads.ids())
+    assert pages == -(-len(seen) // 70)  # ceil: the extra row read per page avoids a trailing empty page
+    assert emulator.stats()["count_queries"] == 0  # start=-1 everywhere
+
+
+def test_leads_filter_and_large_limits(connector: Connector, emulator: Emulator) -> None:
+    _install(connector, emulator)
+    ids = sorted(emulator.state.leads.ids())
+    middle = ids[len(ids) // 2]
+    page = connector.leads(
+        member_id=emulator.member_id, filter={">=ID": middle}, select=["TITLE"], limit=5000
+    )
+    assert [int(lead["ID"]) for lead in page["leads"]] == [i for i in ids if i >= middle]
+    assert page["next_cursor"] is None
+
+
+def test_tampered_and_foreign_cursors_are_rejected(connector: Connector, emulator: Emulator) -> None:
+    _install(connector, emulator)
+    first = connector.leads(member_id=emulator.member_id, limit=10)
+    cursor = first["next_cursor"]
+    body, _, mac = cursor.partition(".")
+    decoded = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    decoded["a"] = 0
+    forged_body = base64.urlsafe_b64encode(json.dumps(decoded).encode()).rstrip(b"=").decode()
+    for bad in (f"{forged_body}.{mac}", cursor[:-3] + "AAA", "garbage"):
+        answer = connector.leads(member_id=emulator.member_id, limit=10, cursor=bad)
+        assert answer["error"]["code"] == "INVALID_REQUEST"
+    other_filter = connector.leads(
+        member_id=emulator.member_id, limit=10, cursor=cursor, filter={"STATUS_ID": "NEW"}
+    )
+    assert other_filter["error"]["code"] == "INVALID_REQUEST"
+
+
+def test_expired_token_is_refreshed_transparently_once(connector: Connector, emulator: Emulator) -> None:
+    _install(connector, emulator)
+    connector.leads(member_id=emulator.member_id, limit=5)  # warm: tokens decrypted and cached
+    emulator.reset()
+    emulator.expire_access_tokens()
+    page = connector.leads(member_id=emulator.member_id, limit=5)
+    assert page["count"] == 5, page
+    assert emulator.stats()["token_requests"] == 1
+    # The new pair was committed and cached: the next call uses it without another refresh
+    again = connector.leads(member_id=emulator.member_id, limit=5)
+    assert again["count"] == 5
+    assert emulator.stats()["token_requests"] == 1
+
+
+def test_warm_invocation_makes_one_dynamodb_read_and_no_kms_or_secrets_calls(
+    connector: Connector, emulator: Emulator, aws_calls: AwsCalls
+) -> None:
+    _install(connector, emulator)
+    connector.leads(member_id=emulator.member_id, limit=5)  # cold: decrypt + secret
+    first = connector.leads(member_id=emulator.member_id, limit=5)
+    aws_calls.clear()
+    connector.leads(member_id=emulator.member_id, limit=5, cursor=first["next_cursor"])
+    assert aws_calls.of("dynamodb") == ["GetItem"]
+    assert aws_calls.of("kms") == []
+    assert aws_calls.of("secretsmanager") == []
+    aws_calls.clear()
+    connector.leads(domain=emulator.portal_domain, limit=5)
+    assert aws_calls.of("dynamodb") == ["Query"]
+    assert aws_calls.of("kms") == []
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        ({"member_id": "f" * 32}, "PORTAL_NOT_FOUND"),
+        ({"domain": "nobody.bitrix24.com"}, "PORTAL_NOT_FOUND"),
+        ({"domain": "evil.example.com"}, "INVALID_REQUEST"),  # not on the allow-list
+        ({"member_id": "m", "limit": 0}, "INVALID_REQUEST"),
+        ({"member_id": "m", "order": {"DATE_CREATE": "DESC"}}, "INVALID_REQUEST"),
+        ({"member_id": "m", "extra": True}, "INVALID_REQUEST"),
+    ],
+)
+def test_leads_errors(connector: Connector, emulator: Emulator, payload: dict[str, Any], code: str) -> None:
+    _install(connector, emulator)
+    assert connector.invoke("LeadsFunction", payload)["error"]["code"] == code
+
+
+def test_dead_grant_is_reauth_required(connector: Connector, emulator: Emulator) -> None:
+    _install(connector, emulator)
+    emulator.expire_access_tokens()
+    emulator.invalidate_refresh_tokens()
+    answer = connector.leads(member_id=emulator.member_id, limit=5)
+    assert answer["error"]["code"] == "REAUTH_REQUIRED"
+    item = connector.portal_item()
+    assert item is not None
+    assert item["health"]["S"] == "needs_reauth"
+
+
+def test_rate_limit_exhaustion_is_rate_limited(connector: Connector, emulator: Emulator) -> None:
+    _install(connector, emulator)
+    emulator.add_faults([{"target": "rest", "kind": "query_limit", "count": 50}])
+    answer = connector.invoke(
+        "LeadsFunction", {"member_id": emulator.member_id, "limit": 5}, remaining_ms=5_000
+    )
+    assert answer["error"]["code"] == "RATE_LIMITED", answer
+
+
+# --- scheduled refresh ---------------------------------------------------------------------------
+
+
+def test_sweep_and_worker_refresh_a_due_portal_once_and_not_again_within_a_day(
+    connector: Connector, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _install(connector, emulator)
+    version = _item_version(connector.portal_item())
+    # Nothing is due right after install
+    assert connector.sweep()["due"] == 0
+    # Given the refresh token is 22 days old (REFRESH_AFTER_DAYS is 21)
+    _age_portal(connector, days=22)
+    report = connector.sweep()
+    assert (report["due"], report["queued"]) == (1, 1)
+    sqs = connector.stack.client("sqs")
+    messages = sqs.receive_message(QueueUrl=connector.stack.refresh_queue_url, MaxNumberOfMessages=10)[
+        "Messages"
+    ]
+    assert json.loads(messages[0]["Body"]) == {"member_id": emulator.member_id, "version": version}
+    event = _sqs_event(messages)
+    emulator.reset()
+    # When the worker runs the message
+    assert connector.invoke("RefreshWorkerFunction", event) == {"batchItemFailures": []}
+    # Then one refresh happened and the version moved
+    assert emulator.stats()["token_requests"] == 1
+    assert _item_version(connector.portal_item()) == version + 1
+    # And a redelivery, or a new sweep within 24 h, refreshes nothing
+    assert connector.invoke("RefreshWorkerFunction", event) == {"batchItemFailures": []}
+    # Even when the index says due again (clock moved back) the attempt a moment ago blocks it
+    _age_portal(connector, days=22, keep_recent_attempt=True)
+    assert connector.sweep()["due"] == 1
+    for message in sqs.receive_message(
+        QueueUrl=connector.stack.refresh_queue_url, MaxNumberOfMessages=10
+    ).get("Messages", []):
+        connector.invoke("RefreshWorkerFunction", _sqs_event([message]))
+    assert emulator.stats()["token_requests"] == 1
+
+
+def _age_portal(connector: Connector, *, days: int, keep_recent_attempt: bool = False) -> None:
+    """Move the portal's refresh clock back (test setup writes the item directly)."""
+    dynamodb = connector.stack.client("dynamodb")
+    item = connector.portal_item()
+    assert item is not None
+    past = int(float(item["refresh_obtained_at"]["N"])) - days * 86_400
+    names = {"#o": "refresh_obtained_at", "#d": "refresh_due_at"}
+    values = {":o": {"N": str(past)}, ":d": {"N": str(past + 21 * 86_400)}}
+    expression = "SET #o = :o, #d = :d"
+    if not keep_recent_attempt:
+        names["#a"] = "last_refresh_attempt_at"
+        expression += " REMOVE #a"
+    dynamodb.update_item(
+        TableName=connector.stack.portals_table,
+        Key={"member_id": item["member_id"]},
+        UpdateExpression=expression,
+        ExpressionAttributeNames=names,
+        ExpressionAttributeValues=values,
+    )
+
+
+def _sqs_event(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "Records": [
+            {
+                "messageId": m["MessageId"],
+                "receiptHandle": m["ReceiptHandle"],
+                "body": m["Body"],
+                "attributes": {"ApproximateReceiveCount": "1"},
+                "messageAttributes": {},
+                "md5OfBody": m["MD5OfBody"],
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:eu-central-1:123456789012:refresh",
+                "awsRegion": "eu-central-1",
+            }
+            for m in messages
+        ]
+    }
+
+
+def test_services_are_built_once_per_settings(connector: Connector) -> None:
+    conf = get_settings()
+    assert _services.oauth_client(conf) is _services.oauth_client(conf)
+    assert _services.coordinator(conf) is _services.coordinator(conf)
