@@ -15,7 +15,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from local_stack.config import DEFAULT_PORTS, DEFAULT_STATE_FILE, PortInUseError, StackConfig
+from local_stack.config import DEFAULT_PORTS, DEFAULT_STATE_FILE, REPO_ROOT, PortInUseError, StackConfig
 from local_stack.stack import LocalStack
 from local_stack.template import TemplateError
 
@@ -58,7 +58,9 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
             help=f"{name} port (default {default})",
         )
     serve.add_argument(
-        "--template", type=Path, default=Path(env.get(ENV_PREFIX + "TEMPLATE", "template.yaml"))
+        "--template",
+        type=Path,
+        default=Path(env.get(ENV_PREFIX + "TEMPLATE", str(REPO_ROOT / "template.yaml"))),
     )
     serve.add_argument(
         "--leads", type=int, default=_env_int(env, "LEADS", 10_000), help="leads seeded in the portal"

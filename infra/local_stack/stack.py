@@ -98,7 +98,13 @@ class StackInfo:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
-class _QuietHandler(WSGIRequestHandler):
+class _AccessLogHandler(WSGIRequestHandler):
+    # API Gateway and Lambda do not announce a Werkzeug server; neither do we.
+    server_version = "local-stack"
+    sys_version = ""
+
+
+class _QuietHandler(_AccessLogHandler):
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         return
 
@@ -109,7 +115,7 @@ class _Server:
     def __init__(self, name: str, port: int, app: Callable[..., Iterable[bytes]], access_log: bool) -> None:
         self.name = name
         self._app: Callable[..., Iterable[bytes]] = _unavailable
-        handler = WSGIRequestHandler if access_log else _QuietHandler
+        handler = _AccessLogHandler if access_log else _QuietHandler
         self.server: BaseWSGIServer = make_server(
             HOST, port, self._dispatch, threaded=True, request_handler=handler
         )

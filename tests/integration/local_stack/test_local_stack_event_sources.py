@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from botocore.exceptions import ClientError
 
 from local_stack import LocalStack
 from local_stack.resources import aws_client
@@ -31,32 +32,35 @@ def _records(seen_file: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in seen_file.read_text(encoding="utf-8").splitlines()]
 
 
-def _empty_queues(stack: LocalStack) -> None:
-    """Delete every message, waiting out in-flight ones (the test queue's visibility timeout is 1 s)."""
+def _release(stack: LocalStack, receipt_handle: str) -> None:
+    """Make an in-flight message visible now instead of after the 30 s visibility timeout."""
     sqs = aws_client("sqs", stack.aws_endpoint_url, stack.aws_region)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        busy = False
-        for url in stack.running_info().queues.values():
-            messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+    sqs.change_message_visibility(
+        QueueUrl=stack.running_info().queues["WorkQueue"], ReceiptHandle=receipt_handle, VisibilityTimeout=0
+    )
+
+
+def _empty_queues(stack: LocalStack, seen_file: Path) -> None:
+    """Delete every message; in-flight ones are the worker's failures, whose receipts it wrote down."""
+    sqs = aws_client("sqs", stack.aws_endpoint_url, stack.aws_region)
+    for record in _records(seen_file):
+        # A receipt of a deleted message, or one superseded by a later receive, is refused: fine.
+        with contextlib.suppress(ClientError):
+            _release(stack, record["receiptHandle"])
+    for url in stack.running_info().queues.values():
+        while messages := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
             for message in messages:
                 sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
-            in_flight = int(
-                sqs.get_queue_attributes(
-                    QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
-                )["Attributes"]["ApproximateNumberOfMessagesNotVisible"]
-            )
-            busy = busy or bool(messages) or in_flight > 0
-        if not busy:
-            return
-        time.sleep(0.2)
-    raise AssertionError("the test queues did not empty")
+        assert _queue_counts(stack, next(k for k, v in stack.running_info().queues.items() if v == url)) == (
+            0,
+            0,
+        )
+    seen_file.unlink(missing_ok=True)
 
 
 @pytest.fixture
 def clean_queues(fake_stack: LocalStack, seen_file: Path) -> None:
-    _empty_queues(fake_stack)
-    seen_file.unlink(missing_ok=True)
+    _empty_queues(fake_stack, seen_file)
 
 
 @pytest.mark.usefixtures("clean_queues")
@@ -79,17 +83,18 @@ def test_schedule_then_drain_deletes_successes_and_keeps_the_reported_failure(
     failed = next(record for record in records if json.loads(record["body"])["fail"])
     assert [i for batch in run.drain.batches for i in batch.failed_message_ids] == [failed["messageId"]]
 
-    # When the visibility timeout (1 s in the test template) passes and the queue is drained again
-    time.sleep(1.2)
+    # When its visibility timeout is over (forced here) and the queue is drained again
+    _release(fake_stack, failed["receiptHandle"])
     again = fake_stack.drain_queues()
-    # Then the failed message comes back once more (receive count 2), fails again and moves to the
-    # DLQ on its next receive (maxReceiveCount 2), as SQS redrive does
-    assert again.received == 1
+    # Then the failed message comes back (receive count 2) and fails again; on its next receive
+    # it exceeds maxReceiveCount (2) and moto's redrive moves it to the DLQ, as SQS does
+    assert (again.received, again.deleted) == (1, 0)
     retried = _records(seen_file)[-1]
     assert retried["messageId"] == failed["messageId"]
     assert retried["attributes"]["ApproximateReceiveCount"] == "2"
-    time.sleep(1.2)
+    _release(fake_stack, retried["receiptHandle"])
     assert fake_stack.drain_queues().received == 0
+    assert _queue_counts(fake_stack, "WorkQueue") == (0, 0)
     assert _queue_counts(fake_stack, "WorkDLQ")[0] == 1
 
 
@@ -126,9 +131,9 @@ def test_sqs_records_have_the_lambda_event_shape(fake_stack: LocalStack, seen_fi
 
 
 @pytest.mark.usefixtures("clean_queues")
-def test_schedule_endpoint_runs_the_same_path_over_http(fake_stack: LocalStack) -> None:
+def test_schedule_endpoint_runs_the_same_path_over_http(fake_stack: LocalStack, seen_file: Path) -> None:
     for base in (fake_stack.running_info().local_admin_url, f"{fake_stack.api_url}/_local"):
-        _empty_queues(fake_stack)
+        _empty_queues(fake_stack, seen_file)
         answer = requests.post(f"{base}/schedule/SweepFunction", timeout=60)
         assert answer.status_code == 200
         body = answer.json()
