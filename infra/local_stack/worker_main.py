@@ -182,4 +182,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    # Lambda freezes or kills an environment, it never waits for the handler's threads and pools to
+    # wind down; neither does the stack when it stops (a clean interpreter exit took seconds).
+    os._exit(status)
