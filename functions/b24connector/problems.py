@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import traceback
 from enum import Enum
+from typing import Any
 
 
 class ProblemKind(Enum):
@@ -43,3 +45,17 @@ def unavailable(reason: str, message: str) -> Problem:
 def upstream_rejected(reason: str, message: str) -> Problem:
     """Bitrix24 answered with something we cannot use."""
     return Problem(ProblemKind.UPSTREAM_REJECTED, reason, message)
+
+
+def safe_traceback(exc: BaseException) -> dict[str, Any]:
+    """Where an unexpected error came from: types and code locations only, never messages or values."""
+    chain: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(chain) < 5:
+        chain.append(type(seen).__name__)
+        seen = seen.__cause__ or seen.__context__
+    frames = [
+        f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno}:{f.name}"
+        for f in traceback.extract_tb(exc.__traceback__)
+    ]
+    return {"error_types": chain, "frames": frames[-12:]}

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from b24connector import credentials
 from b24connector.authorization import AuthorizationFlow, ExplainingStateStore
@@ -16,6 +15,9 @@ from b24connector.settings import Settings, get_settings
 from b24connector.vault import derive_pkce_verifier
 from b24connector.web.errors import serve
 from b24connector.web.http import HttpProblem, HttpRequest, HttpResponse, redirect, set_cookie
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 
 @cache

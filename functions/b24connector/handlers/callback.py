@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from b24connector.authorization import CallbackParams
 from b24connector.handlers.authorize import authorization_flow
@@ -14,6 +13,9 @@ from b24connector.settings import get_settings
 from b24connector.web.errors import serve
 from b24connector.web.http import HttpProblem, HttpRequest, HttpResponse, clear_cookie, redirect
 from b24connector.web.pages import connected_page
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 
 def finish_authorization(request: HttpRequest) -> HttpResponse:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from b24connector.handlers import _services
 from b24connector.install import (
@@ -23,6 +22,9 @@ from b24connector.settings import Settings, get_settings
 from b24connector.web.errors import serve
 from b24connector.web.http import Fields, HttpProblem, HttpRequest, HttpResponse, json_response
 from b24connector.web.pages import install_finish_page
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 EVENTS_PATH = "/events"
 INSTALL_PATH = "/install"

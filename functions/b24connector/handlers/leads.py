@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import time
 from functools import cache
-from typing import Any
-
-from aws_lambda_powertools.utilities.typing import LambdaContext
+from typing import TYPE_CHECKING, Any
 
 from b24connector import credentials
 from b24connector.bitrix24.listing import FastLister
@@ -22,8 +20,11 @@ from b24connector.leads import (
     parse_request,
 )
 from b24connector.observability import count, logger, metrics
+from b24connector.problems import safe_traceback
 from b24connector.settings import Settings, get_settings
-from b24connector.web.errors import safe_traceback
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 # Leave this much of the invocation for answering: the reader stops starting requests after it.
 ANSWER_RESERVE_SECONDS = 3.0

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
-from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config
 
-from b24connector.handlers import _services
 from b24connector.observability import count, logger, metrics
 from b24connector.refresh import RefreshSweep, SqsBatchSender
 from b24connector.settings import Settings, get_settings
+from b24connector.vault import open_vault
 from b24connector.vault.models import aws_region
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 
 @cache
@@ -24,7 +26,8 @@ def sweep(conf: Settings) -> RefreshSweep:
         region_name=aws_region(),
         config=Config(connect_timeout=3, read_timeout=5, retries={"mode": "standard", "max_attempts": 4}),
     )
-    return RefreshSweep(_services.vault(conf).portals, SqsBatchSender(sqs, conf.refresh_queue_url))
+    # The sweep never talks to Bitrix24, so it does not load the OAuth client (or requests).
+    return RefreshSweep(open_vault(conf).portals, SqsBatchSender(sqs, conf.refresh_queue_url))
 
 
 @logger.inject_lambda_context(log_event=False, clear_state=True)

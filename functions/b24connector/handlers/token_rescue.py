@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
-
-from aws_lambda_powertools.utilities.typing import LambdaContext
+from typing import TYPE_CHECKING, Any
 
 from b24connector.handlers import _services
 from b24connector.observability import count, logger, metrics
+from b24connector.problems import safe_traceback
 from b24connector.refresh import RescueWorker
 from b24connector.settings import Settings, get_settings
-from b24connector.web.errors import safe_traceback
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 
 def log_failure(message_id: str, exc: BaseException) -> None:

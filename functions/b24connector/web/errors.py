@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, Protocol
 
-from b24connector.problems import Problem, ProblemKind
+from b24connector.problems import Problem, ProblemKind, safe_traceback
 from b24connector.web.http import (
     DEFAULT_MAX_BODY_BYTES,
     HttpProblem,
@@ -41,20 +40,6 @@ def status_for(problem: Problem) -> int:
     if isinstance(problem, HttpProblem):
         return problem.status
     return _STATUS[problem.kind]
-
-
-def safe_traceback(exc: BaseException) -> dict[str, Any]:
-    """Where an unexpected error came from: types and code locations only, never messages or values."""
-    chain: list[str] = []
-    seen: BaseException | None = exc
-    while seen is not None and len(chain) < 5:
-        chain.append(type(seen).__name__)
-        seen = seen.__cause__ or seen.__context__
-    frames = [
-        f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno}:{f.name}"
-        for f in traceback.extract_tb(exc.__traceback__)
-    ]
-    return {"error_types": chain, "frames": frames[-12:]}
 
 
 def serve(
