@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ from b24connector.bitrix24.errors import (
     RestError,
     ServerError,
     TransientError,
+    redact,
 )
 
 # Upper-cased codes; Bitrix24 mixes `expired_token` and `NO_AUTH_FOUND`.
@@ -140,13 +141,13 @@ def _non_json_error(status: int) -> RestError | TransientError:
     return TransientError("NON_JSON_RESPONSE", text, http_status=status)
 
 
-def error_of(status: int, data: Any) -> RestError | TransientError | None:
+def error_of(status: int, data: Any, secrets: Iterable[str] = ()) -> RestError | TransientError | None:
     """The exception an HTTP answer means, or None when it is a usable success envelope."""
     if not isinstance(data, Mapping):
         return _non_json_error(status)
     fields = _error_fields(data)
     if fields is not None:
-        return make_error(fields[0], fields[1], status, data.get("time"))
+        return make_error(fields[0], redact(fields[1], secrets), status, data.get("time"))
     if status != 200 or "result" not in data:
         if status == 200:
             return TransientError("NO_RESULT", "the portal answered without a result", http_status=status)

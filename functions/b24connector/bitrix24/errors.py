@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every occurrence of the given secret values replaced by ``***``."""
+    for value in secrets:
+        # Very short values would match innocent text and cannot be real tokens anyway.
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
 
 class Bitrix24Error(Exception):
     """Base of every error raised by the Bitrix24 protocol layer."""

@@ -450,7 +450,7 @@ def _max_id_params(spec: ListSpec, window: Window) -> dict[str, Any]:
 
 
 # Windows aim a little under one batch of rows: an overfull window costs a whole extra request.
-_WINDOW_FILL = 0.95
+_WINDOW_FILL = 0.98
 
 
 def _split(first: _Progress, window: Window, top: int) -> list[Window]:

@@ -31,6 +31,7 @@ from b24connector.bitrix24.errors import (
     OAuthTransientError,
     PaymentRequired,
     UnsafeEndpoint,
+    redact,
 )
 from b24connector.bitrix24.tokens import TokenSet
 from b24connector.bitrix24.transport import DEFAULT_TIMEOUT, decode_json, shared_session
@@ -94,14 +95,6 @@ def _parse_server(base_url: str, *, local_mode: bool) -> tuple[str, str]:
     return scheme, netloc
 
 
-def _scrub(text: str, secrets_sent: Sequence[str]) -> str:
-    # A server that echoes a request value must not smuggle a secret into our exception text.
-    for value in secrets_sent:
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
-    return text
-
-
 def oauth_error(status: int, data: Any, secrets_sent: Sequence[str] = ()) -> Bitrix24Error | None:
     """The typed error an OAuth-server answer carries, or None for a usable JSON success body."""
     if not isinstance(data, dict):
@@ -115,7 +108,8 @@ def oauth_error(status: int, data: Any, secrets_sent: Sequence[str] = ()) -> Bit
     else:
         code = str(raw_error or "")
         description = str(data.get("error_description") or "")
-    description = _scrub(description, secrets_sent)
+    # A server that echoes a request value must not smuggle a secret into our exception text.
+    description = redact(description, secrets_sent)
     if code:
         if status >= 500:
             return OAuthTransientError(code, description, http_status=status)

@@ -9,6 +9,8 @@ from typing import Protocol
 
 from b24connector.bitrix24.errors import QueryLimitExceeded
 
+_EPSILON = 1e-6
+
 
 class Pacer(Protocol):
     """Grants permission to send one HTTP request to the portal identified by `key`."""
@@ -54,8 +56,10 @@ class LocalTokenBucket:
             now = self._clock()
             tokens, last = self._buckets.get(key, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - last) * self.rate)
-            if tokens >= 1.0:
-                self._buckets[key] = (tokens - 1.0, now)
+            # The epsilon absorbs float rounding: after sleeping exactly the computed wait, the
+            # refill can land a hair under 1.0, and a 1e-14 s wait would never move the clock.
+            if tokens >= 1.0 - _EPSILON:
+                self._buckets[key] = (max(0.0, tokens - 1.0), now)
                 return 0.0
             self._buckets[key] = (tokens, now)
             return (1.0 - tokens) / self.rate

@@ -313,7 +313,7 @@ class RestClient:
                 redirects += 1
                 self._follow_rename(portal, location, redirects)
                 continue
-            error = error_of(status, data)
+            error = error_of(status, data, (token,))
             if error is None:
                 return data  # type: ignore[no-any-return]  # error_of vetted it as a success envelope
             if isinstance(error, ExpiredToken) and portal.can_renew and not renewed:

@@ -6,8 +6,10 @@ containers as PHP arrays in 5.3, `$result[..]` references to a missing row subst
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -205,7 +207,11 @@ _REFERENCE = re.compile(r"^\$result\[([^\]]+)\]((?:\[[^\]]*\])+)$")
 
 
 class FakeCrm:
-    """Leads with given IDs behind crm.lead.list / crm.item.list / batch, counting requests and pages."""
+    """Leads with given IDs behind crm.lead.list / crm.item.list / batch, counting requests and pages.
+
+    `sub_errors` maps (batch number, command id) to an error envelope that sub-call answers with;
+    with halt=1 the batch stops there, as Bitrix24 does.
+    """
 
     def __init__(self, ids: list[int], *, missing_reference: str = "") -> None:
         self.ids = sorted(ids)
@@ -214,7 +220,11 @@ class FakeCrm:
         self.pages = 0
         self.batches: list[dict[str, str]] = []
         self.missing_reference = missing_reference
+        self.sub_errors: dict[tuple[int, str], dict[str, str]] = {}
+        self.replies: deque[Reply] = deque()  # whole-request answers to give before serving normally
+        self.junk_rows = 0  # rows served to sub-calls whose reference pointed at a missing row
         self.transport = FakeTransport(self.handle)
+        self._lock = threading.Lock()
 
     def rows(self, method: str, params: Mapping[str, Any]) -> Any:
         self.pages += 1
@@ -224,30 +234,34 @@ class FakeCrm:
         id_field = "id" if method == "crm.item.list" else "ID"
         order = params.get("order", {})
         descending = str(order.get(id_field, "ASC")).upper() == "DESC"
-        selected = list(self.ids)
+        low, high = 0, len(self.ids)
         for key, raw in dict(params.get("filter", {})).items():
-            if raw == "":
-                continue  # the emulator's strictest reading: an empty value drops the condition
-            bound = int(raw)
+            if raw == "" or key not in {f">{id_field}", f"<{id_field}"}:
+                # An empty value drops the condition (the emulator's strictest reading); other fields
+                # match every fake lead.
+                continue
             if key == f">{id_field}":
-                selected = [i for i in selected if i > bound]
-            elif key == f"<{id_field}":
-                selected = [i for i in selected if i < bound]
+                low = max(low, bisect.bisect_right(self.ids, int(raw)))
+            else:
+                high = min(high, bisect.bisect_left(self.ids, int(raw)))
+        selected = self.ids[low:high] if low < high else []
         if descending:
-            selected.reverse()
+            selected = selected[::-1]
         page = selected[max(start, 0) : max(start, 0) + 50]
         if method == "crm.item.list":
             return {"items": [{"id": i, "title": f"Lead {i}"} for i in page]}
         return [{"ID": str(i), "TITLE": f"Lead {i}"} for i in page]
 
-    def _resolve(self, value: Any, results: Mapping[str, Any]) -> Any:
+    def _resolve(self, value: Any, results: Mapping[str, Any]) -> tuple[Any, bool]:
         if isinstance(value, dict):
-            return {k: self._resolve(v, results) for k, v in value.items()}
+            pairs = {k: self._resolve(v, results) for k, v in value.items()}
+            return {k: v for k, (v, _) in pairs.items()}, any(m for _, m in pairs.values())
         if isinstance(value, list):
-            return [self._resolve(v, results) for v in value]
+            items = [self._resolve(v, results) for v in value]
+            return [v for v, _ in items], any(m for _, m in items)
         match = _REFERENCE.match(value) if isinstance(value, str) else None
         if not match:
-            return value
+            return value, False
         node: Any = results.get(match.group(1))
         for part in _SEGMENT.findall(match.group(2)):
             if isinstance(node, list) and part.isdigit() and int(part) < len(node):
@@ -255,30 +269,46 @@ class FakeCrm:
             elif isinstance(node, dict) and part in node:
                 node = node[part]
             else:
-                return self.missing_reference
-        return node
+                return self.missing_reference, True
+        return node, False
 
     def handle(self, sent: Sent) -> Reply:
-        self.requests += 1
+        with self._lock:
+            self.requests += 1
+            number = self.requests
+            if self.replies:
+                return self.replies.popleft()
         method = sent.url.rsplit("/", 1)[1]
         body = sent.json()
         assert body.pop("auth") == ACCESS_TOKEN
         if method != "batch":
             return Reply(payload={"result": self.rows(method, body), "time": time_block(0)})
-        self.batches.append(dict(body["cmd"]))
+        with self._lock:
+            self.batches.append(dict(body["cmd"]))
+        assert len(body["cmd"]) <= 50
         results: dict[str, Any] = {}
+        errors: dict[str, Any] = {}
         for key, command in body["cmd"].items():
+            error = self.sub_errors.get((number, key))
+            if error is not None:
+                errors[key] = error
+                if body.get("halt"):
+                    break
+                continue
             sub_method, _, query = command.partition("?")
-            params = self._resolve(php_parse(query), results)
+            params, missing = self._resolve(php_parse(query), results)
             results[key] = self.rows(sub_method, params)
+            if missing:
+                page = results[key]
+                self.junk_rows += len(page["items"] if isinstance(page, dict) else page)
         return Reply(
             payload={
                 "result": {
                     "result": results,
-                    "result_error": [],
+                    "result_error": errors or [],
                     "result_total": [],
                     "result_next": [],
-                    "result_time": {k: time_block(0) for k in results},
+                    "result_time": {k: time_block(0) for k in results} or [],
                 },
                 "time": time_block(0),
             }
