@@ -1,0 +1,374 @@
+"""Per-portal request pacing shared by every Lambda instance: a token bucket item in the RateLimitTable.
+
+Why it exists: Bitrix24 meters a portal with one leaky bucket (fact sheet 6: 2 requests/s drain, 50
+deep) no matter how many of our Lambda instances talk to it, and instances share no memory. A process
+local bucket lets N concurrent instances send N times the budget and collect 503 QUERY_LIMIT_EXCEEDED.
+
+The bucket is stored in GCRA form (the "theoretical arrival time" formulation of a token bucket): one
+item per portal, `bucket_id` = "portal#<key>", attribute `tat` = the Unix time at which the bucket is
+full again. With refill rate r and capacity C, tokens(now) = C - max(0, tat - now) * r. Taking n
+tokens moves tat to max(tat, now) + n/r; the k-th of them may be used at max(now, tat_before + k/r - C/r).
+That makes both cases one conditional UpdateItem each, with no read before the write:
+
+- bucket partly drained (tat >= now): ``SET tat = tat + :n_over_r IF tat BETWEEN :now AND :latest``.
+  The arithmetic happens inside DynamoDB, so any number of concurrent writers succeed without
+  retries; ``:latest`` refuses a reservation whose tokens would come after the caller's deadline.
+- bucket full, or item absent / removed by TTL (tat < now): ``SET tat = :now + :n_over_r IF
+  attribute_not_exists(tat) OR tat < :now``.
+
+A writer that guessed the wrong case gets ConditionalCheckFailed with the current item
+(ReturnValuesOnConditionCheckFailure) and switches case after a short random pause; only the
+moment the bucket runs full or empty can produce such a conflict.
+
+Cost control (leases): one write reserves up to `lease_size` tokens while the bucket has burst to
+spare, so a burst of requests costs one DynamoDB write per `lease_size` REST requests, not one each.
+Once the bucket runs low the lease shrinks to 1 token (reserved for its exact future slot), so an
+instance never sits on tokens that others are waiting for. Trade-offs, both bounded:
+- a leased token can be spent up to `lease_seconds` after its slot, which could let a window see a
+  little more than C + r*w requests; the capacity is therefore lowered by ceil(r * lease_seconds) + 1
+  tokens (50 -> 47 with the defaults) so the portal's own bucket never overflows;
+- tokens leased but not used when an invocation ends are lost (at most lease_size - 1 per instance,
+  and only while the bucket had burst to spare).
+If DynamoDB fails (throttled after botocore's retries, unreachable), the process paces itself with a
+small local bucket instead of failing the read; the REST client's 503 backoff covers the rest.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from b24connector.bitrix24.errors import QueryLimitExceeded
+from b24connector.bitrix24.pacing import LocalTokenBucket, Pacer
+from b24connector.vault.models import aws_region
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+    from b24connector.settings import Settings
+
+BUCKET_PREFIX = "portal#"
+# Reservations further out than this are refused even without a deadline (a caller with no budget).
+MAX_WAIT_SECONDS = 120.0
+# Idle buckets disappear this long after they are full again (TTL); an absent item is a full bucket.
+_TTL_AFTER_FULL_SECONDS = 3600
+_MAX_ATTEMPTS = 6
+_CONDITION_FAILED = "ConditionalCheckFailedException"
+_MAX_KEYS = 1024
+SHARED_PACING_ENV = "RATE_LIMIT_SHARED"
+
+
+class _Conflict(Exception):
+    """The guessed case did not hold; `tat` is the current value (None: no item or no tat)."""
+
+    def __init__(self, tat: float | None) -> None:
+        super().__init__("bucket changed")
+        self.tat = tat
+
+
+class _BrokenAnswer(Exception):
+    """DynamoDB answered in a shape this code cannot use."""
+
+
+def _reason(exc: Exception) -> str:
+    """A short, secret-free name for why DynamoDB could not be used."""
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code") or "ClientError")
+    return type(exc).__name__
+
+
+class _Lease:
+    """Tokens reserved by this process for one key: their slot times (Unix seconds), oldest first."""
+
+    __slots__ = ("lock", "slots", "tat")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.slots: deque[float] = deque()
+        self.tat: float | None = None  # last tat this process saw (an estimate of the shared state)
+
+
+def _number(value: float) -> dict[str, str]:
+    return {"N": f"{value:.6f}"}
+
+
+def _tat_of(item: Mapping[str, Any] | None) -> float | None:
+    if not item or "tat" not in item:
+        return None
+    return float(item["tat"]["N"])
+
+
+def _default_client() -> DynamoDBClient:
+    client: DynamoDBClient = boto3.client(
+        "dynamodb",
+        region_name=aws_region(),
+        # Pacing sits in front of every portal request: fail over to local pacing quickly.
+        config=Config(
+            connect_timeout=1,
+            read_timeout=2,
+            retries={"mode": "standard", "max_attempts": 3},
+            max_pool_connections=50,
+        ),
+    )
+    return client
+
+
+class DynamoTokenBucket:
+    """A Pacer whose per-key token bucket lives in DynamoDB, shared by every process that uses the table.
+
+    Thread-safe. `rate` requests/s sustained and `burst` at once are the portal's published figures;
+    the usable capacity is `burst` minus the lease safety margin (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        table_name: str,
+        rate: float = 2.0,
+        burst: int = 50,
+        *,
+        lease_size: int = 5,
+        lease_seconds: float = 1.0,
+        client: DynamoDBClient | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        rand: Callable[[], float] = random.random,
+        on_fallback: Callable[[str], None] | None = None,
+    ) -> None:
+        if rate <= 0 or burst < 1 or lease_size < 1 or lease_seconds <= 0:
+            raise ValueError("rate and lease_seconds must be positive, burst and lease_size at least 1")
+        self.table_name = table_name
+        self.rate = rate
+        self.burst = burst
+        self.margin = math.ceil(rate * lease_seconds) + 1
+        self.capacity = max(1, burst - self.margin)
+        self.lease_size = max(1, min(lease_size, self.capacity))
+        self.lease_seconds = lease_seconds
+        self._client = client
+        self._client_lock = threading.Lock()
+        self._clock = clock
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._rand = rand
+        self._on_fallback = on_fallback
+        self._leases: dict[str, _Lease] = {}
+        self._leases_lock = threading.Lock()
+        self._fallback = LocalTokenBucket(rate, self.lease_size, clock=monotonic, sleep=sleep)
+        self.writes = 0  # DynamoDB UpdateItem calls made (for measurements)
+        self.conflicts = 0  # of those, the ones that hit ConditionalCheckFailed
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> DynamoTokenBucket:
+        """The bucket for RATE_LIMIT_TABLE with RATE_LIMIT_PER_SECOND and RATE_LIMIT_BURST."""
+        return cls(
+            settings.rate_limit_table, settings.rate_limit_per_second, settings.rate_limit_burst, **kwargs
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"DynamoTokenBucket(table={self.table_name!r}, rate={self.rate}, burst={self.burst}, "
+            f"capacity={self.capacity}, lease_size={self.lease_size})"
+        )
+
+    # --- Pacer ------------------------------------------------------------------------------------
+
+    def acquire(self, key: str, deadline: float | None) -> None:
+        """Take one token for `key`, sleeping until its slot; QueryLimitExceeded if that is after `deadline`."""
+        wall_deadline = None if deadline is None else self._clock() + (deadline - self._monotonic())
+        lease = self._lease(key)
+        failure: str | None = None
+        with lease.lock:
+            slot = self._leased_slot(lease, wall_deadline)
+            if slot is None:
+                try:
+                    slots = self._reserve(key, lease, wall_deadline)
+                except (ClientError, BotoCoreError, _BrokenAnswer) as exc:
+                    failure = _reason(exc)
+                else:
+                    slot = slots.popleft()
+                    lease.slots.extend(slots)
+        if slot is None:
+            if self._on_fallback is not None:
+                self._on_fallback(failure or "unknown")
+            self._fallback.acquire(key, deadline)
+            return
+        wait = slot - self._clock()
+        if wait > 0:
+            self._sleep(wait)
+
+    # --- leases -----------------------------------------------------------------------------------
+
+    def _lease(self, key: str) -> _Lease:
+        with self._leases_lock:
+            lease = self._leases.get(key)
+            if lease is None:
+                if len(self._leases) >= _MAX_KEYS:
+                    self._leases.clear()
+                lease = self._leases[key] = _Lease()
+            return lease
+
+    def _leased_slot(self, lease: _Lease, wall_deadline: float | None) -> float | None:
+        """The earliest still-valid leased slot, or None when the lease is empty."""
+        now = self._clock()
+        while lease.slots and lease.slots[0] + self.lease_seconds < now:
+            lease.slots.popleft()  # its moment passed unused: spending it now could overfill the portal
+        if not lease.slots:
+            return None
+        if wall_deadline is not None and lease.slots[0] > wall_deadline:
+            raise _too_late()
+        return lease.slots.popleft()
+
+    def _lease_size(self, lease: _Lease, now: float) -> int:
+        """Tokens to take in one write: several while burst is to spare, else exactly one."""
+        if lease.tat is None:
+            return self.lease_size
+        available = self.capacity - max(0.0, lease.tat - now) * self.rate
+        spare = math.floor(available) - self.lease_size  # leave a lease's worth for other instances
+        return max(1, min(self.lease_size, spare))
+
+    # --- DynamoDB ---------------------------------------------------------------------------------
+
+    def _dynamodb(self) -> DynamoDBClient:
+        with self._client_lock:
+            if self._client is None:
+                self._client = _default_client()
+            return self._client
+
+    def _reserve(self, key: str, lease: _Lease, wall_deadline: float | None) -> deque[float]:
+        """Reserve tokens with one conditional write (more only on a case switch); their slot times."""
+        interval = 1.0 / self.rate
+        now = self._clock()
+        count = self._lease_size(lease, now)
+        # Guess the case from what this process saw last; a wrong guess costs one conditional failure.
+        full = lease.tat is None or lease.tat < now
+        for attempt in range(_MAX_ATTEMPTS):
+            now = self._clock()
+            limit = (
+                now + MAX_WAIT_SECONDS
+                if wall_deadline is None
+                else min(wall_deadline, now + MAX_WAIT_SECONDS)
+            )
+            # The last token's slot, tat_before + count/r - C/r, must not be later than `limit`.
+            latest = limit + (self.capacity - count) * interval
+            try:
+                if full:
+                    before = now
+                    after = self._write_full(key, now, count * interval)
+                else:
+                    if latest < now:
+                        raise _too_late()
+                    after = self._write_drained(key, now, latest, count * interval)
+                    before = after - count * interval
+            except _Conflict as conflict:
+                self.conflicts += 1
+                current = conflict.tat
+                if current is None or current < now:
+                    full = True
+                elif current > latest and count > 1:
+                    count = 1  # not enough in time for a whole lease; one token may still fit
+                    full = False
+                elif current > latest:
+                    raise _too_late() from None
+                else:
+                    full = False
+                if attempt:
+                    # Someone else flipped the bucket between our reads: step aside a little.
+                    self._sleep(self._rand() * 0.01 * attempt)
+                continue
+            lease.tat = after
+            first = before - self.capacity * interval
+            return deque(max(now, first + k * interval) for k in range(1, count + 1))
+        raise _too_late()
+
+    def _update(self, **kwargs: Any) -> float:
+        self.writes += 1
+        try:
+            answer = self._dynamodb().update_item(
+                TableName=self.table_name,
+                ReturnValues="UPDATED_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                **kwargs,
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != _CONDITION_FAILED:
+                raise
+            returned: Any = exc.response.get("Item")
+            item = returned if isinstance(returned, Mapping) else self._current(kwargs["Key"])
+            raise _Conflict(_tat_of(item)) from None
+        tat = _tat_of(answer.get("Attributes"))
+        if tat is None:
+            raise _BrokenAnswer("UpdateItem answered without the attribute it wrote")
+        return tat
+
+    def _current(self, key: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        # Only for DynamoDB implementations that do not return the item on a failed condition.
+        answer = self._dynamodb().get_item(TableName=self.table_name, Key=dict(key), ConsistentRead=True)
+        return answer.get("Item")
+
+    def _expires(self, tat: float) -> dict[str, str]:
+        return {"N": str(math.ceil(tat + _TTL_AFTER_FULL_SECONDS))}
+
+    def _write_full(self, key: str, now: float, amount: float) -> float:
+        return self._update(
+            Key={"bucket_id": {"S": BUCKET_PREFIX + key}},
+            UpdateExpression="SET #tat = :tat, #exp = :exp",
+            ConditionExpression="attribute_not_exists(#tat) OR #tat < :now",
+            ExpressionAttributeNames={"#tat": "tat", "#exp": "expires_at"},
+            ExpressionAttributeValues={
+                ":tat": _number(now + amount),
+                ":now": _number(now),
+                ":exp": self._expires(now + amount),
+            },
+        )
+
+    def _write_drained(self, key: str, now: float, latest: float, amount: float) -> float:
+        return self._update(
+            Key={"bucket_id": {"S": BUCKET_PREFIX + key}},
+            UpdateExpression="SET #tat = #tat + :amount, #exp = :exp",
+            ConditionExpression="#tat BETWEEN :now AND :latest",
+            ExpressionAttributeNames={"#tat": "tat", "#exp": "expires_at"},
+            ExpressionAttributeValues={
+                ":amount": _number(amount),
+                ":now": _number(now),
+                ":latest": _number(latest),
+                ":exp": self._expires(latest + amount),
+            },
+        )
+
+
+def _too_late() -> QueryLimitExceeded:
+    return QueryLimitExceeded(
+        "CLIENT_RATE_LIMIT", "the request budget ends before the shared pacing allows another request"
+    )
+
+
+def shared_pacing_enabled(env: Mapping[str, str] | None = None) -> bool:
+    """RATE_LIMIT_SHARED (default true): pace portal requests through the RateLimitTable."""
+    raw = (os.environ if env is None else env).get(SHARED_PACING_ENV, "true").strip().lower()
+    if raw in {"1", "true", "yes", "on", ""}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"environment variable {SHARED_PACING_ENV} is invalid: expected true or false")
+
+
+def portal_pacer(
+    settings: Settings,
+    *,
+    env: Mapping[str, str] | None = None,
+    on_fallback: Callable[[str], None] | None = None,
+) -> Pacer:
+    """The pacer LeadsFunction uses: the shared DynamoDB bucket, or a per-process one when switched off."""
+    if shared_pacing_enabled(env):
+        return DynamoTokenBucket.from_settings(settings, on_fallback=on_fallback)
+    return LocalTokenBucket(settings.rate_limit_per_second, settings.rate_limit_burst)
