@@ -454,3 +454,62 @@ def test_services_are_built_once_per_settings(connector: Connector) -> None:
     conf = get_settings()
     assert _services.oauth_client(conf) is _services.oauth_client(conf)
     assert _services.coordinator(conf) is _services.coordinator(conf)
+
+
+# --- AWS calls per invocation ----------------------------------------------------------------------
+
+
+def test_aws_calls_per_invocation(connector: Connector, emulator: Emulator, aws_calls: AwsCalls) -> None:
+    def calls() -> list[tuple[str, str]]:
+        taken = sorted(aws_calls.calls)
+        aws_calls.clear()
+        return taken
+
+    aws_calls.clear()
+    consent_url, nonce = connector.authorize()
+    assert calls() == [("dynamodb", "PutItem")]
+    redirect = connector.consent(consent_url)
+    requests.get(redirect, headers={"Cookie": f"{COOKIE}={nonce}"}, allow_redirects=False, timeout=10)
+    # consume the state, read + conditionally write the portal, seal the pair, read the client secret
+    assert calls() == [
+        ("dynamodb", "DeleteItem"),
+        ("dynamodb", "GetItem"),
+        ("dynamodb", "PutItem"),
+        ("kms", "Encrypt"),
+        ("secretsmanager", "GetSecretValue"),
+    ]
+    assert emulator.send_install(connector.events_url(), "event")["status"] == 200
+    assert calls() == [("dynamodb", "GetItem"), ("dynamodb", "PutItem"), ("kms", "Encrypt")]
+    assert emulator.send_uninstall(connector.events_url(), application_token="0" * 32)["status"] == 403
+    assert calls() == [("dynamodb", "GetItem")]
+    assert emulator.send_uninstall(connector.events_url(), clean=False)["status"] == 200
+    assert calls() == [("dynamodb", "GetItem"), ("dynamodb", "UpdateItem")]
+    connector.sweep()
+    assert calls() == [("dynamodb", "Query")] * 16  # one query per due-index shard, nothing to queue
+
+
+@pytest.mark.parametrize(
+    ("drop", "extra", "reason"),
+    [
+        ("code", "", "code_missing"),
+        ("state", "", "state_missing"),
+        ("domain", "", "domain_missing"),
+        ("member_id", "", "member_id_missing"),
+        ("", "&state=other", "state_duplicate"),
+        ("", "&code=%FF", "query_invalid_encoding"),
+    ],
+)
+def test_callback_bad_input_is_4xx_and_spends_nothing(
+    connector: Connector, emulator: Emulator, drop: str, extra: str, reason: str
+) -> None:
+    consent_url, nonce = connector.authorize()
+    redirect = connector.consent(consent_url)
+    base, _, query = redirect.partition("?")
+    kept = "&".join(part for part in query.split("&") if not drop or not part.startswith(f"{drop}="))
+    answer = requests.get(
+        f"{base}?{kept}{extra}", headers={"Cookie": f"{COOKIE}={nonce}"}, allow_redirects=False, timeout=10
+    )
+    assert (answer.status_code, answer.headers["X-Reason-Code"]) == (400, reason)
+    assert emulator.stats()["token_requests"] == 0
+    assert connector.portal_item() is None
+    assert len(connector.stack.raw_items(connector.stack.states_table)) == 1
