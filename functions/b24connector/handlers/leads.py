@@ -22,6 +22,7 @@ from b24connector.leads import (
 from b24connector.observability import count, logger, metrics
 from b24connector.problems import safe_traceback
 from b24connector.settings import Settings, get_settings
+from b24connector.vault.rate_limit import portal_pacer
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -34,7 +35,11 @@ ANSWER_RESERVE_SECONDS = 3.0
 def reader(conf: Settings) -> LeadsReader:
     """The leads use case, wired once per container."""
     store = _services.vault(conf).portals
-    rest = RestClient.from_settings(conf, session=shared_session())
+    # Concurrent instances share the portal's request budget through the RateLimitTable (RATE_LIMIT_SHARED).
+    pacer = portal_pacer(
+        conf, on_fallback=lambda reason: logger.warning("shared pacing off", extra={"reason": reason})
+    )
+    rest = RestClient.from_settings(conf, session=shared_session(), pacer=pacer)
     return LeadsReader(
         VaultPortalOpener(store, _services.coordinator(conf)),
         FastLister(rest),
