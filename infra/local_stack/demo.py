@@ -722,7 +722,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Start a stack on ephemeral ports, run the journey, print the summary, stop; 0 only if all held."""
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    # `python -m local_stack demo -- --leads 500`: the CLI hands over everything after `demo`.
+    if arguments[:1] == ["--"]:
+        arguments = arguments[1:]
+    args = build_parser().parse_args(arguments)
     wall = time.monotonic()
 
     def say(line: str) -> None:
