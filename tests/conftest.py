@@ -1,11 +1,13 @@
 """Project-wide fixtures: safe AWS defaults, no sockets in unit tests, moto/dynalite servers, AWS stacks.
 
 Fixtures (details in tests/support):
-- `moto_server` (session): moto's server in a child process on an ephemeral port.
+- `moto_server` (session): moto's server in a child process on an ephemeral port; DynamoDB calls
+  serialised so conditional writes are atomic as in AWS (`raw_moto_server`: as shipped, not atomic).
 - `dynalite_server` (session): dynalite (node) in a child process; needs `.local/node` (see .ci/run).
 - `aws_stack` (function): unique tables (from template.yaml), KMS key, secrets and queues on
   `moto_server`, with every env var the settings read set (monkeypatched) and get_settings() reset.
-- `aws_stack_factory` (function): build more stacks, e.g. `aws_stack_factory(dynamodb="dynalite")`.
+- `aws_stack_factory` (function): build more stacks, e.g. `aws_stack_factory(dynamodb="dynalite")`
+  (backends: "moto", "dynalite", "raw-moto"); extra keyword arguments become env vars.
 - `metrics_capture` (function): the Powertools metric buffer, cleared before and after the test.
 """
 
@@ -66,6 +68,14 @@ def moto_server() -> Iterator[MotoServer]:
 
 
 @pytest.fixture(scope="session")
+def raw_moto_server() -> Iterator[MotoServer]:
+    """moto's server exactly as shipped: its DynamoDB conditional writes are not atomic under threads."""
+    with MotoServer(atomic_dynamodb=False) as server:
+        assert isinstance(server, MotoServer)
+        yield server
+
+
+@pytest.fixture(scope="session")
 def dynalite_server() -> Iterator[DynaliteServer]:
     """dynalite in its own process: a second DynamoDB implementation with per-table locking."""
     if not dynalite_installed():
@@ -79,13 +89,14 @@ def dynalite_server() -> Iterator[DynaliteServer]:
 def aws_stack_factory(
     request: pytest.FixtureRequest, moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Callable[..., AwsStack]]:
-    """Provision a stack; `dynamodb="dynalite"` puts its tables on the dynalite server instead."""
+    """Provision a stack; `dynamodb="dynalite"` (or "raw-moto") puts its tables on that server instead."""
     from b24connector.settings import get_settings
 
     def build(*, dynamodb: str = "moto", activate: bool = True, **extra_env: str) -> AwsStack:
         dynamodb_url = None
-        if dynamodb == "dynalite":
-            dynamodb_url = request.getfixturevalue("dynalite_server").endpoint_url
+        if dynamodb in ("dynalite", "raw-moto"):
+            fixture = {"dynalite": "dynalite_server", "raw-moto": "raw_moto_server"}[dynamodb]
+            dynamodb_url = request.getfixturevalue(fixture).endpoint_url
         elif dynamodb != "moto":
             raise ValueError(f"unknown DynamoDB backend {dynamodb!r}")
         stack = provision(moto_server.endpoint_url, dynamodb_endpoint_url=dynamodb_url)

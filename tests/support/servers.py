@@ -95,13 +95,20 @@ def _python_env() -> dict[str, str]:
 
 
 class MotoServer(ChildServer):
-    """moto's server (DynamoDB, KMS, SQS, Secrets Manager, ...) in a child process."""
+    """moto's server (DynamoDB, KMS, SQS, Secrets Manager, ...) in a child process.
+
+    `atomic_dynamodb` (default) serialises DynamoDB calls so conditional writes are atomic as in AWS
+    (see tests/support/moto_main.py for why and what was measured).
+    """
 
     name = "moto server"
 
-    def __init__(self) -> None:
-        # The local stack's launcher: same server the stack runs, port 0 reported back.
-        super().__init__([sys.executable, "-m", "local_stack.moto_process", "--port", "0"], env=_python_env())
+    def __init__(self, *, atomic_dynamodb: bool = True) -> None:
+        argv = [sys.executable, "-m", "tests.support.moto_main", "--port", "0"]
+        if atomic_dynamodb:
+            argv.append("--serialize-dynamodb")
+        super().__init__(argv, env=_python_env())
+        self.atomic_dynamodb = atomic_dynamodb
 
     def reset(self) -> None:
         """Drop every resource in every moto backend."""

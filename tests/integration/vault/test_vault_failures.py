@@ -1,0 +1,272 @@
+"""Crashes and lost answers around a refresh: rescue through SQS, dead lease holders, adoption.
+
+What happens when a refreshed pair is lost for good (documented by these tests):
+- the commit fails after Bitrix24 answered -> the ciphertext goes to the rescue queue, applied later;
+- the rescue queue fails too -> the portal is flagged needs_reauth (metric), the error is raised;
+- the process dies after Bitrix24 answered (no chance to rescue) -> its lease expires, the next worker
+  spends the already spent token, gets invalid_grant, finds no newer commit -> needs_reauth + metric;
+- the OAuth answer is lost in transit after the pair was issued -> transient error first, then the
+  next refresh gets invalid_grant -> needs_reauth + metric. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from b24connector.bitrix24.tokens import TokenSet
+from b24connector.vault.errors import ReauthRequired, RefreshUnavailable, TokenRescueFailed, VaultUnavailable
+from b24connector.vault.models import HEALTH_ACTIVE, HEALTH_NEEDS_REAUTH, bind_state_model
+from b24connector.vault.refresh import RescueOutcome, TokenRefresher
+from b24connector.vault.store import StateStore
+from tests.integration.vault.conftest import BACKENDS, Scene
+from tests.support.vault_rig import Rig, access_token_works, process_context, refresher_process
+
+
+def _metric(metrics: dict[str, Any], name: str) -> int:
+    return len(metrics.get(name, {}).get("Value", []))
+
+
+def _break_commits(monkeypatch: pytest.MonkeyPatch, store: Any) -> None:
+    def unavailable(*args: Any, **kwargs: Any) -> Any:
+        raise VaultUnavailable("DynamoDB UpdateItem failed (ProvisionedThroughputExceededException)")
+
+    monkeypatch.setattr(store, "commit_refresh", unavailable)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_commit_failure_after_bitrix24_answered_is_rescued_through_sqs(
+    scene_factory: Callable[..., Scene], backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a worker whose DynamoDB commit keeps failing right after the token endpoint answered
+    scene = scene_factory(backend, commit_attempts=3, commit_backoff_seconds=0.01)
+    calls = scene.token_requests()
+    worker = scene.rig.worker()
+    _break_commits(monkeypatch, worker.store)
+    # When it refreshes
+    fresh = worker.coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
+    # Then its caller can go on, and the encrypted pair (never the plaintext) sits in the rescue queue
+    assert access_token_works(scene.grant.client_endpoint, fresh.access_token)
+    sqs = scene.stack.client("sqs")
+    received = sqs.receive_message(QueueUrl=scene.stack.rescue_queue_url, WaitTimeSeconds=2)["Messages"]
+    (message,) = received
+    assert fresh.access_token not in message["Body"]
+    assert fresh.refresh_token not in message["Body"]
+    assert json.loads(message["Body"])["base_version"] == scene.portal.version
+    assert scene.stored().version == scene.portal.version  # nothing landed yet
+    # When the rescue function applies it (another container: cold cache)
+    outcome = scene.rig.worker().coordinator.apply_rescue(message["Body"])
+    # Then the pair is stored at version +1 and the chain lives on
+    assert outcome is RescueOutcome.APPLIED
+    stored = scene.stored()
+    assert (stored.version, stored.health) == (scene.portal.version + 1, HEALTH_ACTIVE)
+    tokens = scene.rig.worker().store.tokens(stored)
+    assert tokens.access_token == fresh.access_token
+    assert scene.token_requests() - calls == 1
+    assert access_token_works(
+        scene.grant.client_endpoint, scene.rig.oauth.refresh(tokens.refresh_token).access_token
+    )
+    # and applying the same message twice (SQS redelivery) is harmless
+    assert scene.rig.worker().coordinator.apply_rescue(message["Body"]) is RescueOutcome.STALE
+
+
+def test_rescue_queue_down_too_flags_the_portal(
+    scene_factory: Callable[..., Scene], monkeypatch: pytest.MonkeyPatch, metrics_capture: dict[str, Any]
+) -> None:
+    scene = scene_factory("moto", commit_attempts=2, commit_backoff_seconds=0.01)
+    env = {**scene.stack.env(), "RESCUE_QUEUE_URL": scene.stack.rescue_queue_url + "-missing"}
+    worker = Rig.from_env(
+        env, scene.emulator.client_secret, commit_attempts=2, commit_backoff_seconds=0.01
+    ).worker()
+    _break_commits(monkeypatch, worker.store)
+    with pytest.raises(TokenRescueFailed) as caught:
+        worker.coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
+    assert scene.grant.refresh_token not in str(caught.value)
+    assert scene.stored().health == HEALTH_NEEDS_REAUTH
+    assert _metric(metrics_capture, "PortalNeedsReauth") == 1
+    assert _metric(metrics_capture, "TokenRescueFailed") == 1
+
+
+def _crash_in_child(scene: Scene, mode: str, lease_seconds: float) -> int:
+    ctx = process_context()
+    go, results = ctx.Event(), ctx.Queue()
+    child = ctx.Process(
+        target=refresher_process,
+        kwargs={
+            "env": scene.stack.env(),
+            "client_secret": scene.emulator.client_secret,
+            "member_id": scene.member_id,
+            "rejected_access_token": scene.grant.access_token,
+            "threads": 1,
+            "go": go,
+            "results": results,
+            "mode": mode,
+            "policy": {"lease_seconds": lease_seconds},
+        },
+    )
+    child.start()
+    go.set()
+    child.join(60)
+    return int(child.exitcode or 0)
+
+
+@pytest.mark.slow
+def test_worker_dying_with_the_lease_before_the_token_call_is_taken_over(
+    scene_factory: Callable[..., Scene],
+) -> None:
+    scene = scene_factory("moto", max_wait_seconds=10)
+    calls = scene.token_requests()
+    assert _crash_in_child(scene, "die_before_refresh", lease_seconds=1.0) == 17
+    assert scene.stored().lease_owner is not None  # it died holding the lease
+    fresh = scene.rig.worker().coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
+    assert access_token_works(scene.grant.client_endpoint, fresh.access_token)
+    assert scene.token_requests() - calls == 1
+    assert scene.stored().version == scene.portal.version + 1
+
+
+@pytest.mark.slow
+def test_worker_dying_after_bitrix24_answered_ends_in_needs_reauth(
+    scene_factory: Callable[..., Scene], metrics_capture: dict[str, Any]
+) -> None:
+    # Given a worker that spent the refresh token and died before it could commit or rescue
+    scene = scene_factory("moto", max_wait_seconds=10)
+    calls = scene.token_requests()
+    assert _crash_in_child(scene, "die_after_refresh", lease_seconds=1.0) == 17
+    # When the next worker needs a fresh pair (after the dead worker's lease expired)
+    with pytest.raises(ReauthRequired):
+        scene.rig.worker().coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
+    # Then Bitrix24 refused the spent token and the portal is flagged, visibly, for re-authorization
+    assert scene.token_requests() - calls == 2
+    assert scene.stored().health == HEALTH_NEEDS_REAUTH
+    assert _metric(metrics_capture, "PortalNeedsReauth") == 1
+
+
+def test_answer_lost_after_issue_is_transient_then_needs_reauth(
+    scene_factory: Callable[..., Scene], metrics_capture: dict[str, Any]
+) -> None:
+    scene = scene_factory("moto")
+    scene.rig.oauth_timeout = (2.0, 0.3)
+    scene.emulator.add_faults([{"target": "oauth", "kind": "timeout_after_issue", "delay": 1.0}])
+    with pytest.raises(RefreshUnavailable):
+        scene.rig.worker().coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
+    stored = scene.stored()
+    assert (stored.version, stored.health, stored.lease_owner) == (scene.portal.version, HEALTH_ACTIVE, None)
+    with pytest.raises(ReauthRequired):
+        scene.rig.worker().coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
+    assert scene.stored().health == HEALTH_NEEDS_REAUTH
+    assert _metric(metrics_capture, "TokenRefreshTransientFailure") == 1
+    assert _metric(metrics_capture, "PortalNeedsReauth") == 1
+
+
+class _Choreographed:
+    """Runs hooks around the real token call so two workers interleave exactly as a test needs."""
+
+    def __init__(self, inner: TokenRefresher, before: Callable[[], None], after: Callable[[], None]) -> None:
+        self.inner, self.before, self.after = inner, before, after
+
+    def refresh(self, refresh_token: str, *, server_hint: str | None = None) -> TokenSet:
+        self.before()
+        try:
+            return self.inner.refresh(refresh_token, server_hint=server_hint)
+        finally:
+            self.after()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_invalid_grant_after_another_worker_committed_is_adopted(
+    scene_factory: Callable[..., Scene], backend: str, metrics_capture: dict[str, Any]
+) -> None:
+    # Given worker A spent the token but answered slowly (its lease expired), and worker B took over
+    scene = scene_factory(backend, lease_seconds=0.5, max_wait_seconds=10)
+    b_has_lease, a_committed = threading.Event(), threading.Event()
+    scene.rig.refresher_wrapper = lambda inner: _Choreographed(
+        inner, lambda: None, lambda: b_has_lease.wait(10)
+    )
+    worker_a = scene.rig.worker()
+    scene.rig.refresher_wrapper = lambda inner: _Choreographed(
+        inner, lambda: (b_has_lease.set(), a_committed.wait(10)), lambda: None
+    )
+    worker_b = scene.rig.worker()
+    results: dict[str, TokenSet | BaseException] = {}
+
+    def run(name: str, worker: Any) -> None:
+        try:
+            results[name] = worker.coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
+        except BaseException as exc:
+            results[name] = exc
+        if name == "a":
+            a_committed.set()
+
+    thread_a = threading.Thread(target=run, args=("a", worker_a))
+    thread_a.start()
+    while scene.stored().lease_owner is None:
+        threading.Event().wait(0.02)
+    threading.Event().wait(0.6)  # A's lease expires while its answer is "in flight"
+    thread_b = threading.Thread(target=run, args=("b", worker_b))
+    thread_b.start()
+    thread_a.join(20)
+    thread_b.join(20)
+    # Then B's invalid_grant led to adoption of A's commit, not to needs_reauth
+    a, b = results["a"], results["b"]
+    assert isinstance(a, TokenSet), a
+    assert isinstance(b, TokenSet), b
+    assert a.access_token == b.access_token
+    stored = scene.stored()
+    assert (stored.version, stored.health) == (scene.portal.version + 1, HEALTH_ACTIVE)
+    assert _metric(metrics_capture, "TokenAdopted") == 1
+    assert _metric(metrics_capture, "PortalNeedsReauth") == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_oauth_state_is_consumed_by_exactly_one_of_50(
+    aws_stack_factory: Callable[..., Any], backend: str
+) -> None:
+    stack = aws_stack_factory(dynamodb=backend)
+    states = StateStore(bind_state_model(stack.states_table, stack.region), ttl_seconds=600)
+    raw_state, nonce = uuid.uuid4().hex, uuid.uuid4().hex
+    states.save(raw_state, nonce, "a.bitrix24.com")
+    barrier = threading.Barrier(50)
+    winners: list[object] = []
+
+    def consume() -> None:
+        barrier.wait()
+        consumed = states.consume(raw_state, nonce)
+        if consumed is not None:
+            winners.append(consumed)
+
+    threads = [threading.Thread(target=consume) for _ in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(winners) == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_refresh_lease_has_exactly_one_winner_among_50(
+    scene_factory: Callable[..., Scene], backend: str
+) -> None:
+    scene = scene_factory(backend)
+    stores = [scene.rig.worker().store for _ in range(50)]
+    for _ in range(5):
+        barrier = threading.Barrier(50)
+        winners: list[str] = []
+
+        def take(store: Any, barrier: threading.Barrier = barrier, winners: list[str] = winners) -> None:
+            owner = uuid.uuid4().hex
+            barrier.wait()
+            if store.take_lease(scene.member_id, scene.portal.version, owner, lease_seconds=60):
+                winners.append(owner)
+
+        threads = [threading.Thread(target=take, args=(s,)) for s in stores]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert len(winners) == 1
+        assert stores[0].release_lease(scene.member_id, winners[0])
