@@ -14,7 +14,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import requests
@@ -36,6 +36,9 @@ from b24connector.bitrix24.errors import (
 from b24connector.bitrix24.tokens import TokenSet
 from b24connector.bitrix24.transport import DEFAULT_TIMEOUT, decode_json, shared_session
 from b24connector.portals import is_loopback_host
+
+if TYPE_CHECKING:
+    from b24connector.settings import Settings
 
 _HOST_PORT = re.compile(r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[1-9][0-9]{0,4})?\Z")
 _SERVER_PATHS = ("", "/", "/rest", "/rest/")
@@ -145,6 +148,25 @@ class OAuthClient:
         self._timeout = timeout
         self.local_mode = local_mode
         self._clock = clock
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        client_secret: Callable[[], str],
+        *,
+        session: requests.Session | None = None,
+    ) -> OAuthClient:
+        """A client for BITRIX24_CLIENT_ID and OAUTH_SERVERS; `client_secret` reads the secret store."""
+        read_timeout = settings.http_timeout_seconds
+        return cls(
+            settings.client_id,
+            client_secret,
+            settings.oauth_servers,
+            session=session,
+            timeout=(min(3.05, read_timeout), read_timeout),
+            local_mode=settings.local_mode,
+        )
 
     def __repr__(self) -> str:
         return f"OAuthClient(client_id={self.client_id!r}, servers={self.servers!r})"

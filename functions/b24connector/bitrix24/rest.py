@@ -32,6 +32,7 @@ from b24connector.bitrix24.errors import (
     Bitrix24Error,
     DeadlineExceeded,
     ExpiredToken,
+    InvalidToken,
     OperationTimeLimit,
     PortalMoved,
     QueryLimitExceeded,
@@ -316,6 +317,15 @@ class RestClient:
             error = error_of(status, data, (token,))
             if error is None:
                 return data  # type: ignore[no-any-return]  # error_of vetted it as a success envelope
+            if (
+                isinstance(error, ExpiredToken | InvalidToken)
+                and not renewed
+                and portal.access_token != token
+            ):
+                # Another thread renewed while this request was in flight (and the refresh may have
+                # revoked the old token): retry once with the new token, without renewing again.
+                renewed = True
+                continue
             if isinstance(error, ExpiredToken) and portal.can_renew and not renewed:
                 renewed = True
                 portal.renew_token(token)

@@ -25,6 +25,7 @@ from b24connector.bitrix24.errors import (
     UnsafeEndpoint,
 )
 from b24connector.bitrix24.oauth import AppInfo, OAuthClient, make_pkce_pair, parse_app_info
+from b24connector.settings import load_settings
 from tests.unit.bitrix24.fakes import FakeTransport, Reply, session_with
 from tests.unit.bitrix24.test_token_parsing import REFRESH_RESPONSE
 
@@ -428,3 +429,27 @@ def test_app_info_with_a_bad_token_maps_to_invalid_token() -> None:
     )
     with pytest.raises(InvalidToken):
         make_oauth(transport).app_info(ACCESS)
+
+
+def test_client_from_settings() -> None:
+    env = {
+        "BITRIX24_CLIENT_ID": CLIENT_ID,
+        "CLIENT_SECRET_ID": "s",
+        "CURSOR_SECRET_ID": "c",
+        "PORTALS_TABLE": "p",
+        "STATES_TABLE": "s",
+        "RATE_LIMIT_TABLE": "r",
+        "TOKEN_KEY_ID": "k",
+        "REFRESH_QUEUE_URL": "q",
+        "RESCUE_QUEUE_URL": "r",
+        "OAUTH_SERVERS": "https://oauth.bitrix24.tech/,https://oauth.bitrix.info",
+        "HTTP_TIMEOUT_SECONDS": "7",
+    }
+    transport = FakeTransport().queue(Reply(payload=REFRESH_RESPONSE))
+    client = OAuthClient.from_settings(
+        load_settings(env), lambda: CLIENT_SECRET, session=session_with(transport)
+    )
+    assert client.servers == ["https://oauth.bitrix24.tech", "https://oauth.bitrix.info"]
+    client.refresh(REFRESH_TOKEN)
+    assert transport.sent[0].url == "https://oauth.bitrix24.tech/oauth/token/"
+    assert transport.sent[0].timeout == (3.05, 7.0)

@@ -11,6 +11,7 @@ import requests
 from b24connector.bitrix24.errors import (
     DeadlineExceeded,
     ExpiredToken,
+    InvalidToken,
     OperationTimeLimit,
     PortalMoved,
     QueryLimitExceeded,
@@ -534,3 +535,34 @@ def test_real_clock_defaults_are_usable() -> None:
     transport = FakeTransport().queue(OK)
     client = RestClient(PortalPolicy(DEFAULT_PORTAL_SUFFIXES), session=session_with(transport))
     assert client.call(make_portal(), "crm.lead.list").total == 120
+
+
+def test_a_token_renewed_by_another_thread_meanwhile_is_used_without_renewing(fake_time: FakeTime) -> None:
+    # Given a request in flight with the old token while another thread renews the portal's token
+    calls: list[str] = []
+    portal = make_portal(renew=lambda t: calls.append(t) or FRESH_TOKEN)  # type: ignore[func-returns-value]
+
+    def answer_after_renewal(_sent: Any) -> Reply:
+        portal.renew_token(ACCESS_TOKEN)  # the other thread's renewal lands first
+        return Reply(
+            401, {"error": "invalid_token", "error_description": "Unable to get application by token"}
+        )
+
+    replies = iter([answer_after_renewal, lambda _s: OK])
+
+    def handler(sent: Any) -> Reply:
+        return next(replies)(sent)
+
+    transport = FakeTransport(handler)
+    response = make_client(transport, fake_time).call(portal, "crm.lead.list")
+    # Then the stale rejection is retried once with the new token and nothing renews twice
+    assert response.result == [{"ID": "1"}]
+    assert calls == [ACCESS_TOKEN]
+    assert [s.json()["auth"] for s in transport.sent] == [ACCESS_TOKEN, FRESH_TOKEN]
+
+
+def test_invalid_token_with_the_current_token_is_not_retried(fake_time: FakeTime) -> None:
+    transport = FakeTransport().queue(Reply(401, {"error": "invalid_token"}), OK)
+    with pytest.raises(InvalidToken):
+        make_client(transport, fake_time).call(make_portal(renew=lambda _t: FRESH_TOKEN), "crm.lead.list")
+    assert len(transport.sent) == 1
