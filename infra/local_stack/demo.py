@@ -287,6 +287,17 @@ class StackClients:
         self.lambda_: LambdaClient = boto3.client("lambda", endpoint_url=info.lambda_endpoint_url, **kwargs)
         self.known_tokens: set[str] = set()
 
+    def close(self) -> None:
+        """Close the HTTP session (the boto3 clients need no closing)."""
+        self.http.close()
+
+    def redact(self, text: str) -> str:
+        """`text` with every known token replaced by its fingerprint (belt and braces for printed lines)."""
+        for token in self.known_tokens:
+            if token in text:
+                text = text.replace(token, fingerprint(token))
+        return text
+
     # emulator admin API
     def admin(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
         """Call the emulator's admin API; the decoded JSON answer."""
@@ -401,12 +412,8 @@ def step_install(c: StackClients, detail: Detail) -> str:
     )
 
 
-def step_authorize(c: StackClients, detail: Detail) -> str:
-    """2. The full OAuth flow with a cookie jar: authorize, consent form, callback."""
-    before = c.raw_item()
-    old_version = int(plain_item(before)["version"]) if before else 0
-    c.reset_stats()
-    browser = LoopbackBrowserSession()
+def _sign_in(c: StackClients, browser: requests.Session, detail: Detail) -> str:
+    """What the user's browser does: /authorize, the consent page, its form submitted; the cookie's name."""
     start = browser.get(
         f"{c.info.api_url}/authorize",
         params={"domain": c.portal_domain},
@@ -438,8 +445,18 @@ def step_authorize(c: StackClients, detail: Detail) -> str:
     detail(f"consent: 1 form, {len(form.fields)} hidden fields, submitted: {' → '.join(hops)}")
     check(callback.path == "/callback", f"ended at {callback.path}, not /callback")
     check(done.status_code == 200 and "Connected" in done.text, f"/callback answered {done.status_code}")
-    cleared = any(cookie.name == cookie_name for cookie in browser.cookies)
-    check(not cleared, "the state cookie was not cleared by /callback")
+    return cookie_name
+
+
+def step_authorize(c: StackClients, detail: Detail) -> str:
+    """2. The full OAuth flow with a cookie jar: authorize, consent form, callback."""
+    before = c.raw_item()
+    old_version = int(plain_item(before)["version"]) if before else 0
+    c.reset_stats()
+    with LoopbackBrowserSession() as browser:
+        cookie_name = _sign_in(c, browser, detail)
+        cleared = not any(cookie.name == cookie_name for cookie in browser.cookies)
+    check(cleared, "the state cookie was not cleared by /callback")
     item = c.item()
     c.remember_tokens()
     stats = c.stats()
@@ -645,6 +662,43 @@ def check_logs(log_path: Path, tokens: set[str]) -> str:
 # --- the journey ---------------------------------------------------------------------------------
 
 
+def _run_step(
+    clients: StackClients,
+    result: DemoResult,
+    *,
+    number: int,
+    title: str,
+    step: Callable[[Detail], str],
+    emit: Callable[[str], None],
+) -> bool:
+    """Run one step, print its details and its ✓/✗ line, record it; True when it held."""
+    emit(f"{number}. {title}")
+    details: list[str] = []
+
+    def detail(line: str) -> None:
+        line = clients.redact(line)
+        details.append(line)
+        emit(f"     · {line}")
+
+    started = time.monotonic()
+    try:
+        evidence, ok = step(detail), True
+    except StepFailed as exc:
+        evidence, ok = str(exc), False
+    except Exception as exc:
+        # The demo reports rather than crashes; the type and a short message say what broke.
+        evidence, ok = f"{type(exc).__name__}: {str(exc)[:200]}", False
+    seconds = time.monotonic() - started
+    if not ok:
+        # A failure may quote an answer: learn the latest tokens first, so redaction knows them.
+        with contextlib.suppress(Exception):
+            clients.remember_tokens()
+    evidence = clients.redact(evidence)
+    result.steps.append(StepResult(number, title, ok, evidence, round(seconds, 3), details))
+    emit(f"   {'✓' if ok else '✗'} {evidence}  ({seconds:.2f} s)")
+    return ok
+
+
 def run_demo(
     stack: LocalStack,
     *,
@@ -666,27 +720,12 @@ def run_demo(
         lambda d: step_uninstall(clients, d),
     ]
     began = time.monotonic()
-    for number, (title, step) in enumerate(zip(_STEP_TITLES, steps, strict=True), start=1):
-        emit(f"{number}. {title}")
-        details: list[str] = []
-
-        def detail(line: str, details: list[str] = details) -> None:
-            details.append(line)
-            emit(f"     · {line}")
-
-        started = time.monotonic()
-        try:
-            evidence, ok = step(detail), True
-        except StepFailed as exc:
-            evidence, ok = str(exc), False
-        except Exception as exc:
-            # The demo reports rather than crashes; the type and a short message say what broke.
-            evidence, ok = f"{type(exc).__name__}: {str(exc)[:200]}", False
-        seconds = time.monotonic() - started
-        result.steps.append(StepResult(number, title, ok, evidence, round(seconds, 3), details))
-        emit(f"   {'✓' if ok else '✗'} {evidence}  ({seconds:.2f} s)")
-        if not ok:
-            break
+    try:
+        for number, (title, step) in enumerate(zip(_STEP_TITLES, steps, strict=True), start=1):
+            if not _run_step(clients, result, number=number, title=title, step=step, emit=emit):
+                break
+    finally:
+        clients.close()
     result.wall_seconds = round(time.monotonic() - began, 3)
     facts["issued_tokens"] = len(clients.known_tokens)
     result.issued_tokens = set(clients.known_tokens)
