@@ -14,11 +14,17 @@ from tests.e2e.helpers import all_portal_items, emulator_stats, install_app, por
 
 pytestmark = pytest.mark.browser
 
-STATE_COOKIE = "__Host-b24-oauth"  # the template's STATE_COOKIE_NAME; the local stack keeps it
+DEFAULT_STATE_COOKIE = "__Host-b24-oauth"  # settings' default; the template and the local stack keep it
 
 
-def _state_cookie(context: Any) -> dict[str, Any] | None:
-    return next((c for c in context.cookies() if c["name"] == STATE_COOKIE), None)
+def _cookie_name(stack: LocalStack) -> str:
+    """The state cookie's name as the functions see it (STATE_COOKIE_NAME)."""
+    env = stack.runtimes["AuthorizeFunction"].spec.environment
+    return env.get("STATE_COOKIE_NAME") or DEFAULT_STATE_COOKIE
+
+
+def _state_cookie(context: Any, name: str) -> dict[str, Any] | None:
+    return next((c for c in context.cookies() if c["name"] == name), None)
 
 
 def _open_consent(stack: LocalStack, page: Any) -> None:
@@ -39,7 +45,8 @@ def test_consent_click_connects_the_portal(
 
     # When the user starts the sign-in, and the portal shows its consent page
     _open_consent(stack, page)
-    cookie = _state_cookie(browser_context)
+    cookie_name = _cookie_name(stack)
+    cookie = _state_cookie(browser_context, cookie_name)
     # (Chromium treats http://127.0.0.1 as potentially trustworthy: it keeps a __Host- Secure cookie)
     assert cookie is not None
     assert cookie["secure"]
@@ -62,7 +69,7 @@ def test_consent_click_connects_the_portal(
     assert after["version"] > before["version"]
     assert after["health"] == "active"
     assert emulator_stats(stack)["token_grants"] == {"authorization_code": 1}
-    assert _state_cookie(browser_context) is None
+    assert _state_cookie(browser_context, cookie_name) is None
 
 
 def _tamper_state(page: Any, context: Any) -> None:
@@ -73,7 +80,7 @@ def _tamper_state(page: Any, context: Any) -> None:
 
 def _remove_cookie(page: Any, context: Any) -> None:
     context.clear_cookies()
-    assert _state_cookie(context) is None
+    assert context.cookies() == []
 
 
 # How the sign-in gets spoiled, and the reason code the callback must name.
