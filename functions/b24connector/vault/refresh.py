@@ -324,11 +324,7 @@ class RefreshCoordinator:
         self, portal: Portal, stored: TokenSet, owner: str, remaining_ms: RemainingMs | None, *, path: str
     ) -> tuple[RefreshOutcome, TokenSet]:
         member_id, version = portal.member_id, portal.version
-        try:
-            self._require_budget(remaining_ms, portal, path)
-        except NotEnoughTime:
-            self._release(member_id, owner)
-            raise
+        # The time budget was checked just before the lease was taken (_require_budget).
         try:
             new = self.refresher.refresh(stored.refresh_token, server_hint=portal.server_endpoint)
         except (InvalidGrant, PaymentRequired, NotInstalled) as exc:

@@ -70,7 +70,7 @@ def mocked_aws(_in_process_moto: None) -> AwsStack:
 def vault(mocked_aws: AwsStack) -> UnitVault:
     """The vault's parts on in-process moto, clock at a fixed instant."""
     clock = FakeClock()
-    cipher = TokenCipher(mocked_aws.token_key_id)
+    cipher = TokenCipher(mocked_aws.token_key_id, kms_client=mocked_aws.client("kms"))
     return UnitVault(
         stack=mocked_aws,
         clock=clock,

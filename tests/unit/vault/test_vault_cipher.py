@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import boto3
 import pytest
 
 from b24connector.vault.cipher import TokenCipher, TokenMetadata
@@ -45,9 +44,10 @@ def test_ciphertext_copied_to_another_tenants_row_does_not_decrypt(vault: UnitVa
 def test_wrong_key_fails_with_a_clear_error(vault: UnitVault) -> None:
     grant = vault.oauth.grant("member-a")
     sealed = vault.cipher.seal(grant)
-    other_key = boto3.client("kms").create_key()["KeyMetadata"]["Arn"]
+    kms = vault.stack.client("kms")
+    other_key = kms.create_key()["KeyMetadata"]["Arn"]
     with pytest.raises(TokenDecryptError, match=r"member-a.*(wrong key|IncorrectKey|AccessDenied)") as caught:
-        TokenCipher(other_key).open(sealed)
+        TokenCipher(other_key, kms_client=kms).open(sealed)
     text = f"{caught.value} {caught.value!r}"
     assert grant.access_token not in text
     assert grant.refresh_token not in text
@@ -63,7 +63,7 @@ def test_damaged_ciphertext_fails_clearly(vault: UnitVault) -> None:
 
 
 def test_opened_pairs_are_cached_per_version_and_bounded(vault: UnitVault) -> None:
-    cipher = TokenCipher(vault.stack.token_key_id, cache_size=2)
+    cipher = TokenCipher(vault.stack.token_key_id, kms_client=vault.stack.client("kms"), cache_size=2)
     sealed = {m: cipher.seal(vault.oauth.grant(m)) for m in ("m1", "m2", "m3")}
     calls = cipher.kms_calls
     cipher.open(sealed["m1"], version=1)

@@ -6,7 +6,6 @@ import logging
 import subprocess
 import sys
 
-import boto3
 import pytest
 from aws_lambda_powertools.utilities import parameters
 
@@ -92,7 +91,7 @@ def test_secrets_come_from_secrets_manager_and_are_cached(mocked_aws: AwsStack) 
     parameters.clear_caches()
     settings = mocked_aws.settings(SECRET_MAX_AGE_SECONDS="300")
     assert credentials.client_secret(settings) == "test-client-secret"
-    boto3.client("secretsmanager").put_secret_value(
+    mocked_aws.client("secretsmanager").put_secret_value(
         SecretId=mocked_aws.client_secret_id, SecretString="rotated"
     )
     assert credentials.client_secret(settings) == "test-client-secret"  # within max_age
@@ -105,7 +104,9 @@ def test_missing_or_empty_secret_names_the_secret_not_a_value(mocked_aws: AwsSta
     parameters.clear_caches()
     with pytest.raises(credentials.SecretUnavailable, match="nope"):
         credentials.client_secret(mocked_aws.settings(CLIENT_SECRET_ID="nope"))
-    boto3.client("secretsmanager").put_secret_value(SecretId=mocked_aws.client_secret_id, SecretString="  ")
+    mocked_aws.client("secretsmanager").put_secret_value(
+        SecretId=mocked_aws.client_secret_id, SecretString="  "
+    )
     with pytest.raises(credentials.SecretUnavailable, match="empty"):
         credentials.client_secret(mocked_aws.settings())
     parameters.clear_caches()
