@@ -25,16 +25,8 @@ def portal_policy(conf: Settings) -> PortalPolicy:
 @cache
 def oauth_client(conf: Settings) -> OAuthClient:
     """The Bitrix24 OAuth-server client."""
-    read_timeout = conf.http_timeout_seconds
-    return OAuthClient(
-        conf.client_id,
-        # Fetched per token request through the Powertools cache (SECRET_MAX_AGE_SECONDS).
-        lambda: credentials.client_secret(conf),
-        conf.oauth_servers,
-        session=shared_session(),
-        timeout=(min(3.05, read_timeout), read_timeout),
-        local_mode=conf.local_mode,
-    )
+    # The secret is fetched per token request through the Powertools cache (SECRET_MAX_AGE_SECONDS).
+    return OAuthClient.from_settings(conf, lambda: credentials.client_secret(conf), session=shared_session())
 
 
 def vault(conf: Settings) -> Vault:

@@ -31,6 +31,11 @@ if TYPE_CHECKING:
 ANSWER_RESERVE_SECONDS = 3.0
 
 
+def _pacing_fell_back(reason: str) -> None:
+    logger.warning("shared pacing unavailable; pacing locally", extra={"reason": reason})
+    count("PacingFallback")
+
+
 @cache
 def reader(conf: Settings) -> LeadsReader:
     """The leads use case, wired once per container."""

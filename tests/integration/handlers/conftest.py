@@ -63,12 +63,23 @@ class AwsCalls:
     """Every botocore API call made while recording, as (service, operation)."""
 
     calls: list[tuple[str, str]] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def clear(self) -> None:
         """Forget what was recorded."""
         with self.lock:
             self.calls.clear()
+            self.tables.clear()
+
+    def dynamodb_on(self, table: str) -> list[str]:
+        """The DynamoDB operations called on `table`."""
+        with self.lock:
+            return [
+                op
+                for (svc, op), name in zip(self.calls, self.tables, strict=True)
+                if svc == "dynamodb" and name == table
+            ]
 
     def of(self, service: str) -> list[str]:
         """The operations called on `service`."""
@@ -85,6 +96,9 @@ def aws_calls(monkeypatch: pytest.MonkeyPatch) -> AwsCalls:
     def recording(self: Any, operation_name: str, api_params: Any) -> Any:
         with recorded.lock:
             recorded.calls.append((self.meta.service_model.service_name, operation_name))
+            recorded.tables.append(
+                str(api_params.get("TableName", "")) if isinstance(api_params, dict) else ""
+            )
         return real(self, operation_name, api_params)
 
     monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", recording)

@@ -327,13 +327,18 @@ def test_warm_invocation_makes_one_dynamodb_read_and_no_kms_or_secrets_calls(
     first = connector.leads(member_id=emulator.member_id, limit=5)
     aws_calls.clear()
     connector.leads(member_id=emulator.member_id, limit=5, cursor=first["next_cursor"])
-    assert aws_calls.of("dynamodb") == ["GetItem"]
+    stack = connector.stack
+    assert aws_calls.dynamodb_on(stack.portals_table) == ["GetItem"]
+    # The shared pacer writes (never reads) its bucket: at most one lease per invocation here
+    assert set(aws_calls.dynamodb_on(stack.rate_limit_table)) <= {"UpdateItem"}
+    assert len(aws_calls.of("dynamodb")) - 1 == len(aws_calls.dynamodb_on(stack.rate_limit_table)) <= 1
     assert aws_calls.of("kms") == []
     assert aws_calls.of("secretsmanager") == []
     aws_calls.clear()
     connector.leads(domain=emulator.portal_domain, limit=5)
-    assert aws_calls.of("dynamodb") == ["Query"]
+    assert aws_calls.dynamodb_on(stack.portals_table) == ["Query"]
     assert aws_calls.of("kms") == []
+    assert aws_calls.of("secretsmanager") == []
 
 
 @pytest.mark.parametrize(
