@@ -9,6 +9,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from b24connector.authorization import AuthorizationFlow
 from b24connector.handlers import (
@@ -503,3 +505,65 @@ def test_queue_handlers_accept_an_empty_batch(world: World, monkeypatch: pytest.
         lambda conf: RefreshWorker(_Coordinator(), on_error=refresh_worker.log_failure),
     )
     assert refresh_worker.handler({"Records": []}, FakeContext()) == {"batchItemFailures": []}
+
+
+# --- fuzzing: arbitrary input is never a 5xx --------------------------------------------------------
+
+_FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+_CONTENT_TYPES = st.sampled_from(
+    [
+        "application/x-www-form-urlencoded",
+        "application/x-www-form-urlencoded; charset=windows-1251",
+        "application/x-www-form-urlencoded; charset=utf-16",
+        "application/x-www-form-urlencoded; charset=base64",
+        "multipart/form-data; boundary=x",
+        "",
+    ]
+)
+_FORM_KEYS = st.sampled_from(
+    [
+        "event",
+        "auth[member_id]",
+        "auth[application_token]",
+        "auth[access_token]",
+        "auth",
+        "data[CLEAN]",
+        "a[][b]",
+        "x",
+    ]
+)
+_FORM_VALUES = st.sampled_from(["ONAPPINSTALL", "ONAPPUNINSTALL", "", "1", MEMBER, APP_TOKEN]) | st.text(
+    max_size=20
+)
+
+
+@_FUZZ
+@given(
+    body=st.binary(max_size=300), content_type=_CONTENT_TYPES, path=st.sampled_from(["/install", "/events"])
+)
+def test_arbitrary_bodies_never_cause_a_5xx(world: World, body: bytes, content_type: str, path: str) -> None:
+    event = http_event("POST", path, headers={"content-type": content_type}, body=body, query=PAGE_QUERY)
+    answer = install.handler(event, FakeContext())
+    assert 400 <= answer["statusCode"] < 500
+    assert world.store.writes == 0
+
+
+@_FUZZ
+@given(
+    fields=st.lists(st.tuples(_FORM_KEYS, _FORM_VALUES), max_size=8),
+    path=st.sampled_from(["/install", "/events"]),
+)
+def test_arbitrary_forms_never_cause_a_5xx(world: World, fields: list[tuple[str, str]], path: str) -> None:
+    answer = install.handler(form_post(path, fields, query=PAGE_QUERY), FakeContext())
+    assert 400 <= answer["statusCode"] < 500
+    assert world.store.writes == 0
+
+
+@_FUZZ
+@given(query=st.text(max_size=200), cookie=st.text(max_size=60))
+def test_arbitrary_callbacks_never_cause_a_5xx(world: World, query: str, cookie: str) -> None:
+    event = http_event("GET", "/callback", query=query.replace("\x00", ""), cookies=[f"{COOKIE}={cookie}"])
+    assert 400 <= callback.handler(event, FakeContext())["statusCode"] < 500
+    assert world.store.writes == 0
+    authorize_answer = authorize.handler(http_event("GET", "/authorize", query=query), FakeContext())
+    assert authorize_answer["statusCode"] in {302, 400, 414}
