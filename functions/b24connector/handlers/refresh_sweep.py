@@ -32,8 +32,8 @@ def sweep(conf: Settings) -> RefreshSweep:
 
 @logger.inject_lambda_context(log_event=False, clear_state=True)
 @metrics.log_metrics
-def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """The schedule's input is not used: the due index says what to do."""
+def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
+    """Whatever the schedule sends (no Input is configured) is ignored: the due index says what to do."""
     report = sweep(get_settings()).run(context.get_remaining_time_in_millis)
     logger.info("refresh sweep", extra=report.as_log())
     count("RefreshDue", report.due)

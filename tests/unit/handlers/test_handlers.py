@@ -458,10 +458,13 @@ class _Sender:
         return []
 
 
-def test_sweep_handler_takes_the_scheduler_event(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("event", [scheduler_event(), None, "", {"source": "aws.scheduler"}])
+def test_sweep_handler_takes_the_scheduler_event(
+    world: World, monkeypatch: pytest.MonkeyPatch, event: Any
+) -> None:
     sender = _Sender()
     monkeypatch.setattr(refresh_sweep, "sweep", lambda conf: RefreshSweep(_Due(), sender))
-    answer = refresh_sweep.handler(scheduler_event(), FakeContext())
+    answer = refresh_sweep.handler(event, FakeContext())
     assert answer == {"due": 12, "queued": 12, "failed": 0, "out_of_time": False}
     assert [len(b) for b in sender.batches] == [10, 2]
 
