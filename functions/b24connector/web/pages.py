@@ -72,18 +72,31 @@ def connected_page(portal: str, *, cookies: list[str] | None = None) -> HttpResp
     )
 
 
+def _origin(url: str) -> str | None:
+    """scheme://host[:port] of an absolute http(s) URL, else None."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in {"http", "https"}:
+        return None
+    host = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    if not host or any(ch in host for ch in " '\";,"):
+        return None
+    return f"{scheme.lower()}://{host}"
+
+
 def install_finish_page(script_url: str, portal: str) -> HttpResponse:
     """The install page Bitrix24 frames: loads the BX24 library and calls installFinish()."""
-    # Framed by the portal and loading Bitrix24's own library, so it gets its own policy: scripts only
-    # with this response's nonce (and what that trusted loader pulls in), nothing else inline.
+    # Framed by the portal and running Bitrix24's own library, so it gets its own policy: scripts only
+    # with this response's nonce (and what that trusted loader pulls in); the library may fetch from
+    # https origins and from its own origin (the local stack serves a stand-in over http).
     nonce = secrets.token_urlsafe(16)
     body = (
         f"<h1>Installing</h1><p>Finishing the installation on <strong>{escape(portal)}</strong>&hellip;</p>"
         f'<script nonce="{nonce}" src="{escape(script_url)}"></script>'
         f'<script nonce="{nonce}">BX24.init(function(){{ BX24.installFinish(); }});</script>'
     )
+    sources = " ".join(filter(None, ("'self'", "https:", _origin(script_url))))
     csp = (
-        f"default-src 'none'; style-src 'unsafe-inline'; script-src 'nonce-{nonce}' 'strict-dynamic'; "
-        "connect-src 'self' https:; base-uri 'none'; form-action 'none'; object-src 'none'"
+        f"default-src {sources}; style-src 'unsafe-inline' {sources}; connect-src {sources}; "
+        f"script-src 'nonce-{nonce}' 'strict-dynamic'; base-uri 'none'; form-action 'none'; object-src 'none'"
     )
     return HttpResponse(200, _document("Installing", body), {**_BASE_HEADERS, "Content-Security-Policy": csp})

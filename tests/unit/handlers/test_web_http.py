@@ -289,3 +289,31 @@ def test_base64_decoding_matches_what_was_sent() -> None:
     event = http_event("POST", "/x", headers={"content-type": "application/x-www-form-urlencoded"}, body=raw)
     assert base64.b64decode(event["body"]) == raw
     assert HttpRequest.from_event(event).body == raw
+
+
+def test_install_page_policy_trusts_only_the_nonce_and_the_library_origin() -> None:
+    from b24connector.web.pages import install_finish_page
+
+    page = install_finish_page("http://127.0.0.1:8123/bx24.js", "acme.bitrix24.com")
+    csp = page.headers["Content-Security-Policy"]
+    nonce = csp.split("'nonce-", 1)[1].split("'", 1)[0]
+    assert f'<script nonce="{nonce}" src="http://127.0.0.1:8123/bx24.js">' in page.body
+    assert "connect-src 'self' https: http://127.0.0.1:8123;" in csp
+    assert "object-src 'none'" in csp
+    assert "frame-ancestors" not in csp  # Bitrix24 frames this page
+    default = install_finish_page("//api.bitrix24.com/api/v1/", "acme.bitrix24.com").headers[
+        "Content-Security-Policy"
+    ]
+    assert "connect-src 'self' https:;" in default
+    assert (
+        install_finish_page("//x", "p").headers["Content-Security-Policy"] != default
+    )  # a fresh nonce each time
+
+
+def test_pages_escape_what_they_show() -> None:
+    from b24connector.web.pages import connected_page, problem_page
+
+    assert "<b>" not in connected_page("<b>x</b>").body
+    page = problem_page(400, "r<1>", "m&<script>", request_id="id\"'")
+    assert "<script>" not in page.body
+    assert "r&lt;1&gt;" in page.body
