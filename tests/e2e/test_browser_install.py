@@ -65,14 +65,6 @@ def test_framed_install_page_calls_install_finish_once(
     assert after["version"] > (before["version"] if before else 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "open point: the install page's CSP (connect-src 'self' https:) blocks the BX24 stand-in's report "
-        "to the emulator over http://127.0.0.1, so the emulator records no installFinish()"
-    ),
-)
 def test_emulator_records_install_finish_once(
     browser_context: Any, stack: LocalStack, artifacts_dir: Path
 ) -> None:
