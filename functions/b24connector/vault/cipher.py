@@ -139,7 +139,16 @@ class TokenCipher:
         self._client = kms_client
         self._client_lock = threading.Lock()
         self._cache = _TokenCache(cache_size)
-        self.kms_calls = 0  # observable in tests: a warm read must not add to it
+        self._kms_calls = 0
+
+    @property
+    def kms_calls(self) -> int:
+        """KMS Encrypt/Decrypt calls made so far (a warm read must not add to it)."""
+        return self._kms_calls
+
+    def _count_call(self) -> None:
+        with self._client_lock:
+            self._kms_calls += 1
 
     @property
     def kms(self) -> KMSClient:
@@ -161,7 +170,7 @@ class TokenCipher:
 
     def encrypt(self, plaintext: bytes, context: Mapping[str, str]) -> bytes:
         """KMS Encrypt under the configured key and the given encryption context."""
-        self.kms_calls += 1
+        self._count_call()
         try:
             answer = self.kms.encrypt(KeyId=self.key_id, Plaintext=plaintext, EncryptionContext=dict(context))
         except ClientError as exc:
@@ -172,7 +181,7 @@ class TokenCipher:
 
     def decrypt(self, ciphertext: bytes, context: Mapping[str, str], *, owner: str) -> bytes:
         """KMS Decrypt pinned to the configured key; TokenDecryptError when it can never succeed."""
-        self.kms_calls += 1
+        self._count_call()
         try:
             answer = self.kms.decrypt(
                 CiphertextBlob=ciphertext, EncryptionContext=dict(context), KeyId=self.key_id

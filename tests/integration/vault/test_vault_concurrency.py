@@ -35,6 +35,9 @@ def _assert_one_refresh_for_all(scene: Scene, results: list[TokenSet | BaseExcep
     # the chain is intact: the stored refresh token is the live one (nothing lost)
     stored_tokens = scene.rig.worker().store.tokens(stored)
     assert stored_tokens.access_token == token
+    raw = repr(scene.stack.raw_items(scene.stack.portals_table))
+    for secret in (token, stored_tokens.refresh_token, scene.grant.access_token, scene.grant.refresh_token):
+        assert secret not in raw
     assert access_token_works(
         scene.grant.client_endpoint, scene.rig.oauth.refresh(stored_tokens.refresh_token).access_token
     )
