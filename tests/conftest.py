@@ -3,7 +3,8 @@
 Fixtures (details in tests/support):
 - `moto_server` (session): moto's server in a child process on an ephemeral port; DynamoDB calls
   serialised so conditional writes are atomic as in AWS (`raw_moto_server`: as shipped, not atomic).
-- `dynalite_server` (session): dynalite (node) in a child process; needs `.local/node` (see .ci/run).
+- `dynalite_server` (session): dynalite (node) in a child process; installed into `.local/node` by
+  .ci/run, or by the fixture on first use (npm).
 - `aws_stack` (function): unique tables (from template.yaml), KMS key, secrets and queues on
   `moto_server`, with every env var the settings read set (monkeypatched) and get_settings() reset.
 - `aws_stack_factory` (function): build more stacks, e.g. `aws_stack_factory(dynamodb="dynalite")`
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests.support.aws import FAKE_CREDENTIALS, TEST_REGION, AwsStack, provision
-from tests.support.servers import DynaliteServer, MotoServer, dynalite_installed, install_dynalite_hint
+from tests.support.servers import DynaliteServer, MotoServer, ensure_dynalite
 
 # Set before any test module imports boto3/Powertools: never real AWS, never a developer's profile.
 for _name, _value in {
@@ -78,8 +79,7 @@ def raw_moto_server() -> Iterator[MotoServer]:
 @pytest.fixture(scope="session")
 def dynalite_server() -> Iterator[DynaliteServer]:
     """dynalite in its own process: a second DynamoDB implementation with per-table locking."""
-    if not dynalite_installed():
-        pytest.fail(f"dynalite is not installed; run: {install_dynalite_hint()} (.ci/run does it)")
+    ensure_dynalite()  # .ci/run installs it up front; this covers a plain `make test`
     with DynaliteServer() as server:
         assert isinstance(server, DynaliteServer)
         yield server

@@ -122,9 +122,30 @@ def dynalite_installed() -> bool:
     return shutil.which("node") is not None and (NODE_PREFIX / "node_modules" / "dynalite").is_dir()
 
 
+def _install_command() -> list[str]:
+    return ["npm", "install", "--no-audit", "--no-fund", "--silent", "--prefix", str(NODE_PREFIX),
+            f"dynalite@{DYNALITE_VERSION}"]  # fmt: skip
+
+
 def install_dynalite_hint() -> str:
     """The command that installs dynalite where the fixtures look for it."""
-    return f"npm install --no-audit --no-fund --prefix {NODE_PREFIX} dynalite@{DYNALITE_VERSION}"
+    return " ".join(_install_command())
+
+
+def ensure_dynalite() -> None:
+    """Install dynalite into .local/node once (npm), so `make test` works without .ci/run's step."""
+    if dynalite_installed():
+        return
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        raise RuntimeError(f"dynalite needs node and npm; then run: {install_dynalite_hint()}")
+    import fcntl
+
+    NODE_PREFIX.mkdir(parents=True, exist_ok=True)
+    # pytest-xdist workers may get here together: one installs, the others wait and find it done.
+    with (NODE_PREFIX / ".install.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not dynalite_installed():
+            subprocess.run(_install_command(), check=True, cwd=REPO_ROOT, timeout=300)
 
 
 class DynaliteServer(ChildServer):
