@@ -228,13 +228,14 @@ class DynamoTokenBucket:
             raise _too_late()
         return lease.slots.popleft()
 
-    def _lease_size(self, lease: _Lease, now: float) -> int:
+    def _lease_size(self, available: float) -> int:
         """Tokens to take in one write: several while burst is to spare, else exactly one."""
-        if lease.tat is None:
-            return self.lease_size
-        available = self.capacity - max(0.0, lease.tat - now) * self.rate
         spare = math.floor(available) - self.lease_size  # leave a lease's worth for other instances
         return max(1, min(self.lease_size, spare))
+
+    def _available(self, tat: float | None, now: float) -> float:
+        """Tokens in the bucket at `now` if the shared state is `tat` (None: no item, a full bucket)."""
+        return self.capacity - max(0.0, (tat or now) - now) * self.rate
 
     # --- DynamoDB ---------------------------------------------------------------------------------
 
@@ -245,21 +246,22 @@ class DynamoTokenBucket:
             return self._client
 
     def _reserve(self, key: str, lease: _Lease, wall_deadline: float | None) -> deque[float]:
-        """Reserve tokens with one conditional write (more only on a case switch); their slot times."""
+        """Reserve tokens with one conditional write (more only on a case switch); their slot times.
+
+        Several tokens are taken only when all of them are in the bucket now; a token that has to be
+        waited for is reserved alone, so no instance holds future slots it may never use.
+        """
         interval = 1.0 / self.rate
         now = self._clock()
-        count = self._lease_size(lease, now)
-        # Guess the case from what this process saw last; a wrong guess costs one conditional failure.
+        # Guess from what this process saw last; a wrong guess costs one conditional failure.
+        count = (
+            self._lease_size(self._available(lease.tat, now)) if lease.tat is not None else self.lease_size
+        )
         full = lease.tat is None or lease.tat < now
         for attempt in range(_MAX_ATTEMPTS):
             now = self._clock()
-            limit = (
-                now + MAX_WAIT_SECONDS
-                if wall_deadline is None
-                else min(wall_deadline, now + MAX_WAIT_SECONDS)
-            )
-            # The last token's slot, tat_before + count/r - C/r, must not be later than `limit`.
-            latest = limit + (self.capacity - count) * interval
+            # The last token's slot, tat_before + count/r - C/r, must not be later than the limit.
+            latest = self._limit(count, now, wall_deadline) + (self.capacity - count) * interval
             try:
                 if full:
                     before = now
@@ -271,16 +273,7 @@ class DynamoTokenBucket:
                     before = after - count * interval
             except _Conflict as conflict:
                 self.conflicts += 1
-                current = conflict.tat
-                if current is None or current < now:
-                    full = True
-                elif current > latest and count > 1:
-                    count = 1  # not enough in time for a whole lease; one token may still fit
-                    full = False
-                elif current > latest:
-                    raise _too_late() from None
-                else:
-                    full = False
+                count, full = self._after_conflict(conflict.tat, now, latest, count)
                 if attempt:
                     # Someone else flipped the bucket between our reads: step aside a little.
                     self._sleep(self._rand() * 0.01 * attempt)
@@ -288,6 +281,27 @@ class DynamoTokenBucket:
             lease.tat = after
             first = before - self.capacity * interval
             return deque(max(now, first + k * interval) for k in range(1, count + 1))
+        raise _too_late()
+
+    @staticmethod
+    def _limit(count: int, now: float, wall_deadline: float | None) -> float:
+        """The latest acceptable slot for the last of `count` tokens."""
+        if count > 1:
+            return now  # a lease: every token in it must be usable at once
+        if wall_deadline is None:
+            return now + MAX_WAIT_SECONDS
+        return min(wall_deadline, now + MAX_WAIT_SECONDS)
+
+    def _after_conflict(
+        self, current: float | None, now: float, latest: float, count: int
+    ) -> tuple[int, bool]:
+        """(tokens to ask for, whether the bucket is full) given the state a failed condition showed."""
+        if current is None or current < now:
+            return count, True
+        if current <= latest:
+            return count, False
+        if count > 1:
+            return self._lease_size(self._available(current, now)), False
         raise _too_late()
 
     def _update(self, **kwargs: Any) -> float:

@@ -131,6 +131,25 @@ def test_two_instances_share_one_budget(stack: AwsStack) -> None:
     assert first.conflicts + second.conflicts >= 1
 
 
+def test_tokens_still_to_come_are_reserved_one_at_a_time(stack: AwsStack) -> None:
+    # Given a bucket another instance drained
+    clock = VirtualClock()
+    drainer = bucket(stack, clock)
+    for _ in range(drainer.capacity):
+        drainer.acquire("portal-a", None)
+    before = stored_tat(stack, "portal-a")
+    assert before is not None
+
+    # When a fresh instance (which would lease 5 tokens from a full bucket) asks for one
+    late = bucket(stack, clock)
+    late.acquire("portal-a", None)
+
+    # Then it reserved exactly one future slot (no tokens it may never use), after one failed guess
+    assert stored_tat(stack, "portal-a") == pytest.approx(before + 0.5)
+    assert (late.writes, late.conflicts) == (2, 1)
+    assert clock.slept == [pytest.approx(0.5)]
+
+
 def test_other_portals_have_their_own_bucket(stack: AwsStack) -> None:
     clock = VirtualClock()
     pacer = bucket(stack, clock)
