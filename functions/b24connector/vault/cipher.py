@@ -13,13 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from b24connector.bitrix24.tokens import TokenSet
+from b24connector.vault.clients import LazyClient, boto3_client
 from b24connector.vault.errors import TokenDecryptError, VaultUnavailable
-from b24connector.vault.models import aws_region
 
 if TYPE_CHECKING:
     from mypy_boto3_kms import KMSClient
@@ -136,10 +134,16 @@ class TokenCipher:
 
     def __init__(self, key_id: str, *, kms_client: KMSClient | None = None, cache_size: int = 256) -> None:
         self.key_id = key_id
-        self._client = kms_client
-        self._client_lock = threading.Lock()
+        # Created on first use: handlers that never decrypt do not pay for a KMS client.
+        self._kms: LazyClient[KMSClient] = LazyClient(lambda: boto3_client("kms", max_attempts=4), kms_client)
         self._cache = _TokenCache(cache_size)
         self._kms_calls = 0
+        self._stats_lock = threading.Lock()
+
+    @property
+    def kms(self) -> KMSClient:
+        """The KMS client."""
+        return self._kms()
 
     @property
     def kms_calls(self) -> int:
@@ -147,26 +151,8 @@ class TokenCipher:
         return self._kms_calls
 
     def _count_call(self) -> None:
-        with self._client_lock:
+        with self._stats_lock:
             self._kms_calls += 1
-
-    @property
-    def kms(self) -> KMSClient:
-        """The KMS client, created on first use (keeps imports of handlers that never decrypt cheap)."""
-        if self._client is None:
-            with self._client_lock:
-                if self._client is None:
-                    self._client = boto3.client(
-                        "kms",
-                        region_name=aws_region(),
-                        config=Config(
-                            connect_timeout=3,
-                            read_timeout=5,
-                            retries={"mode": "standard", "max_attempts": 4},
-                            max_pool_connections=50,
-                        ),
-                    )
-        return self._client
 
     def encrypt(self, plaintext: bytes, context: Mapping[str, str]) -> bytes:
         """KMS Encrypt under the configured key and the given encryption context."""

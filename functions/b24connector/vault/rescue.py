@@ -9,19 +9,16 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from b24connector.vault.cipher import SealedTokens, TokenMetadata
+from b24connector.vault.clients import LazyClient, boto3_client
 from b24connector.vault.errors import VaultUnavailable
-from b24connector.vault.models import aws_region
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -97,23 +94,13 @@ class SqsRescueQueue:
 
     def __init__(self, queue_url: str, *, sqs_client: SQSClient | None = None) -> None:
         self.queue_url = queue_url
-        self._client = sqs_client
-        self._lock = threading.Lock()
+        # Created on first use: rescues are rare.
+        self._sqs: LazyClient[SQSClient] = LazyClient(lambda: boto3_client("sqs", max_attempts=5), sqs_client)
 
     @property
     def sqs(self) -> SQSClient:
-        """The SQS client, created on first use: rescues are rare."""
-        if self._client is None:
-            with self._lock:
-                if self._client is None:
-                    self._client = boto3.client(
-                        "sqs",
-                        region_name=aws_region(),
-                        config=Config(
-                            connect_timeout=3, read_timeout=5, retries={"mode": "standard", "max_attempts": 5}
-                        ),
-                    )
-        return self._client
+        """The SQS client."""
+        return self._sqs()
 
     def send(self, message: RescueMessage) -> None:
         """Send one message; VaultUnavailable when SQS would not take it."""
