@@ -204,6 +204,10 @@ def demo(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m local_stack`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:
+        # The journey owns its flags: pass them through without a `--` separator.
+        return demo(argparse.Namespace(args=[a for a in argv[1:] if a != "--"]))
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)

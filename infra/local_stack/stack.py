@@ -357,6 +357,8 @@ class LocalStack:
             env["BITRIX24_CLIENT_ID"] = self.emulator.client_id
             env["OAUTH_SERVERS"] = self.emulator.oauth_url.rstrip("/")
             env["ALLOWED_PORTAL_HOSTS"] = _host_port(self.emulator.portal_url)
+            # The install page loads the emulator's BX24 stand-in: the real script is unreachable offline.
+            env["INSTALL_FINISH_SCRIPT_URL"] = f"{self.emulator.portal_url.rstrip('/')}/_emulator/bx24.js"
         env.update(config.env_overrides)
         arn = f"arn:aws:lambda:{config.region}:{ACCOUNT_ID}:function:{name}"
         handler = env["_HANDLER"]
