@@ -25,6 +25,8 @@ import pytest
 from tests.support.aws import FAKE_CREDENTIALS, TEST_REGION, AwsStack, provision
 from tests.support.servers import DynaliteServer, MotoServer, ensure_dynalite
 
+pytest_plugins = ["tests.leak_canary"]  # DEBUG logging + secret canaries for the whole session
+
 # Set before any test module imports boto3/Powertools: never real AWS, never a developer's profile.
 for _name, _value in {
     **FAKE_CREDENTIALS,

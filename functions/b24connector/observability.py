@@ -11,8 +11,9 @@ from aws_lambda_powertools.metrics import MetricUnit
 logger = Logger()
 metrics = Metrics()
 
-# Client libraries log request details (URLs, retries) at INFO/DEBUG; keep them quiet.
-for _noisy in ("urllib3", "botocore", "boto3"):
+# Client libraries log request details (URLs, retries) at INFO/DEBUG; keep them quiet. PynamoDB logs
+# every call's arguments at DEBUG (application_token, token ciphertext).
+for _noisy in ("urllib3", "botocore", "boto3", "pynamodb"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
 
 

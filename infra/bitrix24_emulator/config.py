@@ -8,6 +8,8 @@ import string
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from bitrix24_emulator.tokens import new_secret
+
 RatePlan = Literal["standard", "enterprise", "off"]
 MissingReference = Literal["empty", "keep", "error"]
 EmptyFilterValue = Literal["ignore", "match_none"]
@@ -68,8 +70,7 @@ def _random_client_id() -> str:
 
 
 def _random_client_secret() -> str:
-    alphabet = string.ascii_letters + string.digits
-    return "".join(secrets.choice(alphabet) for _ in range(50))
+    return new_secret(50, string.ascii_letters + string.digits)
 
 
 def _random_member_id() -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import threading
 from typing import Any
 from urllib.parse import urlencode
@@ -13,7 +12,7 @@ from bitrix24_emulator.faults import Fault, FaultQueue
 from bitrix24_emulator.leads import LeadStore
 from bitrix24_emulator.limits import LeakyBucket, OperatingLimiter
 from bitrix24_emulator.stats import Stats
-from bitrix24_emulator.tokens import IssuedPair, TokenStore
+from bitrix24_emulator.tokens import IssuedPair, TokenStore, new_secret
 
 
 class EmulatorState:
@@ -31,7 +30,7 @@ class EmulatorState:
         self.operating = OperatingLimiter()
         self.faults = FaultQueue()
         self.stats = Stats()
-        self.application_token = secrets.token_hex(16)
+        self.application_token = new_secret(32, "0123456789abcdef")
         self.installed = config.installed
         self.install_finish_calls = 0
         self.uninstalled_count = 0
@@ -170,7 +169,7 @@ class EmulatorState:
         """An install starts; a UI app stays unfinished until BX24.installFinish()."""
         with self.lock:
             if self.uninstalled_count and not self.installed:
-                self.application_token = secrets.token_hex(16)
+                self.application_token = new_secret(32, "0123456789abcdef")
             self.installed = finished
 
     def record_install_finish(self) -> int:

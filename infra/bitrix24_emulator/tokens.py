@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import secrets
 import string
 from dataclasses import dataclass, field
@@ -11,9 +12,23 @@ from typing import Any
 _ALPHABET = string.ascii_lowercase + string.digits
 
 
-def new_secret(length: int = 32) -> str:
+# Test hook: the leak canary (tests/leak_canary.py) sets a lower-case hex prefix that every minted secret
+# starts with, so a secret that reaches a log or an answer is recognisable there. Unset: no prefix.
+CANARY_PREFIX_ENV = "B24_CANARY_PREFIX"
+
+
+def canary_prefix(length: int) -> str:
+    """The B24_CANARY_PREFIX marker (hex, at most half of `length`), or "" when unset or malformed."""
+    prefix = os.environ.get(CANARY_PREFIX_ENV, "")
+    if not prefix or any(ch not in "0123456789abcdef" for ch in prefix):
+        return ""
+    return prefix[: length // 2]
+
+
+def new_secret(length: int = 32, alphabet: str = _ALPHABET) -> str:
     """A token-looking random string like Bitrix24's (lower-case letters and digits)."""
-    return "".join(secrets.choice(_ALPHABET) for _ in range(length))
+    prefix = canary_prefix(length)
+    return prefix + "".join(secrets.choice(alphabet) for _ in range(length - len(prefix)))
 
 
 class OAuthFailure(Exception):
