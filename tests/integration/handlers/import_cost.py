@@ -36,7 +36,8 @@ _PROBE = (
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "POWERTOOLS_"))}
-    env["PYTHONPATH"] = os.pathsep.join(str(REPO_ROOT / p) for p in ("functions", "infra", "."))
+    # As in Lambda: only the function code (the CodeUri) on the path.
+    env["PYTHONPATH"] = str(REPO_ROOT / "functions")
     env["AWS_DEFAULT_REGION"] = "eu-central-1"
     return env
 
@@ -45,7 +46,7 @@ def measure(module: str, env: dict[str, str]) -> tuple[float, float, float]:
     """(cpu, wall, process wall) seconds of importing `module` in a fresh interpreter."""
     started = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-c", _PROBE.format(module=module)],
+        [sys.executable, "-P", "-c", _PROBE.format(module=module)],
         capture_output=True,
         text=True,
         env=env,
