@@ -5,14 +5,11 @@ from __future__ import annotations
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-import boto3
-from botocore.config import Config
-
 from b24connector.observability import count, logger, metrics
 from b24connector.refresh import RefreshSweep, SqsBatchSender
 from b24connector.settings import Settings, get_settings
 from b24connector.vault import open_vault
-from b24connector.vault.models import aws_region
+from b24connector.vault.clients import boto3_client
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -21,11 +18,7 @@ if TYPE_CHECKING:
 @cache
 def sweep(conf: Settings) -> RefreshSweep:
     """The sweep use case, wired once per container."""
-    sqs = boto3.client(
-        "sqs",
-        region_name=aws_region(),
-        config=Config(connect_timeout=3, read_timeout=5, retries={"mode": "standard", "max_attempts": 4}),
-    )
+    sqs = boto3_client("sqs", max_attempts=4)
     # The sweep never talks to Bitrix24, so it does not load the OAuth client (or requests).
     return RefreshSweep(open_vault(conf).portals, SqsBatchSender(sqs, conf.refresh_queue_url))
 
