@@ -98,15 +98,15 @@ class MotoServer(ChildServer):
     """moto's server (DynamoDB, KMS, SQS, Secrets Manager, ...) in a child process.
 
     `atomic_dynamodb` (default) serialises DynamoDB calls so conditional writes are atomic as in AWS
-    (see tests/support/moto_main.py for why and what was measured).
+    (see infra/local_stack/moto_process.py for why and what was measured).
     """
 
     name = "moto server"
 
     def __init__(self, *, atomic_dynamodb: bool = True) -> None:
-        argv = [sys.executable, "-m", "tests.support.moto_main", "--port", "0"]
-        if atomic_dynamodb:
-            argv.append("--serialize-dynamodb")
+        argv = [sys.executable, "-m", "local_stack.moto_process", "--port", "0"]
+        if not atomic_dynamodb:
+            argv.append("--raw-dynamodb")
         super().__init__(argv, env=_python_env())
         self.atomic_dynamodb = atomic_dynamodb
 
