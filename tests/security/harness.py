@@ -1,0 +1,319 @@
+"""The security suite's rig: the real handlers in process, real AWS-shaped events, moto or dynalite,
+the Bitrix24 emulator, plus hostile helpers (a catch-all listener, a crafted OAuth server).
+
+Every secret here is canary-marked (tests/leak_canary.py), so a leak anywhere fails the session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import socketserver
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.wrappers import Request, Response
+
+from b24connector.handlers import authorize, callback, install, leads, refresh_worker, token_rescue
+from bitrix24_emulator import Emulator
+from bitrix24_emulator.installer import install_event_request, install_page_request, uninstall_request
+from bitrix24_emulator.wsgi import QuietRequestHandler
+from tests.leak_canary import canary_value
+from tests.support.aws import AwsStack
+from tests.unit.handlers.aws_events import FakeContext, http_event, sqs_event
+
+CLIENT_ID = "local.test.app"  # what tests.support.aws.AwsStack.env() configures
+CLIENT_SECRET = canary_value("clientsecret", 50)
+COOKIE = "__Host-b24-oauth"
+API_HOST = "a1b2c3d4e5.execute-api.eu-central-1.amazonaws.com"
+
+HANDLERS: dict[str, Callable[[Any, Any], Any]] = {
+    "AuthorizeFunction": authorize.handler,
+    "CallbackFunction": callback.handler,
+    "InstallFunction": install.handler,
+    "LeadsFunction": leads.handler,
+    "RefreshWorkerFunction": refresh_worker.handler,
+    "TokenRescueFunction": token_rescue.handler,
+}
+ROUTE_FUNCTION = {
+    ("GET", "/authorize"): "AuthorizeFunction",
+    ("GET", "/callback"): "CallbackFunction",
+    ("POST", "/install"): "InstallFunction",
+    ("POST", "/events"): "InstallFunction",
+}
+
+
+def invoke(function: str, event: Any, *, remaining_ms: int = 60_000) -> Any:
+    """Call a handler the way Lambda does: the event and the answer cross a JSON boundary."""
+    payload = json.loads(json.dumps(event))
+    answer = HANDLERS[function](payload, FakeContext(function_name=function, remaining_ms=remaining_ms))
+    return json.loads(json.dumps(answer))
+
+
+def route(event: dict[str, Any]) -> dict[str, Any]:
+    """Send an HttpApi v2 event to the function its route belongs to."""
+    http = event["requestContext"]["http"]
+    function = ROUTE_FUNCTION[(http["method"], event["rawPath"])]
+    answer: dict[str, Any] = invoke(function, event)
+    return answer
+
+
+def header(answer: dict[str, Any], name: str) -> str | None:
+    """A response header, case-insensitively."""
+    for key, value in (answer.get("headers") or {}).items():
+        if key.lower() == name.lower():
+            return str(value)
+    return None
+
+
+def query_of(url: str) -> list[tuple[str, str]]:
+    """The decoded query pairs of a URL."""
+    return parse_qsl(urlsplit(url).query, keep_blank_values=True)
+
+
+# --- hostile helpers -------------------------------------------------------------------------------
+
+
+class CatchAll:
+    """A loopback listener that records every connection and request line; nothing should reach it."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.requests: list[str] = []
+        self._lock = threading.Lock()
+        outer = self
+
+        class _Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                with outer._lock:
+                    outer.connections += 1
+                self.request.settimeout(1.0)
+                try:
+                    data = self.request.recv(4096)
+                except OSError:
+                    data = b""
+                with outer._lock:
+                    outer.requests.append(data.split(b"\r\n", 1)[0].decode("latin-1"))
+                with contextlib.suppress(OSError):
+                    self.request.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+                    )
+
+        class _Server(socketserver.ThreadingTCPServer):
+            allow_reuse_address = True
+            daemon_threads = True
+
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, name="catch-all", daemon=True)
+
+    @property
+    def host(self) -> str:
+        """host:port of the listener."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> CatchAll:
+        """Start listening."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+    @property
+    def hits(self) -> int:
+        """Connections accepted so far."""
+        with self._lock:
+            return self.connections
+
+
+@dataclass
+class CraftedOAuthServer:
+    """An allow-listed OAuth server that answers whatever the test scripts (a compromised or buggy one)."""
+
+    token_answer: dict[str, Any] = field(default_factory=dict)
+    app_info_answer: dict[str, Any] = field(default_factory=dict)
+    token_requests: int = 0
+    app_info_requests: int = 0
+    _server: BaseWSGIServer | None = None
+    _thread: threading.Thread | None = None
+
+    def _app(self, environ: dict[str, Any], start_response: Any) -> Any:
+        request = Request(environ)
+        if request.path == "/oauth/token/":
+            self.token_requests += 1
+            body = self.token_answer
+        elif request.path == "/rest/app.info":
+            self.app_info_requests += 1
+            body = self.app_info_answer
+        else:
+            return Response("{}", status=404, content_type="application/json")(environ, start_response)
+        return Response(json.dumps(body), content_type="application/json")(environ, start_response)
+
+    def start(self) -> CraftedOAuthServer:
+        """Listen on an ephemeral loopback port."""
+        self._server = make_server(
+            "127.0.0.1", 0, self._app, threaded=True, request_handler=QuietRequestHandler
+        )
+        self._thread = threading.Thread(target=self._server.serve_forever, name="crafted-oauth", daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def url(self) -> str:
+        """Base URL (http://127.0.0.1:port)."""
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    @property
+    def host(self) -> str:
+        """host:port."""
+        return self.url.removeprefix("http://")
+
+    def stop(self) -> None:
+        """Stop listening."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- the rig -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Rig:
+    """One stack (tables from template.yaml), the emulated portal(s), and the handlers in process."""
+
+    stack: AwsStack
+    emulator: Emulator
+    env: dict[str, str]
+    backend: str = "moto"
+    others: list[Emulator] = field(default_factory=list)
+
+    # -- HTTP routes --
+
+    def get(
+        self, path: str, query: Sequence[tuple[str, str]] | str = (), *, cookies: Sequence[str] = ()
+    ) -> Any:
+        """GET an HTTP route through its handler (HttpApi v2 event)."""
+        return route(http_event("GET", path, query=query, cookies=cookies))
+
+    def post_form(
+        self, path: str, fields: Sequence[tuple[str, str]], query: Sequence[tuple[str, str]] = ()
+    ) -> Any:
+        """POST a form (base64 body, as HttpApi delivers it) through its handler."""
+        body = urlencode(list(fields)).encode("ascii")
+        event = http_event(
+            "POST",
+            path,
+            query=query,
+            headers={"content-type": "application/x-www-form-urlencoded", "content-length": str(len(body))},
+            body=body,
+        )
+        return route(event)
+
+    def authorize(self, domain: str | None = None) -> tuple[str, str]:
+        """GET /authorize; returns (consent URL, browser nonce from the cookie)."""
+        answer = self.get("/authorize", [("domain", domain or self.emulator.portal_domain)])
+        assert answer["statusCode"] == 302, answer
+        (cookie,) = answer["cookies"]
+        assert cookie.startswith(f"{COOKIE}=")
+        return str(header(answer, "Location")), cookie.split(";", 1)[0].split("=", 1)[1]
+
+    def consent(self, consent_url: str, emulator: Emulator | None = None) -> list[tuple[str, str]]:
+        """The user approves on the portal; returns the callback's query pairs."""
+        state = dict(query_of(consent_url))["state"]
+        location = (emulator or self.emulator).approve(state=state)
+        return query_of(location)
+
+    def callback(self, query: Sequence[tuple[str, str]], nonce: str | None) -> Any:
+        """GET /callback with the browser's cookie (None: no cookie)."""
+        return self.get("/callback", query, cookies=[f"{COOKIE}={nonce}"] if nonce is not None else [])
+
+    def connect(self) -> Any:
+        """authorize -> consent -> callback; the callback's answer."""
+        consent_url, nonce = self.authorize()
+        return self.callback(self.consent(consent_url), nonce)
+
+    def install_event(self, emulator: Emulator | None = None) -> tuple[Any, list[tuple[str, str]]]:
+        """A genuine ONAPPINSTALL from `emulator` (default: the main portal); (answer, fields sent)."""
+        request = install_event_request((emulator or self.emulator).state, "https://api.test/events")
+        return self.post_form("/events", request.fields), request.fields
+
+    def install_page(
+        self, emulator: Emulator | None = None
+    ) -> tuple[Any, list[tuple[str, str]], dict[str, str]]:
+        """A genuine install page POST; (answer, form fields, query)."""
+        request = install_page_request((emulator or self.emulator).state, "https://api.test/install")
+        return (
+            self.post_form("/install", request.fields, list(request.query.items())),
+            request.fields,
+            request.query,
+        )
+
+    def uninstall_fields(self, *, clean: bool, application_token: str | None = None) -> list[tuple[str, str]]:
+        """ONAPPUNINSTALL fields (a given application_token forges it; None uninstalls in the emulator)."""
+        return uninstall_request(
+            self.emulator.state, "https://api.test/events", clean=clean, application_token=application_token
+        ).fields
+
+    # -- other functions --
+
+    def leads(self, payload: Any, *, remaining_ms: int = 60_000) -> Any:
+        """Invoke LeadsFunction."""
+        return invoke("LeadsFunction", payload, remaining_ms=remaining_ms)
+
+    def sqs(self, function: str, bodies: Sequence[str]) -> Any:
+        """Invoke an SQS-fed function with one batch."""
+        return invoke(function, sqs_event(list(bodies)))
+
+    # -- inspection --
+
+    def items(self, table: str = "portals") -> list[dict[str, Any]]:
+        """Every raw DynamoDB item of a table, sorted by key."""
+        name = {"portals": self.stack.portals_table, "states": self.stack.states_table}[table]
+        key = "member_id" if table == "portals" else "state_hash"
+        return sorted(self.stack.raw_items(name), key=lambda item: item[key]["S"])
+
+    def portal(self, member_id: str | None = None) -> dict[str, Any] | None:
+        """The raw item of a portal (default: the main emulated one)."""
+        wanted = member_id or self.emulator.member_id
+        found = [item for item in self.items() if item["member_id"]["S"] == wanted]
+        return found[0] if found else None
+
+    def queue_bodies(self, queue_url: str, *, delete: bool = True) -> list[str]:
+        """Every message body waiting in a queue (received, then deleted unless told otherwise)."""
+        sqs = self.stack.client("sqs")
+        bodies: list[str] = []
+        while True:
+            answer = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+            messages = answer.get("Messages", [])
+            if not messages:
+                return bodies
+            for message in messages:
+                bodies.append(message["Body"])
+                if delete:
+                    sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+
+def all_text(*values: Any) -> Iterator[str]:
+    """JSON text of values (for secret scans in assertions)."""
+    for value in values:
+        yield json.dumps(value, default=str, sort_keys=True)
