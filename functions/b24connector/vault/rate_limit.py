@@ -21,9 +21,10 @@ A writer that guessed the wrong case gets ConditionalCheckFailed with the curren
 moment the bucket runs full or empty can produce such a conflict.
 
 Cost control (leases): one write reserves up to `lease_size` tokens while the bucket has burst to
-spare, so a burst of requests costs one DynamoDB write per `lease_size` REST requests, not one each.
-Once the bucket runs low the lease shrinks to 1 token (reserved for its exact future slot), so an
-instance never sits on tokens that others are waiting for. Trade-offs, both bounded:
+spare and this process is asking at that pace (its requests within the last `lease_seconds`), so a
+burst of requests costs one DynamoDB write per `lease_size` REST requests, not one each. A token that
+must be waited for is reserved alone, for its exact future slot, so an instance never sits on tokens
+that others are waiting for. Trade-offs, both bounded:
 - a leased token can be spent up to `lease_seconds` after its slot, which could let a window see a
   little more than C + r*w requests; the capacity is therefore lowered by ceil(r * lease_seconds) + 1
   tokens (50 -> 47 with the defaults) so the portal's own bucket never overflows;
@@ -90,12 +91,20 @@ def _reason(exc: Exception) -> str:
 class _Lease:
     """Tokens reserved by this process for one key: their slot times (Unix seconds), oldest first."""
 
-    __slots__ = ("lock", "slots", "tat")
+    __slots__ = ("demand", "lock", "slots", "tat")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.slots: deque[float] = deque()
         self.tat: float | None = None  # last tat this process saw (an estimate of the shared state)
+        self.demand: deque[float] = deque()  # when this process asked lately (the lease follows demand)
+
+    def note_demand(self, now: float, window: float) -> int:
+        """Record one request at `now`; how many were asked for within the last `window` seconds."""
+        self.demand.append(now)
+        while self.demand and self.demand[0] < now - window:
+            self.demand.popleft()
+        return len(self.demand)
 
 
 def _number(value: float) -> dict[str, str]:
@@ -188,10 +197,11 @@ class DynamoTokenBucket:
         lease = self._lease(key)
         failure: str | None = None
         with lease.lock:
+            demand = lease.note_demand(self._clock(), self.lease_seconds)
             slot = self._leased_slot(lease, wall_deadline)
             if slot is None:
                 try:
-                    slots = self._reserve(key, lease, wall_deadline)
+                    slots = self._reserve(key, lease, wall_deadline, demand)
                 except (ClientError, BotoCoreError, _BrokenAnswer) as exc:
                     failure = _reason(exc)
                 else:
@@ -234,7 +244,7 @@ class DynamoTokenBucket:
         return max(1, min(self.lease_size, spare))
 
     def _available(self, tat: float | None, now: float) -> float:
-        """Tokens in the bucket at `now` if the shared state is `tat` (None: no item, a full bucket)."""
+        """Tokens in the bucket at `now` if the shared state is `tat` (None: unknown, guess full)."""
         return self.capacity - max(0.0, (tat or now) - now) * self.rate
 
     # --- DynamoDB ---------------------------------------------------------------------------------
@@ -245,18 +255,17 @@ class DynamoTokenBucket:
                 self._client = _default_client()
             return self._client
 
-    def _reserve(self, key: str, lease: _Lease, wall_deadline: float | None) -> deque[float]:
+    def _reserve(self, key: str, lease: _Lease, wall_deadline: float | None, demand: int) -> deque[float]:
         """Reserve tokens with one conditional write (more only on a case switch); their slot times.
 
-        Several tokens are taken only when all of them are in the bucket now; a token that has to be
-        waited for is reserved alone, so no instance holds future slots it may never use.
+        Several tokens are taken only when all of them are in the bucket now and this process asked
+        for that many within the lease time; a token that has to be waited for is reserved alone, so
+        no instance holds tokens it is unlikely to use.
         """
         interval = 1.0 / self.rate
         now = self._clock()
         # Guess from what this process saw last; a wrong guess costs one conditional failure.
-        count = (
-            self._lease_size(self._available(lease.tat, now)) if lease.tat is not None else self.lease_size
-        )
+        count = min(demand, self._lease_size(self._available(lease.tat, now)))
         full = lease.tat is None or lease.tat < now
         for attempt in range(_MAX_ATTEMPTS):
             now = self._clock()
@@ -301,7 +310,7 @@ class DynamoTokenBucket:
         if current <= latest:
             return count, False
         if count > 1:
-            return self._lease_size(self._available(current, now)), False
+            return min(count, self._lease_size(self._available(current, now))), False
         raise _too_late()
 
     def _update(self, **kwargs: Any) -> float:

@@ -205,18 +205,21 @@ def test_a_bucket_removed_by_ttl_counts_as_full(stack: AwsStack) -> None:
 
 
 def test_unused_leased_tokens_expire(stack: AwsStack) -> None:
-    # Given an instance that leased a few tokens and used one
+    # Given an instance whose burst of two requests leased three tokens (the lease follows demand)
     clock = VirtualClock()
     pacer = bucket(stack, clock)
     pacer.acquire("portal-a", None)
-    writes = pacer.writes
+    pacer.acquire("portal-a", None)
+    assert pacer.writes == 2
+    assert stored_tat(stack, "portal-a") == pytest.approx(START + 3 / 2.0)
 
     # When it comes back long after the lease time
     clock.sleep(5.0)
     pacer.acquire("portal-a", None)
 
-    # Then the stale tokens were dropped and a fresh reservation was written
-    assert pacer.writes == writes + 1
+    # Then the stale token was dropped (spending it now could overfill the portal) and a fresh one reserved
+    assert pacer.writes == 3
+    assert stored_tat(stack, "portal-a") == pytest.approx(START + 5.0 + 1 / 2.0)
 
 
 def test_concurrent_threads_never_exceed_the_budget(stack: AwsStack) -> None:

@@ -98,8 +98,9 @@ def test_processes_sharing_the_bucket_never_overflow_the_portal(
     duration = stats["last_request_at"] - stats["first_request_at"]
     allowed = BURST + RATE * duration
     assert stats["requests"] / allowed >= 0.8, (stats["requests"], duration)
-    # And leases kept DynamoDB writes below one per request
-    assert sum(r["writes"] for r in reports) < PROCESSES * CALLS
+    # And DynamoDB writes stayed near one per request: past the burst every token is reserved alone
+    # (so nobody holds tokens others wait for) and failed conditions are rare
+    assert sum(r["writes"] for r in reports) <= 1.5 * PROCESSES * CALLS
 
 
 @pytest.mark.slow
