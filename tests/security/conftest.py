@@ -16,16 +16,16 @@ BACKENDS = ("moto", "dynalite")
 
 
 def _emulator(**overrides: Any) -> Emulator:
-    config = EmulatorConfig(
-        client_id=CLIENT_ID,
-        client_secret=CLIENT_SECRET,
-        redirect_uri="https://api.test/callback",
-        leads=overrides.pop("leads", 120),
-        seed=11,
-        rate_plan="off",
+    settings: dict[str, Any] = {
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "redirect_uri": "https://api.test/callback",
+        "leads": 120,
+        "seed": 11,
+        "rate_plan": "off",
         **overrides,
-    )
-    return Emulator(config).start()
+    }
+    return Emulator(EmulatorConfig(**settings)).start()
 
 
 @pytest.fixture
