@@ -1,0 +1,138 @@
+"""`python -m tests.bench [--smoke] [--only export,coldstart,aws,refresh,pacing] [--runs N]`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tests.bench import report
+from tests.bench.common import FAKE_AWS, Section, machine
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of each section to run."""
+
+    sizes: list[int]
+    runs: int
+    coldstart_runs: int
+    portals: int
+    due: int
+    pacing_invocations: int
+    smoke: bool = False
+
+
+FULL = Plan(
+    sizes=[1_000, 10_000, 100_000], runs=3, coldstart_runs=5, portals=20_000, due=1_000, pacing_invocations=20
+)
+SMOKE = Plan(sizes=[1_000], runs=1, coldstart_runs=1, portals=200, due=20, pacing_invocations=4, smoke=True)
+SECTIONS = ("export", "coldstart", "aws", "refresh", "pacing")
+
+
+def _export(plan: Plan) -> Section:
+    from tests.bench import export
+    from tests.bench.stack import EXPORT_EMULATOR, bench_stack
+
+    section = Section(
+        "export",
+        "1. Lead export against the emulator",
+        "Same seeded leads (seed 1, 10% deleted IDs), same portal limits (2 req/s, bucket 50; 480 s "
+        "operating limit per method unless 'limit off'), 50 ms latency per request, modeled server time "
+        "applied as real delay at time scale 0.01. Every client runs in a fresh process and keeps all "
+        "rows in memory; peak RSS is that process's ru_maxrss (the LeadsFunction line adds the Lambda "
+        "worker's VmHWM). Our clients pace through a token bucket of the same 2/50 (the LeadsFunction "
+        "path through the shared DynamoDB bucket).",
+    )
+    with bench_stack(leads=max(plan.sizes), workers=4, emulator_settings=EXPORT_EMULATOR) as bench:
+        export.run(bench, section, plan.sizes, plan.runs, smoke=plan.smoke)
+    return section
+
+
+def _coldstart(plan: Plan) -> Section:
+    from tests.bench import coldstart
+
+    section = Section("coldstart", "2. Cold start (import time)")
+    coldstart.run(section, plan.coldstart_runs, top=not plan.smoke)
+    return section
+
+
+def _aws(plan: Plan) -> Section:
+    from tests.bench import aws_calls
+
+    section = Section("aws", "3. AWS calls per invocation")
+    aws_calls.run(section)
+    return section
+
+
+def _refresh(plan: Plan) -> Section:
+    from tests.bench import refresh_scale
+
+    section = Section("refresh", "4. Refresh at scale")
+    refresh_scale.run(section, portals=plan.portals, due=plan.due)
+    return section
+
+
+def _pacing(plan: Plan) -> Section:
+    from tests.bench import pacing
+
+    section = Section("pacing", "5. Rate-limit discipline")
+    pacing.run(section, invocations=plan.pacing_invocations, compare_local=not plan.smoke)
+    return section
+
+
+RUNNERS: dict[str, Callable[[Plan], Section]] = {
+    "export": _export,
+    "coldstart": _coldstart,
+    "aws": _aws,
+    "refresh": _refresh,
+    "pacing": _pacing,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chosen sections, write the results, print the tables (exit 1 on a miss with --strict)."""
+    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="small sizes, one run (about 30 seconds)")
+    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections to run")
+    parser.add_argument("--runs", type=int, help="runs per export figure (default 3, smoke 1)")
+    parser.add_argument("--no-write", action="store_true", help="print only; keep results.* as they are")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args(argv)
+    plan = SMOKE if args.smoke else FULL
+    if args.runs:
+        plan = Plan(**{**plan.__dict__, "runs": args.runs})
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(unknown)}")
+    logging.basicConfig(level=logging.WARNING)
+    # Everything runs against loopback servers: never a real account, whatever the shell has set.
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
+        os.environ.pop(name, None)
+    os.environ.update(FAKE_AWS)
+    os.environ.setdefault("AWS_DEFAULT_REGION", "eu-central-1")
+    meta = {"machine": machine(), "mode": "smoke" if args.smoke else "full", "runs": plan.runs}
+    started = time.perf_counter()
+    sections: list[Section] = []
+    for name in chosen:
+        began = time.perf_counter()
+        print(f"== {name} ...", flush=True)
+        section = RUNNERS[name](plan)
+        section.seconds = time.perf_counter() - began
+        sections.append(section)
+    meta["seconds"] = time.perf_counter() - started
+    print(report.console(sections))
+    if not args.no_write:
+        md_path, json_path = report.write(meta, sections)
+        print(f"\nwrote {md_path} and {json_path} ({meta['seconds']:.0f} s)")
+    missed = [c for s in sections for c in s.checks if not c.ok]
+    return 1 if missed and args.strict else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

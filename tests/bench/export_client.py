@@ -1,0 +1,146 @@
+"""One lead export in a fresh interpreter: `python -m tests.bench.export_client '<job json>'`.
+
+Clients: `leads_function` (our fetch_leads over the Lambda Invoke API of the local stack),
+`ours_parallel` / `ours_sequential` (our FastLister in this process), `fast_bitrix24` (get_all),
+`b24pysdk` (as_list_fast). Every client materialises all rows, as an export does. The clock runs from
+just before the first request to the last row (imports and client construction excluded); peak
+memory is this process's ru_maxrss. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import resource
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+Rows = list[dict[str, Any]]
+
+
+def _leads_function(job: dict[str, Any]) -> Callable[[], Rows]:
+    import boto3
+    from botocore.config import Config
+
+    from b24connector.client import fetch_leads
+
+    client = boto3.client(
+        "lambda",
+        endpoint_url=job["lambda_endpoint_url"],
+        region_name=job["region"],
+        config=Config(read_timeout=300, retries={"max_attempts": 1}),
+    )
+
+    def run() -> Rows:
+        return list(
+            fetch_leads(
+                member_id=job["member_id"],
+                select=job["select"],
+                limit=job["page_limit"],
+                lambda_client=client,
+            )
+        )
+
+    return run
+
+
+def _ours(job: dict[str, Any], parallel: bool) -> Callable[[], Rows]:
+    from b24connector.bitrix24.listing import FastLister
+    from b24connector.bitrix24.pacing import LocalTokenBucket
+    from b24connector.bitrix24.rest import PortalContext, RestClient
+    from b24connector.portals import PortalPolicy
+
+    policy = PortalPolicy((), (job["domain"],), local_mode=True)
+    lister = FastLister(RestClient(policy, pacer=LocalTokenBucket(job["rate"], job["burst"])))
+    portal = PortalContext(job["client_endpoint"], job["token"], domain=job["domain"])
+
+    def run() -> Rows:
+        if parallel:
+            rows = lister.iter_list_parallel(
+                portal, "crm.lead.list", select=job["select"], workers=job["workers"]
+            )
+        else:
+            rows = lister.iter_list(portal, "crm.lead.list", select=job["select"])
+        return list(rows)
+
+    return run
+
+
+def _fast_bitrix24(job: dict[str, Any]) -> Callable[[], Rows]:
+    from fast_bitrix24 import Bitrix
+
+    token = job["token"]
+
+    async def token_func() -> str:
+        return str(token)
+
+    bitrix = Bitrix(job["client_endpoint"], token_func=token_func, verbose=False, ssl=False)
+
+    def run() -> Rows:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its sync wrapper still calls asyncio.get_event_loop()
+            rows = bitrix.get_all("crm.lead.list", {"select": job["select"]})
+        return list(rows)
+
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    return run
+
+
+def _b24pysdk(job: dict[str, Any]) -> Callable[[], Rows]:
+    from b24pysdk import BitrixApp, BitrixToken, Client
+
+    # b24pysdk always builds https://{domain}/rest; the emulator speaks plain http on loopback.
+    caller = importlib.import_module("b24pysdk.api.callers.call_method")
+    caller._MethodCaller._base_url = property(lambda self: f"http://{self._domain}/rest")
+    app = BitrixApp(client_id=job["client_id"], client_secret="unused")  # OAuth mode needs an app
+    client = Client(BitrixToken(domain=job["domain"], auth_token=job["token"], bitrix_app=app))
+
+    def run() -> Rows:
+        return list(client.crm.lead.list(select=job["select"]).as_list_fast().result)
+
+    return run
+
+
+def main() -> int:
+    """Run one export and print what happened."""
+    job = json.loads(sys.argv[1])
+    kind = job["client"]
+    builders: dict[str, Callable[[], Callable[[], Rows]]] = {
+        "leads_function": lambda: _leads_function(job),
+        "ours_parallel": lambda: _ours(job, parallel=True),
+        "ours_sequential": lambda: _ours(job, parallel=False),
+        "fast_bitrix24": lambda: _fast_bitrix24(job),
+        "b24pysdk": lambda: _b24pysdk(job),
+    }
+    run = builders[kind]()
+    error = None
+    rows: Rows = []
+    started = time.perf_counter()
+    try:
+        rows = run()
+    except Exception as exc:  # a peer giving up is a result, not a bench failure
+        error = f"{type(exc).__name__}: {str(exc)[:160]}"
+    wall = time.perf_counter() - started
+    ids = [int(row["ID"]) for row in rows]
+    print(
+        json.dumps(
+            {
+                "client": kind,
+                "rows": len(rows),
+                "unique_ids": len(set(ids)),
+                "wall_seconds": wall,
+                "error": error,
+                "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            }
+        ),
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
