@@ -317,3 +317,105 @@ def all_text(*values: Any) -> Iterator[str]:
     """JSON text of values (for secret scans in assertions)."""
     for value in values:
         yield json.dumps(value, default=str, sort_keys=True)
+
+
+# --- containers, fault injection, metrics ------------------------------------------------------
+
+
+def cold_start() -> None:
+    """Forget every per-container cache (wiring, decrypted tokens, secrets): the next call is a cold start."""
+    from aws_lambda_powertools.utilities import parameters
+
+    from b24connector import vault
+    from b24connector.handlers import _services, refresh_sweep
+
+    for cached in (
+        vault._vault_for,
+        _services.portal_policy,
+        _services.oauth_client,
+        _services.coordinator,
+        authorize.authorization_flow,
+        install.installer,
+        leads.reader,
+        refresh_worker.worker,
+        refresh_sweep.sweep,
+        token_rescue.rescue_worker,
+    ):
+        cached.cache_clear()
+    parameters.clear_caches()
+
+
+class _Body:
+    """The `raw` of a botocore AWSResponse built in a test."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self._body
+
+
+@dataclass
+class InjectedFault:
+    """Answers matching requests of one botocore client with an error until `remaining` runs out."""
+
+    status: int
+    error_code: str
+    remaining: int = 1_000_000
+    body_contains: bytes = b""
+    seen: int = 0
+
+    def __call__(self, request: Any, **_: Any) -> Any:
+        from botocore.awsrequest import AWSResponse
+
+        body = request.body if isinstance(request.body, bytes) else str(request.body or "").encode()
+        if self.remaining <= 0 or self.body_contains not in body:
+            return None
+        self.remaining -= 1
+        self.seen += 1
+        payload = json.dumps({"__type": self.error_code, "message": "injected by the test"}).encode()
+        headers = {"x-amzn-requestid": "injected", "content-type": "application/x-amz-json-1.0"}
+        return AWSResponse(request.url, self.status, headers, _Body(payload))
+
+
+def inject(client: Any, operation: str, fault: InjectedFault) -> InjectedFault:
+    """Register `fault` on a botocore client's before-send event for `operation` (e.g. dynamodb.UpdateItem)."""
+    client.meta.events.register_first(f"before-send.{operation}", fault)
+    return fault
+
+
+def emf_metrics(stdout: str) -> dict[str, float]:
+    """Metric name -> summed value over every CloudWatch EMF document Powertools printed."""
+    totals: dict[str, float] = {}
+    for raw_line in stdout.splitlines():
+        line = raw_line.strip()
+        if not line.startswith("{") or '"_aws"' not in line:
+            continue
+        document = json.loads(line)
+        for directive in document["_aws"]["CloudWatchMetrics"]:
+            for metric in directive["Metrics"]:
+                value = document.get(metric["Name"], 0)
+                values = value if isinstance(value, list) else [value]
+                totals[metric["Name"]] = totals.get(metric["Name"], 0) + sum(float(v) for v in values)
+    return totals
+
+
+def leads_process(payload: dict[str, Any], callers: int, ready: Any, go: Any, results: Any) -> None:
+    """Child-process entry (a separate Lambda container): `callers` threads invoke LeadsFunction together."""
+    outcomes: list[tuple[str, Any]] = []
+    lock = threading.Lock()
+
+    def call() -> None:
+        answer = invoke("LeadsFunction", payload)
+        entry = ("ok", answer["count"]) if "leads" in answer else ("error", answer["error"]["code"])
+        with lock:
+            outcomes.append(entry)
+
+    ready.put(True)
+    go.wait(120)
+    pool = [threading.Thread(target=call) for _ in range(callers)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join(120)
+    results.put(outcomes)

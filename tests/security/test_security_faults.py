@@ -1,0 +1,417 @@
+"""Races and faults through the handlers: concurrent lazy refreshes (threads and processes, moto and
+dynalite), DynamoDB throttling/5xx on commit (retried, then rescued and applied), KMS and Secrets Manager
+outages, and a Bitrix24 OAuth server that is down (portal untouched, metric emitted)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import botocore.retries.standard
+import pytest
+
+from b24connector.handlers import _services
+from b24connector.settings import get_settings
+from tests.security.conftest import BACKENDS
+from tests.security.harness import (
+    InjectedFault,
+    Rig,
+    cold_start,
+    emf_metrics,
+    header,
+    inject,
+    invoke,
+    leads_process,
+)
+
+THREADS = 10
+PROCESSES = 4
+THREADS_PER_PROCESS = 3
+LEASE_FIELDS = {"last_refresh_attempt_at", "lease_owner", "lease_expires_at"}
+
+
+@pytest.fixture(autouse=True)
+def _no_botocore_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore retries as configured, without sleeping between attempts (the count is what we check)."""
+    monkeypatch.setattr(
+        botocore.retries.standard.ExponentialBackoff, "delay_amount", lambda self, context: 0.0
+    )
+
+
+def _installed(rig: Rig) -> str:
+    answer, _fields = rig.install_event()
+    assert answer["statusCode"] == 200, answer
+    return rig.emulator.member_id
+
+
+def _page(rig: Rig, member_id: str) -> dict[str, Any]:
+    return {"member_id": member_id, "limit": 5, "select": ["TITLE"]}
+
+
+def _emulator_tokens(rig: Rig) -> list[str]:
+    return [
+        value
+        for chain in rig.emulator.tokens()
+        for key, value in chain.items()
+        if key.endswith("_token") and value
+    ]
+
+
+def _without(item: dict[str, Any] | None, fields: set[str]) -> dict[str, Any]:
+    assert item is not None
+    return {k: v for k, v in item.items() if k not in fields}
+
+
+# --- concurrent lazy refreshes -------------------------------------------------------------------
+
+# Known bug (see test_a_token_revoked_by_another_containers_refresh_is_not_reauth_required): a caller
+# whose request went out with the old access token just after another caller's refresh revoked it gets
+# this answer. The race tests tolerate it (and count it) so they stay deterministic; the strict xfail
+# below reproduces it every time and flips to XPASS when it is fixed.
+SPURIOUS_REAUTH = "Bitrix24 no longer accepts this portal's grant (invalid_token)"
+SPURIOUS_SEEN: list[int] = []
+
+
+def _every_caller_served(answers: list[Any]) -> None:
+    spurious = 0
+    for answer in answers:
+        if answer.get("count") == 5:
+            continue
+        assert answer.get("error") == {"code": "REAUTH_REQUIRED", "message": SPURIOUS_REAUTH}, answer
+        spurious += 1
+    SPURIOUS_SEEN.append(spurious)
+    assert spurious < len(answers)  # the refresh itself worked for its own caller at least
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_concurrent_lead_reads_on_an_expired_token_refresh_once_threads(
+    rig_factory: Callable[..., Rig], backend: str
+) -> None:
+    rig = rig_factory(backend=backend)
+    member_id = _installed(rig)
+    assert "leads" in rig.leads(_page(rig, member_id))  # warm: the pair is decrypted and cached
+    version = int(rig.portal()["version"]["N"])  # type: ignore[index]
+    rig.emulator.reset()
+    rig.emulator.expire_access_tokens()
+    barrier = threading.Barrier(THREADS)
+    answers: list[Any] = [None] * THREADS
+
+    def read(index: int) -> None:
+        barrier.wait()
+        answers[index] = rig.leads(_page(rig, member_id))
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    _every_caller_served(answers)
+    assert rig.emulator.stats()["token_requests"] == 1
+    item = rig.portal()
+    assert item is not None
+    assert (int(item["version"]["N"]), item["health"]["S"]) == (version + 1, "active")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_concurrent_lead_reads_on_an_expired_token_refresh_once_processes(
+    rig_factory: Callable[..., Rig], backend: str
+) -> None:
+    # Given a portal whose access token expired, and PROCESSES cold containers (spawned interpreters)
+    rig = rig_factory(backend=backend)
+    member_id = _installed(rig)
+    rig.emulator.reset()
+    rig.emulator.expire_access_tokens()
+    context = multiprocessing.get_context("spawn")
+    ready, results, go = context.Queue(), context.Queue(), context.Event()
+    children = [
+        context.Process(
+            target=leads_process, args=(_page(rig, member_id), THREADS_PER_PROCESS, ready, go, results)
+        )
+        for _ in range(PROCESSES)
+    ]
+    for child in children:
+        child.start()
+    try:
+        for _ in children:
+            ready.get(timeout=120)
+        # When all of them read leads at the same moment
+        go.set()
+        outcomes = [entry for _ in children for entry in results.get(timeout=180)]
+    finally:
+        for child in children:
+            child.join(30)
+            if child.is_alive():
+                child.kill()
+    # Then every caller got its page and Bitrix24 saw exactly one refresh
+    _every_caller_served(
+        [
+            {"count": n} if kind == "ok" else {"error": {"code": n, "message": SPURIOUS_REAUTH}}
+            for kind, n in outcomes
+        ]
+    )
+    assert len(outcomes) == PROCESSES * THREADS_PER_PROCESS
+    assert rig.emulator.stats()["token_requests"] == 1
+    item = rig.portal()
+    assert item is not None
+    assert item["health"]["S"] == "active"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG (leads/REST client): an access token revoked by another container's refresh answers "
+    "invalid_token; the REST client renews only on expired_token (or when its own context renewed), so "
+    "the caller gets REAUTH_REQUIRED although the stored pair is newer and valid",
+)
+def test_a_token_revoked_by_another_containers_refresh_is_not_reauth_required(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from b24connector.bitrix24.oauth import OAuthClient
+    from b24connector.bitrix24.rest import RestClient
+    from b24connector.vault import Vault
+    from tests.security.harness import CLIENT_SECRET
+
+    member_id = _installed(rig)
+    assert "leads" in rig.leads(_page(rig, member_id))  # this container caches the current pair
+    conf = get_settings()
+    other_container = Vault.from_settings(conf).coordinator(
+        OAuthClient.from_settings(conf, lambda: CLIENT_SECRET)
+    )
+    stale = other_container.current_tokens(member_id).access_token
+    real_send = RestClient._send
+    interleaved: list[bool] = []
+
+    def send_after_the_other_container_refreshed(self: RestClient, *args: Any) -> Any:
+        if not interleaved:
+            # Our request is about to leave with the cached token; another container refreshes first
+            # (Bitrix24 revokes the access token issued with the spent refresh token: fact sheet 2.6).
+            interleaved.append(True)
+            other_container.fresh_access_token(member_id, stale)
+        return real_send(self, *args)
+
+    monkeypatch.setattr(RestClient, "_send", send_after_the_other_container_refreshed)
+    rig.emulator.reset()
+    answer = rig.leads(_page(rig, member_id))
+    assert rig.emulator.stats()["token_requests"] == 1  # the other container's refresh only
+    assert answer.get("count") == 5, answer
+
+
+# --- DynamoDB failures on commit: retried, then rescued --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "error_code"),
+    [
+        (400, "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException"),
+        (400, "com.amazonaws.dynamodb.v20120810#ThrottlingException"),
+        (500, "com.amazonaws.dynamodb.v20120810#InternalServerError"),
+    ],
+    ids=["throughput", "throttling", "5xx"],
+)
+def test_a_commit_that_keeps_failing_is_retried_then_rescued_and_applied(
+    rig: Rig, status: int, error_code: str
+) -> None:
+    member_id = _installed(rig)
+    assert "leads" in rig.leads(_page(rig, member_id))
+    before = rig.portal()
+    assert before is not None
+    version = int(before["version"]["N"])
+    rig.emulator.reset()
+    rig.emulator.expire_access_tokens()
+    # Given every commit of a refreshed pair fails at DynamoDB (botocore event hook on UpdateItem)
+    client = _services.vault(get_settings()).portals.model._get_connection().connection.client
+    fault = inject(
+        client, "dynamodb.UpdateItem", InjectedFault(status, error_code, body_contains=b"token_ciphertext")
+    )
+    # When a lead read finds the token expired
+    page = rig.leads(_page(rig, member_id))
+    # Then the refresh happened once, the commit was retried (botocore x coordinator), and the pair was
+    # parked on the rescue queue as ciphertext; the caller still got its page with the new token
+    assert page.get("count") == 5, page
+    assert rig.emulator.stats()["token_requests"] == 1
+    assert fault.seen >= 8, fault.seen
+    assert int(rig.portal()["version"]["N"]) == version  # type: ignore[index]
+    bodies = rig.queue_bodies(rig.stack.rescue_queue_url)
+    assert len(bodies) == 1
+    live = _emulator_tokens(rig)
+    assert live
+    assert not any(token in bodies[0] for token in live)
+    assert json.loads(bodies[0])["base_version"] == version
+    # And once DynamoDB is back, TokenRescueFunction applies it
+    fault.remaining = 0
+    cold_start()
+    assert rig.sqs("TokenRescueFunction", bodies) == {"batchItemFailures": []}
+    assert int(rig.portal()["version"]["N"]) == version + 1  # type: ignore[index]
+    cold_start()
+    assert rig.leads(_page(rig, member_id)).get("count") == 5
+    assert rig.emulator.stats()["token_requests"] == 1  # the rescued pair works: no second refresh
+
+
+# --- KMS unavailable -------------------------------------------------------------------------------
+
+
+KMS_DOWN = (500, "KMSInternalException")
+
+
+def test_kms_down_at_callback_is_a_clear_5xx_and_stores_nothing(rig: Rig) -> None:
+    consent_url, nonce = rig.authorize()
+    query = rig.consent(consent_url)
+    kms = _services.vault(get_settings()).cipher.kms
+    fault = inject(kms, "kms.Encrypt", InjectedFault(*KMS_DOWN))
+    answer = rig.callback(query, nonce)
+    assert (answer["statusCode"], header(answer, "X-Reason-Code")) == (503, "storage_unavailable")
+    assert fault.seen >= 1
+    assert rig.items() == []
+    assert "KMSInternalException" not in answer["body"]
+
+
+def test_kms_down_at_install_stores_nothing(rig: Rig) -> None:
+    kms = _services.vault(get_settings()).cipher.kms
+    inject(kms, "kms.Encrypt", InjectedFault(*KMS_DOWN))
+    answer, _fields = rig.install_event()
+    assert answer["statusCode"] == 503
+    assert '"storage_unavailable"' in answer["body"]
+    assert rig.items() == []
+
+
+def test_kms_down_after_a_refresh_writes_no_plaintext_and_flags_the_portal(rig: Rig) -> None:
+    member_id = _installed(rig)
+    assert "leads" in rig.leads(_page(rig, member_id))
+    rig.emulator.reset()
+    rig.emulator.expire_access_tokens()
+    kms = _services.vault(get_settings()).cipher.kms
+    inject(kms, "kms.Encrypt", InjectedFault(*KMS_DOWN))
+    answer = rig.leads(_page(rig, member_id))
+    assert answer["error"]["code"] == "UPSTREAM_ERROR", answer
+    assert rig.emulator.stats()["token_requests"] == 1
+    item = rig.portal()
+    assert item is not None
+    assert item["health"]["S"] == "needs_reauth"
+    stored = json.dumps(rig.items(), default=str) + "".join(rig.queue_bodies(rig.stack.rescue_queue_url))
+    assert not any(token in stored for token in _emulator_tokens(rig))
+
+
+def test_kms_down_on_a_cold_read_is_a_clear_error(rig: Rig) -> None:
+    member_id = _installed(rig)
+    cold_start()
+    before = rig.items()
+    kms = _services.vault(get_settings()).cipher.kms
+    inject(kms, "kms.Decrypt", InjectedFault(*KMS_DOWN))
+    answer = rig.leads(_page(rig, member_id))
+    assert answer == {
+        "error": {
+            "code": "UPSTREAM_ERROR",
+            "message": "the token vault is unavailable right now; retry later",
+        }
+    }
+    assert rig.items() == before
+
+
+# --- Secrets Manager unavailable -----------------------------------------------------------------
+
+
+@pytest.fixture
+def secrets_down(monkeypatch: pytest.MonkeyPatch) -> InjectedFault:
+    """Secrets Manager answers 503 to every call (a cold container, so nothing is cached)."""
+    import boto3
+    from aws_lambda_powertools.utilities.parameters import SecretsProvider
+    from aws_lambda_powertools.utilities.parameters.constants import DEFAULT_PROVIDERS
+    from botocore.config import Config
+
+    cold_start()
+    client = boto3.client("secretsmanager", config=Config(retries={"mode": "standard", "max_attempts": 3}))
+    fault = inject(client, "secrets-manager.GetSecretValue", InjectedFault(503, "ServiceUnavailable"))
+    monkeypatch.setitem(DEFAULT_PROVIDERS, "secrets", SecretsProvider(boto3_client=client))
+    return fault
+
+
+def test_secrets_manager_down_at_callback_is_a_5xx_without_details(
+    rig: Rig, request: pytest.FixtureRequest
+) -> None:
+    consent_url, nonce = rig.authorize()
+    query = rig.consent(consent_url)
+    rig.emulator.reset()
+    fault: InjectedFault = request.getfixturevalue("secrets_down")
+    answer = rig.callback(query, nonce)
+    # An outage, answered as one (503 + reason), not as an unexpected error (500)
+    assert (answer["statusCode"], header(answer, "X-Reason-Code")) == (503, "secret_unavailable")
+    assert fault.seen >= 1
+    for detail in ("Traceback", "SecretUnavailable", rig.stack.client_secret_id, "ServiceUnavailable"):
+        assert detail not in answer["body"]
+    assert rig.emulator.stats()["token_requests"] == 0  # the code was never sent without the secret
+    assert rig.items() == []
+
+
+def test_secrets_manager_down_during_a_refresh_leaves_the_portal_untouched(
+    rig: Rig, request: pytest.FixtureRequest
+) -> None:
+    member_id = _installed(rig)
+    before = rig.portal()
+    rig.emulator.reset()
+    rig.emulator.expire_access_tokens()
+    request.getfixturevalue("secrets_down")
+    answer = rig.leads(_page(rig, member_id))
+    assert answer["error"]["code"] == "UPSTREAM_ERROR"
+    assert rig.emulator.stats()["token_requests"] == 0
+    assert _without(rig.portal(), LEASE_FIELDS) == _without(before, LEASE_FIELDS)
+
+
+# --- Bitrix24 OAuth server down ------------------------------------------------------------------
+
+
+def test_oauth_server_down_during_a_lazy_refresh_leaves_the_portal_untouched(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    member_id = _installed(rig)
+    assert "leads" in rig.leads(_page(rig, member_id))
+    before = rig.portal()
+    rig.emulator.reset()
+    rig.emulator.expire_access_tokens()
+    rig.emulator.add_faults(
+        [{"target": "oauth", "kind": "server_error", "method": "token", "status": 503, "count": 10}]
+    )
+    capsys.readouterr()
+    answer = rig.leads(_page(rig, member_id))
+    out = capsys.readouterr().out
+    assert answer["error"]["code"] == "UPSTREAM_ERROR"
+    assert rig.emulator.stats()["token_requests"] == 1
+    assert _without(rig.portal(), LEASE_FIELDS) == _without(before, LEASE_FIELDS)
+    assert "lease_owner" not in rig.portal()  # type: ignore[operator]  # released for the next attempt
+    assert emf_metrics(out).get("TokenRefreshTransientFailure") == 1
+
+
+def test_oauth_server_down_during_a_scheduled_refresh_retries_later(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    member_id = _installed(rig)
+    # Given the portal is due (its refresh token is 22 days old; written straight to the table)
+    past = int(time.time()) - 22 * 86_400
+    rig.stack.client("dynamodb").update_item(
+        TableName=rig.stack.portals_table,
+        Key={"member_id": {"S": member_id}},
+        UpdateExpression="SET refresh_obtained_at = :o, refresh_due_at = :d",
+        ExpressionAttributeValues={":o": {"N": str(past)}, ":d": {"N": str(past + 21 * 86_400)}},
+    )
+    before = rig.portal()
+    assert before is not None
+    rig.emulator.add_faults(
+        [{"target": "oauth", "kind": "html", "method": "token", "status": 502, "count": 10}]
+    )
+    capsys.readouterr()
+    body = json.dumps({"member_id": member_id, "version": int(before["version"]["N"])})
+    answer = invoke("RefreshWorkerFunction", _sqs([body]))
+    out = capsys.readouterr().out
+    assert len(answer["batchItemFailures"]) == 1  # back to the queue, then the DLQ with its alarm
+    volatile = LEASE_FIELDS | {"refresh_due_at"}  # deferred so the sweep does not pick it up hourly
+    assert _without(rig.portal(), volatile) == _without(before, volatile)
+    assert emf_metrics(out).get("TokenRefreshTransientFailure") == 1
+
+
+def _sqs(bodies: list[str]) -> dict[str, Any]:
+    from tests.unit.handlers.aws_events import sqs_event
+
+    return sqs_event(bodies)
