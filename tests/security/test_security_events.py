@@ -61,7 +61,10 @@ def test_forged_uninstalls_change_nothing(installed: tuple[Rig, Any, Any]) -> No
         ([("event", "ONAPPUNINSTALL"), ("auth[member_id]", member_a)], 400),
         ([("event", "ONAPPUNINSTALL"), ("auth[member_id]", member_a), ("auth[application_token]", "")], 400),
         ([("event", "ONAPPUNINSTALL"), ("auth[application_token]", a_token)], 400),
-        ([("event", "onappuninstall"), ("auth[member_id]", "x y"), ("auth[application_token]", a_token)], 400),
+        (
+            [("event", "onappuninstall"), ("auth[member_id]", "x y"), ("auth[application_token]", a_token)],
+            400,
+        ),
     ):
         assert rig.post_form("/events", fields)["statusCode"] == status
     assert rig.items() == before
@@ -93,7 +96,11 @@ def test_forged_installs_change_nothing(installed: tuple[Rig, Any, Any]) -> None
         # B's token and member_id, but A's address
         "B as A's domain": (_with(fields_b, domain=rig.emulator.portal_domain), 403, "domain_mismatch"),
         # B's token claiming A's REST endpoint
-        "B with A's endpoint": (_with(fields_b, client_endpoint=rig.emulator.client_endpoint), 403, "endpoint_mismatch"),
+        "B with A's endpoint": (
+            _with(fields_b, client_endpoint=rig.emulator.client_endpoint),
+            403,
+            "endpoint_mismatch",
+        ),
     }
     for label, (fields, status, reason) in forged.items():
         answer = rig.post_form("/events", fields)

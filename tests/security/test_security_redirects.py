@@ -55,7 +55,9 @@ def _authorize_event(value: str, delivery: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("config", ["production", "local"])
-def test_hostile_domains_never_redirect_off_the_allow_list(rig_factory: Callable[..., Rig], config: str) -> None:
+def test_hostile_domains_never_redirect_off_the_allow_list(
+    rig_factory: Callable[..., Rig], config: str
+) -> None:
     rig = rig_factory(**(PRODUCTION if config == "production" else {}))
     local_host = rig.emulator.portal_domain if config == "local" else None
     failures: list[str] = []
@@ -86,7 +88,9 @@ def test_hostile_domains_never_redirect_off_the_allow_list(rig_factory: Callable
 
 
 @pytest.mark.parametrize("domain", GOOD_DOMAINS)
-def test_allowed_portals_do_redirect_to_their_own_consent_page(rig_factory: Callable[..., Rig], domain: str) -> None:
+def test_allowed_portals_do_redirect_to_their_own_consent_page(
+    rig_factory: Callable[..., Rig], domain: str
+) -> None:
     rig = rig_factory(**PRODUCTION)
     answer = rig.get("/authorize", [("domain", domain)])
     assert answer["statusCode"] == 302
@@ -124,7 +128,12 @@ def test_hostile_domains_are_refused_by_every_entry_point(rig_factory: Callable[
             failures.append(f"callback {where}: {callback['statusCode']} {header(callback, 'X-Reason-Code')}")
         page = rig.post_form(
             "/install",
-            [("AUTH_ID", "a" * 32), ("AUTH_EXPIRES", "3600"), ("REFRESH_ID", "r" * 32), ("member_id", "m" * 32)],
+            [
+                ("AUTH_ID", "a" * 32),
+                ("AUTH_EXPIRES", "3600"),
+                ("REFRESH_ID", "r" * 32),
+                ("member_id", "m" * 32),
+            ],
             [("DOMAIN", value)],
         )
         if page["statusCode"] != 400:
