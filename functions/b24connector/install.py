@@ -3,9 +3,11 @@
 Trust rules:
 - Install data is only a claim until the OAuth server's `app.info`, asked with the received access
   token on an allow-listed server, confirms the same app (client_id), portal (member_id, domain) and
-  REST endpoint. Only then are tokens and the application_token stored.
-- ONAPPUNINSTALL carries no token: a constant-time match of `auth[application_token]` against the
-  stored value for `auth[member_id]` is its only proof. Unknown portal or mismatch: 403, no change.
+  REST endpoint. Only then are tokens and the application_token stored (the token only as its
+  SHA-256 verifier: a leaked table must not let anyone forge an uninstall).
+- ONAPPUNINSTALL carries no token: a constant-time match of the SHA-256 of `auth[application_token]`
+  against the stored verifier for `auth[member_id]` is its only proof. Unknown portal or mismatch: 403,
+  no change.
 - Replays of a grant already stored change nothing (the vault recognises the pair).
 - The install page is also what a portal opens when the app's main page shares its URL. Once the app
   is installed (app.info says so) and its grant is active, a page POST does not replace that grant:
@@ -33,6 +35,7 @@ from b24connector.bitrix24.tokens import TokenSet
 from b24connector.portals import InvalidPortal, PortalPolicy
 from b24connector.problems import forbidden, invalid, unavailable
 from b24connector.vault.errors import VaultUnavailable
+from b24connector.vault.store import hash_secret
 
 _MEMBER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _OPAQUE = re.compile(r"[\x21-\x7e]{1,512}\Z")  # tokens: printable ASCII without spaces
@@ -61,7 +64,7 @@ class StoredPortal(Protocol):
     @property
     def version(self) -> int: ...
     @property
-    def application_token(self) -> str | None: ...
+    def application_token_hash(self) -> str | None: ...
     @property
     def is_active(self) -> bool: ...
 
@@ -76,7 +79,7 @@ class InstallStore(Protocol):
     def save_grant(
         self, tokens: TokenSet, *, domain: str, application_token: str | None = None
     ) -> StoredPortal:
-        """Store a new chain (a replay of a stored pair changes nothing)."""
+        """Store a new chain and the application_token's verifier (a replayed pair changes nothing)."""
         ...
 
     def mark_uninstalled(self, member_id: str, *, clean: bool) -> StoredPortal | None:
@@ -299,11 +302,10 @@ class Installer:
     def uninstall(self, notice: UninstallNotice) -> None:
         """Mark a portal uninstalled when the application_token proves the event is genuine."""
         current = self._current(notice.member_id)
-        stored = current.application_token if current is not None else None
+        stored = current.application_token_hash if current is not None else None
+        received = hash_secret(notice.application_token)
         # Compare even when nothing is stored, so timing does not tell known from unknown portals.
-        matches = hmac.compare_digest(
-            (stored or "").encode("utf-8"), notice.application_token.encode("utf-8")
-        )
+        matches = hmac.compare_digest((stored or "").encode("utf-8"), received.encode("utf-8"))
         if current is None or not stored or not matches:
             raise forbidden("application_token_mismatch", "The event could not be authenticated.")
         try:

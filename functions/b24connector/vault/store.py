@@ -36,7 +36,10 @@ _DAY = 86_400
 
 
 def hash_secret(value: str) -> str:
-    """SHA-256 hex of a one-time secret (OAuth state, browser nonce): what the tables store instead."""
+    """SHA-256 hex of a random secret (OAuth state, browser nonce, application_token): what is stored instead.
+
+    Unsalted is enough because every such value is random with 128+ bits: there is no dictionary to try.
+    """
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
@@ -74,9 +77,16 @@ def _int_or_none(value: float | None) -> int | None:
     return None if value is None else int(value)
 
 
+def _application_token_hash(item: PortalModel) -> str | None:
+    if item.application_token_hash:
+        return item.application_token_hash
+    # A record from before hashing: verify against its plaintext until the next grant rewrites it.
+    return hash_secret(item.legacy_application_token) if item.legacy_application_token else None
+
+
 @dataclass(frozen=True, slots=True)
 class Portal:
-    """A read-only snapshot of a portal record. Token blob and application_token stay out of repr."""
+    """A read-only snapshot of a portal record. Token blob and application_token hash stay out of repr."""
 
     member_id: str
     version: int
@@ -97,7 +107,7 @@ class Portal:
     created_at: int | None
     updated_at: int | None
     uninstalled_at: int | None
-    application_token: str | None = field(repr=False)
+    application_token_hash: str | None = field(repr=False)  # SHA-256 hex (hash_secret), never the token
     token_ciphertext: bytes | None = field(repr=False)
 
     @property
@@ -150,7 +160,7 @@ class Portal:
             created_at=_int_or_none(item.created_at),
             updated_at=_int_or_none(item.updated_at),
             uninstalled_at=_int_or_none(item.uninstalled_at),
-            application_token=item.application_token,
+            application_token_hash=_application_token_hash(item),
             token_ciphertext=item.token_ciphertext,
         )
 
@@ -231,11 +241,14 @@ class PortalStore:
     def save_grant(self, tokens: TokenSet, *, domain: str, application_token: str | None = None) -> Portal:
         """Store a new token chain (install, callback): version 1, or +1 over an existing record.
 
-        A replay of a grant already stored (same pair) changes nothing and returns the current record.
+        `application_token` is stored only as its SHA-256 verifier (hash_secret); without one, the
+        stored verifier is kept. A replay of a grant already stored (same pair) changes nothing and
+        returns the current record.
         """
         if not tokens.member_id:
             raise ValueError("a grant needs its member_id")
         digest = _grant_digest(tokens)
+        new_verifier = hash_secret(application_token) if application_token else None
         sealed: SealedTokens | None = None
         for _ in range(5):
             existing = self._item(tokens.member_id, consistent=True)
@@ -255,8 +268,9 @@ class PortalStore:
                 scope=tokens.scope or None,
                 status=tokens.status or None,
                 user_id=tokens.user_id,
-                application_token=application_token
-                or (existing.application_token if existing is not None else None),
+                # A full PutItem: a legacy plaintext application_token attribute does not survive it.
+                application_token_hash=new_verifier
+                or (_application_token_hash(existing) if existing is not None else None),
                 token_ciphertext=sealed.ciphertext,
                 access_expires_at=int(tokens.expires_at),
                 refresh_obtained_at=obtained,
@@ -287,7 +301,7 @@ class PortalStore:
         """Record an uninstall: the ciphertext goes, version +1 so no older pair can come back.
 
         `clean` (the admin chose "clear application data") also removes everything that describes
-        the tenant: domain, endpoints, scope, status, user, application_token and timestamps. What
+        the tenant: domain, endpoints, scope, status, user, application_token hash and timestamps. What
         stays is a tombstone (member_id, version, health, uninstalled_at, grant digests) so the version
         keeps growing across a reinstall and a replayed old grant or rescue cannot resurrect the portal.
         """
@@ -308,7 +322,8 @@ class PortalStore:
                 m.scope,
                 m.status,
                 m.user_id,
-                m.application_token,
+                m.application_token_hash,
+                m.legacy_application_token,
                 m.access_expires_at,
                 m.refresh_obtained_at,
                 m.last_refresh_attempt_at,

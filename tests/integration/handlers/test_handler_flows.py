@@ -4,6 +4,7 @@ the Bitrix24 emulator over real HTTP."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from typing import Any
 
@@ -140,7 +141,12 @@ def test_install_page_then_event_are_verified_stored_and_replays_change_nothing(
     item = connector.portal_item()
     assert _item_version(item) == 2
     assert item is not None
-    assert item["application_token"]["S"] == emulator.application_token
+    # The application_token is kept only as its SHA-256 verifier, never in plaintext
+    assert (
+        item["application_token_hash"]["S"] == hashlib.sha256(emulator.application_token.encode()).hexdigest()
+    )
+    assert "application_token" not in item
+    assert emulator.application_token not in repr(item)
     assert "token_ciphertext" in item
 
 
@@ -163,6 +169,7 @@ def test_legacy_install_page_uses_the_default_oauth_server(connector: Connector,
     assert item is not None
     assert item["server_endpoint"]["S"] == f"{emulator.oauth_url}/rest/"
     assert "application_token" not in item
+    assert "application_token_hash" not in item
 
 
 def test_forged_uninstall_is_403_and_genuine_uninstall_deletes_the_ciphertext(
@@ -172,6 +179,13 @@ def test_forged_uninstall_is_403_and_genuine_uninstall_deletes_the_ciphertext(
     before = connector.portal_item()
     forged = emulator.send_uninstall(connector.events_url(), application_token="0" * 32)
     assert forged["status"] == 403
+    assert connector.portal_item() == before
+    # Reading the table does not help either: the stored verifier is not the token
+    assert before is not None
+    stolen = emulator.send_uninstall(
+        connector.events_url(), application_token=before["application_token_hash"]["S"]
+    )
+    assert stolen["status"] == 403
     assert connector.portal_item() == before
     genuine = emulator.send_uninstall(connector.events_url(), clean=False)
     assert genuine["status"] == 200
@@ -188,7 +202,13 @@ def test_clean_uninstall_forgets_the_portal(connector: Connector, emulator: Emul
     assert emulator.send_uninstall(connector.events_url(), clean=True)["status"] == 200
     item = connector.portal_item()
     assert item is not None
-    assert {"token_ciphertext", "domain", "application_token", "client_endpoint"}.isdisjoint(item)
+    assert {
+        "token_ciphertext",
+        "domain",
+        "application_token",
+        "application_token_hash",
+        "client_endpoint",
+    }.isdisjoint(item)
 
 
 def test_uninstall_of_an_unknown_portal_is_403(connector: Connector) -> None:

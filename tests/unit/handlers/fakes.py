@@ -182,7 +182,7 @@ class StoredPortal:
     version: int
     domain: str
     health: str = "active"
-    application_token: str | None = field(default=None, repr=False)
+    application_token_hash: str | None = field(default=None, repr=False)
     tokens: TokenSet | None = field(default=None, repr=False)
     digests: list[str] = field(default_factory=list)
 
@@ -218,7 +218,10 @@ class FakeStore:
             member_id=tokens.member_id,
             version=(current.version if current else 0) + 1,
             domain=domain,
-            application_token=application_token or (current.application_token if current else None),
+            # Like the vault: only the SHA-256 verifier of the application_token is kept.
+            application_token_hash=_hash(application_token)
+            if application_token
+            else (current.application_token_hash if current else None),
             tokens=tokens,
             digests=[digest, *(current.digests if current else [])],
         )
@@ -234,7 +237,7 @@ class FakeStore:
         current.health = "uninstalled"
         current.tokens = None
         if clean:
-            current.application_token = None
+            current.application_token_hash = None
             current.domain = ""
         return current
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -34,6 +35,7 @@ from tests.unit.handlers.fakes import CLIENT_ID, Clock, FakeOAuth, FakeStates, F
 PORTAL = "acme.bitrix24.com"
 MEMBER = "a223c6b3710f85df22e9377d6c4f7553"
 APP_TOKEN = "51856fefc120afa4b628cc82d3935cce"
+APP_TOKEN_HASH = hashlib.sha256(APP_TOKEN.encode()).hexdigest()
 COOKIE = "__Host-b24-oauth"
 POLICY = PortalPolicy(DEFAULT_PORTAL_SUFFIXES)
 
@@ -272,7 +274,7 @@ def test_install_page_stores_and_finishes_the_install(world: World) -> None:
     assert "BX24.installFinish()" in answer["body"]
     assert 'src="//api.bitrix24.com/api/v1/"' in answer["body"]
     assert "frame-ancestors" not in answer["headers"]["Content-Security-Policy"]
-    assert world.store.portals[MEMBER].application_token == APP_TOKEN
+    assert world.store.portals[MEMBER].application_token_hash == APP_TOKEN_HASH
 
 
 def test_install_event_answers_success_json(world: World) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from typing import Any
 
@@ -23,6 +24,7 @@ from tests.unit.handlers.fakes import CLIENT_ID, Clock, FakeOAuth, FakeStore
 PORTAL = "acme.bitrix24.com"
 MEMBER = "a223c6b3710f85df22e9377d6c4f7553"
 APP_TOKEN = "51856fefc120afa4b628cc82d3935cce"
+APP_TOKEN_HASH = hashlib.sha256(APP_TOKEN.encode()).hexdigest()
 POLICY = PortalPolicy(DEFAULT_PORTAL_SUFFIXES)
 
 
@@ -200,7 +202,7 @@ def test_install_page_verifies_with_app_info_and_stores() -> None:
     assert installed.stored
     assert world.oauth.app_info_calls == [form["AUTH_ID"]]
     stored = world.store.portals[MEMBER]
-    assert stored.application_token == APP_TOKEN
+    assert stored.application_token_hash == APP_TOKEN_HASH
     assert stored.tokens is not None
     assert stored.tokens.client_endpoint == f"https://{PORTAL}/rest/"
     assert stored.tokens.server_endpoint == "https://oauth.bitrix.info/rest/"
@@ -244,7 +246,7 @@ def test_older_portals_use_the_default_server_and_keep_the_stored_application_to
     query, form = world.page(SERVER_ENDPOINT=None, APPLICATION_TOKEN=None)
     world.installer.install(parse_install_page(query, form, POLICY, now=world.clock()))
     stored = world.store.portals[MEMBER]
-    assert stored.application_token == APP_TOKEN
+    assert stored.application_token_hash == APP_TOKEN_HASH
     assert stored.tokens is not None
     assert stored.tokens.server_endpoint == "https://oauth.bitrix.info/rest/"
 
@@ -315,7 +317,7 @@ def test_genuine_uninstall_marks_and_clean_forgets() -> None:
     }
     world.installer.uninstall(parse_uninstall_event(payload))
     stored = world.store.portals[MEMBER]
-    assert (stored.health, stored.tokens, stored.application_token) == ("uninstalled", None, None)
+    assert (stored.health, stored.tokens, stored.application_token_hash) == ("uninstalled", None, None)
 
 
 @pytest.mark.parametrize(
@@ -330,6 +332,20 @@ def test_forged_uninstall_is_forbidden_and_changes_nothing(member_id: str, token
     problem = problem_of(lambda: world.installer.uninstall(notice))
     assert (problem.kind, problem.reason) == (ProblemKind.FORBIDDEN, "application_token_mismatch")
     assert world.store.writes == writes
+    assert world.store.portals[MEMBER].is_active
+
+
+def test_the_stored_verifier_itself_does_not_authenticate_an_uninstall() -> None:
+    # Given someone who could read the table: they know the SHA-256, not the application_token
+    world = World()
+    world.installer.install(parse_install_event(world.event(), POLICY, now=world.clock()))
+    verifier = world.store.portals[MEMBER].application_token_hash
+    assert verifier == APP_TOKEN_HASH
+    # When they send the verifier as the token
+    notice = parse_uninstall_event({"auth": {"member_id": MEMBER, "application_token": verifier}})
+    problem = problem_of(lambda: world.installer.uninstall(notice))
+    # Then the uninstall is refused: the received token is hashed before the comparison
+    assert (problem.kind, problem.reason) == (ProblemKind.FORBIDDEN, "application_token_mismatch")
     assert world.store.portals[MEMBER].is_active
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any
 
 import pytest
@@ -12,6 +13,8 @@ from b24connector.vault.models import HEALTH_ACTIVE, HEALTH_NEEDS_REAUTH, HEALTH
 from tests.unit.vault.conftest import UnitVault
 
 DAY = 86_400
+APP_TOKEN_A = "app-token-member-a"
+APP_TOKEN_A_HASH = hashlib.sha256(APP_TOKEN_A.encode()).hexdigest()
 
 
 def _all_strings(value: Any) -> list[str]:
@@ -41,12 +44,60 @@ def test_raw_items_hold_no_plaintext_token(vault: UnitVault) -> None:
             assert secret not in haystack
 
 
+def test_raw_items_hold_only_a_verifier_of_the_application_token(vault: UnitVault) -> None:
+    # Given a portal installed with an application_token, then re-granted and uninstalled (no clean)
+    vault.install("member-a", "a.bitrix24.com")
+    vault.portals.save_grant(vault.oauth.grant("member-a", "a.bitrix24.com"), domain="a.bitrix24.com")
+    vault.portals.mark_uninstalled("member-a", clean=False)
+    # When every attribute of the raw item is searched
+    (item,) = vault.stack.raw_items(vault.stack.portals_table)
+    haystack = "\n".join(_all_strings(item))
+    # Then the token itself is nowhere, only its SHA-256 under its own attribute name
+    assert APP_TOKEN_A not in haystack
+    assert "application_token" not in item
+    assert item["application_token_hash"] == {"S": APP_TOKEN_A_HASH}
+
+
+def test_a_legacy_plaintext_application_token_is_verified_and_replaced_by_the_next_grant(
+    vault: UnitVault,
+) -> None:
+    # Given a record written before hashing: plaintext under the old attribute name, no verifier
+    vault.install("member-a", "a.bitrix24.com")
+    dynamodb = vault.stack.client("dynamodb")
+    key = {"member_id": {"S": "member-a"}}
+    dynamodb.update_item(
+        TableName=vault.stack.portals_table,
+        Key=key,
+        UpdateExpression="SET application_token = :t REMOVE application_token_hash",
+        ExpressionAttributeValues={":t": {"S": "legacy-app-token"}},
+    )
+    # Then the snapshot offers the verifier of the stored plaintext
+    portal = vault.portals.get("member-a", consistent=True)
+    assert portal is not None
+    assert portal.application_token_hash == hashlib.sha256(b"legacy-app-token").hexdigest()
+    # And the next grant without an application_token keeps that verifier but drops the plaintext
+    vault.portals.save_grant(vault.oauth.grant("member-a", "a.bitrix24.com"), domain="a.bitrix24.com")
+    item = dynamodb.get_item(TableName=vault.stack.portals_table, Key=key, ConsistentRead=True)["Item"]
+    assert "application_token" not in item
+    assert item["application_token_hash"] == {"S": hashlib.sha256(b"legacy-app-token").hexdigest()}
+    # And a clean uninstall of a legacy record removes the plaintext too
+    dynamodb.update_item(
+        TableName=vault.stack.portals_table,
+        Key=key,
+        UpdateExpression="SET application_token = :t",
+        ExpressionAttributeValues={":t": {"S": "legacy-app-token"}},
+    )
+    vault.portals.mark_uninstalled("member-a", clean=True)
+    item = dynamodb.get_item(TableName=vault.stack.portals_table, Key=key, ConsistentRead=True)["Item"]
+    assert {"application_token", "application_token_hash"}.isdisjoint(item)
+
+
 def test_first_grant_is_version_1_and_active_with_due_index_fields(vault: UnitVault) -> None:
     portal, grant = vault.install("member-a", "A.Bitrix24.com")
     assert portal.version == 1
     assert portal.health == HEALTH_ACTIVE
     assert portal.domain == "a.bitrix24.com"
-    assert portal.application_token == "app-token-member-a"
+    assert portal.application_token_hash == APP_TOKEN_A_HASH
     assert portal.client_endpoint == grant.client_endpoint
     assert portal.due_shard == due_shard_of("member-a", 4)
     assert portal.refresh_due_at == grant.obtained_at + 21 * DAY
@@ -58,7 +109,7 @@ def test_new_grant_on_existing_portal_is_version_plus_one_keeping_application_to
     second = vault.oauth.grant("member-a", "a.bitrix24.com")
     portal = vault.portals.save_grant(second, domain="a.bitrix24.com")
     assert portal.version == 2
-    assert portal.application_token == "app-token-member-a"
+    assert portal.application_token_hash == APP_TOKEN_A_HASH
     assert vault.portals.tokens(portal).access_token == second.access_token
 
 
@@ -71,7 +122,7 @@ def test_replayed_grant_changes_nothing(vault: UnitVault) -> None:
     portal = vault.portals.save_grant(grant, domain="a.bitrix24.com", application_token="other")
     # Then the live chain and version stay
     assert portal.version == 2
-    assert portal.application_token == "app-token-member-a"
+    assert portal.application_token_hash == APP_TOKEN_A_HASH
     assert vault.portals.tokens(portal).refresh_token == fresh.refresh_token
 
 
@@ -79,6 +130,7 @@ def test_repr_of_portal_hides_ciphertext_and_application_token(vault: UnitVault)
     portal, _ = vault.install()
     text = repr(portal)
     assert "app-token" not in text
+    assert APP_TOKEN_A_HASH not in text
     assert "token_ciphertext" not in text
 
 
@@ -115,7 +167,7 @@ def test_uninstall_keeps_tenant_facts_but_drops_tokens(vault: UnitVault) -> None
     assert portal.version == 2
     assert portal.token_ciphertext is None
     assert portal.domain == "a.bitrix24.com"
-    assert portal.application_token == "app-token-member-a"
+    assert portal.application_token_hash == APP_TOKEN_A_HASH
     assert portal.refresh_due_at is None
     with pytest.raises(ReauthRequired):
         vault.portals.tokens(portal)
