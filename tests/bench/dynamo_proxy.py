@@ -4,8 +4,9 @@ moto evaluates a ConditionExpression and applies the update in separate Python s
 requests on one item can both pass a condition or lose an increment (tests/support/moto_main.py
 measured it for conditional writes). The local stack runs plain moto; functions that hammer one
 item from many processes (the shared pacing bucket) would then be judged on moto's races, not on
-their own logic. The bench points AWS_ENDPOINT_URL_DYNAMODB of the functions at this proxy: DynamoDB
-requests on the same table and key run one at a time, everything else passes straight through.
+their own logic. (The local stack now serialises all DynamoDB calls itself; this proxy does it per
+item.) Pointed at by AWS_ENDPOINT_URL[_DYNAMODB] of the functions: DynamoDB requests on the same
+table and key run one at a time, everything else passes straight through.
 
 With `serialize=False` it only counts: every AWS API call the functions make (by X-Amz-Target, e.g.
 `DynamoDB_20120810.Query`, `TrentService.Decrypt`), and the items each Query/Scan read (ScannedCount)

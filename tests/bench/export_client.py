@@ -4,7 +4,9 @@ Clients: `leads_function` (our fetch_leads over the Lambda Invoke API of the loc
 `ours_parallel` / `ours_sequential` (our FastLister in this process), `fast_bitrix24` (get_all),
 `b24pysdk` (as_list_fast). Every client materialises all rows, as an export does. The clock runs from
 just before the first request to the last row (imports and client construction excluded); peak
-memory is this process's ru_maxrss. Prints one JSON line.
+memory is this process's VmHWM (/proc/self/status). Not ru_maxrss: Linux carries the parent's
+high-water mark across fork+exec into it, so every child would report the bench process's size.
+Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import os
 import resource
 import sys
 import time
 import warnings
 from collections.abc import Callable
 from typing import Any
+
+from tests.bench.common import peak_rss_kb
 
 Rows = list[dict[str, Any]]
 
@@ -134,7 +139,7 @@ def main() -> int:
                 "unique_ids": len(set(ids)),
                 "wall_seconds": wall,
                 "error": error,
-                "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                "maxrss_kb": peak_rss_kb(os.getpid()) or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             }
         ),
         flush=True,

@@ -103,7 +103,6 @@ def run(section: Section, invocations: int, *, compare_local: bool = True) -> No
             workers=invocations,
             emulator_settings=EXPORT_EMULATOR,
             env_overrides=env,
-            atomic_dynamodb=True,
         ) as bench:
             results[name] = _measure(bench, invocations)
     section.data.update(results)
@@ -111,9 +110,8 @@ def run(section: Section, invocations: int, *, compare_local: bool = True) -> No
         f"{invocations} LeadsFunction invocations released together on one portal (2 req/s, bucket 50, "
         f"50 ms latency), each reading {LIMIT:,} leads of its own ID range ({LEADS:,} seeded), every "
         "worker warm. 'shared' = DynamoTokenBucket in the RateLimitTable (the default); 'per-process' = "
-        "RATE_LIMIT_SHARED=false, each worker pacing only itself. The functions' DynamoDB calls go through "
-        "DynamoSerializingProxy (per-item atomic writes, as DynamoDB guarantees and moto alone does not). "
-        "Utilisation = requests ÷ (50 + 2/s x "
+        "RATE_LIMIT_SHARED=false, each worker pacing only itself. (The local stack serialises moto's "
+        "DynamoDB calls, so conditional writes are atomic as in AWS.) Utilisation = requests ÷ (50 + 2/s x "
         "the span from the first to the last request the portal saw); sustained = (requests - 50) ÷ span."
     )
     header = [

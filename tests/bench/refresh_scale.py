@@ -248,6 +248,13 @@ def _report(section: Section, r: dict[str, Any]) -> None:
         f"{due:,} / {due:,}; {due} token requests",
         r["refreshed_exactly_once"] == due and r["token_requests"] == due,
     )
+    section.check(
+        "refresh: AWS calls per refresh (warm workers, distinct portals)",
+        f"{r['aws_calls_per_refresh']:.2f} ({per_call})",
+        "≤ 4",
+        r["aws_calls_per_refresh"] <= 4,
+        "the GetItem before the lease UpdateItem could come back from that UpdateItem (ReturnValues)",
+    )
     if due < 1_000:
         section.notes.append("Drain time is judged at 1,000 due portals (fixed costs dominate a smoke run).")
         return

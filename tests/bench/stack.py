@@ -6,6 +6,7 @@ import contextlib
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from botocore.config import Config
@@ -101,6 +102,7 @@ def bench_stack(
     env_overrides: Mapping[str, str] | None = None,
     install: bool = True,
     atomic_dynamodb: bool = False,
+    template: Path | None = None,
 ) -> Iterator[BenchStack]:
     """Start a local stack (moto, emulator, function workers) and install its portal.
 
@@ -112,6 +114,7 @@ def bench_stack(
     if proxy is not None:
         env["AWS_ENDPOINT_URL_DYNAMODB"] = proxy.url
     config = StackConfig(
+        **({"template": template} if template is not None else {}),
         leads=leads,
         workers_per_function=workers,
         emulator_settings=dict(emulator_settings or {}),
