@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
-
-from pynamodb.exceptions import PynamoDBException
 
 from b24connector.bitrix24.errors import (
     InvalidClient,
@@ -30,72 +26,34 @@ from b24connector.bitrix24.tokens import TokenSet
 from b24connector.credentials import SecretUnavailable
 from b24connector.portals import InvalidPortal, PortalPolicy
 from b24connector.problems import invalid, unavailable, upstream_rejected
-from b24connector.vault.errors import VaultUnavailable
-from b24connector.vault.store import StateStore, hash_secret
+from b24connector.vault.errors import StateRefusal, StateRefused, VaultUnavailable
 
 _MEMBER_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 _MAX_PARAM = 512
-
-# Why a consumed-state check failed; the callback page shows the code.
-STATE_MISSING = "state_missing"  # never issued, already used (consuming deletes it) or swept by TTL
-STATE_EXPIRED = "state_expired"
-COOKIE_MISMATCH = "cookie_mismatch"
+# What the callback page says for each refused state (the reason code goes along as X-Reason-Code).
+_REFUSAL_MESSAGES = {
+    StateRefusal.MISSING: "This sign-in link is unknown. Please start again.",
+    StateRefusal.EXPIRED: "The sign-in took too long. Please start again.",
+    StateRefusal.USED: "This sign-in link was already used.",
+    StateRefusal.COOKIE_MISMATCH: "This browser did not start this sign-in.",
+}
 
 
 class StateBook(Protocol):
-    """Pending authorizations (vault.StateStore plus a read-only explanation of a refusal)."""
+    """Pending authorizations (vault.StateStore)."""
 
     def save(self, raw_state: str, browser_nonce: str, portal_domain: str) -> int:
         """Store hashes of a new state and nonce for `portal_domain`; return the expiry (Unix s)."""
         ...
 
-    def consume(self, raw_state: str, browser_nonce: str) -> _Consumed | None:
-        """Atomically delete a matching, unexpired state; None for every other case."""
-        ...
-
-    def explain_refusal(self, raw_state: str, browser_nonce: str) -> str:
-        """Why `consume` refused: STATE_MISSING, STATE_EXPIRED or COOKIE_MISMATCH (no change made)."""
+    def consume(self, raw_state: str, browser_nonce: str) -> _Consumed:
+        """Atomically mark a matching, unused, unexpired state used; else raise vault.StateRefused."""
         ...
 
 
 class _Consumed(Protocol):
     @property
     def portal_domain(self) -> str: ...
-
-
-class ExplainingStateStore:
-    """vault.StateStore plus `explain_refusal`, so the callback page can say why a state was refused.
-
-    The explanation is one read-only GetItem, made only after `consume` refused; it never changes the
-    outcome. (It reads the state model directly; it belongs in StateStore once the vault adopts it.)
-    """
-
-    def __init__(self, store: StateStore, *, clock: Callable[[], float] = time.time) -> None:
-        self._store = store
-        self._clock = clock
-
-    def save(self, raw_state: str, browser_nonce: str, portal_domain: str) -> int:
-        """Store a new pending authorization."""
-        return self._store.save(raw_state, browser_nonce, portal_domain)
-
-    def consume(self, raw_state: str, browser_nonce: str) -> _Consumed | None:
-        """Atomically consume a matching, unexpired state."""
-        return self._store.consume(raw_state, browser_nonce)
-
-    def explain_refusal(self, raw_state: str, browser_nonce: str) -> str:
-        """Why consume refused; VaultUnavailable when DynamoDB cannot say."""
-        model = self._store.model
-        try:
-            item = model.get(hash_secret(raw_state), consistent_read=True)
-        except model.DoesNotExist:
-            return STATE_MISSING
-        except PynamoDBException:
-            raise VaultUnavailable("DynamoDB GetItem on the states table failed") from None
-        if item.expires_at <= self._clock():
-            return STATE_EXPIRED
-        if not hmac.compare_digest(item.nonce_hash, hash_secret(browser_nonce)):
-            return COOKIE_MISMATCH
-        return STATE_MISSING  # consumed between the two calls by a concurrent request
 
 
 class AuthorizationServer(Protocol):
@@ -251,17 +209,12 @@ class AuthorizationFlow:
 
     def _consume(self, state: str, nonce: str) -> _Consumed:
         try:
-            consumed = self._states.consume(state, nonce)
-            if consumed is not None:
-                return consumed
-            reason = self._states.explain_refusal(state, nonce)
+            return self._states.consume(state, nonce)
+        except StateRefused as refused:
+            reason = refused.reason
         except VaultUnavailable:
             raise unavailable("storage_unavailable", "Please start the sign-in again.") from None
-        messages = {
-            STATE_EXPIRED: "The sign-in took too long. Please start again.",
-            COOKIE_MISMATCH: "This browser did not start this sign-in.",
-        }
-        raise invalid(reason, messages.get(reason, "This sign-in link is unknown or was already used."))
+        raise invalid(reason.value, _REFUSAL_MESSAGES[reason])
 
     def _exchange(self, code: str, server: str, verifier: str | None) -> TokenSet:
         try:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from aws_lambda_powertools.logging import correlation_paths
 
 from b24connector import credentials
-from b24connector.authorization import AuthorizationFlow, ExplainingStateStore
+from b24connector.authorization import AuthorizationFlow
 from b24connector.handlers import _services
 from b24connector.observability import count, logger, metrics
 from b24connector.settings import Settings, get_settings
@@ -32,7 +32,7 @@ def authorization_flow(conf: Settings) -> AuthorizationFlow:
 
     return AuthorizationFlow(
         _services.portal_policy(conf),
-        ExplainingStateStore(vault.states),
+        vault.states,
         _services.oauth_client(conf),
         vault.portals,
         ttl_seconds=conf.state_ttl_seconds,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 
 class VaultError(Exception):
     """Base of every error raised by the token vault."""
@@ -61,3 +63,20 @@ class NotEnoughTime(VaultError):
 
 class TokenRescueFailed(VaultError):
     """A refreshed pair could neither be committed nor queued for rescue; the portal was flagged."""
+
+
+class StateRefusal(StrEnum):
+    """Why an OAuth state was not accepted; the value is the callback's reason code."""
+
+    MISSING = "state_missing"  # never issued, damaged, or already swept by the TTL
+    EXPIRED = "state_expired"
+    USED = "state_used"
+    COOKIE_MISMATCH = "cookie_mismatch"  # another browser's nonce (or none)
+
+
+class StateRefused(VaultError):
+    """An OAuth state was refused; nothing was changed. `reason` says why."""
+
+    def __init__(self, reason: StateRefusal) -> None:
+        self.reason = reason
+        super().__init__(f"OAuth state refused ({reason.value})")

@@ -86,7 +86,11 @@ class PortalModel(Model):
 
 
 class OAuthStateModel(Model):
-    """A pending authorization: hashed state and browser nonce, never the raw values; single use."""
+    """A pending authorization: hashed state and browser nonce, never the raw values; single use.
+
+    Consuming marks it (`used_at`) instead of deleting it, so a replay can be told from an unknown state;
+    the TTL on `expires_at` still removes it.
+    """
 
     class Meta:
         table_name: str | None = None
@@ -96,6 +100,7 @@ class OAuthStateModel(Model):
     portal_domain = UnicodeAttribute()
     created_at = NumberAttribute()
     expires_at = NumberAttribute()  # TTL attribute; DynamoDB deletes lazily, so code checks it too
+    used_at = NumberAttribute(null=True)
 
 
 def aws_region() -> str:

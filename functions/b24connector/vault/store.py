@@ -14,12 +14,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pynamodb.constants import ALL_OLD
 from pynamodb.exceptions import PynamoDBException
 
 from b24connector.bitrix24.tokens import TokenSet
 from b24connector.vault.cipher import SealedTokens, TokenCipher, TokenMetadata
-from b24connector.vault.errors import ReauthRequired, VaultError, VaultUnavailable
+from b24connector.vault.errors import (
+    ReauthRequired,
+    StateRefusal,
+    StateRefused,
+    VaultError,
+    VaultUnavailable,
+)
 from b24connector.vault.models import (
     HEALTH_ACTIVE,
     HEALTH_NEEDS_REAUTH,
@@ -476,10 +481,12 @@ class ConsumedState:
 
 
 class StateStore:
-    """Single-use OAuth `state` records: only hashes are stored; consuming is one conditional delete.
+    """Single-use OAuth `state` records: only hashes are stored; consuming is one conditional update.
 
-    A PKCE verifier, when PKCE is on, is not stored at all (see derive_pkce_verifier): the token key's
-    policy only serves token blobs, and a plain copy in the table would defeat PKCE.
+    A consumed state is marked used (not deleted) until DynamoDB's TTL removes it, so a replay is
+    refused as STATE_USED rather than as an unknown state. A PKCE verifier, when PKCE is on, is not
+    stored at all (see derive_pkce_verifier): the token key's policy only serves token blobs, and a
+    plain copy in the table would defeat PKCE.
     """
 
     def __init__(self, model: type[OAuthStateModel], *, ttl_seconds: int, clock: Clock = time.time) -> None:
@@ -510,34 +517,59 @@ class StateStore:
             raise _unavailable("PutItem", exc) from None
         return expires_at
 
-    def consume(self, raw_state: str, browser_nonce: str) -> ConsumedState | None:
-        """Delete the state if it exists, matches the browser nonce and has not expired.
+    def consume(self, raw_state: str, browser_nonce: str) -> ConsumedState:
+        """Mark the state used if it exists, is unused, matches the browser nonce and has not expired.
 
-        Exactly one concurrent caller gets the record; every other (replay, wrong browser, expired,
-        unknown) gets None, without learning which.
+        One conditional UpdateItem, so exactly one concurrent caller wins. Every other caller gets
+        StateRefused with the reason, read with one GetItem after the refusal (which never changes the
+        outcome); VaultUnavailable when DynamoDB fails.
         """
-        if not raw_state or not browser_nonce:
-            return None
+        if not raw_state:
+            raise StateRefused(StateRefusal.MISSING)
+        if not browser_nonce:
+            raise StateRefused(StateRefusal.COOKIE_MISMATCH)
         m = self.model
+        state_hash, nonce_hash = hash_secret(raw_state), hash_secret(browser_nonce)
         now = int(self._clock())
+        item = m(state_hash)
         try:
-            answer = m._get_connection().delete_item(
-                hash_secret(raw_state),
-                condition=(m.state_hash.exists())
-                & (m.nonce_hash == hash_secret(browser_nonce))
+            item.update(
+                actions=[m.used_at.set(now)],
+                condition=m.state_hash.exists()
+                & m.used_at.does_not_exist()
+                & (m.nonce_hash == nonce_hash)
                 & (m.expires_at > now),
-                return_values=ALL_OLD,
             )
         except PynamoDBException as exc:
             if _conditional_failure(exc):
-                return None
-            raise _unavailable("DeleteItem", exc) from None
-        raw = answer.get("Attributes")
-        if not raw:
-            return None
-        item = m.from_raw_data(raw)
+                raise StateRefused(self._refusal(state_hash, nonce_hash, now)) from None
+            raise _unavailable("UpdateItem", exc) from None
         if item.expires_at <= self._clock():  # belt and braces: TTL deletion is lazy
-            return None
+            raise StateRefused(StateRefusal.EXPIRED)
         return ConsumedState(
             portal_domain=item.portal_domain, created_at=int(item.created_at), expires_at=int(item.expires_at)
         )
+
+    def _refusal(self, state_hash: str, nonce_hash: str, now: int) -> StateRefusal:
+        """Why the conditional update failed, judged at the same `now` (read-only)."""
+        m = self.model
+        try:
+            item = m.get(state_hash, consistent_read=True)
+        except m.DoesNotExist:
+            return StateRefusal.MISSING
+        except PynamoDBException as exc:
+            raise _unavailable("GetItem", exc) from None
+        # PynamoDB types attributes as always present; a damaged item may lack them all the same.
+        used_at: object = item.used_at
+        expires_at: object = item.expires_at
+        stored_nonce: object = item.nonce_hash
+        if used_at is not None:
+            return StateRefusal.USED
+        if not isinstance(expires_at, int | float) or not isinstance(stored_nonce, str):
+            return StateRefusal.MISSING  # damaged: never a valid authorization
+        if expires_at <= now:
+            return StateRefusal.EXPIRED
+        if not hmac.compare_digest(stored_nonce, nonce_hash):
+            return StateRefusal.COOKIE_MISMATCH
+        # Unused, unexpired and matching, yet the condition failed: treat it as unknown (fail closed).
+        return StateRefusal.MISSING

@@ -61,8 +61,11 @@ def test_a_replayed_callback_is_refused_and_changes_nothing(connector: Connector
     assert first.status_code == 200
     version = _item_version(connector.portal_item())
     again = requests.get(redirect, headers={"Cookie": f"{COOKIE}={nonce}"}, allow_redirects=False, timeout=10)
-    assert (again.status_code, again.headers["X-Reason-Code"]) == (400, "state_missing")
+    assert (again.status_code, again.headers["X-Reason-Code"]) == (400, "state_used")
     assert _item_version(connector.portal_item()) == version
+    # The state is kept, marked used, until DynamoDB's TTL removes it
+    (state,) = connector.stack.raw_items(connector.stack.states_table)
+    assert int(state["used_at"]["N"]) <= int(state["expires_at"]["N"])
 
 
 def test_callback_without_the_cookie_is_refused_before_the_code_is_spent(
@@ -496,13 +499,18 @@ def test_aws_calls_per_invocation(connector: Connector, emulator: Emulator, aws_
     redirect = connector.consent(consent_url)
     requests.get(redirect, headers={"Cookie": f"{COOKIE}={nonce}"}, allow_redirects=False, timeout=10)
     # consume the state, read + conditionally write the portal, seal the pair, read the client secret
+    assert aws_calls.dynamodb_on(connector.stack.states_table) == ["UpdateItem"]
     assert calls() == [
-        ("dynamodb", "DeleteItem"),
         ("dynamodb", "GetItem"),
         ("dynamodb", "PutItem"),
+        ("dynamodb", "UpdateItem"),
         ("kms", "Encrypt"),
         ("secretsmanager", "GetSecretValue"),
     ]
+    # a replay: the conditional update is refused, one read says why; nothing else is touched
+    requests.get(redirect, headers={"Cookie": f"{COOKIE}={nonce}"}, allow_redirects=False, timeout=10)
+    assert aws_calls.dynamodb_on(connector.stack.states_table) == ["UpdateItem", "GetItem"]
+    assert calls() == [("dynamodb", "GetItem"), ("dynamodb", "UpdateItem")]
     assert emulator.send_install(connector.events_url(), "event")["status"] == 200
     assert calls() == [("dynamodb", "GetItem"), ("dynamodb", "PutItem"), ("kms", "Encrypt")]
     assert emulator.send_uninstall(connector.events_url(), application_token="0" * 32)["status"] == 403

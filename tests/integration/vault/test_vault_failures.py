@@ -20,7 +20,14 @@ from typing import Any
 import pytest
 
 from b24connector.bitrix24.tokens import TokenSet
-from b24connector.vault.errors import ReauthRequired, RefreshUnavailable, TokenRescueFailed, VaultUnavailable
+from b24connector.vault.errors import (
+    ReauthRequired,
+    RefreshUnavailable,
+    StateRefusal,
+    StateRefused,
+    TokenRescueFailed,
+    VaultUnavailable,
+)
 from b24connector.vault.models import HEALTH_ACTIVE, HEALTH_NEEDS_REAUTH, bind_state_model
 from b24connector.vault.refresh import RescueOutcome, TokenRefresher
 from b24connector.vault.store import StateStore
@@ -232,10 +239,15 @@ def test_oauth_state_is_consumed_by_exactly_one_of_50(
     states.save(raw_state, nonce, "a.bitrix24.com")
     barrier = threading.Barrier(50)
     winners: list[object] = []
+    refusals: list[StateRefusal] = []
 
     def consume() -> None:
         barrier.wait()
-        consumed = states.consume(raw_state, nonce)
+        try:
+            consumed = states.consume(raw_state, nonce)
+        except StateRefused as refused:
+            refusals.append(refused.reason)
+            return
         if consumed is not None:
             winners.append(consumed)
 
@@ -245,6 +257,8 @@ def test_oauth_state_is_consumed_by_exactly_one_of_50(
     for thread in threads:
         thread.join(30)
     assert len(winners) == 1
+    # every loser is told the state was used (not that it is unknown)
+    assert refusals == [StateRefusal.USED] * 49
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -12,7 +12,6 @@ import secrets
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from b24connector.authorization import COOKIE_MISMATCH, STATE_EXPIRED, STATE_MISSING
 from b24connector.bitrix24.errors import (
     Bitrix24Error,
     InvalidGrant,
@@ -21,7 +20,7 @@ from b24connector.bitrix24.errors import (
 )
 from b24connector.bitrix24.oauth import AppInfo
 from b24connector.bitrix24.tokens import TokenSet
-from b24connector.vault.errors import VaultUnavailable
+from b24connector.vault.errors import StateRefusal, StateRefused, VaultUnavailable
 
 CLIENT_ID = "local.test.app"
 DEFAULT_SERVER = "https://oauth.bitrix.info"
@@ -47,6 +46,7 @@ class _State:
     nonce_hash: str
     portal_domain: str
     expires_at: float
+    used_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class Consumed:
 
 
 class FakeStates:
-    """StateBook in memory: hashed, single use (consuming deletes), bound to a nonce, expiring."""
+    """StateBook in memory like vault.StateStore: hashed, single use (marked used), nonce-bound, expiring."""
 
     def __init__(self, clock: Clock, ttl: int = 600) -> None:
         self.clock = clock
@@ -70,22 +70,22 @@ class FakeStates:
         self.items[_hash(raw_state)] = _State(_hash(browser_nonce), portal_domain, expires)
         return int(expires)
 
-    def consume(self, raw_state: str, browser_nonce: str) -> Consumed | None:
-        item = self.items.get(_hash(raw_state))
-        if item is None or item.expires_at <= self.clock() or item.nonce_hash != _hash(browser_nonce):
-            return None
-        del self.items[_hash(raw_state)]
-        return Consumed(item.portal_domain)
-
-    def explain_refusal(self, raw_state: str, browser_nonce: str) -> str:
+    def consume(self, raw_state: str, browser_nonce: str) -> Consumed:
         item = self.items.get(_hash(raw_state))
         if item is None:
-            return STATE_MISSING
+            raise StateRefused(StateRefusal.MISSING)
+        if item.used_at is not None:
+            raise StateRefused(StateRefusal.USED)
         if item.expires_at <= self.clock():
-            return STATE_EXPIRED
+            raise StateRefused(StateRefusal.EXPIRED)
         if not hmac.compare_digest(item.nonce_hash, _hash(browser_nonce)):
-            return COOKIE_MISMATCH
-        return STATE_MISSING
+            raise StateRefused(StateRefusal.COOKIE_MISMATCH)
+        item.used_at = self.clock()
+        return Consumed(item.portal_domain)
+
+    def unused(self) -> int:
+        """How many stored states are still unused."""
+        return sum(1 for item in self.items.values() if item.used_at is None)
 
 
 @dataclass

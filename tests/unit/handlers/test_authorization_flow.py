@@ -104,7 +104,8 @@ def test_the_happy_callback_stores_the_grant_once() -> None:
     assert stored.tokens.client_endpoint == f"https://{PORTAL}/rest/"
     assert stored.tokens.server_endpoint == "https://oauth.bitrix.info/rest/"
     assert world.oauth.exchanges[0]["server"] == "https://oauth.bitrix.info"
-    assert world.states.items == {}  # consumed
+    # consumed: marked used and kept until its TTL, so a replay is told apart from an unknown state
+    assert (len(world.states.items), world.states.unused()) == (1, 0)
 
 
 def test_the_state_is_single_use() -> None:
@@ -112,9 +113,11 @@ def test_the_state_is_single_use() -> None:
     state, nonce = world.begin()
     world.flow.complete(world.callback(state), nonce)
     problem = refused(world, world.callback(state), nonce)
-    assert problem.reason == "state_missing"
+    assert problem.reason == "state_used"
     assert len(world.oauth.exchanges) == 1
     assert world.store.writes == 1
+    # and a state never issued is unknown, not used
+    assert refused(world, world.callback("z" * 43), nonce).reason == "state_missing"
 
 
 def test_an_expired_state_is_refused_even_if_the_table_still_holds_it() -> None:
@@ -243,6 +246,7 @@ def test_malformed_callbacks_are_refused_before_anything_happens(field: str, val
     state, nonce = world.begin()
     assert refused(world, world.callback(state, **{field: value}), nonce).reason == reason
     assert len(world.states.items) == 1  # not consumed
+    assert world.states.unused() == 1
     assert world.oauth.exchanges == []
 
 

@@ -190,7 +190,7 @@ def test_callback_replay_is_refused(world: World) -> None:
     event = _callback_event(world, state, nonce)
     assert callback.handler(event, FakeContext())["statusCode"] == 200
     again = callback.handler(event, FakeContext())
-    assert (again["statusCode"], again["headers"]["X-Reason-Code"]) == (400, "state_missing")
+    assert (again["statusCode"], again["headers"]["X-Reason-Code"]) == (400, "state_used")
     assert world.store.writes == 1
 
 

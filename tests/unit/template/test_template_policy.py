@@ -212,6 +212,22 @@ def test_refresh_sweep_only_queries_the_due_index_and_enqueues(template: dict[st
     assert sends == {"RefreshQueue", "RefreshSweepDLQ"}
 
 
+def test_only_the_authorization_functions_touch_the_states_table_and_only_as_the_vault_needs(
+    template: dict[str, Any],
+) -> None:
+    # AuthorizeFunction stores a new state; CallbackFunction marks it used (conditional UpdateItem) and
+    # reads it once when it was refused. Nobody deletes states (the TTL does) or scans them.
+    access: dict[str, set[str]] = {}
+    for function_id in HANDLERS:
+        for statement in role_statements(template, role_of(template, function_id)):
+            if getatt("StatesTable") in statement.resources:
+                access.setdefault(function_id, set()).update(statement.actions)
+    assert access == {
+        "AuthorizeFunction": {"dynamodb:PutItem"},
+        "CallbackFunction": {"dynamodb:UpdateItem", "dynamodb:GetItem"},
+    }
+
+
 def test_only_refreshing_functions_can_send_to_the_rescue_queue(template: dict[str, Any]) -> None:
     for function_id in HANDLERS:
         statements = role_statements(template, role_of(template, function_id))
