@@ -35,10 +35,12 @@ from b24connector.bitrix24.errors import (
     OverloadLimit,
     PaymentRequired,
     PortalDeleted,
+    PortalMoved,
     QueryLimitExceeded,
     TransientError,
 )
 from b24connector.bitrix24.rest import PortalContext
+from b24connector.observability import count, logger
 from b24connector.vault.errors import PortalNotFound, ReauthRequired, TokenDecryptError, VaultError
 from b24connector.vault.refresh import RefreshCoordinator
 from b24connector.vault.store import PortalStore
@@ -364,7 +366,14 @@ class PortalOpener(Protocol):
 
 
 class VaultPortalOpener:
-    """PortalOpener over the vault: one DynamoDB read, tokens from the per-version cache when warm."""
+    """PortalOpener over the vault: one DynamoDB read, tokens from the per-version cache when warm.
+
+    A portal rename (fact sheet 4.1: 302 from the old address) that the REST client followed, which it
+    does only to a host PortalPolicy allows, is stored once per read through `record_move`: the next
+    read goes straight to the new address, and the new domain finds the portal. A new address that
+    another active portal already holds is refused (the read fails, nothing is stored): a portal must
+    not be able to take over another tenant's domain lookups.
+    """
 
     def __init__(
         self,
@@ -401,6 +410,9 @@ class VaultPortalOpener:
             )
             return fresh.access_token
 
+        def moved(domain: str, client_endpoint: str) -> None:
+            self._record_move(portal_id, domain, client_endpoint)
+
         access_token = tokens.access_token
         if tokens.access_expired():
             # Known to be dead: renew now instead of spending a portal request on expired_token.
@@ -410,10 +422,34 @@ class VaultPortalOpener:
             access_token,
             renew=renew,
             deadline=deadline,
+            on_moved=moved,
             domain=portal.domain,
             pacing_key=portal_id,
         )
         return OpenPortal(portal_id, context)
+
+    def _record_move(self, member_id: str, domain: str, client_endpoint: str) -> None:
+        """Store a followed rename; raise PortalMoved when another active portal holds that address."""
+        try:
+            holder = self._store.get_by_domain(domain)
+            if holder is not None and holder.member_id != member_id and holder.is_active:
+                logger.warning("portal rename refused", extra={"member_id": member_id, "domain": domain})
+                count("PortalMoveRefused")
+                raise PortalMoved(
+                    "PORTAL_MOVED", "the new portal address belongs to another portal", http_status=302
+                )
+            moved = self._store.record_move(member_id, domain=domain, client_endpoint=client_endpoint)
+        except VaultError as exc:
+            # The read can go on at the new address; the next one meets the 302 and tries again.
+            logger.warning(
+                "portal rename not stored", extra={"member_id": member_id, "error": type(exc).__name__}
+            )
+            return
+        if moved is None:
+            logger.info("portal rename not stored: portal inactive", extra={"member_id": member_id})
+            return
+        logger.info("portal renamed", extra={"member_id": member_id, "domain": domain})
+        count("PortalMoved")
 
 
 _REAUTH_ERRORS = (InvalidGrant, InvalidToken, NotInstalled, PaymentRequired, InvalidClient, PortalDeleted)

@@ -82,6 +82,7 @@ class PortalContext:
         self._pacing_key = pacing_key
         self.moved_to: str | None = None  # new host after a followed 302 rename
         self._lock = threading.Lock()
+        self._move_lock = threading.Lock()  # one thread reports a rename; the others wait and follow
 
     def __repr__(self) -> str:
         return f"PortalContext(host={self.host!r}, deadline={self.deadline!r}, moved_to={self.moved_to!r})"
@@ -99,7 +100,7 @@ class PortalContext:
     @property
     def host(self) -> str:
         """host[:port] of the client endpoint."""
-        return self._client_endpoint.partition("://")[2].partition("/")[0].lower()
+        return _host_of(self._client_endpoint)
 
     @property
     def pacing_key(self) -> str:
@@ -121,13 +122,25 @@ class PortalContext:
             self._access_token = self._renew(rejected)
 
     def move_to(self, client_endpoint: str) -> None:
-        """Switch to the endpoint of a renamed portal and tell the owner."""
-        with self._lock:
-            self._client_endpoint = client_endpoint
-            self.moved_to = self.host
-            self.domain = self.host
-        if self._on_moved is not None:
-            self._on_moved(self.host, client_endpoint)
+        """Switch to the endpoint of a renamed portal once its owner was told (once per new endpoint).
+
+        `on_moved(host, client_endpoint)` runs first and may raise to refuse the move: then nothing
+        switches and the error ends the call. Parallel requests that hit the same 302 report it once.
+        """
+        with self._move_lock:
+            if client_endpoint == self._client_endpoint:
+                return  # another thread already moved this context
+            host = _host_of(client_endpoint)
+            if self._on_moved is not None:
+                self._on_moved(host, client_endpoint)
+            with self._lock:
+                self._client_endpoint = client_endpoint
+                self.moved_to = host
+                self.domain = host
+
+
+def _host_of(client_endpoint: str) -> str:
+    return client_endpoint.partition("://")[2].partition("/")[0].lower()
 
 
 def check_method(method: str) -> str:

@@ -375,6 +375,30 @@ class PortalStore:
             raise _unavailable("UpdateItem", exc) from None
         return True
 
+    def record_move(self, member_id: str, *, domain: str, client_endpoint: str) -> Portal | None:
+        """Remember a renamed portal's new address (a followed 302): `domain` and `client_endpoint` only.
+
+        Conditional on the portal existing and being active. The token chain is untouched (no version
+        bump, no ciphertext or lease change), so a concurrent refresh or grant is never lost. Moving
+        `domain` moves the record in DomainIndex. None when the portal is missing or not active.
+        """
+        m = self.model
+        item = m(member_id)
+        try:
+            item.update(
+                actions=[
+                    m.domain.set(domain.strip().lower()),
+                    m.client_endpoint.set(client_endpoint),
+                    m.updated_at.set(int(self._clock())),
+                ],
+                condition=m.member_id.exists() & (m.health == HEALTH_ACTIVE),
+            )
+        except PynamoDBException as exc:
+            if _conditional_failure(exc):
+                return None
+            raise _unavailable("UpdateItem", exc) from None
+        return Portal.of(item)
+
     # --- refresh lease and commit ------------------------------------------------------------------
 
     def take_lease(

@@ -313,6 +313,50 @@ def test_rename_re_posts_the_same_body_and_reports_the_new_domain(fake_time: Fak
     assert portal.client_endpoint == "https://new-name.bitrix24.com/rest/"
 
 
+def test_a_rename_the_owner_refuses_switches_nothing(fake_time: FakeTime) -> None:
+    # Given an owner that will not accept the new address
+    def refuse(host: str, endpoint: str) -> None:
+        raise PortalMoved("PORTAL_MOVED", "taken", http_status=302)
+
+    transport = FakeTransport().queue(
+        Reply(302, body=b"", headers={"Location": "https://new-name.bitrix24.com/rest/crm.lead.list"}), OK
+    )
+    portal = make_portal(on_moved=refuse, domain="acme.bitrix24.com")
+    # When the portal answers with a rename
+    with pytest.raises(PortalMoved):
+        make_client(transport, fake_time).call(portal, "crm.lead.list")
+    # Then the request is not re-sent and the context still names the old portal
+    assert len(transport.sent) == 1
+    assert (portal.client_endpoint, portal.domain, portal.moved_to) == (ENDPOINT, "acme.bitrix24.com", None)
+
+
+def test_parallel_requests_report_a_rename_once() -> None:
+    entered, release = threading.Event(), threading.Event()
+    reported: list[str] = []
+
+    def on_moved(host: str, endpoint: str) -> None:
+        reported.append(endpoint)
+        entered.set()
+        assert release.wait(10)
+
+    portal = make_portal(on_moved=on_moved, domain="acme.bitrix24.com")
+    new = "https://new-name.bitrix24.com/rest/"
+    first = threading.Thread(target=portal.move_to, args=(new,))
+    first.start()
+    assert entered.wait(10)
+    # A second request's 302 arrives while the first is still reporting it
+    second = threading.Thread(target=portal.move_to, args=(new,))
+    second.start()
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert reported == [new]
+    assert (portal.client_endpoint, portal.domain) == (new, "new-name.bitrix24.com")
+    # and a late 302 for the same rename changes nothing either
+    portal.move_to(new)
+    assert reported == [new]
+
+
 def test_relative_rename_location_is_resolved(fake_time: FakeTime) -> None:
     transport = FakeTransport().queue(Reply(301, body=b"", headers={"Location": "/rest/crm.lead.list"}), OK)
     make_client(transport, fake_time).call(make_portal(), "crm.lead.list")

@@ -258,3 +258,46 @@ def test_due_portals_never_scans(vault: UnitVault, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(vault.portals.model, "scan", no_scan)
     vault.clock.advance(22 * DAY)
     assert list(vault.portals.due_portals(vault.clock(), limit=10)) == [("member-a", 1)]
+
+
+# --- portal rename --------------------------------------------------------------------------------
+
+
+def test_record_move_changes_only_the_address_and_moves_the_domain_index(vault: UnitVault) -> None:
+    # Given an installed portal
+    portal, grant = vault.install("member-a", "old.bitrix24.com")
+    (before,) = vault.stack.raw_items(vault.stack.portals_table)
+    vault.clock.advance(60)
+    # When its rename is recorded
+    moved = vault.portals.record_move(
+        "member-a", domain="New.Bitrix24.com", client_endpoint="https://new.bitrix24.com/rest/"
+    )
+    # Then domain and client_endpoint change, and nothing of the token chain does
+    assert moved is not None
+    assert (moved.domain, moved.client_endpoint) == ("new.bitrix24.com", "https://new.bitrix24.com/rest/")
+    (after,) = vault.stack.raw_items(vault.stack.portals_table)
+    changed = {name for name in {*before, *after} if before.get(name) != after.get(name)}
+    assert changed == {"domain", "client_endpoint", "updated_at"}
+    assert after["version"] == before["version"] == {"N": str(portal.version)}
+    assert vault.portals.tokens(moved).refresh_token == grant.refresh_token
+    # And the portal is found under its new domain only
+    found = vault.portals.get_by_domain("new.bitrix24.com")
+    assert found is not None
+    assert found.member_id == "member-a"
+    assert vault.portals.get_by_domain("old.bitrix24.com") is None
+
+
+@pytest.mark.parametrize("state", ["missing", "needs_reauth", "uninstalled"])
+def test_record_move_needs_an_existing_active_portal(vault: UnitVault, state: str) -> None:
+    portal, _ = vault.install("member-a", "old.bitrix24.com")
+    if state == "needs_reauth":
+        vault.portals.mark_needs_reauth("member-a", portal.version)
+    elif state == "uninstalled":
+        vault.portals.mark_uninstalled("member-a", clean=False)
+    member_id = "nobody" if state == "missing" else "member-a"
+    before = vault.stack.raw_items(vault.stack.portals_table)
+    moved = vault.portals.record_move(
+        member_id, domain="new.bitrix24.com", client_endpoint="https://new.bitrix24.com/rest/"
+    )
+    assert moved is None
+    assert vault.stack.raw_items(vault.stack.portals_table) == before
