@@ -71,6 +71,23 @@ def header(answer: dict[str, Any], name: str) -> str | None:
     return None
 
 
+def location_allowed(location: str, local_host: str | None = None) -> bool:
+    """True when a redirect goes to an allow-listed portal's consent page (https, one label + suffix)."""
+    from b24connector.settings import DEFAULT_PORTAL_SUFFIXES
+
+    parts = urlsplit(location)
+    host = parts.netloc
+    if local_host is not None and host == local_host:
+        return parts.scheme == "http" and parts.path == "/oauth/authorize/"
+    if parts.scheme != "https" or parts.path != "/oauth/authorize/" or host != (parts.hostname or ""):
+        return False
+    for suffix in DEFAULT_PORTAL_SUFFIXES:
+        label = host[: -len(suffix)]
+        if host.endswith(suffix) and label and "." not in label:
+            return label.replace("-", "").isalnum() and label.isascii() and label.islower()
+    return False
+
+
 def query_of(url: str) -> list[tuple[str, str]]:
     """The decoded query pairs of a URL."""
     return parse_qsl(urlsplit(url).query, keep_blank_values=True)

@@ -70,7 +70,8 @@ class Fields:
 
 
 def _reason_name(name: str) -> str:
-    cleaned = "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
+    # ASCII only: the reason travels in the X-Reason-Code header, and a caller picks the field names.
+    cleaned = "".join(ch if ch.isascii() and ch.isalnum() else "_" for ch in name.lower()).strip("_")
     return cleaned[:40] or "field"
 
 
