@@ -11,7 +11,8 @@ from tests.bench.stack import BenchStack
 
 CHAINS = 4  # parallel ID-window chains of our lister (FastLister's default, as LeadsFunction uses it)
 PAGE_LIMIT = 20_000  # LeadsFunction's largest page (leads.MAX_LIMIT): fewest invocations per export
-RATE, BURST = 2.0, 50  # the portal's published standard plan, for every client
+RATE, BURST = 2.0, 50
+FANOUT = 4  # bounded ID ranges the prototype fan-out client reads at once (plus one open-ended range)  # the portal's published standard plan, for every client
 
 
 @dataclass(frozen=True)
@@ -26,12 +27,18 @@ class Variant:
     @property
     def ours(self) -> bool:
         """One of our clients."""
-        return self.client in {"leads_function", "ours_parallel", "ours_sequential"}
+        return self.client in {"leads_function", "leads_function_fanout", "ours_parallel", "ours_sequential"}
 
 
 VARIANTS = (
     Variant(
         "leads_function", "leads_function", "ours: LeadsFunction (fetch_leads over Lambda Invoke)", 480.0
+    ),
+    Variant(
+        "leads_function_fanout",
+        "leads_function_fanout",
+        f"ours: LeadsFunction, prototype fan-out client ({FANOUT} ranges + 1 at once)",
+        480.0,
     ),
     Variant("ours_parallel", "ours_parallel", f"ours: FastLister, {CHAINS} parallel ID-window chains", 480.0),
     Variant("ours_sequential", "ours_sequential", "ours: FastLister, one sequential chain", 480.0),
@@ -59,6 +66,7 @@ def _one(bench: BenchStack, variant: Variant, n: int, token: str) -> dict[str, A
         "region": bench.stack.aws_region,
         "member_id": bench.member_id,
         "page_limit": PAGE_LIMIT,
+        "fanout": FANOUT,
     }
     result = run_child("tests.bench.export_client", job, timeout=600)
     stats = emulator.stats()
@@ -72,7 +80,7 @@ def _one(bench: BenchStack, variant: Variant, n: int, token: str) -> dict[str, A
         http_503=stats["http_503"],
         rows_ok=result["rows"] == n and result["unique_ids"] == n,
     )
-    if variant.client == "leads_function":
+    if variant.client.startswith("leads_function"):
         result["lambda_peak_rss_kb"] = bench.worker_peak_rss_kb("LeadsFunction")
     return result
 
@@ -137,7 +145,7 @@ def _tabulate(section: Section, results: dict[int, dict[str, list[dict[str, Any]
             vs_b24 = _ratio_median(runs, b24_off)
             rss = median(r["maxrss_kb"] for r in runs) / 1024
             memory = f"{rss:.0f}"
-            if variant.client == "leads_function" and last.get("lambda_peak_rss_kb"):
+            if variant.client.startswith("leads_function") and last.get("lambda_peak_rss_kb"):
                 memory += f" (+ Lambda worker {last['lambda_peak_rss_kb'] / 1024:.0f})"
             errors = sorted({r["error"] for r in runs if r["error"]})
             row = {
@@ -182,10 +190,20 @@ def _checks(section: Section, summary: dict[str, Any]) -> None:
     n = max(int(k) for k in summary)
     at = summary[str(n)]
     b24, fb_off = at["b24pysdk_limit"], at["fast_bitrix24_off"]
-    for key, chains in (("ours_parallel", CHAINS), ("leads_function", CHAINS)):
+    names = {
+        "ours_parallel": "raw client",
+        "leads_function": "LeadsFunction path",
+        "leads_function_fanout": "LeadsFunction fan-out (prototype)",
+    }
+    fanout_chains = CHAINS * (FANOUT + 1)
+    for key, chains in (
+        ("ours_parallel", CHAINS),
+        ("leads_function", CHAINS),
+        ("leads_function_fanout", fanout_chains),
+    ):
         row = at[key]
-        name = "raw client" if key == "ours_parallel" else "LeadsFunction path"
-        invocations = math.ceil((n + 1) / PAGE_LIMIT) if key == "leads_function" else 1
+        name = names[key]
+        invocations = math.ceil(n / PAGE_LIMIT) if key == "leads_function" else 1
         allowed = math.ceil(n / 2500) + chains
         section.check(
             f"{name}: REST requests at N={n:,}",
@@ -194,7 +212,11 @@ def _checks(section: Section, summary: dict[str, Any]) -> None:
             row["requests"] <= allowed,
             f"{invocations} invocations of ≤ {PAGE_LIMIT:,} leads, each opening its own chains"
             if key == "leads_function"
-            else "",
+            else (
+                f"{FANOUT + 1} invocations at once x {CHAINS} chains"
+                if key == "leads_function_fanout"
+                else ""
+            ),
         )
         section.check(f"{name}: COUNT pages", fmt(row["count_pages"]), "0", row["count_pages"] == 0)
         section.check(
