@@ -281,21 +281,48 @@ def test_kms_down_at_install_stores_nothing(rig: Rig) -> None:
     assert rig.items() == []
 
 
-def test_kms_down_after_a_refresh_writes_no_plaintext_and_flags_the_portal(rig: Rig) -> None:
+def _refresh_with_kms_encrypt_down(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> tuple[Any, dict[str, float]]:
     member_id = _installed(rig)
     assert "leads" in rig.leads(_page(rig, member_id))
     rig.emulator.reset()
     rig.emulator.expire_access_tokens()
     kms = _services.vault(get_settings()).cipher.kms
     inject(kms, "kms.Encrypt", InjectedFault(*KMS_DOWN))
+    capsys.readouterr()
     answer = rig.leads(_page(rig, member_id))
+    return answer, emf_metrics(capsys.readouterr().out)
+
+
+def test_kms_down_after_a_refresh_writes_no_plaintext_and_flags_the_portal(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    answer, metrics = _refresh_with_kms_encrypt_down(rig, capsys)
     assert answer["error"]["code"] == "UPSTREAM_ERROR", answer
     assert rig.emulator.stats()["token_requests"] == 1
+    assert metrics.get("TokenRescueFailed") == 1
     item = rig.portal()
     assert item is not None
     assert item["health"]["S"] == "needs_reauth"
     stored = json.dumps(rig.items(), default=str) + "".join(rig.queue_bodies(rig.stack.rescue_queue_url))
     assert not any(token in stored for token in _emulator_tokens(rig))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG (vault/refresh.py _commit): when KMS Encrypt fails after a refresh the portal is flagged "
+    "needs_reauth but only TokenRescueFailed is counted (not alarmed); PortalNeedsReauth, the metric "
+    "NeedsReauthAlarm watches, is not emitted (the SQS-rescue failure path does emit it)",
+)
+def test_every_path_that_flags_needs_reauth_emits_the_alarmed_metric(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _answer, metrics = _refresh_with_kms_encrypt_down(rig, capsys)
+    item = rig.portal()
+    assert item is not None
+    assert item["health"]["S"] == "needs_reauth"
+    assert metrics.get("PortalNeedsReauth", 0) >= 1, metrics
 
 
 def test_kms_down_on_a_cold_read_is_a_clear_error(rig: Rig) -> None:
