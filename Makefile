@@ -61,7 +61,7 @@ lint-template: $(TOOLS_STAMP) ## cfn-lint, checkov and sam validate on template.
 	$(SAM) validate --lint --template template.yaml --region $(AWS_DEFAULT_REGION)
 
 test: lint lint-template ## everything CI runs: lint, template checks, all tests
-	$(PY) -m pytest tests/unit tests/integration tests/e2e
+	$(PY) -m pytest tests/unit tests/integration tests/e2e tests/security
 
 test-unit: $(STAMP) ## unit tests only (no sockets)
 	$(PY) -m pytest tests/unit
