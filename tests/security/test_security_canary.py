@@ -60,7 +60,17 @@ def _session(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "test_inner.py").write_text(HEADER + body)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(REPO / p) for p in ("functions", "infra", "."))}
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "test_inner.py"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:randomly",
+            "test_inner.py",
+        ],
         cwd=tmp_path,
         env=env,
         capture_output=True,

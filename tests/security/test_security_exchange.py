@@ -42,9 +42,10 @@ def test_a_failed_code_exchange_is_not_retried_and_stores_nothing(
     assert (answer["statusCode"], header(answer, "X-Reason-Code")) == (503, "oauth_unavailable")
     assert "Traceback" not in answer["body"]
     assert rig.items() == []
-    assert rig.items("states") == []  # spent: the user starts again, and a replay cannot re-try the code
+    (state,) = rig.items("states")
+    assert "used_at" in state  # spent: the user starts again, and a replay cannot re-try the code
     again = rig.callback(query, nonce)
-    assert (again["statusCode"], header(again, "X-Reason-Code")) == (400, "state_missing")
+    assert (again["statusCode"], header(again, "X-Reason-Code")) == (400, "state_used")
     assert rig.emulator.stats()["token_requests"] == 1
 
 
