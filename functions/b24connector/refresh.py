@@ -3,7 +3,15 @@
 The sweep only reads the sparse due index (no Scan) and queues `{member_id, version}`; it never calls
 Bitrix24. The worker hands each message to the vault's RefreshCoordinator, which enforces everything
 that makes a refresh safe (version check, lease, at most one refresh per portal per
-MIN_REFRESH_INTERVAL_HOURS). SQS partial batch failures send back only messages worth retrying.
+MIN_REFRESH_INTERVAL_HOURS). SQS partial batch failures send back only messages worth retrying:
+
+- infrastructure failures before any token call (DynamoDB, KMS, Secrets Manager), a token request
+  that provably never reached Bitrix24 (refused, DNS, TLS handshake), too little time: retried by SQS
+  (and after maxReceiveCount they reach the DLQ and its alarm, which such an outage deserves);
+- a token request that may have reached Bitrix24 (timeout, 5xx): DEFERRED, acknowledged and counted
+  (RefreshDeferred). The refresh token may be spent, so no retry may come within
+  MIN_REFRESH_INTERVAL_HOURS; the coordinator already moved the portal's due time out, and the first
+  sweep after it tries again (ending in needs_reauth with a metric if the token was spent).
 """
 
 from __future__ import annotations
@@ -30,7 +38,8 @@ DEFAULT_MAX_PER_SWEEP = 10_000
 SWEEP_RESERVE_MS = 5_000
 
 # Outcomes after which the same message is worth another delivery; every other outcome is final
-# (done, skipped, flagged needs_reauth, or being handled by the worker that holds the lease).
+# (done, skipped, deferred past the minimum interval, flagged needs_reauth, or being handled by the
+# worker that holds the lease).
 RETRY_OUTCOMES = frozenset(
     {
         RefreshOutcome.TRANSIENT_FAILURE,
@@ -200,6 +209,11 @@ class BatchReport:
         """Count one message under `outcome`."""
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
 
+    @property
+    def deferred(self) -> int:
+        """Messages acknowledged because their portal's refresh was deferred past the minimum interval."""
+        return self.outcomes.get(RefreshOutcome.DEFERRED.value, 0)
+
     def answer(self) -> dict[str, Any]:
         """The SQS partial batch response."""
         return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in self.retry]}
@@ -213,7 +227,7 @@ class RefreshWorker:
         self._on_error = on_error
 
     def handle(self, records: Sequence[Mapping[str, Any]], remaining_ms: RemainingMs) -> BatchReport:
-        """Process every record; transient failures go back to the queue, the rest are final."""
+        """Process every record; retryable failures go back to the queue, the rest (deferred too) are final."""
         report = BatchReport()
         for record in records:
             message_id = str(record.get("messageId", ""))

@@ -36,9 +36,25 @@ class Bitrix24Error(Exception):
 
 
 class TransientError(Bitrix24Error):
-    """5xx, timeout, connection failure, or a non-JSON/HTML body: worth a later retry."""
+    """5xx, timeout, connection failure, or a non-JSON/HTML body: worth a later retry.
+
+    `request_sent` is False only when the request provably never reached the server (connection
+    refused, DNS failure, TLS handshake failure, connect timeout, or it was never started): the server
+    cannot have acted on it. True means it may have, even if no answer came back.
+    """
 
     retryable = True
+
+    def __init__(
+        self,
+        code: str,
+        description: str = "",
+        *,
+        http_status: int | None = None,
+        request_sent: bool = True,
+    ) -> None:
+        self.request_sent = request_sent
+        super().__init__(code, description, http_status=http_status)
 
 
 # --- OAuth server (/oauth/token/, app.info on the server endpoint) ---------------------------------

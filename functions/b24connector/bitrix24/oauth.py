@@ -34,7 +34,7 @@ from b24connector.bitrix24.errors import (
     redact,
 )
 from b24connector.bitrix24.tokens import TokenSet
-from b24connector.bitrix24.transport import DEFAULT_TIMEOUT, decode_json, shared_session
+from b24connector.bitrix24.transport import DEFAULT_TIMEOUT, decode_json, request_never_sent, shared_session
 from b24connector.portals import is_loopback_host
 
 if TYPE_CHECKING:
@@ -246,10 +246,16 @@ class OAuthClient:
         session = self._session or shared_session()
         try:
             response = session.post(url, data=form, timeout=self._timeout, allow_redirects=False)
-        except requests.Timeout:
-            raise OAuthTransientError("TIMEOUT", "the OAuth server did not answer in time") from None
-        except requests.RequestException:
-            raise OAuthTransientError("CONNECTION_ERROR", "the OAuth server could not be reached") from None
+        except requests.Timeout as exc:
+            raise OAuthTransientError(
+                "TIMEOUT", "the OAuth server did not answer in time", request_sent=not request_never_sent(exc)
+            ) from None
+        except requests.RequestException as exc:
+            raise OAuthTransientError(
+                "CONNECTION_ERROR",
+                "the OAuth server could not be reached",
+                request_sent=not request_never_sent(exc),
+            ) from None
         data = decode_json(response)
         error = oauth_error(response.status_code, data, secrets_sent)
         if error is not None:

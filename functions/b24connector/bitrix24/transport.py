@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
+from collections.abc import Iterator
+from types import TracebackType
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 USER_AGENT = "b24connector/0.1 (+bitrix24 oauth connector)"
 DEFAULT_TIMEOUT: tuple[float, float] = (3.05, 30.0)  # (connect, read) seconds
@@ -53,3 +57,51 @@ def decode_json(response: requests.Response) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError):
         return None
+
+
+# urllib3 opens (TCP, then TLS) a connection in HTTPConnection.connect(), before a byte of the request
+# is written; http.client buffers the request until the connection exists.
+_CONNECT_FRAMES = frozenset({"connect", "_new_conn"})
+_URLLIB3_CONNECTION = os.path.join("urllib3", "connection.py")
+
+
+def request_never_sent(exc: requests.RequestException) -> bool:
+    """True only when `exc` proves the request never reached the server.
+
+    That is: the TCP connect timed out, was refused or could not resolve the host (urllib3's
+    NewConnectionError), or the failure (a TLS handshake error included) was raised while urllib3 was
+    still opening the connection. Everything else (read timeouts, resets and EOFs after the request
+    was written, broken answers) may have reached the server, and so does anything not recognised.
+    """
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    return any(
+        isinstance(cause, NewConnectionError) or _raised_while_connecting(cause) for cause in _causes(exc)
+    )
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and what requests and urllib3 wrapped into it (args, MaxRetryError.reason, `raise from`)."""
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending and len(seen) < 16:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        pending.extend(arg for arg in current.args if isinstance(arg, BaseException))
+        if isinstance(current, MaxRetryError) and current.reason is not None:
+            pending.append(current.reason)
+        if current.__cause__ is not None:
+            pending.append(current.__cause__)
+
+
+def _raised_while_connecting(exc: BaseException) -> bool:
+    frame: TracebackType | None = exc.__traceback__
+    while frame is not None:
+        code = frame.tb_frame.f_code
+        if code.co_name in _CONNECT_FRAMES and code.co_filename.endswith(_URLLIB3_CONNECTION):
+            return True
+        frame = frame.tb_next
+    return False

@@ -1,4 +1,4 @@
-"""RefreshWorkerFunction (SQS RefreshQueue): refresh each due portal once; report transient failures."""
+"""RefreshWorkerFunction (SQS RefreshQueue): refresh each due portal once; report retryable failures."""
 
 from __future__ import annotations
 
@@ -37,4 +37,6 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     )
     if report.retry:
         count("RefreshRetried", len(report.retry))
+    if report.deferred:
+        count("RefreshDeferred", report.deferred)
     return report.answer()

@@ -45,6 +45,14 @@ class RefreshUnavailable(VaultError):
     retryable = True
 
 
+class RefreshDeferred(VaultError):
+    """A scheduled refresh failed after its request may have reached the token endpoint.
+
+    The refresh token may be spent, so the portal is not tried again before MIN_REFRESH_INTERVAL_HOURS
+    (its due time was moved out when the attempt started); retrying the message sooner cannot help.
+    """
+
+
 class RefreshRejected(VaultError):
     """The OAuth server rejected the app itself (invalid_client, bad request): an operator problem."""
 

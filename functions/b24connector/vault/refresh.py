@@ -14,15 +14,17 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from b24connector.bitrix24.errors import (
     Bitrix24Error,
     InvalidGrant,
     NotInstalled,
     PaymentRequired,
+    TransientError,
 )
 from b24connector.bitrix24.tokens import TokenSet
+from b24connector.credentials import SecretUnavailable
 from b24connector.observability import count, logger
 from b24connector.settings import Settings
 from b24connector.vault.cipher import SealedTokens
@@ -30,6 +32,7 @@ from b24connector.vault.errors import (
     NotEnoughTime,
     PortalNotFound,
     ReauthRequired,
+    RefreshDeferred,
     RefreshRejected,
     RefreshTimeout,
     RefreshUnavailable,
@@ -42,6 +45,7 @@ from b24connector.vault.store import Portal, PortalStore
 
 RemainingMs = Callable[[], int]
 _HOUR = 3600
+_SCHEDULED = "scheduled"
 
 
 class TokenRefresher(Protocol):
@@ -60,7 +64,10 @@ class RefreshOutcome(StrEnum):
     ADOPTED = "adopted"  # another worker's newer pair is stored and was used instead
     ALREADY_FRESH = "already_fresh"  # the rejected access token had been replaced meanwhile
     NEEDS_REAUTH = "needs_reauth"
-    TRANSIENT_FAILURE = "transient_failure"
+    TRANSIENT_FAILURE = "transient_failure"  # worth retrying soon (scheduled: nothing reached Bitrix24)
+    # The failed request may have reached the token endpoint: not again before the interval. Only
+    # returned: the failure itself is recorded as TRANSIENT_FAILURE, the worker counts the deferral.
+    DEFERRED = "deferred"
     CLIENT_REJECTED = "client_rejected"
     NOT_ENOUGH_TIME = "not_enough_time"
     BUSY = "busy"
@@ -105,6 +112,7 @@ _METRIC = {
 _SCHEDULED_OUTCOME_OF: dict[type[Exception], RefreshOutcome] = {
     NotEnoughTime: RefreshOutcome.NOT_ENOUGH_TIME,
     RefreshUnavailable: RefreshOutcome.TRANSIENT_FAILURE,
+    RefreshDeferred: RefreshOutcome.DEFERRED,
     RefreshRejected: RefreshOutcome.CLIENT_REJECTED,
     ReauthRequired: RefreshOutcome.NEEDS_REAUTH,
     PortalNotFound: RefreshOutcome.MISSING,
@@ -244,19 +252,34 @@ class RefreshCoordinator:
     def refresh_if_due(
         self, member_id: str, expected_version: int, *, remaining_ms: RemainingMs | None = None
     ) -> RefreshOutcome:
-        """Refresh a portal the sweep found due, unless anything says it should not be touched now."""
+        """Refresh a portal the sweep found due, unless anything says it should not be touched now.
+
+        Taking the lease records the attempt and moves the due time out by MIN_REFRESH_INTERVAL_HOURS
+        before the token endpoint is called, so a worker that dies mid-call cannot cause a second spend
+        of the (single-use) refresh token. How a failure ends decides what happens next:
+
+        - DynamoDB or KMS failing before the lease (VaultUnavailable raised), too little time
+          (NOT_ENOUGH_TIME): nothing was recorded; the message is worth another delivery.
+        - The token request provably never reached Bitrix24 (connection refused, DNS, TLS handshake,
+          connect timeout; or the client secret could not be read): the attempt record is undone and
+          the outcome is TRANSIENT_FAILURE, so the queue's redelivery refreshes soon.
+        - The request may have reached Bitrix24 (read timeout, 5xx, a broken answer): the refresh
+          token may be spent, so nothing retries it before the interval is over. The outcome is
+          DEFERRED (final: redelivering could only end in SKIPPED_RECENT); the sweep after the interval
+          tries again, and if the token was spent that attempt flags the portal needs_reauth (metric).
+        """
         portal = self.store.get(member_id, consistent=True)
         if portal is None:
-            _record(RefreshOutcome.MISSING, member_id, None, path="scheduled")
+            _record(RefreshOutcome.MISSING, member_id, None, path=_SCHEDULED)
             return RefreshOutcome.MISSING
         now = self._clock()
         min_gap = self.policy.min_refresh_interval_hours * _HOUR
         skip = self._scheduled_skip(portal, expected_version, now, min_gap)
         if skip is not None:
-            _record(skip, member_id, portal.version, path="scheduled")
+            _record(skip, member_id, portal.version, path=_SCHEDULED)
             return skip
         try:
-            self._require_budget(remaining_ms, portal, "scheduled")
+            self._require_budget(remaining_ms, portal, _SCHEDULED)
             stored = self.store.tokens(portal)
             owner = uuid.uuid4().hex
             if not self.store.take_lease(
@@ -266,10 +289,17 @@ class RefreshCoordinator:
                 lease_seconds=self.policy.lease_seconds,
                 defer_due_until=int(now + min_gap),
             ):
-                _record(RefreshOutcome.BUSY, member_id, portal.version, path="scheduled")
+                _record(RefreshOutcome.BUSY, member_id, portal.version, path=_SCHEDULED)
                 return RefreshOutcome.BUSY
-            return self._refresh_as_holder(portal, stored, owner, remaining_ms, path="scheduled")[0]
-        except (NotEnoughTime, RefreshUnavailable, RefreshRejected, ReauthRequired, PortalNotFound) as exc:
+            return self._refresh_as_holder(portal, stored, owner, remaining_ms, path=_SCHEDULED)[0]
+        except (
+            NotEnoughTime,
+            RefreshUnavailable,
+            RefreshDeferred,
+            RefreshRejected,
+            ReauthRequired,
+            PortalNotFound,
+        ) as exc:
             # Already logged and counted where it happened; the sweep only needs the outcome.
             return _SCHEDULED_OUTCOME_OF[type(exc)]
 
@@ -330,13 +360,26 @@ class RefreshCoordinator:
         except (InvalidGrant, PaymentRequired, NotInstalled) as exc:
             return self._after_dead_grant(portal, owner, exc, path=path)
         except Bitrix24Error as exc:
-            self._release(member_id, owner)
             if exc.retryable:
-                _record(RefreshOutcome.TRANSIENT_FAILURE, member_id, version, path=path, error=exc.code)
-                raise RefreshUnavailable(f"token endpoint unavailable for portal {member_id}") from None
+                self._after_transient(portal, owner, exc, path=path)
+            self._release(member_id, owner)
             _record(RefreshOutcome.CLIENT_REJECTED, member_id, version, path=path, error=exc.code)
             raise RefreshRejected(
                 f"token endpoint rejected the app for portal {member_id} ({exc.code})"
+            ) from None
+        except SecretUnavailable:
+            # No client secret, no token request: the attempt never happened.
+            self._release(member_id, owner, undo_attempt=portal)
+            _record(
+                RefreshOutcome.TRANSIENT_FAILURE,
+                member_id,
+                version,
+                path=path,
+                error="CLIENT_SECRET_UNAVAILABLE",
+                request_sent=False,
+            )
+            raise RefreshUnavailable(
+                f"client secret unavailable for the refresh of portal {member_id}"
             ) from None
         except BaseException:
             self._release(member_id, owner)
@@ -398,6 +441,32 @@ class RefreshCoordinator:
         _record(RefreshOutcome.RESCUED, member_id, version, path=path, commit_error=error)
         return RefreshOutcome.RESCUED, new
 
+    def _after_transient(self, portal: Portal, owner: str, exc: Bitrix24Error, *, path: str) -> NoReturn:
+        """Release the lease after a retryable token-endpoint failure; see refresh_if_due for the rules."""
+        member_id, version = portal.member_id, portal.version
+        if isinstance(exc, TransientError) and not exc.request_sent:
+            # The refresh token is provably unspent: the attempt does not count, a retry may come soon.
+            self._release(member_id, owner, undo_attempt=portal)
+            _record(
+                RefreshOutcome.TRANSIENT_FAILURE,
+                member_id,
+                version,
+                path=path,
+                error=exc.code,
+                request_sent=False,
+            )
+            raise RefreshUnavailable(f"token endpoint unreachable for portal {member_id}") from None
+        self._release(member_id, owner)
+        _record(
+            RefreshOutcome.TRANSIENT_FAILURE, member_id, version, path=path, error=exc.code, request_sent=True
+        )
+        if path == _SCHEDULED:
+            # The attempt (and the due time moved out by take_lease) stands: see refresh_if_due.
+            raise RefreshDeferred(
+                f"refresh of portal {member_id} deferred by {self.policy.min_refresh_interval_hours} h"
+            ) from None
+        raise RefreshUnavailable(f"token endpoint unavailable for portal {member_id}") from None
+
     def _after_dead_grant(
         self, portal: Portal, owner: str, exc: Bitrix24Error, *, path: str
     ) -> tuple[RefreshOutcome, TokenSet]:
@@ -458,9 +527,9 @@ class RefreshCoordinator:
         ceiling = min(self.policy.poll_max_seconds, self.policy.poll_initial_seconds * (2.0**attempt))
         return ceiling * (0.5 + self._jitter() / 2)
 
-    def _release(self, member_id: str, owner: str) -> None:
+    def _release(self, member_id: str, owner: str, *, undo_attempt: Portal | None = None) -> None:
         try:
-            self.store.release_lease(member_id, owner)
+            self.store.release_lease(member_id, owner, undo_attempt_of=undo_attempt)
         except VaultUnavailable:
             logger.warning("refresh lease not released; it will expire", extra={"member_id": member_id})
 

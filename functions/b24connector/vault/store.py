@@ -437,14 +437,26 @@ class PortalStore:
             raise _unavailable("UpdateItem", exc) from None
         return True
 
-    def release_lease(self, member_id: str, owner: str) -> bool:
-        """Drop the lease if `owner` still holds it; False when it had expired and moved on."""
+    def release_lease(self, member_id: str, owner: str, *, undo_attempt_of: Portal | None = None) -> bool:
+        """Drop the lease if `owner` still holds it; False when it had expired and moved on.
+
+        `undo_attempt_of` (the snapshot the lease was taken from) also puts back what take_lease
+        recorded about the attempt (last_refresh_attempt_at, a deferred refresh_due_at): for an
+        attempt that provably never reached the token endpoint, so it must not count as one.
+        """
         m = self.model
-        try:
-            m(member_id).update(
-                actions=[m.lease_owner.remove(), m.lease_expires_at.remove()],
-                condition=m.lease_owner == owner,
+        actions: list[Any] = [m.lease_owner.remove(), m.lease_expires_at.remove()]
+        if undo_attempt_of is not None:
+            previous = undo_attempt_of.last_refresh_attempt_at
+            actions.append(
+                m.last_refresh_attempt_at.remove()
+                if previous is None
+                else m.last_refresh_attempt_at.set(previous)
             )
+            if undo_attempt_of.refresh_due_at is not None:
+                actions.append(m.refresh_due_at.set(undo_attempt_of.refresh_due_at))
+        try:
+            m(member_id).update(actions=actions, condition=m.lease_owner == owner)
         except PynamoDBException as exc:
             if _conditional_failure(exc):
                 return False

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ssl
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
+from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError, ProtocolError, SSLError
 
 from b24connector.bitrix24.errors import (
     Bitrix24Error,
@@ -355,6 +357,67 @@ def test_oauth_errors_map_to_typed_exceptions(reply: Reply, error_class: type[Ex
     for secret in (CLIENT_SECRET, REFRESH_TOKEN):
         assert secret not in str(error)
         assert secret not in repr(error)
+
+
+def _wrapped(reason: Exception) -> requests.ConnectionError:
+    """What requests raises when urllib3 gave up with `reason` (no retries configured)."""
+    return requests.ConnectionError(MaxRetryError(None, "/oauth/token/", reason))  # type: ignore[arg-type]
+
+
+def _raised(exc: Exception) -> Exception:
+    try:
+        raise exc
+    except Exception as caught:
+        return caught
+
+
+@pytest.mark.parametrize(
+    ("raised", "request_sent"),
+    [
+        # provably never sent: no connection was ever opened
+        (requests.ConnectTimeout("connect timed out"), False),
+        (_wrapped(NewConnectionError(None, "[Errno 111] Connection refused")), False),  # type: ignore[arg-type]
+        (_wrapped(NameResolutionError("oauth.bitrix.info", None, OSError("no such host"))), False),  # type: ignore[arg-type]
+        # may have reached the server
+        (requests.ReadTimeout("read timed out"), True),
+        (requests.ConnectionError("refused"), True),  # nothing says where it failed
+        (requests.ConnectionError(ProtocolError("Connection aborted.", ConnectionResetError(104))), True),
+        (requests.exceptions.ChunkedEncodingError("broken"), True),
+        (requests.exceptions.SSLError(_wrapped(SSLError(_raised(ssl.SSLEOFError(8, "EOF"))))), True),
+    ],
+    ids=[
+        "connect-timeout",
+        "refused",
+        "dns",
+        "read-timeout",
+        "bare-connection-error",
+        "reset",
+        "chunked",
+        "tls-eof-outside-connect",
+    ],
+)
+def test_transport_failures_say_whether_the_request_may_have_reached_the_server(
+    raised: Exception, request_sent: bool
+) -> None:
+    transport = FakeTransport().queue(Reply(raises=raised))
+    with pytest.raises(OAuthTransientError) as caught:
+        make_oauth(transport).refresh(REFRESH_TOKEN)
+    assert caught.value.request_sent is request_sent
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(500, {"error": "INTERNAL_SERVER_ERROR"}),
+        Reply(502, body=b"<html>Bad Gateway</html>"),
+        Reply(200, body=b"<html>maintenance</html>"),
+    ],
+)
+def test_answers_from_the_server_were_sent(reply: Reply) -> None:
+    transport = FakeTransport().queue(reply)
+    with pytest.raises(OAuthTransientError) as caught:
+        make_oauth(transport).refresh(REFRESH_TOKEN)
+    assert caught.value.request_sent is True
 
 
 def test_wrong_client_on_http_200_is_not_mistaken_for_tokens() -> None:

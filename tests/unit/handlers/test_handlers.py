@@ -29,6 +29,7 @@ from b24connector.portals import PortalPolicy
 from b24connector.refresh import RefreshSweep, RefreshWorker, RescueWorker
 from b24connector.settings import DEFAULT_PORTAL_SUFFIXES, get_settings
 from b24connector.vault.refresh import RefreshOutcome
+from tests.support.emf import emf_counts
 from tests.unit.handlers.aws_events import FakeContext, form_post, http_event, scheduler_event, sqs_event
 from tests.unit.handlers.fakes import CLIENT_ID, Clock, FakeOAuth, FakeStates, FakeStore
 
@@ -475,6 +476,8 @@ class _Coordinator:
     def refresh_if_due(
         self, member_id: str, expected_version: int, *, remaining_ms: Any = None
     ) -> RefreshOutcome:
+        if member_id == "deferred":
+            return RefreshOutcome.DEFERRED
         return RefreshOutcome.TRANSIENT_FAILURE if member_id == "flaky" else RefreshOutcome.REFRESHED
 
     def apply_rescue(self, body: Any) -> Any:
@@ -490,6 +493,29 @@ def test_worker_handler_reports_partial_failures(world: World, monkeypatch: pyte
     event = sqs_event([{"member_id": "ok", "version": 1}, {"member_id": "flaky", "version": 1}])
     answer = refresh_worker.handler(event, FakeContext())
     assert answer == {"batchItemFailures": [{"itemIdentifier": event["Records"][1]["messageId"]}]}
+
+
+def test_worker_handler_acknowledges_deferred_portals_and_counts_them(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(
+        refresh_worker,
+        "worker",
+        lambda conf: RefreshWorker(_Coordinator(), on_error=refresh_worker.log_failure),
+    )
+    event = sqs_event(
+        [
+            {"member_id": "deferred", "version": 1},
+            {"member_id": "flaky", "version": 1},
+            {"member_id": "deferred", "version": 2},
+        ]
+    )
+    capsys.readouterr()
+    answer = refresh_worker.handler(event, FakeContext())
+    # Deferred messages are done (their portal waits for the interval); only the flaky one comes back
+    assert answer == {"batchItemFailures": [{"itemIdentifier": event["Records"][1]["messageId"]}]}
+    counts = emf_counts(capsys.readouterr().out)
+    assert (counts.get("RefreshDeferred"), counts.get("RefreshRetried")) == (2, 1)
 
 
 def test_rescue_handler_keeps_failed_messages(world: World, monkeypatch: pytest.MonkeyPatch) -> None:

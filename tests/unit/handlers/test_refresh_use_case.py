@@ -162,6 +162,19 @@ def test_worker_retries_only_transient_outcomes() -> None:
     assert report.outcomes["refreshed"] == 1
 
 
+def test_worker_acknowledges_deferred_portals() -> None:
+    # A refresh whose request may have reached Bitrix24 is deferred past the minimum interval:
+    # redelivering the message could only end in a skip, so it is final, and counted
+    worker = RefreshWorker(
+        FakeCoordinator({"late": RefreshOutcome.DEFERRED, "flaky": RefreshOutcome.TRANSIENT_FAILURE}),
+        on_error=lambda who, exc: None,
+    )
+    event = sqs_event([refresh_message("late", 3), refresh_message("flaky", 3)])
+    report = worker.handle(event["Records"], lambda: 60_000)
+    assert report.retry == [event["Records"][1]["messageId"]]
+    assert (report.deferred, report.outcomes["deferred"]) == (1, 1)
+
+
 @pytest.mark.parametrize(
     "body",
     [

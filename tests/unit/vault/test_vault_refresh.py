@@ -15,6 +15,7 @@ from b24connector.bitrix24.errors import (
     OAuthTransientError,
     PaymentRequired,
 )
+from b24connector.credentials import SecretUnavailable
 from b24connector.vault.errors import (
     NotEnoughTime,
     PortalNotFound,
@@ -453,7 +454,7 @@ def test_scheduled_refresh_never_twice_within_the_minimum_interval(vault: UnitVa
     vault.clock.advance(22 * DAY)
     vault.oauth.fail_next.append(OAuthTransientError("HTTP_503", "busy", http_status=503))
     coordinator = vault.coordinator()
-    assert coordinator.refresh_if_due("member-a", portal.version) is RefreshOutcome.TRANSIENT_FAILURE
+    assert coordinator.refresh_if_due("member-a", portal.version) is RefreshOutcome.DEFERRED
     # Then it leaves the due window, and a duplicate message within 24 h is skipped
     assert list(vault.portals.due_portals(vault.clock(), limit=10)) == []
     vault.clock.advance(23 * 3600)
@@ -463,6 +464,89 @@ def test_scheduled_refresh_never_twice_within_the_minimum_interval(vault: UnitVa
     assert list(vault.portals.due_portals(vault.clock(), limit=10)) == [("member-a", portal.version)]
     assert coordinator.refresh_if_due("member-a", portal.version) is RefreshOutcome.REFRESHED
     assert vault.oauth.token_requests == 2
+
+
+def _raw_portal(vault: UnitVault) -> dict[str, Any]:
+    (item,) = vault.stack.raw_items(vault.stack.portals_table)
+    return item
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        OAuthTransientError("CONNECTION_ERROR", "refused", request_sent=False),
+        OAuthTransientError("TIMEOUT", "connect timed out", request_sent=False),
+        SecretUnavailable("secret b24/client-secret could not be read (GetParameterError)"),
+    ],
+    ids=["refused", "connect-timeout", "client-secret"],
+)
+def test_a_scheduled_refresh_that_never_reached_bitrix24_is_undone_and_retried_soon(
+    vault: UnitVault, metrics_capture: dict[str, Any], failure: Exception
+) -> None:
+    # Given a due portal whose token request cannot leave this process
+    portal, grant = vault.install()
+    vault.clock.advance(22 * DAY)
+    before = _raw_portal(vault)
+    vault.oauth.fail_next.append(failure)
+    coordinator = vault.coordinator()
+    # When the worker refreshes it
+    outcome = coordinator.refresh_if_due("member-a", portal.version)
+    # Then the outcome is worth a redelivery, and the record is exactly as before (attempt undone)
+    assert outcome is RefreshOutcome.TRANSIENT_FAILURE
+    assert _raw_portal(vault) == before
+    assert list(vault.portals.due_portals(vault.clock(), limit=10)) == [("member-a", portal.version)]
+    assert _metric(metrics_capture, "TokenRefreshTransientFailure") == 1
+    # And SQS's redelivery (a visibility timeout later) refreshes the unspent token
+    vault.clock.advance(720)
+    assert coordinator.refresh_if_due("member-a", portal.version) is RefreshOutcome.REFRESHED
+    stored = vault.portals.get("member-a", consistent=True)
+    assert stored is not None
+    assert stored.version == portal.version + 1
+    assert vault.portals.tokens(stored).refresh_token != grant.refresh_token
+
+
+def test_a_scheduled_refresh_that_may_have_reached_bitrix24_is_deferred_for_the_interval(
+    vault: UnitVault, metrics_capture: dict[str, Any]
+) -> None:
+    # Given a due portal whose token request reached Bitrix24, which spent the token, but whose answer
+    # was lost (a read timeout)
+    portal, _ = vault.install()
+    vault.clock.advance(22 * DAY)
+    vault.oauth.fail_after_rotation.append(OAuthTransientError("TIMEOUT", "no answer"))
+    coordinator = vault.coordinator()
+    started = int(vault.clock())
+    # When the worker refreshes it
+    assert coordinator.refresh_if_due("member-a", portal.version) is RefreshOutcome.DEFERRED
+    # Then the attempt stands: out of the due window for the whole interval, lease released
+    stored = vault.portals.get("member-a", consistent=True)
+    assert stored is not None
+    assert (stored.version, stored.health, stored.lease_owner) == (portal.version, HEALTH_ACTIVE, None)
+    assert stored.last_refresh_attempt_at == started
+    assert stored.refresh_due_at == started + 24 * 3600
+    assert _metric(metrics_capture, "TokenRefreshTransientFailure") == 1
+    # And a redelivery within the interval makes no token call
+    vault.clock.advance(720)
+    assert coordinator.refresh_if_due("member-a", portal.version) is RefreshOutcome.SKIPPED_NOT_DUE
+    assert vault.oauth.token_requests == 1
+    # And the first sweep after the interval tries once more: the token was spent, so needs_reauth
+    vault.clock.advance(24 * 3600)
+    assert list(vault.portals.due_portals(vault.clock(), limit=10)) == [("member-a", portal.version)]
+    assert coordinator.refresh_if_due("member-a", portal.version) is RefreshOutcome.NEEDS_REAUTH
+    assert vault.oauth.token_requests == 2
+    assert _metric(metrics_capture, "PortalNeedsReauth") == 1
+
+
+def test_a_lazy_refresh_that_never_reached_bitrix24_does_not_hold_back_the_schedule(vault: UnitVault) -> None:
+    # Given a portal due for its scheduled refresh, whose lazy refresh could not connect
+    portal, grant = vault.install()
+    vault.clock.advance(22 * DAY)
+    before = _raw_portal(vault)
+    vault.oauth.fail_next.append(OAuthTransientError("CONNECTION_ERROR", "refused", request_sent=False))
+    with pytest.raises(RefreshUnavailable):
+        vault.coordinator().fresh_access_token("member-a", grant.access_token)
+    # Then no attempt is on record: the scheduled refresh is not skipped as recent
+    assert _raw_portal(vault) == before
+    assert vault.coordinator().refresh_if_due("member-a", portal.version) is RefreshOutcome.REFRESHED
 
 
 def test_scheduled_refresh_with_dead_grant(vault: UnitVault) -> None:

@@ -203,6 +203,39 @@ def test_lease_is_exclusive_until_it_expires(vault: UnitVault) -> None:
     assert vault.portals.take_lease("member-a", portal.version, "w3", lease_seconds=30)
 
 
+def test_releasing_with_undo_restores_the_attempt_only_for_the_lease_holder(vault: UnitVault) -> None:
+    # Given a due portal whose scheduled attempt was recorded by taking the lease
+    portal, _ = vault.install()
+    vault.clock.advance(22 * DAY)
+    snapshot = vault.portals.get("member-a", consistent=True)
+    assert snapshot is not None
+    assert vault.portals.take_lease(
+        "member-a", portal.version, "w1", lease_seconds=30, defer_due_until=int(vault.clock()) + DAY
+    )
+    # When another worker took the lease over after w1's expired, w1's undo changes nothing
+    vault.clock.advance(31)
+    assert vault.portals.take_lease("member-a", portal.version, "w2", lease_seconds=30)
+    taken_over = vault.stack.raw_items(vault.stack.portals_table)
+    assert not vault.portals.release_lease("member-a", "w1", undo_attempt_of=snapshot)
+    assert vault.stack.raw_items(vault.stack.portals_table) == taken_over
+    # And the holder's undo puts back the attempt time and the due time of the snapshot
+    assert vault.portals.release_lease("member-a", "w2", undo_attempt_of=snapshot)
+    restored = vault.portals.get("member-a", consistent=True)
+    assert restored is not None
+    assert (restored.last_refresh_attempt_at, restored.refresh_due_at) == (None, snapshot.refresh_due_at)
+    assert (restored.lease_owner, restored.lease_expires_at) == (None, None)
+    # An earlier attempt on record is put back as it was, not removed
+    assert vault.portals.take_lease("member-a", portal.version, "w3", lease_seconds=30)
+    with_attempt = vault.portals.get("member-a", consistent=True)
+    assert with_attempt is not None
+    vault.clock.advance(60)
+    assert vault.portals.take_lease("member-a", portal.version, "w4", lease_seconds=30)
+    assert vault.portals.release_lease("member-a", "w4", undo_attempt_of=with_attempt)
+    again = vault.portals.get("member-a", consistent=True)
+    assert again is not None
+    assert again.last_refresh_attempt_at == with_attempt.last_refresh_attempt_at
+
+
 def test_lease_needs_the_expected_version_and_an_active_portal(vault: UnitVault) -> None:
     portal, _ = vault.install()
     assert not vault.portals.take_lease("member-a", portal.version + 1, "w1", lease_seconds=30)
