@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tests.bench import report
-from tests.bench.common import FAKE_AWS, REPO_ROOT, Section, machine
+from tests.bench.common import BENCH_DIR, FAKE_AWS, REPO_ROOT, Section, machine
 
 FUNCTION_LOG = REPO_ROOT / ".local" / "bench" / "functions.log"
 
@@ -140,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     meta["seconds"] = time.perf_counter() - started
     print(report.console(sections))
     if not args.no_write:
-        md_path, json_path = report.write(meta, sections)
+        # A smoke run must not replace the committed full results.
+        target = BENCH_DIR / ".tmp" if args.smoke else BENCH_DIR
+        target.mkdir(exist_ok=True)
+        md_path, json_path = report.write(meta, sections, target)
         print(f"\nwrote {md_path} and {json_path} ({meta['seconds']:.0f} s)")
     missed = [c for s in sections for c in s.checks if not c.ok]
     return 1 if missed and args.strict else 0
