@@ -180,6 +180,9 @@ class AuthorizationFlow:
             raise invalid("server_not_allowed", "The authorization server is not one we trust.") from None
         if not browser_nonce:
             raise invalid("cookie_missing", "This browser did not start the sign-in (or it took too long).")
+        if len(browser_nonce) > _MAX_PARAM or not browser_nonce.isascii() or not browser_nonce.isprintable():
+            # Not a nonce we minted (and not hashable as UTF-8 if it holds a lone surrogate).
+            raise invalid("cookie_mismatch", "This browser did not start this sign-in.")
         consumed = self._consume(params.state, browser_nonce)
         if consumed.portal_domain != domain:
             raise invalid("domain_mismatch", "The portal differs from the one the sign-in started with.")

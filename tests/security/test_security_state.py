@@ -153,8 +153,22 @@ def test_state_expiry_boundary(
         ([f"{COOKIE}=NONCE", f"{COOKIE}=FOREIGN"], "cookie_ambiguous"),
         ([f"{COOKIE}=NONCEx"], "cookie_mismatch"),
         ([f"{COOKIE}=" + "A" * 4000], "cookie_mismatch"),
+        ([f"{COOKIE}=\ud800NONCE"], "cookie_mismatch"),  # a lone surrogate crashed hashing (500)
+        ([f"{COOKIE}=NONCE\u00e9"], "cookie_mismatch"),
+        ([f"{COOKIE}=NONCE\x00"], "cookie_mismatch"),
     ],
-    ids=["none", "empty", "other-name", "foreign", "two-values", "suffixed", "huge"],
+    ids=[
+        "none",
+        "empty",
+        "other-name",
+        "foreign",
+        "two-values",
+        "suffixed",
+        "huge",
+        "surrogate",
+        "non-ascii",
+        "nul",
+    ],
 )
 def test_missing_empty_or_foreign_cookies_fail_closed(rig: Rig, cookies: list[str], reason: str) -> None:
     # Given a victim's approved authorization and an attacker's own (foreign) sign-in cookie
