@@ -144,6 +144,17 @@ def _page_params(spec: ListSpec, select: list[str], window: Window, lower: int |
     }
 
 
+@dataclass(frozen=True, slots=True)
+class ListHead:
+    """The first batch of a list read: its rows, the highest matching ID and the ID density it showed."""
+
+    rows: list[Row]
+    top: int | None  # highest matching ID when the batch ran; None when exhausted or unknown
+    exhausted: bool  # nothing matches after these rows
+    density: float  # rows per ID over the IDs the batch walked (1.0 when it walked none)
+    last: int  # the next read starts after this ID
+
+
 @dataclass(slots=True)
 class _Progress:
     last: int
@@ -327,6 +338,36 @@ class FastLister:
         rows = spec.rows_of(response.result)
         return spec.id_of(rows[0]) if rows else None
 
+    def read_head(
+        self,
+        portal: PortalContext,
+        method: str,
+        *,
+        select: Sequence[str] = (),
+        filter: Mapping[str, Any] | None = None,
+        after_id: int = 0,
+        before_id: int | None = None,
+        limit: int | None = None,
+        entity_type_id: int = 1,
+    ) -> ListHead:
+        """One request: up to 49 pages (at most `limit` rows) plus the highest matching ID."""
+        spec = list_spec(method, entity_type_id=entity_type_id)
+        window = make_window(spec, filter, after_id, before_id)
+        return self._head(portal, spec, _select_with_id(spec, select), window, limit)
+
+    def _head(
+        self, portal: PortalContext, spec: ListSpec, select: list[str], window: Window, limit: int | None
+    ) -> ListHead:
+        progress = _Progress(last=window.after)
+        top_command = {"top": (spec.method, _max_id_params(spec, window))}
+        rows, result = self.read_batch(
+            portal, spec, select, window, progress, max_rows=limit, extra=top_command
+        )
+        span_read = progress.last - window.after
+        density = min(1.0, progress.rows / span_read) if span_read > 0 else 1.0
+        top = None if progress.exhausted else self._top_of(spec, result)
+        return ListHead(rows, top, progress.exhausted, density, progress.last)
+
     def iter_list_parallel(
         self,
         portal: PortalContext,
@@ -344,16 +385,13 @@ class FastLister:
 
         The first request carries the highest matching ID and the first 49 pages at once; the ID
         density they show sizes the remaining windows to about one batch (2,500 rows) each, so a
-        dense range costs one request per ~2,500 rows and no probing of empty pages.
+        dense range costs one request per ~2,500 rows and no probing of empty pages. With a `limit`,
+        only the windows expected to hold the rows still wanted are read.
         """
         spec = list_spec(method, entity_type_id=entity_type_id)
         select_ = _select_with_id(spec, select)
         window = make_window(spec, filter, after_id, before_id)
-        first = _Progress(last=window.after)
-        top_command = {"top": (spec.method, _max_id_params(spec, window))}
-        rows, result = self.read_batch(
-            portal, spec, select_, window, first, max_rows=limit, extra=top_command
-        )
+        head = self._head(portal, spec, select_, window, limit)
         produced = 0
 
         def emit(page: list[Row]) -> Iterator[Row]:
@@ -364,17 +402,17 @@ class FastLister:
                 produced += 1
                 yield row
 
-        yield from emit(rows)
-        if first.exhausted or (limit is not None and produced >= limit):
+        yield from emit(head.rows)
+        if head.exhausted or (limit is not None and produced >= limit):
             return
-        top = self._top_of(spec, result)
-        if top is None or top <= first.last:
+        if head.top is None or head.top <= head.last:
             # Rows appeared during the read or the answer lacked `top`: finish sequentially.
-            rest = Window(first.last, window.before, window.base_filter)
+            rest = Window(head.last, window.before, window.base_filter)
             for page in self.iter_window(portal, spec, select_, rest):
                 yield from emit(page)
             return
-        windows = _split(first, window, top)
+        wanted = None if limit is None else limit - produced
+        windows, covered = _split(head.last, head.top, head.density, window.base_filter, wanted)
         yield from self._run_windows(
             portal,
             spec,
@@ -384,6 +422,11 @@ class FastLister:
             emit=emit,
             done=lambda: limit is not None and produced >= limit,
         )
+        if covered < head.top and limit is not None and produced < limit:
+            # The range was sparser than the first batch showed: finish sequentially after the windows.
+            rest = Window(covered, window.before, window.base_filter)
+            for page in self.iter_window(portal, spec, select_, rest, limit=limit - produced):
+                yield from emit(page)
 
     @staticmethod
     def _top_of(spec: ListSpec, result: BatchResult | None) -> int | None:
@@ -451,11 +494,18 @@ def _max_id_params(spec: ListSpec, window: Window) -> dict[str, Any]:
 _WINDOW_FILL = 0.98
 
 
-def _split(first: _Progress, window: Window, top: int) -> list[Window]:
-    """ID windows covering (first.last, top], each expected to hold at most one batch of rows."""
-    span_read = first.last - window.after
-    density = min(1.0, first.rows / span_read) if span_read > 0 else 1.0
+def _split(
+    after: int, top: int, density: float, base_filter: Mapping[str, Any], wanted: int | None
+) -> tuple[list[Window], int]:
+    """ID windows covering (after, top], each expected to hold at most one batch of rows.
+
+    With `wanted`, only the leading windows expected to hold that many rows (the last one trimmed):
+    a limited read must not fetch windows past its limit. Returns the windows and the last ID they cover.
+    """
+    density = max(density, 1e-6)
     batch_rows = PAGE_SIZE * MAX_CHAIN
     # At density 1 a window of 2,500 IDs holds exactly 2,500 rows; sparser ranges get wider windows.
-    size = max(batch_rows, math.floor(batch_rows * _WINDOW_FILL / max(density, 1e-6)))
-    return [Window(low, min(low + size, top) + 1, window.base_filter) for low in range(first.last, top, size)]
+    size = max(batch_rows, math.floor(batch_rows * _WINDOW_FILL / density))
+    end = top if wanted is None else min(top, after + math.ceil(wanted / density))
+    windows = [Window(low, min(low + size, end) + 1, base_filter) for low in range(after, end, size)]
+    return windows, end

@@ -335,3 +335,68 @@ def test_parallel_falls_back_to_sequential_without_a_top(fake_time: FakeTime) ->
     assert ids_of(rows) == dense(3_000)
     assert crm.requests == 2
     assert "top" not in crm.batches[1]
+
+
+# --- parallel reads stop at their limit --------------------------------------------------------------
+
+
+def _highest_upper_bound(crm: FakeCrm) -> int:
+    """The largest `<ID` bound any page of any batch asked for (how far up the ID line the reads went)."""
+    bounds = [
+        int(php_parse(command.partition("?")[2])["filter"].get("<ID", 0))
+        for batch in crm.batches
+        for key, command in batch.items()
+        if key != "top"
+    ]
+    return max(bounds)
+
+
+@pytest.mark.parametrize(
+    ("ids", "limit", "max_requests"),
+    [
+        (dense(100_000), 20_001, 9),  # LeadsFunction's largest page (+1 to know whether more follow)
+        (with_gaps(100_000), 20_001, 9),
+        (dense(100_000), 5_001, 3),
+        (dense(100_000), 2_451, 2),
+    ],
+)
+def test_parallel_reads_only_the_windows_its_limit_needs(
+    fake_time: FakeTime, ids: list[int], limit: int, max_requests: int
+) -> None:
+    # Given far more leads than the limit asks for
+    crm = FakeCrm(ids)
+    # When a limited parallel read runs (4 workers would keep 8 windows in flight)
+    rows = list(
+        lister_for(crm, fake_time).iter_list_parallel(make_portal(), "crm.lead.list", limit=limit, workers=4)
+    )
+    # Then it answers exactly the first `limit` rows in order
+    assert ids_of(rows) == ids[:limit]
+    # And reads no window past what the limit needs: one request per ~2,450 rows, pages to match
+    assert crm.requests <= max_requests
+    assert crm.pages <= limit / 50 + 2 * max_requests
+    assert _highest_upper_bound(crm) <= ids[limit - 1] + 2_500
+
+
+def test_parallel_limit_finishes_sequentially_when_the_range_thins_out(fake_time: FakeTime) -> None:
+    # Given a dense first batch (density 1 sizes the windows) and then one ID in ten
+    ids = dense(3_000) + list(range(3_010, 300_000, 10))
+    crm = FakeCrm(ids)
+    # When 10,000 rows are asked for: the planned windows hold fewer rows than expected
+    rows = list(
+        lister_for(crm, fake_time).iter_list_parallel(make_portal(), "crm.lead.list", limit=10_000, workers=4)
+    )
+    # Then the rest is read after the windows, still in order, and nothing past the limit is answered
+    assert ids_of(rows) == ids[:10_000]
+    assert crm.count_pages == 0
+
+
+def test_read_head_is_one_request_with_rows_top_and_density(fake_time: FakeTime) -> None:
+    crm = FakeCrm(list(range(2, 20_002, 2)))  # every other ID
+    lister = lister_for(crm, fake_time)
+    head = lister.read_head(make_portal(), "crm.lead.list", after_id=100, before_id=15_001, limit=1_000)
+    assert ids_of(head.rows) == list(range(102, 2_102, 2))
+    assert (head.top, head.last, head.exhausted) == (15_000, 2_100, False)
+    assert head.density == pytest.approx(0.5)
+    assert crm.requests == 1
+    end = lister.read_head(make_portal(), "crm.lead.list", after_id=19_900)
+    assert (len(end.rows), end.top, end.exhausted) == (50, None, True)
