@@ -87,6 +87,7 @@ def _every_caller_served(answers: list[Any]) -> None:
     assert spurious < len(answers)  # the refresh itself worked for its own caller at least
 
 
+@pytest.mark.filterwarnings("ignore:No application metrics to publish")  # threads share one metric set
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_concurrent_lead_reads_on_an_expired_token_refresh_once_threads(
     rig_factory: Callable[..., Rig], backend: str, one_metric_flush_at_a_time: None
@@ -236,7 +237,11 @@ def test_a_commit_that_keeps_failing_is_retried_then_rescued_and_applied(
     # parked on the rescue queue as ciphertext; the caller still got its page with the new token
     assert page.get("count") == 5, page
     assert rig.emulator.stats()["token_requests"] == 1
-    assert fault.seen >= 8, fault.seen
+    botocore_attempts = client.meta.config.retries["total_max_attempts"]
+    coordinator_attempts = _services.vault(get_settings()).policy.commit_attempts
+    assert botocore_attempts > 1
+    assert coordinator_attempts > 1
+    assert fault.seen == botocore_attempts * coordinator_attempts
     assert int(rig.portal()["version"]["N"]) == version  # type: ignore[index]
     bodies = rig.queue_bodies(rig.stack.rescue_queue_url)
     assert len(bodies) == 1

@@ -34,6 +34,7 @@ def _reason(answer: dict[str, Any]) -> str | None:
 # --- single use --------------------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:No application metrics to publish")  # threads share one metric set
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_concurrent_callbacks_with_one_state_exchange_the_code_exactly_once(
     rig_factory: Callable[..., Rig], backend: str, one_metric_flush_at_a_time: None
