@@ -6,20 +6,27 @@
         print(lead["ID"], lead["TITLE"])
 
 `fetch_leads` pages through cursors lazily (one Lambda invoke per page) and raises a typed LeadsError
-subclass for every error code of the contract (ARCHITECTURE.md section 2). See docs/leads-client.md.
+subclass for every error code of the contract (ARCHITECTURE.md section 2). With `parallel=K` it asks
+LeadsFunction to cut the ID range into K signed parts and reads them on K concurrent invocations, still
+yielding leads in ascending ID order. See docs/leads-client.md.
 """
 
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from mypy_boto3_lambda import LambdaClient
 
 DEFAULT_FUNCTION_NAME = "LeadsFunction"
+# LeadsFunction cuts a range into at most this many parts (leads.MAX_SPLIT).
+MAX_PARALLEL = 16
 
 
 class LeadsError(Exception):
@@ -77,10 +84,15 @@ _ERRORS: dict[str, type[LeadsError]] = {
 
 @dataclass(frozen=True, slots=True)
 class LeadsPage:
-    """One answer of LeadsFunction: the leads and the cursor of the next page (None at the end)."""
+    """One answer of LeadsFunction: the leads and the cursor of the next page (None at the end).
+
+    `split_cursors` (only when `split` was asked for) cut what `next_cursor` covers into consecutive
+    parts: follow either `next_cursor` or every one of them, never both.
+    """
 
     leads: list[dict[str, Any]]
     next_cursor: str | None
+    split_cursors: tuple[str, ...] = ()
 
 
 def _request(
@@ -91,6 +103,7 @@ def _request(
     filter: Mapping[str, Any] | None,  # Bitrix24's own parameter name
     limit: int | None,
     cursor: str | None,
+    split: int | None = None,
 ) -> dict[str, Any]:
     if (member_id is None) == (domain is None):
         raise ValueError("give exactly one of member_id or domain")
@@ -103,13 +116,18 @@ def _request(
         payload["limit"] = limit
     if cursor is not None:
         payload["cursor"] = cursor
+    if split is not None:
+        payload["split"] = split
     return payload
 
 
-def _default_lambda_client() -> LambdaClient:
+def _default_lambda_client(parallel: int = 1) -> LambdaClient:
     import boto3  # noqa: PLC0415 - only callers that pass no client pay for boto3
+    from botocore.config import Config  # noqa: PLC0415
 
-    client: LambdaClient = boto3.client("lambda")
+    # One pooled connection per concurrent invocation (botocore keeps 10 by default).
+    config = Config(max_pool_connections=max(10, parallel + 1))
+    client: LambdaClient = boto3.client("lambda", config=config)
     return client
 
 
@@ -123,10 +141,17 @@ def fetch_leads_page(
     cursor: str | None = None,
     function_name: str = DEFAULT_FUNCTION_NAME,
     lambda_client: LambdaClient | None = None,
+    split: int | None = None,
 ) -> LeadsPage:
     """Invoke LeadsFunction once and return one page; raise a LeadsError subclass on an error answer."""
     payload = _request(
-        member_id=member_id, domain=domain, select=select, filter=filter, limit=limit, cursor=cursor
+        member_id=member_id,
+        domain=domain,
+        select=select,
+        filter=filter,
+        limit=limit,
+        cursor=cursor,
+        split=split,
     )
     client = lambda_client or _default_lambda_client()
     response = client.invoke(
@@ -158,9 +183,15 @@ def parse_answer(answer: object) -> LeadsPage:
         raise _ERRORS.get(code, LeadsError)(message, code=code or None)
     leads = answer.get("leads")
     next_cursor = answer.get("next_cursor")
-    if not isinstance(leads, list) or not (next_cursor is None or isinstance(next_cursor, str)):
+    split_cursors = answer.get("split_cursors", [])
+    if (
+        not isinstance(leads, list)
+        or not (next_cursor is None or isinstance(next_cursor, str))
+        or not isinstance(split_cursors, list)
+        or not all(isinstance(part, str) for part in split_cursors)
+    ):
         raise InvocationError("the answer does not follow the LeadsFunction contract")
-    return LeadsPage(leads, next_cursor)
+    return LeadsPage(leads, next_cursor, tuple(split_cursors))
 
 
 def fetch_leads(
@@ -173,21 +204,76 @@ def fetch_leads(
     cursor: str | None = None,
     function_name: str = DEFAULT_FUNCTION_NAME,
     lambda_client: LambdaClient | None = None,
+    parallel: int = 1,
 ) -> Iterator[dict[str, Any]]:
-    """Yield every matching lead in ascending ID order, `limit` per invocation, following cursors."""
-    client = lambda_client or _default_lambda_client()
+    """Yield every matching lead in ascending ID order, `limit` per invocation, following cursors.
+
+    With `parallel` > 1 the first invocation also cuts the rest of the ID range into up to `parallel`
+    signed parts, which are read on that many concurrent invocations (each following its own cursors);
+    leads still come in ascending ID order, a part at a time. All invocations share the portal's request
+    budget inside LeadsFunction, so `parallel` buys latency, not a higher request rate.
+    """
+    if not 1 <= parallel <= MAX_PARALLEL:
+        raise ValueError(f"parallel must be between 1 and {MAX_PARALLEL}")
+    _request(member_id=member_id, domain=domain, select=select, filter=filter, limit=limit, cursor=cursor)
+    query: dict[str, Any] = {
+        "member_id": member_id,
+        "domain": domain,
+        "select": select,
+        "filter": filter,
+        "limit": limit,
+        "function_name": function_name,
+        "lambda_client": lambda_client,
+    }
+    return _leads(query, cursor, parallel)
+
+
+def _leads(query: dict[str, Any], cursor: str | None, parallel: int) -> Iterator[dict[str, Any]]:
+    """The generator behind fetch_leads: nothing is invoked before the first lead is asked for."""
+    query["lambda_client"] = query["lambda_client"] or _default_lambda_client(parallel)
+    if parallel == 1:
+        yield from _follow(query, cursor)
+        return
+    first = fetch_leads_page(**query, cursor=cursor, split=parallel)
+    yield from first.leads
+    if first.split_cursors:
+        yield from _read_parts(query, first.split_cursors, parallel)
+    elif first.next_cursor is not None:
+        yield from _follow(query, first.next_cursor)
+
+
+def _follow(query: Mapping[str, Any], cursor: str | None) -> Iterator[dict[str, Any]]:
+    """Leads from `cursor` on, one invocation per page."""
     while True:
-        page = fetch_leads_page(
-            member_id=member_id,
-            domain=domain,
-            select=select,
-            filter=filter,
-            limit=limit,
-            cursor=cursor,
-            function_name=function_name,
-            lambda_client=client,
-        )
+        page = fetch_leads_page(**query, cursor=cursor)
         yield from page.leads
         if page.next_cursor is None:
             return
         cursor = page.next_cursor
+
+
+def _read_parts(query: Mapping[str, Any], parts: Sequence[str], parallel: int) -> Iterator[dict[str, Any]]:
+    """Every part read on its own thread (at most `parallel` at once), yielded in part order."""
+    # Imported here: sequential callers do not pay for concurrent.futures.
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    def read(part: str) -> list[dict[str, Any]]:
+        return list(_follow(query, part))
+
+    pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="leads-part")
+    pending: deque[Future[list[dict[str, Any]]]] = deque()
+    upcoming = iter(parts)
+    try:
+        for part in upcoming:
+            pending.append(pool.submit(read, part))
+            if len(pending) >= parallel:
+                break
+        while pending:
+            rows = pending.popleft().result()
+            following = next(upcoming, None)
+            if following is not None:
+                pending.append(pool.submit(read, following))
+            yield from rows
+    finally:
+        # A failed part or a caller that stops early: start nothing new, let running invocations end.
+        pool.shutdown(wait=False, cancel_futures=True)

@@ -9,6 +9,9 @@ Contract (ARCHITECTURE.md section 2). Choices made here:
 - A page ends at `limit` rows or when the answer would pass MAX_ANSWER_BYTES, whichever comes first.
 - When a transient failure or the time budget stops a read after some rows, those rows are answered
   with a cursor instead of an error; the next call continues from there.
+- `split: K` (optional, additive) answers one batch of leads and, besides `next_cursor`, up to K signed
+  `split_cursors` that cut the rest of the ID range into consecutive parts (each but the last carrying
+  its upper bound inside the signature), so a caller can read them on K concurrent invocations.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
 import json
 import math
 import re
@@ -39,6 +43,7 @@ from b24connector.bitrix24.errors import (
     QueryLimitExceeded,
     TransientError,
 )
+from b24connector.bitrix24.listing import ListHead
 from b24connector.bitrix24.rest import PortalContext
 from b24connector.observability import count, logger
 from b24connector.vault.errors import PortalNotFound, ReauthRequired, TokenDecryptError, VaultError
@@ -57,13 +62,18 @@ MAX_FILTER_KEYS = 50
 MAX_FILTER_LIST = 500
 MAX_FILTER_TEXT = 1_000
 MAX_CURSOR_CHARS = 1_024
+MAX_SPLIT = 16
+# A split part is never planned below one batch of rows: smaller parts cost requests, not time.
+MIN_SPLIT_ROWS = 2_450
 
-_ALLOWED_KEYS = frozenset({"member_id", "domain", "select", "filter", "order", "limit", "cursor"})
+_ALLOWED_KEYS = frozenset({"member_id", "domain", "select", "filter", "order", "limit", "cursor", "split"})
 _MEMBER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _FIELD = re.compile(r"(?:[A-Za-z][A-Za-z0-9_]{0,63}|\*|UF_\*)\Z")
 # Bitrix24 filter keys: an optional operator prefix, then a field name (fact sheet 5.1).
 _FILTER_KEY = re.compile(r"(?P<op>>=|<=|!=|!%|!@|=%|%=|>|<|@|=|%|!)?(?P<field>[A-Za-z][A-Za-z0-9_]{0,63})\Z")
 _CURSOR_VERSION = 1
+# Version 2 carries an upper bound ("b"): a reader that ignored it would read past its part.
+_BOUNDED_CURSOR_VERSION = 2
 _CURSOR_LABEL = b"b24connector/leads-cursor/v1\n"
 
 INVALID_REQUEST = "INVALID_REQUEST"
@@ -103,6 +113,7 @@ class LeadsRequest:
     filter: Mapping[str, Any]
     limit: int
     cursor: str | None
+    split: int | None = None
 
     def query_digest(self) -> bytes:
         """A digest of everything that decides which rows match (not of the paging)."""
@@ -131,6 +142,7 @@ def parse_request(payload: object, normalize_domain: Callable[[str], str]) -> Le
         filter=_filter(payload.get("filter")),
         limit=_limit(payload.get("limit", DEFAULT_LIMIT)),
         cursor=_cursor_text(payload.get("cursor")),
+        split=_split_count(payload.get("split")),
     )
 
 
@@ -239,6 +251,14 @@ def _limit(value: object) -> int:
     return value
 
 
+def _split_count(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SPLIT:
+        raise _invalid(f"split must be an integer between 1 and {MAX_SPLIT}")
+    return value
+
+
 def _cursor_text(value: object) -> str | None:
     if value is None:
         return None
@@ -252,11 +272,12 @@ def _cursor_text(value: object) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class CursorPosition:
-    """Where the next page starts: after `last_id`, for this tenant and this query only."""
+    """Where the next page starts: after `last_id` (and below `before_id`), for this tenant and query only."""
 
     member_id: str
     query_digest: bytes
     last_id: int
+    before_id: int | None = None
 
 
 def _b64(data: bytes) -> str:
@@ -280,12 +301,14 @@ class CursorCodec:
 
     def encode(self, position: CursorPosition) -> str:
         """Sign a position."""
-        payload = {
+        payload: dict[str, Any] = {
             "v": _CURSOR_VERSION,
             "m": position.member_id,
             "q": _b64(position.query_digest),
             "a": position.last_id,
         }
+        if position.before_id is not None:
+            payload.update(v=_BOUNDED_CURSOR_VERSION, b=position.before_id)
         body = _b64(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("ascii"))
         return f"{body}.{_b64(self._mac(body))}"
 
@@ -301,17 +324,23 @@ class CursorCodec:
                 raise rejected
             payload = json.loads(_unb64(body))
             member_id, digest, last_id = payload["m"], _unb64(payload["q"]), payload["a"]
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            version, before_id = payload.get("v"), payload.get("b")
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError):
             raise rejected from None
+        bounded = version == _BOUNDED_CURSOR_VERSION
         if (
-            payload.get("v") != _CURSOR_VERSION
+            version not in (_CURSOR_VERSION, _BOUNDED_CURSOR_VERSION)
             or not isinstance(member_id, str)
-            or isinstance(last_id, bool)
-            or not isinstance(last_id, int)
-            or last_id < 0
+            or not _is_position(last_id)
+            or (bounded and not _is_position(before_id))
+            or (not bounded and before_id is not None)
         ):
             raise rejected
-        return CursorPosition(member_id, digest, last_id)
+        return CursorPosition(member_id, digest, last_id, before_id if bounded else None)
+
+
+def _is_position(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -346,6 +375,20 @@ class LeadLister(Protocol):
         limit: int | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Rows in ascending ID order, ID windows read on a few threads."""
+        ...
+
+    def read_head(
+        self,
+        portal: Any,
+        method: str,
+        *,
+        select: Sequence[str] = (),
+        filter: Mapping[str, Any] | None = None,  # Bitrix24's own parameter name
+        after_id: int = 0,
+        before_id: int | None = None,
+        limit: int | None = None,
+    ) -> ListHead:
+        """One request: the first batch of rows, the highest matching ID and the ID density."""
         ...
 
 
@@ -452,6 +495,18 @@ class VaultPortalOpener:
         count("PortalMoved")
 
 
+def split_points(last: int, top: int, density: float, parts: int) -> list[int]:
+    """Increasing IDs from `last` that cut (last, top] into at most `parts` ranges of similar row counts.
+
+    Part i holds the IDs in (points[i], points[i + 1]]; the last part is everything above points[-1].
+    Ranges are never planned below MIN_SPLIT_ROWS expected rows (each part costs a first batch).
+    """
+    span = top - last
+    expected = span * max(min(density, 1.0), 0.0)
+    count = max(1, min(parts, math.ceil(expected / MIN_SPLIT_ROWS), span))
+    return [last + (span * i) // count for i in range(count)]
+
+
 _REAUTH_ERRORS = (InvalidGrant, InvalidToken, NotInstalled, PaymentRequired, InvalidClient, PortalDeleted)
 _RATE_ERRORS = (QueryLimitExceeded, OperationTimeLimit, OverloadLimit)
 
@@ -504,10 +559,18 @@ class LeadsPage:
 
     leads: list[dict[str, Any]]
     next_cursor: str | None
+    split_cursors: list[str] | None = None  # only when the request asked for `split`
 
     def answer(self) -> dict[str, Any]:
-        """The success answer of the contract."""
-        return {"leads": self.leads, "count": len(self.leads), "next_cursor": self.next_cursor}
+        """The success answer of the contract (plus `split_cursors` when they were asked for)."""
+        answer: dict[str, Any] = {
+            "leads": self.leads,
+            "count": len(self.leads),
+            "next_cursor": self.next_cursor,
+        }
+        if self.split_cursors is not None:
+            answer["split_cursors"] = self.split_cursors
+        return answer
 
 
 class LeadsReader:
@@ -542,14 +605,67 @@ class LeadsReader:
         ):
             raise _invalid("cursor is not valid for this request")
         after_id = position.last_id if position is not None else 0
-        leads, more = self._collect(portal, request, after_id)
+        before_id = position.before_id if position is not None else None
+        if request.split is not None:
+            return self._read_split(portal, request, digest, (after_id, before_id), request.split)
+        leads, more = self._collect(portal, request, after_id, before_id)
         next_cursor = None
         if more and leads:
-            next_cursor = self._cursors.encode(CursorPosition(portal.member_id, digest, _row_id(leads[-1])))
+            last = _row_id(leads[-1])
+            next_cursor = self._cursors.encode(CursorPosition(portal.member_id, digest, last, before_id))
         return LeadsPage(leads, next_cursor)
 
+    def _read_split(
+        self,
+        portal: OpenPortal,
+        request: LeadsRequest,
+        digest: bytes,
+        bounds: tuple[int, int | None],
+        split: int,
+    ) -> LeadsPage:
+        """One batch of leads, `next_cursor` for the rest, and the rest cut into `split` signed parts."""
+        after_id, before_id = bounds
+        try:
+            head = self._lister.read_head(
+                portal.context,
+                LEAD_METHOD,
+                select=request.select,
+                filter=request.filter,
+                after_id=after_id,
+                before_id=before_id,
+                limit=request.limit,
+            )
+        except (Bitrix24Error, VaultError) as exc:
+            raise error_for(exc) from None
+        rows: list[dict[str, Any]] = []
+        size = 2
+        for row in head.rows:
+            size += row_bytes(row)
+            if size > self._max_answer_bytes:
+                if not rows:
+                    raise LeadsError(UPSTREAM_ERROR, "a single lead is larger than the answer limit")
+                break
+            _row_id(row)
+            rows.append(row)
+        cut = len(rows) < len(head.rows)
+        if head.exhausted and not cut:
+            return LeadsPage(rows, None, [])
+        last = _row_id(rows[-1]) if cut else head.last
+
+        def cursor(low: int, high: int | None) -> str:
+            return self._cursors.encode(CursorPosition(portal.member_id, digest, low, high))
+
+        next_cursor = cursor(last, before_id)
+        if head.top is None or head.top <= last:
+            return LeadsPage(rows, next_cursor, [])  # nothing known to split: follow next_cursor
+        points = split_points(last, head.top, head.density, split)
+        parts = [cursor(low, high + 1) for low, high in itertools.pairwise(points)]
+        # The last part stays open above the highest ID seen: leads created meanwhile are not lost.
+        parts.append(cursor(points[-1], before_id))
+        return LeadsPage(rows, next_cursor, parts)
+
     def _collect(
-        self, portal: OpenPortal, request: LeadsRequest, after_id: int
+        self, portal: OpenPortal, request: LeadsRequest, after_id: int, before_id: int | None
     ) -> tuple[list[dict[str, Any]], bool]:
         """(rows, whether more may follow). One extra row is asked for to know if the list ended."""
         iterate = (
@@ -564,6 +680,7 @@ class LeadsReader:
                 select=request.select,
                 filter=request.filter,
                 after_id=after_id,
+                before_id=before_id,
                 limit=request.limit + 1,
             ):
                 if len(rows) == request.limit:

@@ -50,7 +50,7 @@ def _export(plan: Plan) -> Section:
         "worker's). Our clients pace through a token bucket of the same 2/50 (the LeadsFunction "
         "path through the shared DynamoDB bucket).",
     )
-    workers = export.FANOUT + 2  # the fan-out client's concurrent invocations each need a worker
+    workers = export.PARALLEL + 1  # each concurrent invocation of the parallel export needs a worker
     with bench_stack(leads=max(plan.sizes), workers=workers, emulator_settings=EXPORT_EMULATOR) as bench:
         export.run(bench, section, plan.sizes, plan.runs, smoke=plan.smoke)
     return section

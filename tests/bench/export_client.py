@@ -1,7 +1,8 @@
 """One lead export in a fresh interpreter: `python -m tests.bench.export_client '<job json>'`.
 
-Clients: `leads_function` (our fetch_leads over the Lambda Invoke API of the local stack),
-`leads_function_fanout` (a prototype client invoking LeadsFunction on several ID ranges at once),
+Clients: `leads_function` (our fetch_leads over the Lambda Invoke API of the local stack, one
+invocation at a time), `leads_function_parallel` (fetch_leads(parallel=K): K signed ID-range parts read
+on K concurrent invocations),
 `ours_parallel` / `ours_sequential` (our FastLister in this process), `fast_bitrix24` (get_all),
 `b24pysdk` (as_list_fast). Every client materialises all rows, as an export does. The clock runs from
 just before the first request to the last row (imports and client construction excluded); peak
@@ -54,50 +55,31 @@ def _leads_function(job: dict[str, Any]) -> Callable[[], Rows]:
     return run
 
 
-def _leads_function_fanout(job: dict[str, Any]) -> Callable[[], Rows]:
-    """A prototype client (not in b24connector.client yet): several LeadsFunction invocations at once.
-
-    The contract gives no highest ID, so the first page (read as fetch_leads does) measures the ID
-    density; the rest of the ID line is cut into `fanout` bounded ranges of about one page each plus
-    an open-ended last range, all read concurrently (each following its own cursors). A guess that
-    overshoots costs an empty answer; one that undershoots leaves more for the open-ended range.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
+def _leads_function_parallel(job: dict[str, Any]) -> Callable[[], Rows]:
+    """`fetch_leads(parallel=K)`: the first invocation cuts the ID range into K signed parts, read at once."""
     import boto3
     from botocore.config import Config
 
-    from b24connector.client import fetch_leads, fetch_leads_page
+    from b24connector.client import fetch_leads
 
-    fanout = int(job["fanout"])
+    parallel = int(job["parallel"])
     client = boto3.client(
         "lambda",
         endpoint_url=job["lambda_endpoint_url"],
         region_name=job["region"],
-        config=Config(read_timeout=300, retries={"max_attempts": 1}, max_pool_connections=fanout + 2),
+        config=Config(read_timeout=300, retries={"max_attempts": 1}, max_pool_connections=parallel + 1),
     )
-    common = {"member_id": job["member_id"], "select": job["select"], "limit": job["page_limit"]}
-
-    def read(bounds: tuple[int, int | None]) -> Rows:
-        low, high = bounds
-        filter_: dict[str, int] = {">ID": low} if high is None else {">ID": low, "<=ID": high}
-        return list(fetch_leads(**common, filter=filter_, lambda_client=client))
 
     def run() -> Rows:
-        first = fetch_leads_page(**common, lambda_client=client)
-        rows = list(first.leads)
-        if first.next_cursor is None:
-            return rows
-        last = int(rows[-1]["ID"])
-        # Ranges a little under one page each, so a range rarely needs a second invocation.
-        step = max(1, int(last * 0.95))
-        starts = [last + i * step for i in range(fanout)]
-        ranges: list[tuple[int, int | None]] = [(a, a + step) for a in starts]
-        ranges.append((starts[-1] + step, None))
-        with ThreadPoolExecutor(max_workers=len(ranges)) as pool:
-            for part in pool.map(read, ranges):
-                rows.extend(part)
-        return rows
+        return list(
+            fetch_leads(
+                member_id=job["member_id"],
+                select=job["select"],
+                limit=job["page_limit"],
+                lambda_client=client,
+                parallel=parallel,
+            )
+        )
 
     return run
 
@@ -165,7 +147,7 @@ def main() -> int:
     kind = job["client"]
     builders: dict[str, Callable[[], Callable[[], Rows]]] = {
         "leads_function": lambda: _leads_function(job),
-        "leads_function_fanout": lambda: _leads_function_fanout(job),
+        "leads_function_parallel": lambda: _leads_function_parallel(job),
         "ours_parallel": lambda: _ours(job, parallel=True),
         "ours_sequential": lambda: _ours(job, parallel=False),
         "fast_bitrix24": lambda: _fast_bitrix24(job),

@@ -57,6 +57,18 @@ class BenchStack:
         """Invoke a function synchronously and return its decoded answer."""
         return self.stack.invoke(function, dict(payload))
 
+    def warm(self, function: str, payload: Mapping[str, Any], workers: int) -> None:
+        """Start `workers` workers of a function and give each one invocation (caches filled, as when warm)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        runtime = self.stack.runtimes[function]
+        started = [runtime._acquire() for _ in range(workers)]  # spawn them all before any call
+        for worker in started:
+            runtime._release(worker, discard=False)
+        # Held at once by `workers` concurrent calls, each idle worker takes one invocation.
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(lambda _: self.invoke(function, payload), range(workers)))
+
     def reset_pacing(self, key: str | None = None) -> None:
         """Forget the shared request budget of the portal (as the emulator's reset empties its bucket)."""
         self.client("dynamodb").delete_item(

@@ -63,7 +63,10 @@ def read_leads(event: Any, deadline: float) -> dict[str, Any]:
         count(f"Leads{exc.code.title().replace('_', '')}")
         return exc.answer()
     count("LeadsServed", len(page.leads))
-    logger.info("leads served", extra={"count": len(page.leads), "more": page.next_cursor is not None})
+    extra: dict[str, Any] = {"count": len(page.leads), "more": page.next_cursor is not None}
+    if page.split_cursors is not None:
+        extra["parts"] = len(page.split_cursors)
+    logger.info("leads served", extra=extra)
     return page.answer()
 
 

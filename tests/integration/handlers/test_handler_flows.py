@@ -311,6 +311,43 @@ def test_leads_filter_and_large_limits(connector: Connector, emulator: Emulator)
     assert page["next_cursor"] is None
 
 
+@pytest.mark.parametrize("emulator_config", [{"leads": 12_000, "seed": 7}])
+def test_split_parts_cover_every_lead_once(connector: Connector, emulator: Emulator) -> None:
+    # Given a portal with 12,000 leads
+    _install(connector, emulator)
+    ids = sorted(emulator.state.leads.ids())
+    # When the first page asks for three parts
+    first = connector.leads(member_id=emulator.member_id, select=["TITLE"], limit=20_000, split=3)
+    assert "error" not in first, first
+    parts = first["split_cursors"]
+    # Then it answers one batch, read in one REST request, and three signed parts
+    assert first["count"] == 2_450
+    assert len(parts) == 3
+    assert emulator.stats()["requests"] == 1
+    # And the parts, each followed on its own, hold every other lead exactly once, without COUNT pages
+    seen = [int(lead["ID"]) for lead in first["leads"]]
+    for part in parts:
+        cursor = part
+        while cursor is not None:
+            page = connector.leads(
+                member_id=emulator.member_id, select=["TITLE"], limit=20_000, cursor=cursor
+            )
+            assert "error" not in page, page
+            seen.extend(int(lead["ID"]) for lead in page["leads"])
+            cursor = page["next_cursor"]
+    assert seen == ids
+    stats = emulator.stats()
+    assert stats["count_queries"] == 0
+    assert stats["requests"] <= -(-len(ids) // 2_450) + len(parts)
+    # A part's upper bound is inside the signature: widening it is refused
+    body, _, mac = parts[0].partition(".")
+    decoded = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    decoded["b"] = ids[-1] + 1
+    widened = base64.urlsafe_b64encode(json.dumps(decoded).encode()).rstrip(b"=").decode()
+    answer = connector.leads(member_id=emulator.member_id, select=["TITLE"], cursor=f"{widened}.{mac}")
+    assert answer["error"]["code"] == "INVALID_REQUEST"
+
+
 def test_tampered_and_foreign_cursors_are_rejected(connector: Connector, emulator: Emulator) -> None:
     _install(connector, emulator)
     first = connector.leads(member_id=emulator.member_id, limit=10)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from typing import Any
 
 import pytest
 
 from b24connector import client
 from b24connector.client import fetch_leads, fetch_leads_page, parse_answer
+from b24connector.leads import CursorCodec, LeadsError, LeadsReader, parse_request
+from tests.unit.handlers.test_leads_use_case import KEY, FakeLister, FakePortals
 
 
 class FakeLambda:
@@ -111,3 +114,89 @@ def test_malformed_answers_raise_an_invocation_error(answer: Any) -> None:
 def test_exactly_one_portal_key(kwargs: dict[str, str]) -> None:
     with pytest.raises(ValueError, match="exactly one"):
         fetch_leads_page(lambda_client=FakeLambda([]), **kwargs)  # type: ignore[arg-type]
+
+
+# --- parallel export ---------------------------------------------------------------------------------
+
+
+class ReaderLambda:
+    """LeadsFunction in memory: every Invoke runs the real request parser and LeadsReader (thread-safe)."""
+
+    def __init__(self, rows: list[dict[str, Any]], *, fail_cursor_calls_after: int | None = None) -> None:
+        self.lister = FakeLister(rows)
+        self.reader = LeadsReader(
+            FakePortals({"m1": "one.bitrix24.com"}), self.lister, CursorCodec(lambda: KEY)
+        )
+        self.payloads: list[dict[str, Any]] = []
+        self.threads: set[str] = set()
+        self.fail_cursor_calls_after = fail_cursor_calls_after
+        self._lock = threading.Lock()
+
+    def invoke(self, **kwargs: Any) -> dict[str, Any]:
+        payload = json.loads(kwargs["Payload"])
+        with self._lock:
+            self.payloads.append(payload)
+            self.threads.add(threading.current_thread().name)
+            calls = len(self.payloads)
+        try:
+            if self.fail_cursor_calls_after is not None and calls > self.fail_cursor_calls_after:
+                raise LeadsError("RATE_LIMITED", "slow down")
+            answer = self.reader.read(parse_request(payload, str.lower)).answer()
+        except LeadsError as exc:
+            answer = exc.answer()
+        return {"StatusCode": 200, "Payload": io.BytesIO(json.dumps(answer).encode())}
+
+
+def test_parallel_export_reads_signed_parts_concurrently_in_id_order() -> None:
+    # Given 30,000 leads with gaps
+    rows = [{"ID": str(i), "TITLE": f"Lead {i}"} for i in range(1, 40_000) if i % 4]
+    fake = ReaderLambda(rows)
+    # When they are exported on four concurrent invocations of 5,000 leads
+    leads = list(
+        fetch_leads(member_id="m1", select=["TITLE"], limit=5_000, parallel=4, lambda_client=fake)  # type: ignore[arg-type]
+    )
+    # Then every lead arrives once, in ascending ID order
+    assert [lead["ID"] for lead in leads] == [row["ID"] for row in rows]
+    # The first invocation asked for four parts; every other one followed a signed cursor
+    first, *rest = fake.payloads
+    assert first == {"member_id": "m1", "select": ["TITLE"], "limit": 5_000, "split": 4}
+    assert rest
+    assert all(set(p) == {"member_id", "select", "limit", "cursor"} for p in rest)
+    assert len([t for t in fake.threads if t.startswith("leads-part")]) > 1
+
+
+def test_parallel_export_of_a_short_list_is_one_invocation() -> None:
+    fake = ReaderLambda([{"ID": str(i)} for i in range(1, 101)])
+    leads = list(fetch_leads(member_id="m1", limit=20_000, parallel=8, lambda_client=fake))  # type: ignore[arg-type]
+    assert len(leads) == 100
+    assert len(fake.payloads) == 1
+
+
+def test_parallel_export_falls_back_to_next_cursor_without_parts() -> None:
+    fake = FakeLambda(
+        [
+            {"leads": [{"ID": "1"}], "count": 1, "next_cursor": "c1", "split_cursors": []},
+            {"leads": [{"ID": "2"}], "count": 1, "next_cursor": None},
+        ]
+    )
+    leads = list(fetch_leads(member_id="m", parallel=4, lambda_client=fake))  # type: ignore[arg-type]
+    assert [lead["ID"] for lead in leads] == ["1", "2"]
+    assert fake.requests[1]["Payload"]["cursor"] == "c1"
+
+
+def test_a_failing_part_raises_its_typed_error() -> None:
+    rows = [{"ID": str(i)} for i in range(1, 20_001)]
+    fake = ReaderLambda(rows, fail_cursor_calls_after=2)
+    with pytest.raises(client.RateLimited):
+        list(fetch_leads(member_id="m1", limit=1_000, parallel=4, lambda_client=fake))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("parallel", [0, 17])
+def test_parallel_is_bounded(parallel: int) -> None:
+    with pytest.raises(ValueError, match="parallel"):
+        fetch_leads(member_id="m", parallel=parallel, lambda_client=FakeLambda([]))  # type: ignore[arg-type]
+
+
+def test_split_cursors_must_be_strings() -> None:
+    with pytest.raises(client.InvocationError):
+        parse_answer({"leads": [], "count": 0, "next_cursor": None, "split_cursors": [1]})

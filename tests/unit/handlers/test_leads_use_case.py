@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -17,8 +18,10 @@ from b24connector.bitrix24.errors import (
     QueryLimitExceeded,
     ServerError,
 )
+from b24connector.bitrix24.listing import ListHead
 from b24connector.leads import (
     MAX_LIMIT,
+    MAX_SPLIT,
     CursorCodec,
     CursorPosition,
     LeadsError,
@@ -27,11 +30,13 @@ from b24connector.leads import (
     OpenPortal,
     parse_request,
     row_bytes,
+    split_points,
 )
 from b24connector.portals import InvalidPortal
 from b24connector.vault.errors import PortalNotFound, ReauthRequired, RefreshUnavailable
 
 KEY = b"k" * 32
+HEAD_ROWS = 2_450
 
 
 def normalize(raw: str) -> str:
@@ -53,30 +58,48 @@ class FakeLister:
 
     def _iter(self, portal: Any, method: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
         self.calls.append({"portal": portal, "method": method, **kwargs})
+        for produced, row in enumerate(self._matching(kwargs)):
+            if self.fail_after is not None and produced >= self.fail_after:
+                assert self.error is not None
+                raise self.error
+            if kwargs.get("limit") is not None and produced >= kwargs["limit"]:
+                return
+            yield row
+        if self.error is not None and self.fail_after is None:
+            raise self.error
+
+    def _matching(self, kwargs: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         after = kwargs.get("after_id", 0)
         flt: Mapping[str, Any] = kwargs.get("filter") or {}
         if ">ID" in flt:
             after = max(after, int(flt[">ID"]))
-        before = int(flt["<ID"]) if "<ID" in flt else None
-        produced = 0
+        before = kwargs.get("before_id")
+        if "<ID" in flt:
+            before = int(flt["<ID"]) if before is None else min(before, int(flt["<ID"]))
         for row in self.rows:
             rid = int(row["ID"])
             if rid <= after or (before is not None and rid >= before):
                 continue
             if any(k not in {">ID", "<ID"} and row.get(k) != v for k, v in flt.items()):
                 continue
-            if self.fail_after is not None and produced >= self.fail_after:
-                assert self.error is not None
-                raise self.error
-            if kwargs.get("limit") is not None and produced >= kwargs["limit"]:
-                return
-            produced += 1
             yield row
-        if self.error is not None and self.fail_after is None:
-            raise self.error
 
     def iter_list(self, portal: Any, method: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
         return self._iter(portal, method, parallel=False, **kwargs)
+
+    def read_head(self, portal: Any, method: str, **kwargs: Any) -> ListHead:
+        """Like FastLister.read_head: one batch (at most 2,450 rows, at most `limit`) and the top ID."""
+        self.calls.append({"portal": portal, "method": method, "head": True, **kwargs})
+        if self.error is not None:
+            raise self.error
+        after = kwargs.get("after_id", 0)
+        matching = list(self._matching(kwargs))
+        head = matching[: min(kwargs.get("limit") or HEAD_ROWS, HEAD_ROWS)]
+        exhausted = len(head) == len(matching)
+        last = int(head[-1]["ID"]) if head else after
+        density = len(head) / (last - after) if last > after else 1.0
+        top = None if exhausted else int(matching[-1]["ID"])
+        return ListHead(head, top, exhausted, density, last)
 
     def iter_list_parallel(self, portal: Any, method: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
         return self._iter(portal, method, parallel=True, **kwargs)
@@ -154,6 +177,11 @@ def request(**payload: Any) -> LeadsRequest:
         {"member_id": "m1", "cursor": 5},
         {"member_id": "m1", "cursor": ""},
         {"member_id": "m1", "cursor": "x" * 2000},
+        {"member_id": "m1", "split": 0},
+        {"member_id": "m1", "split": MAX_SPLIT + 1},
+        {"member_id": "m1", "split": True},
+        {"member_id": "m1", "split": "4"},
+        {"member_id": "m1", "split": 2.0},
     ],
 )
 def test_malformed_requests_are_invalid_request(payload: object) -> None:
@@ -224,6 +252,48 @@ def test_edited_cursors_are_rejected(mangle: Any) -> None:
     with pytest.raises(LeadsError) as caught:
         codec.decode(mangle(cursor))
     assert caught.value.code == "INVALID_REQUEST"
+
+
+def test_a_bounded_cursor_round_trip() -> None:
+    codec = CursorCodec(lambda: KEY)
+    position = CursorPosition("m1", b"q" * 16, 42, before_id=5_001)
+    cursor = codec.encode(position)
+    assert codec.decode(cursor) == position
+    assert json.loads(base64.urlsafe_b64decode(cursor.partition(".")[0] + "==="))["v"] == 2
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda c: _tamper(c, b=10**9),  # widen the part
+        lambda c: _tamper(c, b=None),  # drop the bound
+        lambda c: _tamper(c, v=1),  # pass it off as an unbounded cursor
+    ],
+)
+def test_the_upper_bound_of_a_part_cannot_be_edited(mangle: Any) -> None:
+    codec = CursorCodec(lambda: KEY)
+    cursor = codec.encode(CursorPosition("m1", b"q" * 16, 42, before_id=5_001))
+    with pytest.raises(LeadsError) as caught:
+        codec.decode(mangle(cursor))
+    assert caught.value.code == "INVALID_REQUEST"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"v": 1, "m": "m1", "q": "cXFxcXFxcXFxcXFxcXFxcQ", "a": 1, "b": 9},  # a bound the version denies
+        {"v": 2, "m": "m1", "q": "cXFxcXFxcXFxcXFxcXFxcQ", "a": 1},  # a bounded version without a bound
+        {"v": 2, "m": "m1", "q": "cXFxcXFxcXFxcXFxcXFxcQ", "a": 1, "b": -1},
+        {"v": 2, "m": "m1", "q": "cXFxcXFxcXFxcXFxcXFxcQ", "a": 1, "b": True},
+        {"v": 3, "m": "m1", "q": "cXFxcXFxcXFxcXFxcXFxcQ", "a": 1},
+    ],
+)
+def test_correctly_signed_but_inconsistent_cursors_are_rejected(payload: dict[str, Any]) -> None:
+    codec = CursorCodec(lambda: KEY)
+    body = base64.urlsafe_b64encode(json.dumps(payload).encode()).rstrip(b"=").decode()
+    mac = base64.urlsafe_b64encode(codec._mac(body)).rstrip(b"=").decode()
+    with pytest.raises(LeadsError):
+        codec.decode(f"{body}.{mac}")
 
 
 def test_a_cursor_signed_with_another_key_is_rejected() -> None:
@@ -416,3 +486,119 @@ def test_rows_without_an_id_are_an_upstream_error() -> None:
     with pytest.raises(LeadsError) as caught:
         service.read(request(member_id="m1"))
     assert caught.value.code == "UPSTREAM_ERROR"
+
+
+# --- split: signed parts for concurrent readers -----------------------------------------------------
+
+
+def _follow(service: LeadsReader, cursor: str | None, **payload: Any) -> list[str]:
+    seen: list[str] = []
+    while cursor is not None:
+        page = service.read(request(**payload, cursor=cursor))
+        seen.extend(row["ID"] for row in page.leads)
+        cursor = page.next_cursor
+    return seen
+
+
+def test_split_answers_one_batch_and_parts_that_cover_the_rest_exactly() -> None:
+    # Given 30,000 leads with every third ID missing
+    rows = [row for row in leads(45_000) if int(row["ID"]) % 3]
+    service, lister, _ = reader(rows)
+    # When the first page asks for four parts
+    page = service.read(request(member_id="m1", limit=MAX_LIMIT, split=4))
+    # Then it holds one batch, read with one head request, and four signed parts
+    assert len(page.leads) == HEAD_ROWS
+    assert [call.get("head") for call in lister.calls] == [True]
+    assert page.split_cursors is not None
+    assert len(page.split_cursors) == 4
+    answer = page.answer()
+    assert set(answer) == {"leads", "count", "next_cursor", "split_cursors"}
+    codec = CursorCodec(lambda: KEY)
+    positions = [codec.decode(c) for c in page.split_cursors]
+    # consecutive: each part starts where the previous one ends; the last one stays open
+    assert positions[0].last_id == int(page.leads[-1]["ID"])
+    for left, right in itertools.pairwise(positions):
+        assert left.before_id == right.last_id + 1
+    assert positions[-1].before_id is None
+    # And reading every part (as concurrent invocations would) yields each remaining lead once
+    parts = [_follow(service, c, member_id="m1", limit=3_000) for c in page.split_cursors]
+    assert all(3_000 <= len(part) <= 8_000 for part in parts)
+    seen = [row["ID"] for row in page.leads] + [i for part in parts for i in part]
+    assert seen == [row["ID"] for row in rows]
+    # as does following next_cursor instead
+    assert _follow(service, page.next_cursor, member_id="m1", limit=MAX_LIMIT) == seen[HEAD_ROWS:]
+
+
+def test_a_part_keeps_its_bound_from_page_to_page() -> None:
+    service, lister, _ = reader(leads(20_000))
+    page = service.read(request(member_id="m1", limit=MAX_LIMIT, split=2))
+    assert page.split_cursors is not None
+    first_part = page.split_cursors[0]
+    bound = CursorCodec(lambda: KEY).decode(first_part).before_id
+    assert bound is not None
+    part_page = service.read(request(member_id="m1", limit=100, cursor=first_part))
+    assert lister.calls[-1]["before_id"] == bound
+    assert part_page.next_cursor is not None
+    assert CursorCodec(lambda: KEY).decode(part_page.next_cursor).before_id == bound
+    assert "split_cursors" not in part_page.answer()
+
+
+def test_a_part_is_bound_to_its_tenant_and_query() -> None:
+    service, _, _ = reader(leads(20_000))
+    page = service.read(request(member_id="m1", limit=MAX_LIMIT, split=2, filter={"<ID": 19_000}))
+    assert page.split_cursors
+    part = page.split_cursors[0]
+    for other in ({"member_id": "m2"}, {"member_id": "m1", "filter": {"<ID": 20_001}}):
+        with pytest.raises(LeadsError) as caught:
+            service.read(request(**other, cursor=part))
+        assert caught.value.code == "INVALID_REQUEST"
+
+
+def test_split_of_a_short_list_ends_without_cursors() -> None:
+    service, _, _ = reader(leads(100))
+    page = service.read(request(member_id="m1", limit=MAX_LIMIT, split=8))
+    assert len(page.leads) == 100
+    assert (page.next_cursor, page.split_cursors) == (None, [])
+    assert page.answer()["split_cursors"] == []
+
+
+def test_split_never_plans_parts_below_one_batch() -> None:
+    service, _, _ = reader(leads(7_000))
+    page = service.read(request(member_id="m1", limit=MAX_LIMIT, split=16))
+    assert page.split_cursors is not None
+    assert len(page.split_cursors) == 2  # 4,550 leads left: two parts, not sixteen
+
+
+def test_split_honours_a_small_limit_and_the_size_cap() -> None:
+    service, _, _ = reader(leads(10_000, NOTE="x" * 100), max_answer_bytes=20_000)
+    page = service.read(request(member_id="m1", limit=500, split=3))
+    assert 0 < len(page.leads) < 500
+    assert sum(row_bytes(r) for r in page.leads) <= 20_000
+    assert page.split_cursors is not None
+    seen = [row["ID"] for row in page.leads]
+    for part in page.split_cursors:
+        seen += _follow(service, part, member_id="m1", limit=MAX_LIMIT)
+    assert seen == [str(i) for i in range(1, 10_001)]
+
+
+def test_split_failures_are_the_contract_errors() -> None:
+    lister = FakeLister(leads(5), error=QueryLimitExceeded("QUERY_LIMIT_EXCEEDED", http_status=503))
+    service = LeadsReader(FakePortals({"m1": "one.bitrix24.com"}), lister, CursorCodec(lambda: KEY))
+    with pytest.raises(LeadsError) as caught:
+        service.read(request(member_id="m1", split=2))
+    assert caught.value.code == "RATE_LIMITED"
+
+
+@pytest.mark.parametrize(
+    ("last", "top", "density", "parts", "points"),
+    [
+        (0, 100_000, 1.0, 4, [0, 25_000, 50_000, 75_000]),
+        (1_000, 101_000, 0.5, 4, [1_000, 26_000, 51_000, 76_000]),
+        (0, 5_000, 1.0, 8, [0, 1_666, 3_333]),  # 5,000 rows: three parts of at least a batch
+        (0, 100_000, 0.01, 8, [0]),  # 1,000 rows: one part
+        (10, 13, 1.0, 16, [10]),
+        (0, 100_000, 1.0, 1, [0]),
+    ],
+)
+def test_split_points(last: int, top: int, density: float, parts: int, points: list[int]) -> None:
+    assert split_points(last, top, density, parts) == points
