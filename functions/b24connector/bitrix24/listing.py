@@ -366,6 +366,10 @@ class FastLister:
         span_read = progress.last - window.after
         density = min(1.0, progress.rows / span_read) if span_read > 0 else 1.0
         top = None if progress.exhausted else self._top_of(spec, result)
+        if limit is not None and len(rows) > limit:
+            # Whole pages came back; rows past the limit are read again by whoever continues.
+            rows = rows[:limit]
+            return ListHead(rows, top, False, density, spec.id_of(rows[-1]) if rows else window.after)
         return ListHead(rows, top, progress.exhausted, density, progress.last)
 
     def iter_list_parallel(

@@ -400,3 +400,11 @@ def test_read_head_is_one_request_with_rows_top_and_density(fake_time: FakeTime)
     assert crm.requests == 1
     end = lister.read_head(make_portal(), "crm.lead.list", after_id=19_900)
     assert (len(end.rows), end.top, end.exhausted) == (50, None, True)
+
+
+def test_read_head_answers_at_most_its_limit(fake_time: FakeTime) -> None:
+    crm = FakeCrm(dense(1_000))
+    head = lister_for(crm, fake_time).read_head(make_portal(), "crm.lead.list", limit=7)
+    # A whole page came back; the head keeps 7 rows and continues after the 7th
+    assert ids_of(head.rows) == list(range(1, 8))
+    assert (head.last, head.exhausted, head.top) == (7, False, 1_000)
