@@ -22,7 +22,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from b24connector.bitrix24.errors import (
     Bitrix24Error,
@@ -30,12 +30,15 @@ from b24connector.bitrix24.errors import (
     TransientError,
     UnsafeEndpoint,
 )
-from b24connector.bitrix24.oauth import AppInfo
 from b24connector.bitrix24.tokens import TokenSet
 from b24connector.portals import InvalidPortal, PortalPolicy
 from b24connector.problems import forbidden, invalid, unavailable
 from b24connector.vault.errors import VaultUnavailable
 from b24connector.vault.store import hash_secret
+
+if TYPE_CHECKING:
+    # Annotations only: the OAuth client module loads requests, which the handler wires on first use.
+    from b24connector.bitrix24.oauth import AppInfo
 
 _MEMBER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _OPAQUE = re.compile(r"[\x21-\x7e]{1,512}\Z")  # tokens: printable ASCII without spaces

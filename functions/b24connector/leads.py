@@ -26,7 +26,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from b24connector.bitrix24.errors import (
     Bitrix24Error,
@@ -43,12 +43,13 @@ from b24connector.bitrix24.errors import (
     QueryLimitExceeded,
     TransientError,
 )
-from b24connector.bitrix24.listing import ListHead
-from b24connector.bitrix24.rest import PortalContext
 from b24connector.observability import count, logger
 from b24connector.vault.errors import PortalNotFound, ReauthRequired, TokenDecryptError, VaultError
 from b24connector.vault.refresh import RefreshCoordinator
 from b24connector.vault.store import PortalStore
+
+if TYPE_CHECKING:
+    from b24connector.bitrix24.listing import ListHead
 
 LEAD_METHOD = "crm.lead.list"
 DEFAULT_LIMIT = 1000
@@ -455,6 +456,9 @@ class VaultPortalOpener:
 
         def moved(domain: str, client_endpoint: str) -> None:
             self._record_move(portal_id, domain, client_endpoint)
+
+        # Imported on the first read, not with the handler: the REST client loads requests.
+        from b24connector.bitrix24.rest import PortalContext  # noqa: PLC0415
 
         access_token = tokens.access_token
         if tokens.access_expired():

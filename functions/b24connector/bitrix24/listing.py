@@ -24,10 +24,12 @@ from b24connector.bitrix24.errors import (
     RestError,
     TransientError,
 )
-from b24connector.bitrix24.rest import PortalContext, RestClient
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
+
+    # Annotations only: the REST client module loads requests, which the caller brings anyway.
+    from b24connector.bitrix24.rest import PortalContext, RestClient
 
 PAGE_SIZE = 50
 MAX_CHAIN = 50

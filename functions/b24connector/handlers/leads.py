@@ -6,10 +6,6 @@ import time
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from b24connector import credentials
-from b24connector.bitrix24.listing import FastLister
-from b24connector.bitrix24.rest import RestClient
-from b24connector.bitrix24.transport import shared_session
 from b24connector.handlers import _services
 from b24connector.leads import (
     UPSTREAM_ERROR,
@@ -22,7 +18,6 @@ from b24connector.leads import (
 from b24connector.observability import count, logger, metrics
 from b24connector.problems import safe_traceback
 from b24connector.settings import Settings, get_settings
-from b24connector.vault.rate_limit import portal_pacer
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -39,6 +34,14 @@ def _pacing_fell_back(reason: str) -> None:
 @cache
 def reader(conf: Settings) -> LeadsReader:
     """The leads use case, wired once per container."""
+    # Imported on the first invocation: the REST client and the secret reader load requests and the
+    # Powertools parameters utility, which invalid requests and other handlers never need.
+    from b24connector import credentials  # noqa: PLC0415
+    from b24connector.bitrix24.listing import FastLister  # noqa: PLC0415
+    from b24connector.bitrix24.rest import RestClient  # noqa: PLC0415
+    from b24connector.bitrix24.transport import shared_session  # noqa: PLC0415
+    from b24connector.vault.rate_limit import portal_pacer  # noqa: PLC0415
+
     store = _services.vault(conf).portals
     # Concurrent instances share the portal's request budget through the RateLimitTable (RATE_LIMIT_SHARED).
     pacer = portal_pacer(

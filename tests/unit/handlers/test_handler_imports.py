@@ -1,0 +1,64 @@
+"""Cold start: what importing a handler loads, and what is left for the first use that needs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from b24connector.bitrix24.tokens import TokenSet
+from b24connector.handlers import _services
+from b24connector.settings import get_settings
+from tests.unit.handlers.test_handlers import ENV
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+HANDLERS = ("authorize", "callback", "install", "leads", "refresh_sweep", "refresh_worker", "token_rescue")
+# Loaded by the first use that talks to Bitrix24, never by the import.
+DEFERRED = ("requests", "b24connector.bitrix24.oauth", "b24connector.bitrix24.rest")
+
+
+@pytest.mark.parametrize("handler", HANDLERS)
+def test_importing_a_handler_leaves_http_clients_for_first_use(handler: str) -> None:
+    probe = (
+        f"import sys, b24connector.handlers.{handler};"
+        f"print(sorted(m for m in {DEFERRED!r} if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-P", "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO_ROOT,
+        env={"PYTHONPATH": "functions", "PATH": "/usr/bin:/bin", "AWS_DEFAULT_REGION": "eu-central-1"},
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_coordinator_builds_the_oauth_client_only_when_a_refresh_happens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    conf = get_settings()
+    built: list[Any] = []
+
+    class Server:
+        def refresh(self, refresh_token: str, *, server_hint: str | None = None) -> TokenSet:
+            built.append((refresh_token, server_hint))
+            raise RuntimeError("stop here")
+
+    def oauth_client(settings: Any) -> Server:
+        assert settings is conf
+        return Server()
+
+    monkeypatch.setattr(_services, "oauth_client", oauth_client)
+    refresher = _services.OnDemandRefresher(conf)
+    assert built == []
+    with pytest.raises(RuntimeError, match="stop here"):
+        refresher.refresh("r1", server_hint="https://oauth.bitrix24.tech")
+    assert built == [("r1", "https://oauth.bitrix24.tech")]
+    get_settings.cache_clear()
