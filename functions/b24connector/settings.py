@@ -51,6 +51,7 @@ class Settings:
     install_finish_script_url: str
     rate_limit_per_second: float
     rate_limit_burst: int
+    rate_limit_shared: bool  # pace a portal's requests through the RateLimitTable (all instances share)
     operating_limit_seconds: float
     http_timeout_seconds: float
     local_mode: bool  # allows plain http to loopback hosts (the local stack); never on in AWS
@@ -146,6 +147,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         rate_limit_per_second=read.get("RATE_LIMIT_PER_SECOND", _positive(float), "2"),
         rate_limit_burst=read.get("RATE_LIMIT_BURST", _positive(int), "50"),
+        rate_limit_shared=read.get("RATE_LIMIT_SHARED", _bool, "true"),
         operating_limit_seconds=read.get("OPERATING_LIMIT_SECONDS", _positive(float), "480"),
         http_timeout_seconds=read.get("HTTP_TIMEOUT_SECONDS", _positive(float), "10"),
         local_mode=read.get("LOCAL_MODE", _bool, "false"),

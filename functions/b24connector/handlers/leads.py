@@ -26,11 +26,6 @@ if TYPE_CHECKING:
 ANSWER_RESERVE_SECONDS = 3.0
 
 
-def _pacing_fell_back(reason: str) -> None:
-    logger.warning("shared pacing unavailable; pacing locally", extra={"reason": reason})
-    count("PacingFallback")
-
-
 @cache
 def reader(conf: Settings) -> LeadsReader:
     """The leads use case, wired once per container."""
@@ -38,15 +33,20 @@ def reader(conf: Settings) -> LeadsReader:
     # Powertools parameters utility, which invalid requests and other handlers never need.
     from b24connector import credentials  # noqa: PLC0415
     from b24connector.bitrix24.listing import FastLister  # noqa: PLC0415
+    from b24connector.bitrix24.pacing import LocalTokenBucket, Pacer  # noqa: PLC0415
     from b24connector.bitrix24.rest import RestClient  # noqa: PLC0415
     from b24connector.bitrix24.transport import shared_session  # noqa: PLC0415
-    from b24connector.vault.rate_limit import portal_pacer  # noqa: PLC0415
+    from b24connector.vault.rate_limit import DynamoTokenBucket  # noqa: PLC0415
 
     store = _services.vault(conf).portals
-    # Concurrent instances share the portal's request budget through the RateLimitTable (RATE_LIMIT_SHARED).
-    pacer = portal_pacer(
-        conf, on_fallback=lambda reason: logger.warning("shared pacing off", extra={"reason": reason})
-    )
+    pacer: Pacer
+    if conf.rate_limit_shared:
+        # Concurrent instances share the portal's request budget through the RateLimitTable.
+        pacer = DynamoTokenBucket.from_settings(
+            conf, on_fallback=lambda reason: logger.warning("shared pacing off", extra={"reason": reason})
+        )
+    else:
+        pacer = LocalTokenBucket(conf.rate_limit_per_second, conf.rate_limit_burst)
     rest = RestClient.from_settings(conf, session=shared_session(), pacer=pacer)
     return LeadsReader(
         VaultPortalOpener(store, _services.coordinator(conf)),

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from b24connector.bitrix24.tokens import TokenSet
-from b24connector.handlers import _services
-from b24connector.settings import get_settings
+from b24connector.handlers import _services, leads
+from b24connector.settings import ConfigError, get_settings, load_settings
 from tests.unit.handlers.test_handlers import ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -62,3 +62,28 @@ def test_the_coordinator_builds_the_oauth_client_only_when_a_refresh_happens(
         refresher.refresh("r1", server_hint="https://oauth.bitrix24.tech")
     assert built == [("r1", "https://oauth.bitrix24.tech")]
     get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("value", "pacer_type"),
+    [(None, "DynamoTokenBucket"), ("true", "DynamoTokenBucket"), ("false", "LocalTokenBucket")],
+)
+def test_leads_paces_through_the_shared_bucket_unless_rate_limit_shared_is_off(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, pacer_type: str
+) -> None:
+    env = {**ENV, "AWS_DEFAULT_REGION": "eu-central-1"}
+    if value is not None:
+        env["RATE_LIMIT_SHARED"] = value
+    monkeypatch.delenv("RATE_LIMIT_SHARED", raising=False)
+    for name, item in env.items():
+        monkeypatch.setenv(name, item)
+    get_settings.cache_clear()
+    conf = get_settings()
+    assert conf.rate_limit_shared is (value != "false")
+    # Wiring builds clients but calls nothing: no AWS or Bitrix24 request is made here.
+    built = leads.reader(conf)
+    assert type(built._lister.client.pacer).__name__ == pacer_type  # type: ignore[attr-defined]
+    leads.reader.cache_clear()
+    get_settings.cache_clear()
+    with pytest.raises(ConfigError, match="RATE_LIMIT_SHARED"):
+        load_settings({**ENV, "RATE_LIMIT_SHARED": "maybe"})
