@@ -24,6 +24,7 @@ from b24connector.vault.models import aws_region, bind_portal_model
 from b24connector.vault.refresh import RefreshCoordinator, RefreshPolicy, TokenRefresher
 from b24connector.vault.rescue import SqsRescueQueue
 from b24connector.vault.store import PortalStore
+from tests.support.vault_fakes import FakeClock
 
 
 @dataclass
@@ -68,20 +69,29 @@ class Rig:
             **extra,
         )
 
-    def worker(self) -> Worker:
-        """A fresh worker (new cipher cache, shared KMS client and table connection)."""
+    def worker(self, *, clock: FakeClock | None = None, policy: RefreshPolicy | None = None) -> Worker:
+        """A fresh worker (new cipher cache, shared KMS client and table connection).
+
+        With `clock`, the worker's store and coordinator read time from it and its waits advance it
+        instead of sleeping (no jitter), so a test decides when leases expire, not the machine's load.
+        """
         cipher = TokenCipher(self.settings.token_key_id, kms_client=self.kms_client)
+        timing: dict[str, Any] = {}
+        if clock is not None:
+            timing = {"clock": clock, "sleep": clock.sleep, "jitter": lambda: 1.0}
         store = PortalStore(
             bind_portal_model(self.settings.portals_table, aws_region()),
             cipher,
             refresh_after_days=self.settings.refresh_after_days,
             due_index_shards=self.settings.due_index_shards,
+            **({"clock": clock} if clock is not None else {}),
         )
         refresher: TokenRefresher = self.oauth
         if self.refresher_wrapper is not None:
             refresher = self.refresher_wrapper(refresher)
         rescue = SqsRescueQueue(self.settings.rescue_queue_url)
-        return Worker(store, RefreshCoordinator(store, refresher, rescue, policy=self.policy))
+        coordinator = RefreshCoordinator(store, refresher, rescue, policy=policy or self.policy, **timing)
+        return Worker(store, coordinator)
 
 
 def _policy_fields(policy: RefreshPolicy) -> dict[str, Any]:
@@ -90,7 +100,7 @@ def _policy_fields(policy: RefreshPolicy) -> dict[str, Any]:
 
 def access_token_works(client_endpoint: str, access_token: str) -> bool:
     """True when the portal accepts the token for a REST call (app.info)."""
-    answer = requests.post(f"{client_endpoint}app.info", data={"auth": access_token}, timeout=10)
+    answer = requests.post(f"{client_endpoint}app.info", data={"auth": access_token}, timeout=60)
     return answer.status_code == 200 and "result" in answer.json()
 
 
@@ -138,6 +148,11 @@ def refresher_process(
     policy: dict[str, Any] | None = None,
 ) -> None:
     """Child-process entry: `threads` callers; mode "die_after_refresh"/"die_before_refresh" crashes hard."""
+    # A forkserver child starts with the environment the forkserver had when it started (some earlier
+    # test's), not this test's: drop endpoint overrides this stack does not set, or a stale
+    # AWS_ENDPOINT_URL_DYNAMODB would send this child's DynamoDB calls to another test's server.
+    for name in [n for n in os.environ if n.startswith("AWS_ENDPOINT_URL") and n not in env]:
+        del os.environ[name]
     os.environ.update(env)
     rig = Rig.from_env(env, client_secret, **(policy or {}))
     if mode != "normal":

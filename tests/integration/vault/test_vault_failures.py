@@ -11,8 +11,11 @@ What happens when a refreshed pair is lost for good (documented by these tests):
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +35,7 @@ from b24connector.vault.models import HEALTH_ACTIVE, HEALTH_NEEDS_REAUTH, bind_s
 from b24connector.vault.refresh import RescueOutcome, TokenRefresher
 from b24connector.vault.store import StateStore
 from tests.integration.vault.conftest import BACKENDS, Scene
+from tests.support.vault_fakes import FakeClock
 from tests.support.vault_rig import Rig, access_token_works, process_context, refresher_process
 
 
@@ -99,7 +103,16 @@ def test_rescue_queue_down_too_flags_the_portal(
     assert _metric(metrics_capture, "TokenRescueFailed") == 1
 
 
-def _crash_in_child(scene: Scene, mode: str, lease_seconds: float) -> int:
+# The dead worker's lease: long enough that it is surely still held when the next worker starts, however
+# loaded the machine is (the next worker's clock is a FakeClock, so waiting it out costs no real time).
+DEAD_LEASE_SECONDS = 300.0
+# The next worker polls the dead lease with bounded backoff and gives up only well after it expired.
+TAKEOVER_POLICY = {"max_wait_seconds": 2 * DEAD_LEASE_SECONDS, "poll_max_seconds": 30.0}
+CHILD_EXIT_TIMEOUT = 300.0  # a cold spawned interpreter under heavy load; bounded, and fails loudly
+
+
+def _crash_in_child(scene: Scene, mode: str) -> None:
+    """Run one refresher in a spawned process that takes the lease and dies (exit code 17)."""
     ctx = process_context()
     go, results = ctx.Event(), ctx.Queue()
     child = ctx.Process(
@@ -113,27 +126,60 @@ def _crash_in_child(scene: Scene, mode: str, lease_seconds: float) -> int:
             "go": go,
             "results": results,
             "mode": mode,
-            "policy": {"lease_seconds": lease_seconds},
+            "policy": {"lease_seconds": DEAD_LEASE_SECONDS},
         },
     )
     child.start()
     go.set()
-    child.join(60)
-    return int(child.exitcode or 0)
+    child.join(CHILD_EXIT_TIMEOUT)
+    if child.is_alive():
+        child.kill()
+        child.join(10)
+        pytest.fail(f"the refresher process did not finish within {CHILD_EXIT_TIMEOUT:.0f} s")
+    if child.exitcode != 17:
+        # It ended without dying in the token call: say how (its callers' outcomes), not just "0 != 17".
+        try:
+            outcome = results.get(timeout=10)
+        except queue.Empty:
+            outcome = None
+        pytest.fail(f"the refresher process exited with {child.exitcode}, outcomes {outcome}")
+
+
+def _next_worker(scene: Scene, dead_lease_until: float) -> tuple[Any, FakeClock]:
+    """Another container's worker whose clock starts now and moves only when it waits."""
+    clock = FakeClock(time.time())
+    assert clock() < dead_lease_until  # the dead worker's lease is still running when it starts
+    policy = dataclasses.replace(scene.rig.policy, **TAKEOVER_POLICY)
+    return scene.rig.worker(clock=clock, policy=policy), clock
+
+
+def _dead_lease(scene: Scene) -> float:
+    stored = scene.stored()
+    assert stored.lease_owner is not None  # it died holding the lease
+    assert stored.lease_expires_at is not None
+    return stored.lease_expires_at
 
 
 @pytest.mark.slow
 def test_worker_dying_with_the_lease_before_the_token_call_is_taken_over(
     scene_factory: Callable[..., Scene],
 ) -> None:
-    scene = scene_factory("moto", max_wait_seconds=10)
+    # Given a worker process that took the refresh lease and died before calling the token endpoint
+    scene = scene_factory("moto")
     calls = scene.token_requests()
-    assert _crash_in_child(scene, "die_before_refresh", lease_seconds=1.0) == 17
-    assert scene.stored().lease_owner is not None  # it died holding the lease
-    fresh = scene.rig.worker().coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
+    _crash_in_child(scene, "die_before_refresh")
+    dead_until = _dead_lease(scene)
+    # When another worker needs a fresh pair
+    worker, clock = _next_worker(scene, dead_until)
+    fresh = worker.coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
+    # Then it waited for the dead lease to expire (never took it over early), then refreshed once
+    assert clock() > dead_until
+    stored = scene.stored()
+    assert stored.last_refresh_attempt_at is not None
+    assert stored.last_refresh_attempt_at > dead_until
     assert access_token_works(scene.grant.client_endpoint, fresh.access_token)
     assert scene.token_requests() - calls == 1
-    assert scene.stored().version == scene.portal.version + 1
+    assert stored.version == scene.portal.version + 1
 
 
 @pytest.mark.slow
@@ -141,13 +187,16 @@ def test_worker_dying_after_bitrix24_answered_ends_in_needs_reauth(
     scene_factory: Callable[..., Scene], metrics_capture: dict[str, Any]
 ) -> None:
     # Given a worker that spent the refresh token and died before it could commit or rescue
-    scene = scene_factory("moto", max_wait_seconds=10)
+    scene = scene_factory("moto")
     calls = scene.token_requests()
-    assert _crash_in_child(scene, "die_after_refresh", lease_seconds=1.0) == 17
-    # When the next worker needs a fresh pair (after the dead worker's lease expired)
+    _crash_in_child(scene, "die_after_refresh")
+    dead_until = _dead_lease(scene)
+    # When the next worker needs a fresh pair (it waits for the dead worker's lease to expire)
+    worker, clock = _next_worker(scene, dead_until)
     with pytest.raises(ReauthRequired):
-        scene.rig.worker().coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
+        worker.coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
     # Then Bitrix24 refused the spent token and the portal is flagged, visibly, for re-authorization
+    assert clock() > dead_until
     assert scene.token_requests() - calls == 2
     assert scene.stored().health == HEALTH_NEEDS_REAUTH
     assert _metric(metrics_capture, "PortalNeedsReauth") == 1
