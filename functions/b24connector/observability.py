@@ -13,7 +13,7 @@ metrics = Metrics()
 
 # Client libraries log request details (URLs, retries) at INFO/DEBUG; keep them quiet. PynamoDB logs
 # every call's arguments at DEBUG (application_token, token ciphertext).
-for _noisy in ("urllib3", "botocore", "boto3", "pynamodb"):
+for _noisy in ("urllib3", "requests", "botocore", "boto3", "pynamodb"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
 
 
