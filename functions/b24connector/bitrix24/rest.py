@@ -2,7 +2,8 @@
 
 Retries are narrow on purpose: 503 QUERY_LIMIT_EXCEEDED gets bounded, fully jittered backoff; 429
 OPERATION_TIME_LIMIT waits for `operating_reset_at` only when that fits the caller's budget; 401
-expired_token renews the access token once; a 302 portal rename is re-POSTed to an allowed new host.
+expired_token renews the access token once; 401 invalid_token adopts a newer stored access token once (a
+refresh elsewhere revoked ours), never renews; a 302 portal rename is re-POSTed to an allowed new host.
 Nothing else is retried here (callers own that), and no body, URL query or token is ever logged.
 """
 
@@ -57,7 +58,11 @@ _MAX_REMEMBERED_RESETS = 4096
 
 
 class PortalContext:
-    """One portal as the REST client sees it: endpoint, current access token, renewal hook and budget.
+    """One portal as the REST client sees it: endpoint, current access token, renewal hooks and budget.
+
+    `renew(rejected)` returns a fresh access token (it may call the token endpoint); `reload(rejected)`
+    returns the stored access token if it differs from the rejected one, else None; it may wait for a
+    refresh in flight elsewhere to land but never calls the token endpoint itself.
 
     Thread-safe: parallel list windows share one context, and a single renewal serves them all.
     """
@@ -68,6 +73,7 @@ class PortalContext:
         access_token: str,
         *,
         renew: Callable[[str], str] | None = None,
+        reload: Callable[[str], str | None] | None = None,
         deadline: float | None = None,
         on_moved: Callable[[str, str], None] | None = None,
         domain: str | None = None,
@@ -76,6 +82,7 @@ class PortalContext:
         self._client_endpoint = client_endpoint
         self._access_token = access_token
         self._renew = renew
+        self._reload = reload
         self.deadline = deadline  # time.monotonic() value after which no request is started
         self._on_moved = on_moved
         self.domain = domain  # when set, client_endpoint must be on exactly this host
@@ -120,6 +127,24 @@ class PortalContext:
             if self._access_token != rejected:
                 return
             self._access_token = self._renew(rejected)
+
+    @property
+    def can_reload(self) -> bool:
+        """True when a newer stored access token can be looked up."""
+        return self._reload is not None
+
+    def reload_token(self, rejected: str) -> bool:
+        """Adopt a newer stored access token in place of `rejected`; False when there is none."""
+        if self._reload is None:
+            return False
+        with self._lock:
+            if self._access_token != rejected:
+                return True  # another thread already replaced it
+            newer = self._reload(rejected)
+            if newer is None or newer == rejected:
+                return False
+            self._access_token = newer
+            return True
 
     def move_to(self, client_endpoint: str) -> None:
         """Switch to the endpoint of a renamed portal once its owner was told (once per new endpoint).
@@ -343,6 +368,13 @@ class RestClient:
                 renewed = True
                 portal.renew_token(token)
                 continue
+            if isinstance(error, InvalidToken) and portal.can_reload and not renewed:
+                # Another container's refresh revokes the token we cached (invalid_token, not
+                # expired_token): adopt the stored newer one and retry once. Never refresh here: a
+                # truly revoked grant must end as it is, without spending the refresh token.
+                renewed = True
+                if portal.reload_token(token):
+                    continue
             if isinstance(error, QueryLimitExceeded):
                 self._back_off(portal, error, query_limit_attempts)
                 query_limit_attempts += 1

@@ -198,6 +198,38 @@ class RefreshCoordinator:
             raise ReauthRequired(member_id, portal.health)
         return self.store.tokens(portal)
 
+    def stored_if_newer(
+        self, member_id: str, rejected_access_token: str, *, remaining_ms: RemainingMs | None = None
+    ) -> TokenSet | None:
+        """The stored pair if its access token is not `rejected_access_token`, else None; never refreshes.
+
+        Another container's refresh revokes the access token this one cached, and Bitrix24 then answers
+        invalid_token, not expired_token. Strongly consistent reads (decrypted through the cached
+        cipher): one when nothing is in flight; while another worker holds the refresh lease (Bitrix24
+        may already have revoked the token, the commit has not landed yet) it waits for that commit as
+        long as fresh_access_token would. A missing or inactive portal has nothing to adopt (None: the
+        caller's error stands). Raises VaultUnavailable or TokenDecryptError.
+        """
+        start = self._clock()
+        deadline = start + self.policy.max_wait_seconds
+        if remaining_ms is not None:
+            deadline = min(deadline, start + (remaining_ms() - self.policy.wait_reserve_ms) / 1000)
+        attempt = 0
+        while True:
+            portal = self.store.get(member_id, consistent=True)
+            if portal is None or not portal.is_active:
+                return None
+            stored = self.store.tokens(portal)
+            if stored.access_token != rejected_access_token:
+                _record(
+                    RefreshOutcome.ADOPTED, member_id, portal.version, path="reload", reason="invalid_token"
+                )
+                return stored
+            if not portal.lease_held(self._clock()) or self._clock() >= deadline:
+                return None
+            self._sleep(self._backoff(attempt))
+            attempt += 1
+
     # --- lazy path ---------------------------------------------------------------------------------
 
     def fresh_access_token(
@@ -400,8 +432,10 @@ class RefreshCoordinator:
         try:
             sealed = self._with_retries(lambda: self.store.cipher.seal(new), remaining_ms)
         except VaultUnavailable:
-            # Without ciphertext the pair can go nowhere (plaintext never leaves memory): flag the portal.
+            # Without ciphertext the pair can go nowhere (plaintext never leaves memory): flag the portal,
+            # and count it as every needs_reauth path does (NeedsReauthAlarm watches that metric).
             self._flag(member_id, version)
+            count(_METRIC[RefreshOutcome.NEEDS_REAUTH])
             _record(RefreshOutcome.RESCUE_FAILED, member_id, version, path=path, error="kms_encrypt")
             raise TokenRescueFailed(f"refreshed pair of portal {member_id} could not be encrypted") from None
         try:

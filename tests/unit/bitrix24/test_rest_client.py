@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -610,3 +611,100 @@ def test_invalid_token_with_the_current_token_is_not_retried(fake_time: FakeTime
     with pytest.raises(InvalidToken):
         make_client(transport, fake_time).call(make_portal(renew=lambda _t: FRESH_TOKEN), "crm.lead.list")
     assert len(transport.sent) == 1
+
+
+# --- 401 invalid_token: adopt a newer stored token once, never renew ----------------------------------
+
+REVOKED = Reply(401, {"error": "invalid_token", "error_description": "Unable to get application by token"})
+
+
+def _recording(calls: list[str], answer: str | None) -> Callable[[str], str | None]:
+    def hook(token: str) -> str | None:
+        calls.append(token)
+        return answer
+
+    return hook
+
+
+def test_invalid_token_adopts_a_newer_stored_token_and_retries_once(fake_time: FakeTime) -> None:
+    # Given another container's refresh revoked our cached token and stored a newer pair
+    reloads: list[str] = []
+    renewals: list[str] = []
+    portal = make_portal(renew=_recording(renewals, FRESH_TOKEN), reload=_recording(reloads, FRESH_TOKEN))
+    transport = FakeTransport().queue(REVOKED, OK)
+    # When a call is rejected with invalid_token
+    response = make_client(transport, fake_time).call(portal, "crm.lead.list")
+    # Then the stored token is adopted (no refresh) and the call retried once with it
+    assert response.result == [{"ID": "1"}]
+    assert reloads == [ACCESS_TOKEN]
+    assert renewals == []
+    assert [s.json()["auth"] for s in transport.sent] == [ACCESS_TOKEN, FRESH_TOKEN]
+    assert portal.access_token == FRESH_TOKEN
+
+
+def test_invalid_token_with_nothing_newer_stored_raises_without_renewing(fake_time: FakeTime) -> None:
+    reloads: list[str] = []
+    renewals: list[str] = []
+    portal = make_portal(renew=_recording(renewals, FRESH_TOKEN), reload=_recording(reloads, None))
+    transport = FakeTransport().queue(REVOKED, OK)
+    with pytest.raises(InvalidToken):
+        make_client(transport, fake_time).call(portal, "crm.lead.list")
+    assert reloads == [ACCESS_TOKEN]
+    assert renewals == []
+    assert len(transport.sent) == 1
+    assert portal.access_token == ACCESS_TOKEN
+
+
+def test_a_reload_answering_the_rejected_token_counts_as_nothing_newer(fake_time: FakeTime) -> None:
+    portal = make_portal(reload=lambda token: token)
+    transport = FakeTransport().queue(REVOKED, OK)
+    with pytest.raises(InvalidToken):
+        make_client(transport, fake_time).call(portal, "crm.lead.list")
+    assert len(transport.sent) == 1
+
+
+def test_a_second_invalid_token_after_a_reload_raises(fake_time: FakeTime) -> None:
+    reloads: list[str] = []
+    renewals: list[str] = []
+    portal = make_portal(renew=_recording(renewals, FRESH_TOKEN), reload=_recording(reloads, FRESH_TOKEN))
+    transport = FakeTransport().queue(REVOKED, REVOKED, OK)
+    with pytest.raises(InvalidToken):
+        make_client(transport, fake_time).call(portal, "crm.lead.list")
+    assert reloads == [ACCESS_TOKEN]
+    assert renewals == []
+    assert [s.json()["auth"] for s in transport.sent] == [ACCESS_TOKEN, FRESH_TOKEN]
+
+
+def test_an_expired_token_after_a_reload_is_not_renewed_again(fake_time: FakeTime) -> None:
+    # One token retry per call, whichever hook served it
+    renewals: list[str] = []
+    portal = make_portal(renew=_recording(renewals, "third-token"), reload=lambda _t: FRESH_TOKEN)
+    transport = FakeTransport().queue(REVOKED, EXPIRED, OK)
+    with pytest.raises(ExpiredToken):
+        make_client(transport, fake_time).call(portal, "crm.lead.list")
+    assert renewals == []
+    assert len(transport.sent) == 2
+
+
+def test_concurrent_reloads_coalesce() -> None:
+    reloads: list[str] = []
+    gate = threading.Event()
+
+    def reload(token: str) -> str | None:
+        reloads.append(token)
+        gate.wait(1)
+        return FRESH_TOKEN
+
+    portal = make_portal(reload=reload)
+    results: list[bool] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(portal.reload_token(ACCESS_TOKEN))) for _ in range(5)
+    ]
+    for thread in threads:
+        thread.start()
+    gate.set()
+    for thread in threads:
+        thread.join()
+    assert reloads == [ACCESS_TOKEN]
+    assert results == [True] * 5
+    assert portal.access_token == FRESH_TOKEN

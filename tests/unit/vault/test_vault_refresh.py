@@ -81,6 +81,84 @@ def test_warm_read_after_commit_needs_no_kms_call(vault: UnitVault) -> None:
     assert vault.cipher.kms_calls == calls
 
 
+def test_stored_if_newer_adopts_another_containers_pair_without_a_token_call(
+    vault: UnitVault, monkeypatch: pytest.MonkeyPatch, metrics_capture: dict[str, Any]
+) -> None:
+    # Given another container refreshed (revoking the access token this one still holds)
+    _, grant = vault.install()
+    other = vault.coordinator().fresh_access_token("member-a", grant.access_token)
+    reads: list[bool] = []
+    real_get = vault.portals.get
+
+    def spy(member_id: str, *, consistent: bool = False) -> Any:
+        reads.append(consistent)
+        return real_get(member_id, consistent=consistent)
+
+    monkeypatch.setattr(vault.portals, "get", spy)
+    # When this container asks for a pair newer than the rejected token
+    newer = vault.coordinator().stored_if_newer("member-a", grant.access_token)
+    # Then it gets the stored pair from one strongly consistent read, and nothing refreshed again
+    assert newer is not None
+    assert newer.access_token == other.access_token
+    assert reads == [True]
+    assert vault.oauth.token_requests == 1
+    assert _metric(metrics_capture, "TokenAdopted") == 1
+
+
+def test_stored_if_newer_is_none_when_the_rejected_token_is_the_stored_one(vault: UnitVault) -> None:
+    _, grant = vault.install()
+    assert vault.coordinator().stored_if_newer("member-a", grant.access_token) is None
+    assert vault.oauth.token_requests == 0
+    stored = vault.portals.get("member-a", consistent=True)
+    assert stored is not None
+    assert stored.lease_owner is None
+    assert stored.last_refresh_attempt_at is None
+
+
+def test_stored_if_newer_waits_for_the_commit_of_a_refresh_in_flight(vault: UnitVault) -> None:
+    # Given another worker holds the lease: Bitrix24 already revoked our token, the commit is pending
+    portal, grant = vault.install()
+    assert vault.portals.take_lease("member-a", portal.version, "other-worker", lease_seconds=30)
+    winner_pair = vault.oauth.refresh(grant.refresh_token)
+    sleeps = 0
+
+    def sleep_then_commit(seconds: float) -> None:
+        nonlocal sleeps
+        sleeps += 1
+        vault.clock.sleep(seconds)
+        if sleeps == 2:
+            vault.portals.commit_refresh("member-a", portal.version, vault.cipher.seal(winner_pair))
+
+    coordinator = vault.coordinator()
+    coordinator._sleep = sleep_then_commit
+    newer = coordinator.stored_if_newer("member-a", grant.access_token)
+    assert newer is not None
+    assert newer.access_token == winner_pair.access_token
+    assert vault.oauth.token_requests == 1  # the other worker's only
+    assert sleeps == 2
+
+
+def test_stored_if_newer_gives_up_after_the_bounded_wait_without_refreshing(vault: UnitVault) -> None:
+    portal, grant = vault.install()
+    assert vault.portals.take_lease("member-a", portal.version, "slow-worker", lease_seconds=60)
+    start = vault.clock()
+    assert vault.coordinator(max_wait_seconds=2.0).stored_if_newer("member-a", grant.access_token) is None
+    assert 2.0 <= vault.clock() - start < 3.0
+    assert vault.oauth.token_requests == 0
+    stored = vault.portals.get("member-a", consistent=True)
+    assert stored is not None
+    assert stored.lease_owner == "slow-worker"
+
+
+def test_stored_if_newer_is_none_for_missing_or_inactive_portals(vault: UnitVault) -> None:
+    portal, _grant = vault.install()
+    coordinator = vault.coordinator()
+    assert coordinator.stored_if_newer("member-x", "some-token") is None
+    assert vault.portals.mark_needs_reauth("member-a", portal.version)
+    assert coordinator.stored_if_newer("member-a", "some-token") is None
+    assert vault.oauth.token_requests == 0
+
+
 def test_loser_of_the_lease_waits_and_uses_the_winners_pair(vault: UnitVault) -> None:
     # Given another worker holds the lease and commits while this caller waits
     portal, grant = vault.install()
@@ -383,6 +461,26 @@ def test_rescue_queue_down_flags_the_portal_and_raises(
     assert _metric(metrics_capture, "PortalNeedsReauth") == 1
     assert _metric(metrics_capture, "TokenRescueFailed") == 1
     assert any(r.levelno == logging.ERROR for r in caplog.records)
+
+
+def test_kms_down_after_a_refresh_flags_the_portal_and_counts_the_alarmed_metric(
+    vault: UnitVault, monkeypatch: pytest.MonkeyPatch, metrics_capture: dict[str, Any]
+) -> None:
+    _portal, grant = vault.install()
+
+    def kms_down(tokens: Any) -> Any:
+        raise VaultUnavailable("KMS Encrypt failed (KMSInternalException)")
+
+    monkeypatch.setattr(vault.cipher, "seal", kms_down)
+    with pytest.raises(TokenRescueFailed):
+        vault.coordinator().fresh_access_token("member-a", grant.access_token)
+    monkeypatch.undo()
+    stored = vault.portals.get("member-a", consistent=True)
+    assert stored is not None
+    assert stored.health == HEALTH_NEEDS_REAUTH
+    assert vault.rescue.messages == []
+    assert _metric(metrics_capture, "PortalNeedsReauth") == 1
+    assert _metric(metrics_capture, "TokenRescueFailed") == 1
 
 
 def test_rescue_message_round_trip_and_validation(vault: UnitVault) -> None:
