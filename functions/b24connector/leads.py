@@ -538,9 +538,56 @@ def _row_id(row: Mapping[str, Any]) -> int:
     raise LeadsError(UPSTREAM_ERROR, "Bitrix24 answered a lead without a numeric ID")
 
 
+_ANSWER_SEPARATORS = (", ", ": ")
+# Rows are sized a chunk at a time: one json.dumps of 256 rows costs a fifth of 256 single ones.
+_SIZE_CHUNK = 256
+
+
 def row_bytes(row: Mapping[str, Any]) -> int:
     """Bytes `row` adds to the answer, serialized the way the Lambda runtime does (ASCII escapes)."""
-    return len(json.dumps(row, separators=(", ", ": "))) + 2
+    return len(json.dumps(row, separators=_ANSWER_SEPARATORS)) + 2
+
+
+class _AnswerRows:
+    """The rows of one answer, kept under the size cap (the sum of row_bytes, measured in chunks)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self.full = False  # a row was refused because it would pass the cap
+        self._pending: list[dict[str, Any]] = []
+        self._size = 2
+        self._max_bytes = max_bytes
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self._pending)
+
+    def add(self, row: dict[str, Any]) -> bool:
+        """Take a row; False when the answer is full (this row or one before it did not fit)."""
+        _row_id(row)
+        self._pending.append(row)
+        return len(self._pending) < _SIZE_CHUNK or self.close()
+
+    def close(self) -> bool:
+        """Size the pending rows; keep the ones that fit. False when the answer is full."""
+        if not self._pending:
+            return not self.full
+        # A list of rows serializes to exactly the sum of their row_bytes.
+        size = len(json.dumps(self._pending, separators=_ANSWER_SEPARATORS))
+        if self._size + size <= self._max_bytes:
+            self.rows.extend(self._pending)
+            self._size += size
+            self._pending.clear()
+            return True
+        for row in self._pending:
+            self._size += row_bytes(row)
+            if self._size > self._max_bytes:
+                if not self.rows:
+                    raise LeadsError(UPSTREAM_ERROR, "a single lead is larger than the answer limit")
+                break
+            self.rows.append(row)
+        self._pending.clear()
+        self.full = True
+        return False
 
 
 def error_for(exc: Bitrix24Error | VaultError) -> LeadsError:
@@ -648,16 +695,12 @@ class LeadsReader:
             )
         except (Bitrix24Error, VaultError) as exc:
             raise error_for(exc) from None
-        rows: list[dict[str, Any]] = []
-        size = 2
+        answer = _AnswerRows(self._max_answer_bytes)
         for row in head.rows:
-            size += row_bytes(row)
-            if size > self._max_answer_bytes:
-                if not rows:
-                    raise LeadsError(UPSTREAM_ERROR, "a single lead is larger than the answer limit")
+            if not answer.add(row):
                 break
-            _row_id(row)
-            rows.append(row)
+        answer.close()
+        rows = answer.rows
         cut = len(rows) < len(head.rows)
         if head.exhausted and not cut:
             return LeadsPage(rows, None, [])
@@ -682,8 +725,7 @@ class LeadsReader:
         iterate = (
             self._lister.iter_list_parallel if request.limit > self._parallel_from else self._lister.iter_list
         )
-        rows: list[dict[str, Any]] = []
-        size = 2
+        answer = _AnswerRows(self._max_answer_bytes)
         try:
             for row in iterate(
                 portal.context,
@@ -694,19 +736,17 @@ class LeadsReader:
                 before_id=before_id,
                 limit=request.limit + 1,
             ):
-                if len(rows) == request.limit:
-                    return rows, True
-                size += row_bytes(row)
-                if size > self._max_answer_bytes:
-                    if not rows:
-                        raise LeadsError(UPSTREAM_ERROR, "a single lead is larger than the answer limit")
-                    return rows, True
-                _row_id(row)
-                rows.append(row)
+                if len(answer) == request.limit:
+                    answer.close()
+                    return answer.rows, True
+                if not answer.add(row):
+                    return answer.rows, True
         except LeadsError:
             raise
         except (Bitrix24Error, VaultError) as exc:
-            if rows and _resumable(exc):
-                return rows, True
+            answer.close()
+            if answer.rows and _resumable(exc):
+                return answer.rows, True
             raise error_for(exc) from None
-        return rows, False
+        answer.close()
+        return answer.rows, answer.full

@@ -602,3 +602,25 @@ def test_split_failures_are_the_contract_errors() -> None:
 )
 def test_split_points(last: int, top: int, density: float, parts: int, points: list[int]) -> None:
     assert split_points(last, top, density, parts) == points
+
+
+@pytest.mark.parametrize("cap", [3_000, 50_000, 123_457, 400_000])
+def test_chunked_sizing_cuts_exactly_where_row_by_row_sizing_would(cap: int) -> None:
+    # Given 1,000 leads of uneven sizes (some non-ASCII: escaped to \\uXXXX in the answer)
+    rows = [
+        {"ID": str(i), "TITLE": ("Лид " if i % 7 == 0 else "Lead ") + "x" * (i * 37 % 300)}
+        for i in range(1, 1_001)
+    ]
+    service, _, _ = reader(rows, max_answer_bytes=cap)
+    # The expected cut: every row whose running row_bytes total (from the 2 bytes of "[]") fits
+    expected, size = [], 2
+    for row in rows:
+        size += row_bytes(row)
+        if size > cap:
+            break
+        expected.append(row["ID"])
+    for payload in ({"limit": 1_000}, {"limit": 1_000, "split": 2}):
+        page = service.read(request(member_id="m1", **payload))
+        assert [row["ID"] for row in page.leads] == expected
+        assert len(json.dumps(page.leads, separators=(", ", ": "))) <= cap
+        assert page.next_cursor is not None or len(expected) == len(rows)
