@@ -48,6 +48,32 @@ def test_fetch_leads_pages_through_every_lead(stack: LocalStack) -> None:
     assert stats["token_requests"] == 0
 
 
+def test_parallel_export_reads_every_lead_once_within_the_portal_budget(stack: LocalStack) -> None:
+    # Given an installed portal
+    install_app(stack)
+    seeded = admin(stack, "GET", "/leads")["count"]
+    reset_emulator_stats(stack)
+
+    # When a caller exports with parallel parts (a first page of 300, the rest cut into parts)
+    leads = list(
+        fetch_leads(
+            member_id=stack.member_id,
+            select=["ID", "TITLE"],
+            limit=300,
+            parallel=3,
+            lambda_client=_lambda(stack),
+        )
+    )
+
+    # Then every lead arrives once, in ID order, with no COUNT page and no 503 from the portal
+    ids = [int(lead["ID"]) for lead in leads]
+    assert len(ids) == seeded
+    assert ids == sorted(set(ids))
+    stats = emulator_stats(stack)
+    assert stats["count_queries"] == 0
+    assert stats["http_503"] == 0
+
+
 def test_client_raises_typed_errors(stack: LocalStack) -> None:
     # Given an installed portal, then the same portal uninstalled
     install_app(stack)
