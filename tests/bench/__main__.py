@@ -48,7 +48,9 @@ def _export(plan: Plan) -> Section:
         "applied as real delay at time scale 0.01. Every client runs in a fresh process and keeps all "
         "rows in memory; peak RSS is that process's VmHWM (the LeadsFunction line adds the Lambda "
         "worker's). Our clients pace through a token bucket of the same 2/50 (the LeadsFunction "
-        "path through the shared DynamoDB bucket).",
+        "path through the shared DynamoDB bucket). LeadsFunction runs warm: one warm worker per "
+        f"concurrent invocation ({export.PARALLEL}) before the first measurement; 20,000 leads per "
+        "invocation.",
     )
     workers = export.PARALLEL + 1  # each concurrent invocation of the parallel export needs a worker
     with bench_stack(leads=max(plan.sizes), workers=workers, emulator_settings=EXPORT_EMULATOR) as bench:
