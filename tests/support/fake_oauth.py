@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-import secrets
-import string
 import threading
 import time
 from collections.abc import Callable
@@ -16,12 +14,12 @@ from dataclasses import dataclass
 
 from b24connector.bitrix24.errors import InvalidGrant
 from b24connector.bitrix24.tokens import TokenSet
+from tests.leak_canary import canary_value
 
-_ALPHABET = string.ascii_lowercase + string.digits
 
-
-def _token() -> str:
-    return "".join(secrets.choice(_ALPHABET) for _ in range(32))
+def _token(kind: str) -> str:
+    # Canary-marked, so the leak canary also catches a leak of a token this fake minted.
+    return canary_value(kind)
 
 
 @dataclass
@@ -65,7 +63,12 @@ class FactSheetOAuthServer:
     def grant(self, member_id: str, domain: str = "portal.bitrix24.com") -> TokenSet:
         """A fresh chain, as an install or code exchange hands it over."""
         with self._lock:
-            chain = _Chain(member_id=member_id, domain=domain, refresh_token=_token(), access_token=_token())
+            chain = _Chain(
+                member_id=member_id,
+                domain=domain,
+                refresh_token=_token("refresh"),
+                access_token=_token("access"),
+            )
             self._chains[chain.refresh_token] = chain
             self._live_access.add(chain.access_token)
             return self._issue(chain)
@@ -82,7 +85,7 @@ class FactSheetOAuthServer:
                     "invalid_grant", "refresh token is invalid or already used", http_status=400
                 )
             self._live_access.discard(chain.access_token)
-            chain.refresh_token, chain.access_token = _token(), _token()
+            chain.refresh_token, chain.access_token = _token("refresh"), _token("access")
             self._chains[chain.refresh_token] = chain
             self._live_access.add(chain.access_token)
             issued = self._issue(chain)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -21,6 +20,7 @@ from b24connector.bitrix24.errors import (
 from b24connector.bitrix24.oauth import AppInfo
 from b24connector.bitrix24.tokens import TokenSet
 from b24connector.vault.errors import StateRefusal, StateRefused, VaultUnavailable
+from tests.leak_canary import canary_value
 
 CLIENT_ID = "local.test.app"
 DEFAULT_SERVER = "https://oauth.bitrix.info"
@@ -124,7 +124,7 @@ class FakeOAuth:
         raise UnsafeEndpoint("UNSAFE_OAUTH_SERVER", "not allow-listed")
 
     def issue_code(self, member_id: str, domain: str, **kwargs: Any) -> str:
-        code = secrets.token_hex(16)
+        code = canary_value("code")
         self.codes[code] = Issued(member_id, domain, **kwargs)
         return code
 
@@ -141,7 +141,7 @@ class FakeOAuth:
         return replace(tokens, **self.token_overrides) if self.token_overrides else tokens
 
     def new_tokens(self, member_id: str, domain: str, *, client_endpoint: str | None = None) -> TokenSet:
-        access = secrets.token_hex(16)
+        access = canary_value("access")
         endpoint = client_endpoint or f"https://{domain}/rest/"
         self.live_tokens[access] = AppInfo(
             member_id=member_id,
@@ -155,7 +155,7 @@ class FakeOAuth:
         )
         return TokenSet(
             access_token=access,
-            refresh_token=secrets.token_hex(16),
+            refresh_token=canary_value("refresh"),
             expires_at=int(self.clock()) + 3600,
             member_id=member_id,
             client_endpoint=endpoint,
