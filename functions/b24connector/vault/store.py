@@ -309,9 +309,16 @@ class PortalStore:
         the tenant: domain, endpoints, scope, status, user, application_token hash and timestamps. What
         stays is a tombstone (member_id, version, health, uninstalled_at, grant digests) so the version
         keeps growing across a reinstall and a replayed old grant or rescue cannot resurrect the portal.
+
+        A replay writes nothing: the update is conditional on the portal not being uninstalled already
+        (a clean uninstall still clears a kept record). None when there is no such portal or nothing
+        was left to do.
         """
         m = self.model
         now = int(self._clock())
+        not_uninstalled = (m.health != HEALTH_UNINSTALLED) | m.health.does_not_exist()
+        # Only a clean uninstall has something left to do on a portal uninstalled with its data kept.
+        pending = (not_uninstalled | m.domain.exists()) if clean else not_uninstalled
         removed: list[Any] = [
             m.token_ciphertext,
             m.due_shard,
@@ -343,7 +350,7 @@ class PortalStore:
         ]
         item = m(member_id)
         try:
-            item.update(actions=actions, condition=m.member_id.exists())
+            item.update(actions=actions, condition=m.member_id.exists() & pending)
         except PynamoDBException as exc:
             if _conditional_failure(exc):
                 return None

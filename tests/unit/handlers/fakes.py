@@ -232,6 +232,8 @@ class FakeStore:
         current = self.portals.get(member_id)
         if current is None:
             return None
+        if current.health == "uninstalled" and (not clean or not current.domain):
+            return None  # a replay writes nothing (as the conditional update in PortalStore)
         self.writes += 1
         current.version += 1
         current.health = "uninstalled"

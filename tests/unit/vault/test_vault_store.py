@@ -184,6 +184,24 @@ def test_clean_uninstall_leaves_only_a_tombstone(vault: UnitVault) -> None:
     assert vault.portals.mark_uninstalled("unknown", clean=True) is None
 
 
+def test_a_replayed_uninstall_writes_nothing_but_a_clean_one_still_clears_kept_data(vault: UnitVault) -> None:
+    vault.install()
+    assert vault.portals.mark_uninstalled("member-a", clean=False) is not None
+    kept = vault.stack.raw_items(vault.stack.portals_table)
+    vault.clock.advance(60)
+    assert vault.portals.mark_uninstalled("member-a", clean=False) is None
+    assert vault.stack.raw_items(vault.stack.portals_table) == kept
+    cleaned = vault.portals.mark_uninstalled("member-a", clean=True)
+    assert cleaned is not None
+    assert cleaned.version == 3
+    assert cleaned.domain is None
+    tombstone = vault.stack.raw_items(vault.stack.portals_table)
+    vault.clock.advance(60)
+    assert vault.portals.mark_uninstalled("member-a", clean=True) is None
+    assert vault.portals.mark_uninstalled("member-a", clean=False) is None
+    assert vault.stack.raw_items(vault.stack.portals_table) == tombstone
+
+
 def test_reinstall_after_clean_uninstall_continues_the_version(vault: UnitVault) -> None:
     vault.install()
     vault.portals.mark_uninstalled("member-a", clean=True)
