@@ -290,8 +290,9 @@ class RefreshCoordinator:
         before the token endpoint is called, so a worker that dies mid-call cannot cause a second spend
         of the (single-use) refresh token. How a failure ends decides what happens next:
 
-        - DynamoDB or KMS failing before the lease (VaultUnavailable raised), too little time
-          (NOT_ENOUGH_TIME): nothing was recorded; the message is worth another delivery.
+        - DynamoDB or KMS failing before the token call (VaultUnavailable raised; a lease already
+          taken is released with its attempt undone), too little time (NOT_ENOUGH_TIME): nothing was
+          recorded; the message is worth another delivery.
         - The token request provably never reached Bitrix24 (connection refused, DNS, TLS handshake,
           connect timeout; or the client secret could not be read): the attempt record is undone and
           the outcome is TRANSIENT_FAILURE, so the queue's redelivery refreshes soon.
@@ -300,29 +301,43 @@ class RefreshCoordinator:
           DEFERRED (final: redelivering could only end in SKIPPED_RECENT); the sweep after the interval
           tries again, and if the token was spent that attempt flags the portal needs_reauth (metric).
         """
-        portal = self.store.get(member_id, consistent=True)
-        if portal is None:
-            _record(RefreshOutcome.MISSING, member_id, None, path=_SCHEDULED)
-            return RefreshOutcome.MISSING
         now = self._clock()
         min_gap = self.policy.min_refresh_interval_hours * _HOUR
-        skip = self._scheduled_skip(portal, expected_version, now, min_gap)
-        if skip is not None:
-            _record(skip, member_id, portal.version, path=_SCHEDULED)
-            return skip
+        left = self._budget_short(remaining_ms)
+        if left is not None:
+            # A portal that would be skipped anyway keeps its skip outcome, as when the read came first.
+            skipped = self._scheduled_skip_of(member_id, expected_version, now, min_gap)
+            if skipped is not None:
+                return skipped
+            _record(
+                RefreshOutcome.NOT_ENOUGH_TIME, member_id, expected_version, path=_SCHEDULED, left_ms=left
+            )
+            return RefreshOutcome.NOT_ENOUGH_TIME
         try:
-            self._require_budget(remaining_ms, portal, _SCHEDULED)
-            stored = self.store.tokens(portal)
             owner = uuid.uuid4().hex
-            if not self.store.take_lease(
+            # One conditional write checks everything _scheduled_skip does and takes the lease; only a
+            # refusal costs a read (to name the skip), so a refresh is UpdateItem, Decrypt, Encrypt, commit.
+            portal = self.store.take_due_lease(
                 member_id,
-                portal.version,
+                expected_version,
                 owner,
                 lease_seconds=self.policy.lease_seconds,
-                defer_due_until=int(now + min_gap),
-            ):
-                _record(RefreshOutcome.BUSY, member_id, portal.version, path=_SCHEDULED)
+                now=now,
+                min_gap_seconds=min_gap,
+            )
+            if portal is None:
+                skipped = self._scheduled_skip_of(member_id, expected_version, now, min_gap)
+                if skipped is not None:
+                    return skipped
+                # Every check passes on the re-read: another writer moved the record in between.
+                _record(RefreshOutcome.BUSY, member_id, expected_version, path=_SCHEDULED)
                 return RefreshOutcome.BUSY
+            try:
+                stored = self.store.tokens(portal)
+            except BaseException:
+                # Nothing reached the token endpoint: the attempt must not count (as before the lease).
+                self._release(member_id, owner, undo_attempt=portal)
+                raise
             return self._refresh_as_holder(portal, stored, owner, remaining_ms, path=_SCHEDULED)[0]
         except (
             NotEnoughTime,
@@ -334,6 +349,19 @@ class RefreshCoordinator:
         ) as exc:
             # Already logged and counted where it happened; the sweep only needs the outcome.
             return _SCHEDULED_OUTCOME_OF[type(exc)]
+
+    def _scheduled_skip_of(
+        self, member_id: str, expected_version: int, now: float, min_gap: float
+    ) -> RefreshOutcome | None:
+        """Read the record once: the skip outcome it calls for (recorded), or None when none applies."""
+        portal = self.store.get(member_id, consistent=True)
+        if portal is None:
+            _record(RefreshOutcome.MISSING, member_id, None, path=_SCHEDULED)
+            return RefreshOutcome.MISSING
+        skip = self._scheduled_skip(portal, expected_version, now, min_gap)
+        if skip is not None:
+            _record(skip, member_id, portal.version, path=_SCHEDULED)
+        return skip
 
     @staticmethod
     def _scheduled_skip(
@@ -536,11 +564,16 @@ class RefreshCoordinator:
 
     # --- helpers -----------------------------------------------------------------------------------
 
-    def _require_budget(self, remaining_ms: RemainingMs | None, portal: Portal, path: str) -> None:
+    def _budget_short(self, remaining_ms: RemainingMs | None) -> int | None:
+        """The milliseconds left when they are too few for a refresh, else None."""
         if remaining_ms is None:
-            return
+            return None
         left = remaining_ms()
-        if left < self.policy.refresh_budget_ms:
+        return left if left < self.policy.refresh_budget_ms else None
+
+    def _require_budget(self, remaining_ms: RemainingMs | None, portal: Portal, path: str) -> None:
+        left = self._budget_short(remaining_ms)
+        if left is not None:
             _record(RefreshOutcome.NOT_ENOUGH_TIME, portal.member_id, portal.version, path=path, left_ms=left)
             raise NotEnoughTime(f"{left} ms left, a refresh needs {self.policy.refresh_budget_ms} ms")
 

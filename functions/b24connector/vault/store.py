@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from pynamodb.constants import ALL_OLD, ATTRIBUTES
 from pynamodb.exceptions import PynamoDBException
 
 from b24connector.bitrix24.tokens import TokenSet
@@ -443,6 +444,53 @@ class PortalStore:
                 return False
             raise _unavailable("UpdateItem", exc) from None
         return True
+
+    def take_due_lease(
+        self,
+        member_id: str,
+        expected_version: int,
+        owner: str,
+        *,
+        lease_seconds: float,
+        now: float,
+        min_gap_seconds: float,
+    ) -> Portal | None:
+        """Take the lease of a due portal in one conditional UpdateItem; the record from before, or None.
+
+        The condition holds every check of a scheduled refresh: `expected_version`, active, refresh due
+        by `now`, no running lease, neither obtained nor attempted within `min_gap_seconds`. The due time
+        moves to `now + min_gap_seconds` (as take_lease's `defer_due_until`). The snapshot is the record
+        as it was before the lease (ReturnValues ALL_OLD), so release_lease can undo the attempt with
+        it. None when any condition failed: read the record to tell which.
+        """
+        m = self.model
+        lease_now = self._clock()
+        quiet_since = now - min_gap_seconds
+        actions: list[Any] = [
+            m.lease_owner.set(owner),
+            m.lease_expires_at.set(lease_now + lease_seconds),
+            m.last_refresh_attempt_at.set(lease_now),
+            m.refresh_due_at.set(int(now + min_gap_seconds)),
+        ]
+        condition = (
+            (m.version == expected_version)
+            & (m.health == HEALTH_ACTIVE)
+            & (m.refresh_due_at <= now)
+            & (m.lease_owner.does_not_exist() | (m.lease_expires_at < lease_now))
+            # Bitrix24 blocks apps that refresh too often (fact sheet 2.7): one refresh per portal per gap.
+            & (m.refresh_obtained_at.does_not_exist() | (m.refresh_obtained_at <= quiet_since))
+            & (m.last_refresh_attempt_at.does_not_exist() | (m.last_refresh_attempt_at <= quiet_since))
+        )
+        try:
+            # Model.update only asks for ALL_NEW, which loses the values an undo must put back.
+            data = m._get_connection().update_item(
+                member_id, actions=actions, condition=condition, return_values=ALL_OLD
+            )
+        except PynamoDBException as exc:
+            if _conditional_failure(exc):
+                return None
+            raise _unavailable("UpdateItem", exc) from None
+        return Portal.of(m.from_raw_data(data[ATTRIBUTES]))
 
     def release_lease(self, member_id: str, owner: str, *, undo_attempt_of: Portal | None = None) -> bool:
         """Drop the lease if `owner` still holds it; False when it had expired and moved on.

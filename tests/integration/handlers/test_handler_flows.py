@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import requests
 
+from b24connector import vault as vault_package
 from b24connector.handlers import _services
 from b24connector.settings import get_settings
 from bitrix24_emulator import Emulator
@@ -473,6 +474,34 @@ def test_sweep_and_worker_refresh_a_due_portal_once_and_not_again_within_a_day(
     ).get("Messages", []):
         connector.invoke("RefreshWorkerFunction", _sqs_event([message]))
     assert emulator.stats()["token_requests"] == 1
+
+
+def test_one_scheduled_refresh_makes_four_aws_calls(
+    connector: Connector, emulator: Emulator, aws_calls: AwsCalls
+) -> None:
+    _install(connector, emulator)
+    version = _item_version(connector.portal_item())
+    _age_portal(connector, days=22)
+    message = {"MessageId": "m-1", "ReceiptHandle": "r-1", "MD5OfBody": "0" * 32}
+    body = json.dumps({"member_id": emulator.member_id, "version": version})
+    # A worker that has not seen this pair: the refresh token must be decrypted (KMS Decrypt).
+    vault_package._vault_for.cache_clear()
+    aws_calls.clear()
+    assert connector.invoke("RefreshWorkerFunction", _sqs_event([{**message, "Body": body}])) == {
+        "batchItemFailures": []
+    }
+    refresh_calls = [call for call in aws_calls.calls if call[0] != "secretsmanager"]
+    portal_calls = aws_calls.dynamodb_on(connector.stack.portals_table)
+    assert _item_version(connector.portal_item()) == version + 1
+    # lease (one conditional UpdateItem, no GetItem), decrypt the refresh token, seal the new pair,
+    # commit; the client secret read is Powertools-cached per container, not per refresh
+    assert refresh_calls == [
+        ("dynamodb", "UpdateItem"),
+        ("kms", "Decrypt"),
+        ("kms", "Encrypt"),
+        ("dynamodb", "UpdateItem"),
+    ]
+    assert portal_calls == ["UpdateItem", "UpdateItem"]
 
 
 def _age_portal(connector: Connector, *, days: int, keep_recent_attempt: bool = False) -> None:

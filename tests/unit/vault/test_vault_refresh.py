@@ -671,3 +671,24 @@ def test_outcome_logs_name_tenant_version_outcome_and_never_a_token(
     text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
     for secret in (grant.access_token, grant.refresh_token, fresh.access_token, fresh.refresh_token):
         assert secret not in text
+
+
+def test_scheduled_refresh_short_of_time_keeps_skip_outcomes_and_writes_nothing(vault: UnitVault) -> None:
+    # Given a portal that is not due yet, and a worker with too little time left
+    portal, _ = vault.install()
+    coordinator = vault.coordinator(refresh_budget_ms=15_000)
+    before = _raw_portal(vault)
+    # Then a skip still reads as the skip, not as a lack of time
+    assert (
+        coordinator.refresh_if_due("member-a", portal.version, remaining_ms=lambda: 1_000)
+        is RefreshOutcome.SKIPPED_NOT_DUE
+    )
+    assert coordinator.refresh_if_due("nobody", 1, remaining_ms=lambda: 1_000) is RefreshOutcome.MISSING
+    # And a due portal is left alone (no lease, no attempt on record) for the next delivery
+    vault.clock.advance(22 * DAY)
+    assert (
+        coordinator.refresh_if_due("member-a", portal.version, remaining_ms=lambda: 1_000)
+        is RefreshOutcome.NOT_ENOUGH_TIME
+    )
+    assert _raw_portal(vault) == before
+    assert vault.oauth.token_requests == 0
