@@ -169,6 +169,9 @@ def _sweep_and_drain(
         "facade_failures": sum(facade.failures.values()),
         "calls_per_refresh": {k: v / max(due, 1) for k, v in sorted(calls.items())},
         "aws_calls_per_refresh": sum(calls.values()) / max(due, 1),
+        # The client secret is read once per container (cached for SECRET_MAX_AGE_SECONDS), not per refresh.
+        "aws_calls_per_refresh_warm": sum(v for k, v in calls.items() if not k.endswith(".GetSecretValue"))
+        / max(due, 1),
         "ideal_seconds": due * OAUTH_LATENCY / WORKERS,
         "cpu_seconds": cpu,
         "cpu_floor_seconds": sum(cpu.values()) / (os.cpu_count() or 1),
@@ -250,10 +253,11 @@ def _report(section: Section, r: dict[str, Any]) -> None:
     )
     section.check(
         "refresh: AWS calls per refresh (warm workers, distinct portals)",
-        f"{r['aws_calls_per_refresh']:.2f} ({per_call})",
+        f"{r['aws_calls_per_refresh_warm']:.2f} per refresh + each container's cached client-secret read"
+        f" = {r['aws_calls_per_refresh']:.2f} ({per_call})",
         "≤ 4",
-        r["aws_calls_per_refresh"] <= 4,
-        "the GetItem before the lease UpdateItem could come back from that UpdateItem (ReturnValues)",
+        r["aws_calls_per_refresh_warm"] <= 4,
+        "each refresh: lease UpdateItem, Decrypt, Encrypt, commit UpdateItem; more means a read crept back in",
     )
     if due < 1_000:
         section.notes.append("Drain time is judged at 1,000 due portals (fixed costs dominate a smoke run).")
