@@ -1,7 +1,7 @@
 """A loopback proxy in front of moto's server: per-item atomic DynamoDB writes, and call counting.
 
 moto evaluates a ConditionExpression and applies the update in separate Python steps, so concurrent
-requests on one item can both pass a condition or lose an increment (tests/support/moto_main.py
+requests on one item can both pass a condition or lose an increment (infra/local_stack/moto_process.py
 measured it for conditional writes). The local stack runs plain moto; functions that hammer one
 item from many processes (the shared pacing bucket) would then be judged on moto's races, not on
 their own logic. (The local stack now serialises all DynamoDB calls itself; this proxy does it per
@@ -22,10 +22,9 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs
 
-import requests
-from requests.adapters import HTTPAdapter
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
+
+from tests.bench.loopback import LoopbackForwarder
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
 
@@ -38,12 +37,7 @@ def _query_action(request: Request, body: bytes) -> str:
     return f"query.{action}" if action else ""
 
 
-class _Quiet(WSGIRequestHandler):
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        return
-
-
-class DynamoSerializingProxy:
+class DynamoSerializingProxy(LoopbackForwarder):
     """Forwards to `upstream` (set after start when the upstream port is not known yet)."""
 
     def __init__(self, upstream: str | None = None, *, serialize: bool = True) -> None:
@@ -54,30 +48,7 @@ class DynamoSerializingProxy:
         self._count_lock = threading.Lock()
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        self._http = requests.Session()
-        self._http.trust_env = False
-        self._http.mount("http://", HTTPAdapter(pool_connections=4, pool_maxsize=64, max_retries=0))
-        self.server: BaseWSGIServer = make_server(
-            "127.0.0.1", 0, self._app, threaded=True, request_handler=_Quiet
-        )
-        self.server.socket.listen(128)
-        self._thread = threading.Thread(target=self.server.serve_forever, name="dynamo-proxy", daemon=True)
-
-    @property
-    def url(self) -> str:
-        """http://127.0.0.1:<port>"""
-        return f"http://127.0.0.1:{self.server.server_port}"
-
-    def start(self) -> DynamoSerializingProxy:
-        """Serve from a daemon thread."""
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving."""
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=5)
+        super().__init__("dynamo-proxy", pool_connections=4)
 
     def reset_counts(self) -> None:
         """Forget what was counted so far."""

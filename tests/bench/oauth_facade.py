@@ -18,18 +18,12 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs
 
-import requests
-from requests.adapters import HTTPAdapter
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-
-class _Quiet(WSGIRequestHandler):
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        return
+from tests.bench.loopback import LoopbackForwarder
 
 
-class OAuthFacade:
+class OAuthFacade(LoopbackForwarder):
     """Forwards /oauth/token/ and /rest/app.info to `upstream`, mapping refresh tokens to tenants."""
 
     def __init__(self, latency_seconds: float = 0.05) -> None:
@@ -39,30 +33,7 @@ class OAuthFacade:
         self._lock = threading.Lock()
         self.refreshes: Counter[str] = Counter()  # member_id -> successful refreshes
         self.failures: Counter[str] = Counter()
-        self._http = requests.Session()
-        self._http.trust_env = False
-        self._http.mount("http://", HTTPAdapter(pool_connections=2, pool_maxsize=64, max_retries=0))
-        self.server: BaseWSGIServer = make_server(
-            "127.0.0.1", 0, self._app, threaded=True, request_handler=_Quiet
-        )
-        self.server.socket.listen(128)
-        self._thread = threading.Thread(target=self.server.serve_forever, name="oauth-facade", daemon=True)
-
-    @property
-    def url(self) -> str:
-        """http://127.0.0.1:<port>"""
-        return f"http://127.0.0.1:{self.server.server_port}"
-
-    def start(self) -> OAuthFacade:
-        """Serve from a daemon thread."""
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving."""
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=5)
+        super().__init__("oauth-facade", pool_connections=2)
 
     def adopt(self, refresh_token: str, member_id: str) -> None:
         """Say which tenant a chain (by its current refresh token) belongs to."""
