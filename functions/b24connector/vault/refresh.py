@@ -539,7 +539,7 @@ class RefreshCoordinator:
             pass
         if self.store.mark_needs_reauth(member_id, portal.version):
             _record(RefreshOutcome.NEEDS_REAUTH, member_id, portal.version, path=path, error=exc.code)
-            raise ReauthRequired(member_id, HEALTH_NEEDS_REAUTH) from None
+            raise ReauthRequired(member_id, HEALTH_NEEDS_REAUTH, reason=exc.code) from None
         self._release(member_id, owner)
         # Flagging lost a race: whatever moved the record decides (adopt, or it is inactive now).
         try:

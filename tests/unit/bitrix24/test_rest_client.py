@@ -490,6 +490,7 @@ def test_client_from_settings() -> None:
         "TOKEN_KEY_ID": "k",
         "REFRESH_QUEUE_URL": "q",
         "RESCUE_QUEUE_URL": "r",
+        "LIFECYCLE_QUEUE_URL": "l",
         "HTTP_TIMEOUT_SECONDS": "12",
         "RATE_LIMIT_PER_SECOND": "5",
         "RATE_LIMIT_BURST": "250",

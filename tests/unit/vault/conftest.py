@@ -47,7 +47,7 @@ class UnitVault:
         """A portal installed with a fresh chain from the fake OAuth server."""
         grant = self.oauth.grant(member_id, domain)
         return self.portals.save_grant(
-            grant, domain=domain, application_token="app-token-" + member_id
+            grant, domain=domain, role="admin", application_token="app-token-" + member_id
         ), grant
 
 
