@@ -25,6 +25,7 @@ from b24connector.handlers import (
     callback,
     install,
     leads,
+    lifecycle,
     refresh_sweep,
     refresh_worker,
     token_rescue,
@@ -55,6 +56,7 @@ HANDLERS: dict[str, Callable[[Any, Any], Any]] = {
     "RefreshFunction": refresh_sweep.handler,
     "RefreshWorkerFunction": refresh_worker.handler,
     "TokenRescueFunction": token_rescue.handler,
+    "LifecycleFunction": lifecycle.handler,
 }
 
 
@@ -111,6 +113,14 @@ def _invoke_in_process(function: str, event: dict[str, Any]) -> InvocationResult
 
 
 @dataclass
+class LifecycleDrain:
+    """What one drain of LifecycleQueue did."""
+
+    done: int = 0
+    retried: int = 0
+
+
+@dataclass
 class Connector:
     """The deployed shape: API URL for the HTTP routes, direct calls for the rest."""
 
@@ -123,6 +133,48 @@ class Connector:
         payload = json.loads(json.dumps(event))
         result = HANDLERS[function](payload, FakeContext(function_name=function, remaining_ms=remaining_ms))
         return json.loads(json.dumps(result))
+
+    def drain_lifecycle(self, *, rounds: int = 6) -> LifecycleDrain:
+        """Run LifecycleFunction over LifecycleQueue as the SQS event source would, until it is empty.
+
+        A message the function reports failed is made visible again at once (instead of after the
+        visibility timeout), so a retry happens in the next round.
+        """
+        sqs = self.stack.client("sqs")
+        url = self.stack.lifecycle_queue_url
+        drain = LifecycleDrain()
+        for _ in range(rounds):
+            messages = sqs.receive_message(
+                QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"], VisibilityTimeout=30
+            ).get("Messages", [])
+            if not messages:
+                return drain
+            records = [
+                {
+                    "messageId": m["MessageId"],
+                    "receiptHandle": m["ReceiptHandle"],
+                    "body": m["Body"],
+                    "attributes": m.get("Attributes", {}),
+                    "messageAttributes": {},
+                    "md5OfBody": m.get("MD5OfBody", ""),
+                    "eventSource": "aws:sqs",
+                    "eventSourceARN": "arn:aws:sqs:eu-central-1:123456789012:lifecycle",
+                    "awsRegion": "eu-central-1",
+                }
+                for m in messages
+            ]
+            answer = self.invoke("LifecycleFunction", {"Records": records})
+            failed = {item["itemIdentifier"] for item in answer.get("batchItemFailures", [])}
+            for message in messages:
+                if message["MessageId"] in failed:
+                    drain.retried += 1
+                    sqs.change_message_visibility(
+                        QueueUrl=url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+                    )
+                else:
+                    drain.done += 1
+                    sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+        return drain
 
     def leads(self, **payload: Any) -> Any:
         """Invoke LeadsFunction."""
@@ -215,13 +267,6 @@ def emulator(emulator_config: dict[str, Any]) -> Iterator[Emulator]:
 @pytest.fixture
 def connector(aws_stack_factory: Callable[..., AwsStack], emulator: Emulator) -> Iterator[Connector]:
     """A stack on moto whose settings trust the emulator, with the HTTP routes served on loopback."""
-    stack = aws_stack_factory(
-        LOCAL_MODE="true",
-        ALLOWED_PORTAL_HOSTS=emulator.portal_domain,
-        OAUTH_SERVERS=emulator.oauth_url,
-        HTTP_TIMEOUT_SECONDS="5",
-        INSTALL_FINISH_SCRIPT_URL=f"{emulator.portal_url}/bx24.js",
-    )
     front = HttpApiFront(ROUTES, _invoke_in_process)
     # Quiet: access lines would carry callback codes and states.
     server: BaseWSGIServer = make_server(
@@ -230,6 +275,14 @@ def connector(aws_stack_factory: Callable[..., AwsStack], emulator: Emulator) ->
     thread = threading.Thread(target=server.serve_forever, name="api-front", daemon=True)
     thread.start()
     api_url = f"http://127.0.0.1:{server.server_port}"
+    stack = aws_stack_factory(
+        LOCAL_MODE="true",
+        ALLOWED_PORTAL_HOSTS=emulator.portal_domain,
+        OAUTH_SERVERS=emulator.oauth_url,
+        HTTP_TIMEOUT_SECONDS="5",
+        INSTALL_FINISH_SCRIPT_URL=f"{emulator.portal_url}/bx24.js",
+        EVENTS_URL=f"{api_url}/events",
+    )
     emulator.configure(redirect_uri=f"{api_url}/callback")
     try:
         yield Connector(api_url, stack, emulator)
