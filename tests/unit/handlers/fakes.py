@@ -206,10 +206,9 @@ class FakeOAuth:
             if self.issued_refresh.get(access) == refresh_token:
                 del self.live_tokens[access]
                 self.issued_refresh.pop(access)
-                fresh = self.new_tokens(
+                return self.new_tokens(
                     info.member_id, info.domain, admin=access in self.admin_tokens, user_id=info.user_id or 1
                 )
-                return fresh
         raise InvalidGrant("invalid_grant", "Invalid refresh token", http_status=400)
 
 

@@ -8,11 +8,11 @@ import pytest
 
 from b24connector.authorization import AuthorizationFlow, CallbackParams, pkce_challenge
 from b24connector.bitrix24.errors import InvalidClient, MalformedTokenPayload, OAuthTransientError
+from b24connector.install import Installer
 from b24connector.portals import PortalPolicy
 from b24connector.problems import Problem, ProblemKind
 from b24connector.settings import DEFAULT_PORTAL_SUFFIXES
 from b24connector.vault.errors import VaultUnavailable
-from b24connector.install import Installer
 from tests.unit.handlers.fakes import (
     CLIENT_ID,
     Clock,

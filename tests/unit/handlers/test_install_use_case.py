@@ -265,7 +265,8 @@ def test_onappuserready_is_parsed_with_the_portal_from_client_endpoint() -> None
     event = parse_install_event(world.user_ready(), POLICY, now=world.clock())
     assert (event.name, event.grant.domain, event.member_id) == ("ONAPPUSERREADY", PORTAL, MEMBER)
     assert event.grant.tokens.user_id == 77
-    assert event.installer is not None and event.installer.tokens.user_id == 1
+    assert event.installer is not None
+    assert event.installer.tokens.user_id == 1
     assert event.application_token == APP_TOKEN
 
 
@@ -308,7 +309,8 @@ def test_an_administrators_install_event_is_verified_stored_and_subscribed() -> 
     stored = world.store.portals[MEMBER]
     assert stored.application_token_hash == APP_TOKEN_HASH
     assert stored.grant_role == "admin"
-    assert stored.tokens is not None and stored.tokens.client_endpoint == f"https://{PORTAL}/rest/"
+    assert stored.tokens is not None
+    assert stored.tokens.client_endpoint == f"https://{PORTAL}/rest/"
     assert world.journal.kinds() == ["subscribe"]
 
 
@@ -445,7 +447,8 @@ def test_onappuserready_makes_the_system_user_the_portals_grant() -> None:
     # Then the system user's pair is the grant, with the application token
     stored = world.store.portals[MEMBER]
     assert (installed.outcome, stored.grant_role) == (Outcome.STORED, "system")
-    assert stored.tokens is not None and stored.tokens.user_id == 77
+    assert stored.tokens is not None
+    assert stored.tokens.user_id == 77
     assert stored.application_token_hash == APP_TOKEN_HASH
 
 
@@ -582,13 +585,15 @@ def test_an_unproven_uninstall_changes_nothing_and_is_checked_with_bitrix24(toke
     outcome = world.installer.uninstall(_uninstall(token=token))
     # Then nothing changes yet; a check with Bitrix24 is journaled
     assert outcome is Outcome.UNINSTALL_QUEUED
-    assert world.store.writes == writes and world.store.portals[MEMBER].is_active
+    assert world.store.writes == writes
+    assert world.store.portals[MEMBER].is_active
     job = world.journal.jobs.pop()
     assert (job.kind, token in repr(job)) == ("uninstall", False)
     # And when Bitrix24 says the app is still installed, it is refused for good
     problem = problem_of(lambda: world.installer.confirm_uninstall(notice_of(job)))
     assert (problem.kind, problem.reason) == (ProblemKind.FORBIDDEN, "uninstall_not_confirmed")
-    assert world.store.writes == writes and world.store.portals[MEMBER].is_active
+    assert world.store.writes == writes
+    assert world.store.portals[MEMBER].is_active
 
 
 def test_an_uninstall_without_a_stored_token_is_applied_once_bitrix24_confirms_it() -> None:

@@ -102,7 +102,7 @@ def getatt(logical_id: str, attribute: str = "Arn") -> dict[str, list[str]]:
     return {"Fn::GetAtt": [logical_id, attribute]}
 
 
-def deployed_value(template: dict[str, Any], value: Any) -> str:
+def deployed_value(template: dict[str, Any], value: Any) -> str:  # noqa: PLR0911 - one return per intrinsic
     """What a variable would hold after deployment: parameter defaults, stand-ins for resource ids."""
     if isinstance(value, str):
         return value
