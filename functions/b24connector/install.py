@@ -1,4 +1,4 @@
-"""The app lifecycle as portals run it (docs/bitrix24-facts.md, app lifecycle and events).
+"""The app lifecycle as portals run it (docs/bitrix24-facts.md#f-app-1 to #f-app-10, #f-events-3).
 
 What arrives, and how far each is trusted:
 - The install page POST (UI apps, in the portal's frame) carries the opening user's pair; older portals
@@ -67,7 +67,7 @@ EVENT_USER_READY = "ONAPPUSERREADY"
 EVENT_UNINSTALL = "ONAPPUNINSTALL"
 # The events that hand us a token pair exactly once: journaled before anything else happens.
 JOURNALED_EVENTS = frozenset({EVENT_INSTALL, EVENT_USER_READY})
-# What the OAuth server says when the app is gone from the portal (docs/bitrix24-facts.md, uninstall).
+# What the OAuth server says when the app is gone from the portal (docs/bitrix24-facts.md#f-oauth-9).
 _REMOVED_CODES = frozenset({"NOT_INSTALLED", "ERROR_OAUTH", "APPLICATION_NOT_FOUND"})
 
 
@@ -288,7 +288,7 @@ def parse_install_page(
     return InstallGrant(
         domain=domain,
         tokens=tokens,
-        # Older portals omit SERVER_ENDPOINT (docs/bitrix24-facts.md): then the default OAuth server.
+        # Older portals omit SERVER_ENDPOINT (docs/bitrix24-facts.md#f-app-5): then the default OAuth server.
         server_hint=_optional(form, "SERVER_ENDPOINT"),
         # ... and APPLICATION_TOKEN: such a portal never gives a UI app its application token.
         application_token=_optional(form, "APPLICATION_TOKEN"),
@@ -366,7 +366,7 @@ def parse_install_event(payload: Mapping[str, Any], policy: PortalPolicy, *, now
     if name == EVENT_USER_READY:
         data = _block(payload, "data")
         _required(auth, "application_token")
-        # Both blocks' `domain` is the OAuth server's host here: the portal comes from client_endpoint.
+        # Both blocks' `domain` is the OAuth server's host (docs/bitrix24-facts.md#f-app-9): the portal is the endpoint's.
         system = _event_grant(data, "data", policy, now, domain=None)
         installer = _event_grant(auth, "auth", policy, now, domain=system.domain)
         if installer.tokens.member_id != system.tokens.member_id:
@@ -723,7 +723,7 @@ class Installer:
                 raise forbidden(
                     "token_rejected", "Bitrix24 did not confirm the access token (expired)."
                 ) from None
-            # A late event: its refresh token still proves the grant (docs/bitrix24-facts.md, events).
+            # A late event: its refresh token still proves the grant (docs/bitrix24-facts.md#f-events-2).
             tokens, renewed = self._renew(grant, server), True
             info = self._app_info(tokens.access_token, server)
         except TransientError:
@@ -797,7 +797,7 @@ def _who(event: InstallEvent) -> dict[str, Any]:
 
 
 class RestRoleProbe:
-    """RoleProbe over the REST client: `user.admin` with the pair itself (docs/bitrix24-facts.md)."""
+    """RoleProbe over the REST client: `user.admin` with the pair itself (docs/bitrix24-facts.md#f-user-1)."""
 
     def __init__(self, rest: Any) -> None:
         self._rest = rest

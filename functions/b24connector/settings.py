@@ -146,7 +146,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         rescue_queue_url=read.required("RESCUE_QUEUE_URL"),
         lifecycle_queue_url=read.required("LIFECYCLE_QUEUE_URL"),
         events_url=read.get("EVENTS_URL", str, ""),
-        # ONAPPUNINSTALL reaches an app only through event.bind (docs/bitrix24-facts.md, lifecycle).
+        # ONAPPUNINSTALL reaches an app only through event.bind (docs/bitrix24-facts.md#f-app-3).
         bound_events=read.get("BOUND_EVENTS", _event_names, "ONAPPUNINSTALL"),
         allowed_portal_suffixes=read.get("ALLOWED_PORTAL_SUFFIXES", _csv, ",".join(DEFAULT_PORTAL_SUFFIXES)),
         allowed_portal_hosts=read.get("ALLOWED_PORTAL_HOSTS", _csv, ""),

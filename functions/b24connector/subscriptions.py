@@ -2,7 +2,7 @@
 
 Bitrix24 registers the install URL only for ONAPPINSTALL (API-only apps) and ONAPPUSERREADY (Market
 apps); every other event, ONAPPUNINSTALL included, reaches an app only through event.bind
-(docs/bitrix24-facts.md, app lifecycle). So after a grant is stored, LifecycleFunction reads event.get
+(docs/bitrix24-facts.md#f-app-1, #f-app-3). So after a grant is stored, LifecycleFunction reads event.get
 and binds what is missing to the stack's /events URL. A duplicate bind answers ERROR_CORE "Handler
 already binded", which means the work is done. Bindings are per user for non-administrators, so a
 binding made with an employee's grant delivers through that employee's row.
@@ -21,7 +21,7 @@ from b24connector.observability import count, logger
 from b24connector.vault.errors import PortalNotFound, ReauthRequired
 from b24connector.vault.models import SUBSCRIPTION_BOUND, SUBSCRIPTION_FAILED
 
-_ALREADY_BOUND = "already binded"  # Bitrix24's own spelling (docs/bitrix24-facts.md, event.bind)
+_ALREADY_BOUND = "already binded"  # Bitrix24's own spelling (docs/bitrix24-facts.md#f-bind-7)
 _WORK_SECONDS = 20.0
 
 

@@ -93,7 +93,7 @@ def route(request: HttpRequest) -> HttpResponse:
         return _event(conf, request.form())
     if request.path.endswith(INSTALL_PATH):
         form = request.form()
-        # Bitrix24 posts ONAPPINSTALL / ONAPPUSERREADY to the install URL (docs/bitrix24-facts.md).
+        # Bitrix24 posts ONAPPINSTALL / ONAPPUSERREADY to the install URL (docs/bitrix24-facts.md#f-app-1).
         if "event" in form.names():
             return _event(conf, form)
         return _install_page(conf, request, form)

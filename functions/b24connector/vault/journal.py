@@ -1,6 +1,6 @@
 """The lifecycle journal: app events and follow-up work, accepted durably before any network call.
 
-Bitrix24 delivers an event once and never again (docs/bitrix24-facts.md, events), so an ONAPPINSTALL
+Bitrix24 delivers an event once and never again (docs/bitrix24-facts.md#f-events-3), so an ONAPPINSTALL
 or ONAPPUSERREADY is written here first and applied later by LifecycleFunction, with the queue's
 retries, dead-letter queue and alarm behind it. Token values travel only as KMS ciphertext under the
 portal's token context (the same envelope as the stored pairs); everything else is plain JSON.

@@ -24,7 +24,7 @@ HEALTH_NEEDS_REAUTH = "needs_reauth"
 HEALTH_UNINSTALLED = "uninstalled"
 HEALTH_STATES = (HEALTH_ACTIVE, HEALTH_NEEDS_REAUTH, HEALTH_UNINSTALLED)
 
-# Whose pair a portal's grant is (docs/bitrix24-facts.md, app lifecycle): the system user of a Market
+# Whose pair a portal's grant is (docs/bitrix24-facts.md#f-app-9, #f-user-1): the system user of a Market
 # app (ONAPPUSERREADY), a portal administrator (REST user.admin said so) or any other employee. A grant
 # is never replaced by one of a lower rank while it is active.
 ROLE_SYSTEM = "system"
