@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.logging import correlation_paths
@@ -105,7 +106,23 @@ def route(request: HttpRequest) -> HttpResponse:
 )
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """HttpApi payload 2.0 in; an HTML page for /install, JSON for /events."""
-    if str(event.get("rawPath", "")).endswith(EVENTS_PATH):
+    """HttpApi payload 2.0 in; JSON for events (on /events or the install URL), HTML for the install page."""
+    if str(event.get("rawPath", "")).endswith(EVENTS_PATH) or _posts_an_event(event):
         return serve(event, route, logger=logger, count=count, answer_as="json")
     return serve(event, route, logger=logger, count=count, answer_as="html")
+
+
+def _posts_an_event(event: dict[str, Any]) -> bool:
+    """True when the form names an `event` (Bitrix24 posts ONAPPINSTALL/ONAPPUSERREADY to the install URL)."""
+    body = event.get("body")
+    if not isinstance(body, str):
+        return False
+    head = body[:8192]
+    if event.get("isBase64Encoded"):
+        try:
+            raw = base64.b64decode(head[: len(head) // 4 * 4], validate=False)
+        except ValueError:
+            return False
+    else:
+        raw = head.encode("utf-8", "surrogatepass")
+    return raw.startswith(b"event=") or b"&event=" in raw

@@ -631,3 +631,13 @@ def test_arbitrary_callbacks_never_cause_a_5xx(world: World, query: str, cookie:
     assert world.store.writes == 0
     authorize_answer = authorize.handler(http_event("GET", "/authorize", query=query), FakeContext())
     assert authorize_answer["statusCode"] in {302, 400, 414}
+
+
+def test_events_posted_to_the_install_url_get_json_answers_even_when_refused(world: World) -> None:
+    # Bitrix24 posts ONAPPINSTALL / ONAPPUSERREADY to the install URL: an HTML error page is no answer for it.
+    answer = install.handler(
+        _raw_post("/install", b"event=ONAPPUSERREADY&auth%5Bmember_id%5D=m"), FakeContext()
+    )
+    assert answer["statusCode"] == 400
+    assert answer["headers"]["Content-Type"].startswith("application/json")
+    assert json.loads(answer["body"])["error"]["code"] == "data_missing"
