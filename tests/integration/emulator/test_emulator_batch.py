@@ -95,7 +95,9 @@ def test_form_encoded_batch_with_double_encoding(emu: Emulator, token: str) -> N
     assert [int(r["ID"]) for r in inner["result"]["second"]] == ids[50:100]
 
 
-def test_reference_to_a_missing_row_substitutes_the_parent_array(emu_factory: Callable[..., Emulator]) -> None:
+def test_reference_to_a_missing_row_substitutes_the_parent_array(
+    emu_factory: Callable[..., Emulator],
+) -> None:
     # Given 60 leads: c0 returns 50 rows, c1 returns 10, c2 references c1's 50th row which does not exist
     emulator = emu_factory(leads=60)
     token = emulator.issue_tokens()["access_token"]
