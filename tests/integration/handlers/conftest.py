@@ -205,27 +205,50 @@ class Connector:
         assert cookie.startswith(f"{COOKIE}=")
         return answer.headers["Location"], cookie.split(";", 1)[0].split("=", 1)[1]
 
-    def consent(self, consent_url: str) -> str:
-        """Load the portal's consent page and submit its one form, as the user would; returns the redirect."""
-        page = requests.get(consent_url, timeout=10)
+    def consent(self, consent_url: str, *, user_id: int | None = None) -> str:
+        """The portal's answer to the consent URL for a logged-in user: the redirect to /callback.
+
+        A logged-in user is redirected at once (docs/bitrix24-facts.md#f-oauth-1); with the emulator's
+        `consent_form` on, its one form is submitted. `user_id` approves as another portal user.
+        """
+        from urllib.parse import parse_qs, urlsplit
+
+        if user_id is not None:
+            state = parse_qs(urlsplit(consent_url).query)["state"][0]
+            approved = requests.post(
+                f"{self.emulator.admin_url}/authorize", json={"state": state, "user_id": user_id}, timeout=10
+            )
+            assert approved.status_code == 200, approved.text
+            return str(approved.json()["location"])
+        page = requests.get(consent_url, allow_redirects=False, timeout=10)
+        if page.status_code == 302:
+            return page.headers["Location"]
         assert page.status_code == 200
         assert page.text.count("<form") == 1
-        state = consent_url.split("state=", 1)[1].split("&", 1)[0]
-        from urllib.parse import unquote
-
+        state = parse_qs(urlsplit(consent_url).query)["state"][0]
         approved = requests.post(
             f"{self.emulator.portal_url}/oauth/authorize/",
-            data={"client_id": CLIENT_ID, "state": unquote(state)},
+            data={"client_id": CLIENT_ID, "state": state},
             allow_redirects=False,
             timeout=10,
         )
         assert approved.status_code == 302, approved.text
         return approved.headers["Location"]
 
-    def connect(self) -> requests.Response:
+    def install_event(self) -> None:
+        """An API-only app's ONAPPINSTALL posted to /events by the portal, then applied from the journal."""
+        answer = self.emulator.send_install(self.events_url(), "event")
+        assert answer["status"] == 200, answer
+        self.drain_lifecycle()
+        item = self.portal_item()
+        assert item is not None and item["health"]["S"] == "active", item
+        # The install's own REST calls (user.admin, event.get, event.bind) are not what tests count.
+        self.emulator.reset()
+
+    def connect(self, *, user_id: int | None = None) -> requests.Response:
         """The whole browser journey: authorize, consent, callback with the cookie."""
         consent_url, nonce = self.authorize()
-        redirect = self.consent(consent_url)
+        redirect = self.consent(consent_url, user_id=user_id)
         return requests.get(
             redirect, headers={"Cookie": f"{COOKIE}={nonce}"}, allow_redirects=False, timeout=10
         )
