@@ -241,7 +241,8 @@ class Connector:
         assert answer["status"] == 200, answer
         self.drain_lifecycle()
         item = self.portal_item()
-        assert item is not None and item["health"]["S"] == "active", item
+        assert item is not None
+        assert item["health"]["S"] == "active", item
         # The install's own REST calls (user.admin, event.get, event.bind) are not what tests count.
         self.emulator.reset()
 

@@ -182,7 +182,8 @@ def test_legacy_install_page_then_uninstall_confirmed_with_bitrix24(
     # Given a UI app on a portal whose install page carries no application token (the legacy form)
     emulator.install(user_id=1)
     page = emulator.send_install(connector.install_url(), "page")
-    assert page["status"] == 200 and "BX24.installFinish()" in page["body"], page
+    assert page["status"] == 200, page
+    assert "BX24.installFinish()" in page["body"]
     emulator.install_finish()
     item = connector.portal_item()
     assert item is not None
@@ -268,7 +269,8 @@ def test_a_late_install_event_and_a_first_app_info_timeout_lose_nothing(
     # Then the install is stored all the same, after one renewal of the event's own refresh token
     assert drain.retried >= 1
     item = connector.portal_item()
-    assert item is not None and item["health"]["S"] == "active"
+    assert item is not None
+    assert item["health"]["S"] == "active"
     assert emulator.stats()["token_grants"].get("refresh_token") == 1
     assert connector.leads(member_id=emulator.member_id, limit=1)["count"] == 1
 
