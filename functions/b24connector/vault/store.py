@@ -312,8 +312,13 @@ class PortalStore:
                 scope=tokens.scope or None,
                 status=tokens.status or None,
                 user_id=tokens.user_id,
+                # A reinstall gets a new application token: an uninstalled record's verifier is stale.
                 application_token_hash=new_verifier
-                or (_application_token_hash(existing) if existing is not None else None),
+                or (
+                    _application_token_hash(existing)
+                    if existing is not None and existing.health != HEALTH_UNINSTALLED
+                    else None
+                ),
                 token_ciphertext=sealed.ciphertext,
                 access_expires_at=int(tokens.expires_at),
                 refresh_obtained_at=obtained,
