@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from b24connector.bitrix24.errors import (
+    AuthServerUnavailable,
     Bitrix24Error,
     DeadlineExceeded,
     InvalidClient,
@@ -42,6 +43,7 @@ from b24connector.bitrix24.errors import (
     PortalMoved,
     QueryLimitExceeded,
     TransientError,
+    UnknownAuthError,
 )
 from b24connector.observability import count, logger
 from b24connector.vault.errors import PortalNotFound, ReauthRequired, TokenDecryptError, VaultError
@@ -518,6 +520,7 @@ def split_points(last: int, top: int, density: float, parts: int) -> list[int]:
     return [last + (span * i) // count for i in range(count)]
 
 
+# Which Bitrix24 errors tell the caller to have the portal connected again: docs/bitrix24-errors.md.
 _REAUTH_ERRORS = (InvalidGrant, InvalidToken, NotInstalled, PaymentRequired, InvalidClient, PortalDeleted)
 _RATE_ERRORS = (QueryLimitExceeded, OperationTimeLimit, OverloadLimit)
 
@@ -598,9 +601,17 @@ def error_for(exc: Bitrix24Error | VaultError) -> LeadsError:
         return LeadsError(REAUTH_REQUIRED, f"Bitrix24 no longer accepts this portal's grant ({exc.code})")
     if isinstance(exc, _RATE_ERRORS) or exc.code == "CLIENT_RATE_LIMIT":
         return LeadsError(RATE_LIMITED, f"Bitrix24 rate limits were reached ({exc.code}); retry later")
+    return LeadsError(UPSTREAM_ERROR, _upstream_message(exc))
+
+
+def _upstream_message(exc: Bitrix24Error) -> str:
     if isinstance(exc, DeadlineExceeded):
-        return LeadsError(UPSTREAM_ERROR, "Bitrix24 did not answer within the time budget")
-    return LeadsError(UPSTREAM_ERROR, f"Bitrix24 failed ({exc.code})")
+        return "Bitrix24 did not answer within the time budget"
+    if isinstance(exc, AuthServerUnavailable):
+        return f"Bitrix24 could not check the grant with its OAuth server ({exc.code}); retry later"
+    if isinstance(exc, UnknownAuthError):
+        return f"Bitrix24 refused the request with an unknown code ({exc.code})"
+    return f"Bitrix24 failed ({exc.code})"
 
 
 def _vault_error(exc: VaultError) -> LeadsError:

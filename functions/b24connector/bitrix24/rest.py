@@ -1,6 +1,7 @@
 """Portal REST client: JSON POSTs with `auth` in the body, the error taxonomy, and the retry rules of 4.1-6.
 
-Retries are narrow on purpose: 503 QUERY_LIMIT_EXCEEDED gets bounded, fully jittered backoff; 429
+Retries are narrow on purpose: 503 QUERY_LIMIT_EXCEEDED and 401 CONNECTION_ERROR (the portal could not
+check our token with the OAuth server) get bounded, fully jittered backoff within the deadline; 429
 OPERATION_TIME_LIMIT waits for `operating_reset_at` only when that fits the caller's budget; 401
 expired_token renews the access token once; 401 invalid_token adopts a newer stored access token once (a
 refresh elsewhere revoked ours), never renews; a 302 portal rename is re-POSTed to an allowed new host.
@@ -30,6 +31,7 @@ from b24connector.bitrix24.envelope import (
     reset_at_of,
 )
 from b24connector.bitrix24.errors import (
+    AuthServerUnavailable,
     Bitrix24Error,
     DeadlineExceeded,
     ExpiredToken,
@@ -38,6 +40,7 @@ from b24connector.bitrix24.errors import (
     PortalMoved,
     QueryLimitExceeded,
     TransientError,
+    UnknownAuthError,
     UnsafeEndpoint,
 )
 from b24connector.bitrix24.pacing import LocalTokenBucket, Pacer
@@ -209,6 +212,7 @@ class RestClient:
         pacer: Pacer | None = None,
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
         max_query_limit_retries: int = 4,
+        max_auth_check_retries: int = 2,
         backoff_base: float = 0.5,
         backoff_cap: float = 8.0,
         max_limit_wait: float = 60.0,
@@ -223,6 +227,7 @@ class RestClient:
         self.pacer: Pacer = pacer if pacer is not None else LocalTokenBucket()
         self._timeout = timeout
         self._max_query_limit_retries = max_query_limit_retries
+        self._max_auth_check_retries = max_auth_check_retries
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._max_limit_wait = max_limit_wait
@@ -343,6 +348,7 @@ class RestClient:
         renewed = False
         limit_waited = False
         query_limit_attempts = 0
+        auth_check_attempts = 0
         redirects = 0
         while True:
             token = portal.access_token
@@ -356,7 +362,7 @@ class RestClient:
             if error is None:
                 return data  # type: ignore[no-any-return]  # error_of vetted it as a success envelope
             if (
-                isinstance(error, ExpiredToken | InvalidToken)
+                isinstance(error, ExpiredToken | InvalidToken | UnknownAuthError)
                 and not renewed
                 and portal.access_token != token
             ):
@@ -368,7 +374,7 @@ class RestClient:
                 renewed = True
                 portal.renew_token(token)
                 continue
-            if isinstance(error, InvalidToken) and portal.can_reload and not renewed:
+            if isinstance(error, InvalidToken | UnknownAuthError) and portal.can_reload and not renewed:
                 # Another container's refresh revokes the token we cached (invalid_token, not
                 # expired_token): adopt the stored newer one and retry once. Never refresh here: a
                 # truly revoked grant must end as it is, without spending the refresh token.
@@ -376,8 +382,14 @@ class RestClient:
                 if portal.reload_token(token):
                     continue
             if isinstance(error, QueryLimitExceeded):
-                self._back_off(portal, error, query_limit_attempts)
+                self._back_off(portal, error, query_limit_attempts, self._max_query_limit_retries)
                 query_limit_attempts += 1
+                continue
+            if isinstance(error, AuthServerUnavailable):
+                # Bitrix24's own check with the OAuth server failed (docs/bitrix24-errors.md): the
+                # grant is fine, a moment later the check usually passes.
+                self._back_off(portal, error, auth_check_attempts, self._max_auth_check_retries)
+                auth_check_attempts += 1
                 continue
             if isinstance(error, OperationTimeLimit):
                 if limit_waited:
@@ -389,8 +401,8 @@ class RestClient:
                 continue
             raise error
 
-    def _back_off(self, portal: PortalContext, error: QueryLimitExceeded, attempt: int) -> None:
-        if attempt >= self._max_query_limit_retries:
+    def _back_off(self, portal: PortalContext, error: TransientError, attempt: int, max_retries: int) -> None:
+        if attempt >= max_retries:
             raise error
         # Full jitter (AWS architecture blog): spreads competing clients across the whole window.
         delay = self._rand() * min(self._backoff_cap, self._backoff_base * (2**attempt))
