@@ -6,6 +6,9 @@ Contract (ARCHITECTURE.md section 2). Choices made here:
   lister; the cursor only ever moves the lower bound up, and it is bound to a hash of the query, so a
   caller cannot edit it to read outside its filter or another tenant's rows.
 - `select` always yields the ID (added when missing) because the cursor needs it.
+- A `null` filter value is refused (INVALID_REQUEST), not sent: PHP's http_build_query, which builds
+  Bitrix24's own batch sub-commands, drops a null key, so the condition would silently vanish and the
+  answer widen; a caller means either "" (an empty value) or no condition, and must say which.
 - A page ends at `limit` rows or when the answer would pass MAX_ANSWER_BYTES, whichever comes first.
 - When a transient failure or the time budget stops a read after some rows, those rows are answered
   with a cursor instead of an error; the next call continues from there.
@@ -72,8 +75,11 @@ MIN_SPLIT_ROWS = 2_450
 _ALLOWED_KEYS = frozenset({"member_id", "domain", "select", "filter", "order", "limit", "cursor", "split"})
 _MEMBER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _FIELD = re.compile(r"(?:[A-Za-z][A-Za-z0-9_]{0,63}|\*|UF_\*)\Z")
-# Bitrix24 filter keys: an optional operator prefix, then a field name (fact sheet 5.1).
-_FILTER_KEY = re.compile(r"(?P<op>>=|<=|!=|!%|!@|=%|%=|>|<|@|=|%|!)?(?P<field>[A-Za-z][A-Za-z0-9_]{0,63})\Z")
+# Bitrix24 filter keys: an optional operator prefix, then a field name (crm.lead.list documents
+# >=, >, <=, <, @, !@, %, =%, %=, !%, !%=, =, !=, !). Longer operators first: `!%=` before `!%`.
+_FILTER_KEY = re.compile(
+    r"(?P<op>!%=|>=|<=|!=|!%|!@|=%|%=|>|<|@|=|%|!)?(?P<field>[A-Za-z][A-Za-z0-9_]{0,63})\Z"
+)
 _CURSOR_VERSION = 1
 # Version 2 carries an upper bound ("b"): a reader that ignored it would read past its part.
 _BOUNDED_CURSOR_VERSION = 2
@@ -189,7 +195,7 @@ def _select(value: object) -> tuple[str, ...]:
 
 
 def _scalar_ok(value: object) -> bool:
-    if value is None or isinstance(value, bool | int):
+    if isinstance(value, bool | int):
         return True
     if isinstance(value, float):
         return math.isfinite(value)
@@ -208,11 +214,14 @@ def _filter(value: object) -> dict[str, Any]:
         match = _FILTER_KEY.match(key) if isinstance(key, str) else None
         if match is None:
             raise _invalid("filter keys look like 'STATUS_ID', '>DATE_CREATE' or '@SOURCE_ID'")
+        if item is None:
+            # PHP drops a null key (http_build_query), so sending it would silently widen the answer.
+            raise _invalid('filter values may not be null: use "" for an empty value or leave the key out')
         if isinstance(item, list):
-            if len(item) > MAX_FILTER_LIST or not all(_scalar_ok(v) and v is not None for v in item):
+            if len(item) > MAX_FILTER_LIST or not all(_scalar_ok(v) for v in item):
                 raise _invalid(f"filter lists hold at most {MAX_FILTER_LIST} strings or numbers")
         elif not _scalar_ok(item):
-            raise _invalid("filter values are strings, numbers, booleans, null or lists of those")
+            raise _invalid("filter values are strings, numbers, booleans or lists of those")
         is_id_bound_key = match["field"].upper() == "ID" and match["op"] in {">", ">=", "<", "<="}
         if is_id_bound_key and not _is_id_bound(item):
             raise _invalid("ID bounds in filter must be non-negative integers")

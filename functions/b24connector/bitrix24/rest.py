@@ -4,7 +4,8 @@ Retries are narrow on purpose: 503 QUERY_LIMIT_EXCEEDED and 401 CONNECTION_ERROR
 check our token with the OAuth server) get bounded, fully jittered backoff within the deadline; 429
 OPERATION_TIME_LIMIT waits for `operating_reset_at` only when that fits the caller's budget; 401
 expired_token renews the access token once; 401 invalid_token adopts a newer stored access token once (a
-refresh elsewhere revoked ours), never renews; a 302 portal rename is re-POSTed to an allowed new host.
+refresh elsewhere revoked ours), never renews; a 302 portal rename is re-POSTed to an allowed new host
+(its scheme and host only; the path stays ours).
 Nothing else is retried here (callers own that), and no body, URL query or token is ever logged.
 """
 
@@ -17,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
@@ -434,6 +435,10 @@ class RestClient:
             raise TransientError("TIMEOUT", "the portal did not answer in time") from None
         except requests.RequestException:
             raise TransientError("CONNECTION_ERROR", "the portal could not be reached") from None
+        except ValueError:
+            # requests parses a redirect's Location even with allow_redirects=False, and a malformed one
+            # (an unbalanced IPv6 bracket) raises ValueError there: a redirect we cannot follow.
+            raise PortalMoved("PORTAL_MOVED", "redirect to a malformed address", http_status=302) from None
         if response.status_code in _REDIRECTS:
             return response.status_code, None, response.headers.get("Location")
         return response.status_code, decode_json(response), None
@@ -443,11 +448,15 @@ class RestClient:
             raise PortalMoved("PORTAL_MOVED", "too many portal redirects", http_status=302)
         if not location:
             raise PortalMoved("PORTAL_MOVED", "redirect without a Location", http_status=302)
-        target = urljoin(portal.client_endpoint, location)
-        scheme, _, rest = target.partition("://")
-        authority, _, path = rest.partition("/")
-        origin = f"{scheme}://{authority}"
-        if not path.startswith("rest/"):
+        # Only scheme and host count, as in the official SDKs (b24phpsdk Core, b24pysdk's 302 handling):
+        # the request goes to our own /rest/<method> path on the new host, whatever path Location names.
+        try:
+            target = urlsplit(urljoin(portal.client_endpoint, location))
+        except ValueError:  # e.g. an unbalanced IPv6 bracket
+            raise PortalMoved("PORTAL_MOVED", "redirect to a malformed address", http_status=302) from None
+        origin = f"{target.scheme}://{target.netloc}"
+        if target.netloc.lower() == portal.host and not target.path.startswith("/rest/"):
+            # Same host, another page (a login form, say): not a rename, and re-sending would loop.
             raise PortalMoved(
                 "PORTAL_MOVED", "redirect outside the REST API", http_status=302, location=origin
             )

@@ -423,8 +423,10 @@ def test_relative_rename_location_is_resolved(fake_time: FakeTime) -> None:
     [
         "https://evil.com/rest/crm.lead.list",
         "http://new-name.bitrix24.com/rest/crm.lead.list",
-        "https://new-name.bitrix24.com/login/",
+        "https://acme.bitrix24.com/login/",  # same host, not a rename: refused without a re-send loop
         "https://new-name.bitrix24.com@evil.com/rest/x",
+        "https://evil.com\\@new-name.bitrix24.com/",
+        "https://[::1/rest/x",
         "https://127.0.0.1/rest/x",
         "",
     ],
@@ -438,6 +440,32 @@ def test_renames_to_disallowed_places_are_not_followed(fake_time: FakeTime, loca
         make_client(transport, fake_time).call(portal, "crm.lead.list")
     assert len(transport.sent) == 1
     assert portal.client_endpoint == ENDPOINT
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "https://new-name.bitrix24.com",
+        "https://new-name.bitrix24.com/",
+        "https://new-name.bitrix24.com/login/?back=/rest/crm.lead.list",
+        "https://new-name.bitrix24.com/marketplace/app/1/",
+        "https://NEW-NAME.bitrix24.com/rest/other.method?x=1#frag",
+    ],
+)
+def test_a_rename_takes_only_scheme_and_host_from_the_location(fake_time: FakeTime, location: str) -> None:
+    # Given a renamed portal whose 302 names any page on the new host (the SDKs use scheme and host only)
+    moved: list[tuple[str, str]] = []
+    transport = FakeTransport().queue(Reply(302, body=b"", headers={"Location": location}), OK)
+    portal = make_portal(
+        on_moved=lambda host, endpoint: moved.append((host, endpoint)), domain="acme.bitrix24.com"
+    )
+    # When a call meets it
+    make_client(transport, fake_time).call(portal, "crm.lead.list", {"filter": {">ID": 5}})
+    # Then the same request goes to our own REST path on the new host, and the move is reported
+    first, second = transport.sent
+    assert second.url == "https://new-name.bitrix24.com/rest/crm.lead.list"
+    assert second.body == first.body
+    assert moved == [("new-name.bitrix24.com", "https://new-name.bitrix24.com/rest/")]
 
 
 def test_rename_loops_stop(fake_time: FakeTime) -> None:
