@@ -223,6 +223,9 @@ def test_a_rename_seen_first_by_the_scheduled_refresh_moves_the_portal_and_reads
     assert item["client_endpoint"]["S"] == f"http://{new_domain}/rest/"
     assert metrics.get("PortalMoved") == 1
     assert "PortalMoveRefused" not in metrics
+    # the OAuth server's own server_endpoint is on the allow-list and stays stored
+    assert "ServerEndpointRefused" not in metrics
+    assert item["server_endpoint"] == before["server_endpoint"]
     # And LeadsFunction reads work and go straight to the new host (the old one would answer 302)
     emulator.reset()
     page = connector.leads(member_id=emulator.member_id, select=["ID"], limit=120)
