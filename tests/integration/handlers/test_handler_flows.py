@@ -721,3 +721,37 @@ def test_a_page_can_end_mid_window_and_continue(connector: Connector, emulator: 
     ids = [int(lead["ID"]) for lead in first["leads"] + second["leads"]]
     assert ids == sorted(emulator.state.leads.ids())
     assert second["next_cursor"] is None
+
+
+def test_onappuserready_makes_the_system_user_the_grant_over_an_employees(
+    connector: Connector, emulator: Emulator
+) -> None:
+    # Given a portal an employee connected first (nobody held it)
+    assert connector.connect(user_id=2).status_code == 200
+    connector.drain_lifecycle()
+    item = connector.portal_item()
+    assert item is not None
+    assert (item["grant_role"]["S"], item["user_id"]["N"]) == ("user", "2")
+    # When the Market app is installed by an administrator: ONAPPINSTALL, then ONAPPUSERREADY on the install URL
+    emulator.configure(app_mode="api_only", market_app=True, install_url=connector.install_url())
+    installed = emulator.install(user_id=1)
+    assert [d["status"] for d in installed["deliveries"]] == [200, 200]
+    assert [d["event"] for d in installed["deliveries"]] == ["ONAPPINSTALL", "ONAPPUSERREADY"]
+    connector.drain_lifecycle()
+    # Then the system user's long-lived pair is the portal's grant, with the application token
+    item = connector.portal_item()
+    assert item is not None
+    system_user = str(emulator.config.system_user_id)
+    assert (item["grant_role"]["S"], item["user_id"]["N"], item["health"]["S"]) == (
+        "system",
+        system_user,
+        "active",
+    )
+    assert "application_token_hash" in item
+    # And LeadsFunction reads as the system user from now on
+    emulator.reset()
+    assert connector.leads(member_id=emulator.member_id, limit=2)["count"] == 2
+    assert set(emulator.stats()["requests_by_user"]) == {system_user}
+    # And an administrator's later /authorize does not displace it
+    assert connector.connect().status_code == 403
+    assert connector.portal_item()["grant_role"]["S"] == "system"  # type: ignore[index]
