@@ -60,7 +60,7 @@ class ReauthRequired(LeadsError):
 
 
 class RateLimited(LeadsError):
-    """Bitrix24's rate or resource limits were reached; retry later (the last cursor stays valid)."""
+    """Bitrix24's limits, or the connector's refresh throttle, were reached; retry later (cursor stays valid)."""
 
     code = "RATE_LIMITED"
 

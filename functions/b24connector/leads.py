@@ -49,7 +49,13 @@ from b24connector.bitrix24.errors import (
     UnknownAuthError,
 )
 from b24connector.observability import count, logger
-from b24connector.vault.errors import PortalNotFound, ReauthRequired, TokenDecryptError, VaultError
+from b24connector.vault.errors import (
+    PortalNotFound,
+    ReauthRequired,
+    RefreshThrottled,
+    TokenDecryptError,
+    VaultError,
+)
 from b24connector.vault.refresh import RefreshCoordinator
 from b24connector.vault.store import PortalStore
 
@@ -628,6 +634,13 @@ def _vault_error(exc: VaultError) -> LeadsError:
         return LeadsError(PORTAL_NOT_FOUND, "no connected portal with that member_id or domain")
     if isinstance(exc, ReauthRequired | TokenDecryptError):
         return LeadsError(REAUTH_REQUIRED, "the portal must be installed or authorized again")
+    if isinstance(exc, RefreshThrottled):
+        # Our own limit, kept so Bitrix24 does not block the app: a rate limit to the caller.
+        return LeadsError(
+            RATE_LIMITED,
+            "Bitrix24 rejected the portal's freshly refreshed token; the connector refreshes a portal "
+            f"at most once per interval, retry in {exc.retry_after} s",
+        )
     return LeadsError(UPSTREAM_ERROR, "the token vault is unavailable right now; retry later")
 
 

@@ -47,6 +47,9 @@ class Settings:
     oauth_servers: tuple[str, ...]  # base URLs, e.g. https://oauth.bitrix.info; the first is the default
     refresh_after_days: int
     min_refresh_interval_hours: int
+    lazy_refresh_min_interval_seconds: (
+        float  # at most one on-demand (expired_token) refresh per portal per this
+    )
     due_index_shards: int
     state_ttl_seconds: int
     pkce_enabled: bool
@@ -155,6 +158,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         # far from the hourly/daily refreshing that Bitrix24 says gets apps blocked (2.7).
         refresh_after_days=read.get("REFRESH_AFTER_DAYS", _positive(int), "21"),
         min_refresh_interval_hours=read.get("MIN_REFRESH_INTERVAL_HOURS", _positive(int), "24"),
+        # A portal that answers expired_token to every fresh pair must not make us refresh on every read:
+        # Bitrix24 blocks apps that refresh too often (fact sheet 2.7).
+        lazy_refresh_min_interval_seconds=read.get(
+            "LAZY_REFRESH_MIN_INTERVAL_SECONDS", _positive(float), "300"
+        ),
         due_index_shards=read.get("DUE_INDEX_SHARDS", _positive(int), "16"),
         state_ttl_seconds=read.get("STATE_TTL_SECONDS", _positive(int), "600"),
         pkce_enabled=read.get("PKCE_ENABLED", _bool, "false"),

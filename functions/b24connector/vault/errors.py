@@ -58,6 +58,21 @@ class RefreshUnavailable(VaultError):
     retryable = True
 
 
+class RefreshThrottled(VaultError):
+    """A lazy refresh of this portal ran (or was tried) within LAZY_REFRESH_MIN_INTERVAL_SECONDS.
+
+    The stored pair is the one just rejected, so the portal refuses fresh tokens: refreshing again on
+    every read would only get the app blocked by Bitrix24 (fact sheet 2.7). `retry_after` is in seconds.
+    """
+
+    retryable = True
+
+    def __init__(self, member_id: str, retry_after: int) -> None:
+        self.member_id = member_id
+        self.retry_after = retry_after
+        super().__init__(f"portal {member_id} was refreshed moments ago; next refresh in {retry_after} s")
+
+
 class RefreshDeferred(VaultError):
     """A scheduled refresh failed after its request may have reached the token endpoint.
 

@@ -8,6 +8,7 @@ that cannot be committed goes to the rescue queue as ciphertext instead of being
 
 from __future__ import annotations
 
+import math
 import random
 import time
 import uuid
@@ -35,6 +36,7 @@ from b24connector.vault.errors import (
     ReauthRequired,
     RefreshDeferred,
     RefreshRejected,
+    RefreshThrottled,
     RefreshTimeout,
     RefreshUnavailable,
     TokenRescueFailed,
@@ -72,6 +74,7 @@ class RefreshOutcome(StrEnum):
     CLIENT_REJECTED = "client_rejected"
     NOT_ENOUGH_TIME = "not_enough_time"
     BUSY = "busy"
+    THROTTLED = "throttled"  # lazy: the last refresh is too recent (LAZY_REFRESH_MIN_INTERVAL_SECONDS)
     LEASE_TIMEOUT = "lease_timeout"
     RESCUE_FAILED = "rescue_failed"
     SKIPPED_VERSION_MOVED = "skipped_version_moved"
@@ -98,6 +101,7 @@ _METRIC = {
     RefreshOutcome.CLIENT_REJECTED: "TokenRefreshRejected",
     RefreshOutcome.NOT_ENOUGH_TIME: "TokenRefreshNoTime",
     RefreshOutcome.BUSY: "TokenRefreshBusy",
+    RefreshOutcome.THROTTLED: "TokenRefreshThrottled",
     RefreshOutcome.LEASE_TIMEOUT: "TokenRefreshLeaseTimeout",
     RefreshOutcome.RESCUE_FAILED: "TokenRescueFailed",
     RefreshOutcome.SKIPPED_VERSION_MOVED: "TokenRefreshSkipped",
@@ -133,6 +137,7 @@ class RefreshPolicy:
     commit_attempts: int = 4
     commit_backoff_seconds: float = 0.2
     min_refresh_interval_hours: int = 24
+    lazy_min_interval_seconds: float = 300.0  # one lazy refresh per portal per this, across containers
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RefreshPolicy:
@@ -143,6 +148,7 @@ class RefreshPolicy:
             max_wait_seconds=http + 10,
             refresh_budget_ms=int((http + 5) * 1000),
             min_refresh_interval_hours=settings.min_refresh_interval_hours,
+            lazy_min_interval_seconds=settings.lazy_refresh_min_interval_seconds,
         )
 
 
@@ -157,6 +163,7 @@ def _record(
         RefreshOutcome.TRANSIENT_FAILURE,
         RefreshOutcome.CLIENT_REJECTED,
         RefreshOutcome.LEASE_TIMEOUT,
+        RefreshOutcome.THROTTLED,
         RefreshOutcome.RESCUED,
         RescueOutcome.STALE,
     ):
@@ -240,8 +247,10 @@ class RefreshCoordinator:
     ) -> TokenSet:
         """A pair whose access token is not `rejected_access_token`, refreshing at most once overall.
 
-        Raises PortalNotFound, ReauthRequired, RefreshTimeout, RefreshUnavailable, RefreshRejected,
-        NotEnoughTime or TokenRescueFailed.
+        At most one lazy refresh per portal per `lazy_min_interval_seconds` (a condition of the lease
+        write, so across containers): a portal that rejects even the pair just obtained gets
+        RefreshThrottled, not a refresh per read. Raises PortalNotFound, ReauthRequired, RefreshTimeout,
+        RefreshThrottled, RefreshUnavailable, RefreshRejected, NotEnoughTime or TokenRescueFailed.
         """
         start = self._clock()
         deadline = start + self.policy.max_wait_seconds
@@ -268,10 +277,15 @@ class RefreshCoordinator:
                 _record(RefreshOutcome.TRANSIENT_FAILURE, member_id, portal.version, path="lazy", waited=True)
                 raise RefreshUnavailable(f"the refresh of portal {member_id} failed in another worker")
             else:
+                self._require_quiet(portal, now)
                 self._require_budget(remaining_ms, portal, "lazy")
                 owner = uuid.uuid4().hex
                 if self.store.take_lease(
-                    member_id, portal.version, owner, lease_seconds=self.policy.lease_seconds
+                    member_id,
+                    portal.version,
+                    owner,
+                    lease_seconds=self.policy.lease_seconds,
+                    min_interval_seconds=self.policy.lazy_min_interval_seconds,
                 ):
                     return self._refresh_as_holder(portal, stored, owner, remaining_ms, path="lazy")[1]
                 if self._clock() < deadline:
@@ -649,6 +663,23 @@ class RefreshCoordinator:
         if left is not None:
             _record(RefreshOutcome.NOT_ENOUGH_TIME, portal.member_id, portal.version, path=path, left_ms=left)
             raise NotEnoughTime(f"{left} ms left, a refresh needs {self.policy.refresh_budget_ms} ms")
+
+    def _require_quiet(self, portal: Portal, now: float) -> None:
+        """RefreshThrottled when the portal's last refresh attempt is within the lazy interval."""
+        last = portal.last_refresh_attempt_at
+        if last is None:
+            return
+        left = last + self.policy.lazy_min_interval_seconds - now
+        if left > 0:
+            retry_after = max(1, math.ceil(left))
+            _record(
+                RefreshOutcome.THROTTLED,
+                portal.member_id,
+                portal.version,
+                path="lazy",
+                retry_after=retry_after,
+            )
+            raise RefreshThrottled(portal.member_id, retry_after)
 
     def _with_retries(self, action: Callable[[], Any], remaining_ms: RemainingMs | None) -> Any:
         attempts = self.policy.commit_attempts

@@ -510,11 +510,14 @@ class PortalStore:
         *,
         lease_seconds: float,
         defer_due_until: int | None = None,
+        min_interval_seconds: float = 0.0,
     ) -> bool:
         """Take the refresh lease of an active portal at `expected_version` if free or expired.
 
         `defer_due_until` moves the portal out of the due window (scheduled refreshes), so a failed
-        attempt is not picked up again before MIN_REFRESH_INTERVAL_HOURS.
+        attempt is not picked up again before MIN_REFRESH_INTERVAL_HOURS. `min_interval_seconds` refuses
+        the lease while the last attempt is more recent than that (the lazy-refresh throttle): part of
+        the one conditional write, so it holds across containers.
         """
         m = self.model
         now = self._clock()
@@ -530,7 +533,11 @@ class PortalStore:
                 actions=actions,
                 condition=(m.version == expected_version)
                 & (m.health == HEALTH_ACTIVE)
-                & (m.lease_owner.does_not_exist() | (m.lease_expires_at < now)),
+                & (m.lease_owner.does_not_exist() | (m.lease_expires_at < now))
+                & (
+                    m.last_refresh_attempt_at.does_not_exist()
+                    | (m.last_refresh_attempt_at <= now - min_interval_seconds)
+                ),
             )
         except PynamoDBException as exc:
             if _conditional_failure(exc):

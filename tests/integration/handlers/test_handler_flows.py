@@ -457,6 +457,25 @@ def test_expired_token_is_refreshed_transparently_once(connector: Connector, emu
     assert emulator.stats()["token_requests"] == 1
 
 
+def test_a_portal_rejecting_every_token_gets_one_refresh_per_interval(
+    connector: Connector, emulator: Emulator
+) -> None:
+    # Given a portal that answers expired_token to every REST call, even with a pair just issued
+    _install(connector, emulator)
+    emulator.add_faults([{"target": "rest", "kind": "expired_token", "count": 1000}])
+    # When ten lead reads come in
+    answers = [connector.leads(member_id=emulator.member_id, limit=5) for _ in range(10)]
+    # Then the token endpoint saw one refresh (Bitrix24 blocks apps that refresh too often), and every
+    # read after it got a clear, retryable RATE_LIMITED answer instead of another refresh
+    assert emulator.stats()["token_requests"] == 1
+    assert all("error" in answer for answer in answers), answers
+    assert [answer["error"]["code"] for answer in answers[1:]] == ["RATE_LIMITED"] * 9
+    assert "retry in" in answers[1]["error"]["message"]
+    item = connector.portal_item()
+    assert item is not None
+    assert item["health"]["S"] == "active"  # nothing was flagged: the grant itself is fine
+
+
 def test_warm_invocation_makes_one_dynamodb_read_and_no_kms_or_secrets_calls(
     connector: Connector, emulator: Emulator, aws_calls: AwsCalls
 ) -> None:

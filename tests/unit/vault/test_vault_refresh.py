@@ -21,6 +21,7 @@ from b24connector.vault.errors import (
     PortalNotFound,
     ReauthRequired,
     RefreshRejected,
+    RefreshThrottled,
     RefreshTimeout,
     RefreshUnavailable,
     TokenDecryptError,
@@ -211,8 +212,8 @@ def test_waiting_stops_early_when_the_invocation_runs_out_of_time(vault: UnitVau
 def test_expired_lease_of_a_dead_worker_is_taken_over(vault: UnitVault) -> None:
     portal, grant = vault.install()
     vault.portals.take_lease("member-a", portal.version, "dead-worker", lease_seconds=1)
-    vault.clock.advance(2)
-    fresh = vault.coordinator().fresh_access_token("member-a", grant.access_token)
+    vault.clock.advance(2)  # past the lease; the lazy throttle is off to isolate the takeover
+    fresh = vault.coordinator(lazy_min_interval_seconds=0).fresh_access_token("member-a", grant.access_token)
     assert vault.oauth.access_valid(fresh.access_token)
     assert vault.oauth.token_requests == 1
 
@@ -258,6 +259,54 @@ def test_unknown_and_inactive_portals(vault: UnitVault) -> None:
         vault.coordinator().fresh_access_token("member-a", grant.access_token)
     with pytest.raises(ReauthRequired):
         vault.coordinator().current_tokens("member-a")
+
+
+def test_a_portal_rejecting_every_pair_gets_one_lazy_refresh_per_interval(
+    vault: UnitVault, metrics_capture: dict[str, Any]
+) -> None:
+    # Given a portal that answers expired_token to every access token, even one just issued
+    vault.install()
+    coordinator = vault.coordinator(lazy_min_interval_seconds=300)
+    outcomes: list[str | int] = []
+    # When ten reads in a row each ask for a pair newer than the one the portal just rejected
+    for _ in range(10):
+        rejected = coordinator.current_tokens("member-a").access_token
+        try:
+            coordinator.fresh_access_token("member-a", rejected)
+            outcomes.append("refreshed")
+        except RefreshThrottled as exc:
+            outcomes.append(exc.retry_after)
+        vault.clock.advance(5)
+    # Then Bitrix24 saw one refresh, not ten; the others got a typed, retryable error
+    assert vault.oauth.token_requests == 1
+    assert outcomes == ["refreshed", *range(295, 250, -5)]  # retry_after counts down to the interval's end
+    assert RefreshThrottled.retryable
+    assert _metric(metrics_capture, "TokenRefreshThrottled") == 9
+    # and once the interval has passed, the next read may refresh again
+    vault.clock.advance(300)
+    coordinator.fresh_access_token("member-a", coordinator.current_tokens("member-a").access_token)
+    assert vault.oauth.token_requests == 2
+
+
+def test_the_lazy_throttle_holds_for_a_container_with_a_stale_read(vault: UnitVault) -> None:
+    # Given container A refreshed a moment ago, and container B still holds the record from before
+    vault.install()
+    before = vault.portals.get("member-a", consistent=True)
+    assert before is not None
+    vault.coordinator().fresh_access_token("member-a", vault.portals.tokens(before).access_token)
+    after = vault.portals.get("member-a", consistent=True)
+    assert after is not None
+    vault.clock.advance(10)
+    # When B tries to take the lease on the version it now reads
+    taken = vault.portals.take_lease(
+        "member-a", after.version, "owner-b", lease_seconds=30, min_interval_seconds=300
+    )
+    # Then the conditional write itself refuses (the check does not rely on B's read)
+    assert taken is False
+    vault.clock.advance(300)
+    assert vault.portals.take_lease(
+        "member-a", after.version, "owner-b", lease_seconds=30, min_interval_seconds=300
+    )
 
 
 # --- errors from the token endpoint --------------------------------------------------------------
@@ -323,7 +372,10 @@ def test_transient_oauth_error_releases_the_lease_and_leaves_the_portal(
     assert (stored.version, stored.health, stored.lease_owner) == (portal.version, HEALTH_ACTIVE, None)
     assert vault.portals.tokens(stored).refresh_token == grant.refresh_token
     assert _metric(metrics_capture, "TokenRefreshTransientFailure") == 1
-    # and the next caller refreshes normally
+    # and the request may have reached Bitrix24: it counts for the lazy throttle, then refreshes normally
+    with pytest.raises(RefreshThrottled):
+        vault.coordinator().fresh_access_token("member-a", grant.access_token)
+    vault.clock.advance(300)
     assert vault.oauth.access_valid(
         vault.coordinator().fresh_access_token("member-a", grant.access_token).access_token
     )
@@ -400,7 +452,7 @@ def test_rescue_repairs_a_portal_flagged_meanwhile(vault: UnitVault, monkeypatch
     _failing_commits(vault, monkeypatch)
     fresh = vault.coordinator().fresh_access_token("member-a", grant.access_token)
     monkeypatch.undo()
-    vault.clock.advance(31)  # the rescuing holder's lease expires
+    vault.clock.advance(301)  # the rescuing holder's lease expires, and the lazy interval is over
     with pytest.raises(ReauthRequired):
         vault.coordinator().fresh_access_token("member-a", grant.access_token)
     # When the rescue lands
@@ -661,6 +713,7 @@ def test_outcome_logs_name_tenant_version_outcome_and_never_a_token(
     with caplog.at_level(logging.DEBUG):
         fresh = vault.coordinator().fresh_access_token("member-a", grant.access_token)
         _failing_commits(vault, monkeypatch)
+        vault.clock.advance(300)  # past the lazy-refresh interval
         vault.coordinator().fresh_access_token("member-a", fresh.access_token)
     outcomes = [r for r in caplog.records if r.getMessage() == "token refresh"]
     assert [(r.member_id, r.outcome) for r in outcomes] == [  # type: ignore[attr-defined]
