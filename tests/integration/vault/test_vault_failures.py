@@ -205,7 +205,8 @@ def test_worker_dying_after_bitrix24_answered_ends_in_needs_reauth(
 def test_answer_lost_after_issue_is_transient_then_needs_reauth(
     scene_factory: Callable[..., Scene], metrics_capture: dict[str, Any]
 ) -> None:
-    scene = scene_factory("moto")
+    # The second refresh follows at once (no fake clock here): the lazy-refresh throttle is off.
+    scene = scene_factory("moto", lazy_min_interval_seconds=0)
     scene.rig.oauth_timeout = (2.0, 0.3)
     scene.emulator.add_faults([{"target": "oauth", "kind": "timeout_after_issue", "delay": 1.0}])
     with pytest.raises(RefreshUnavailable):
@@ -238,7 +239,8 @@ def test_invalid_grant_after_another_worker_committed_is_adopted(
     scene_factory: Callable[..., Scene], backend: str, metrics_capture: dict[str, Any]
 ) -> None:
     # Given worker A spent the token but answered slowly (its lease expired), and worker B took over
-    scene = scene_factory(backend, lease_seconds=0.5, max_wait_seconds=10)
+    # B refreshes half a second after A's attempt: the lazy-refresh throttle is off for this race.
+    scene = scene_factory(backend, lease_seconds=0.5, max_wait_seconds=10, lazy_min_interval_seconds=0)
     b_has_lease, a_committed = threading.Event(), threading.Event()
     scene.rig.refresher_wrapper = lambda inner: _Choreographed(
         inner, lambda: None, lambda: b_has_lease.wait(10)
