@@ -53,6 +53,7 @@ from b24connector.vault.errors import (
     PortalNotFound,
     ReauthRequired,
     RefreshThrottled,
+    RefreshUnsettled,
     TokenDecryptError,
     VaultError,
 )
@@ -640,6 +641,13 @@ def _vault_error(exc: VaultError) -> LeadsError:
             RATE_LIMITED,
             "Bitrix24 rejected the portal's freshly refreshed token; the connector refreshes a portal "
             f"at most once per interval, retry in {exc.retry_after} s",
+        )
+    if isinstance(exc, RefreshUnsettled):
+        # Not REAUTH_REQUIRED: the grant is most likely alive, its new pair on the way from the rescue queue.
+        return LeadsError(
+            UPSTREAM_ERROR,
+            "the portal's last token refresh has not settled yet (its new pair is being recovered); "
+            f"retry in {exc.retry_after} s",
         )
     return LeadsError(UPSTREAM_ERROR, "the token vault is unavailable right now; retry later")
 

@@ -47,9 +47,8 @@ class Settings:
     oauth_servers: tuple[str, ...]  # base URLs, e.g. https://oauth.bitrix.info; the first is the default
     refresh_after_days: int
     min_refresh_interval_hours: int
-    lazy_refresh_min_interval_seconds: (
-        float  # at most one on-demand (expired_token) refresh per portal per this
-    )
+    lazy_refresh_min_interval_seconds: float  # one on-demand (expired_token) refresh per portal per this
+    rescue_window_seconds: float  # how long a lapsed, never-released refresh lease blocks refreshes
     due_index_shards: int
     state_ttl_seconds: int
     pkce_enabled: bool
@@ -163,6 +162,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         lazy_refresh_min_interval_seconds=read.get(
             "LAZY_REFRESH_MIN_INTERVAL_SECONDS", _positive(float), "300"
         ),
+        # A refresh lease that lapsed without being released may mean a spent refresh token whose new
+        # pair waits in TokenRescueQueue: no refresh of that portal until the rescue's worst case is over
+        # (the template keeps this >= the queue's maxReceiveCount x VisibilityTimeout).
+        rescue_window_seconds=read.get("RESCUE_WINDOW_SECONDS", _positive(float), "900"),
         due_index_shards=read.get("DUE_INDEX_SHARDS", _positive(int), "16"),
         state_ttl_seconds=read.get("STATE_TTL_SECONDS", _positive(int), "600"),
         pkce_enabled=read.get("PKCE_ENABLED", _bool, "false"),

@@ -73,6 +73,22 @@ class RefreshThrottled(VaultError):
         super().__init__(f"portal {member_id} was refreshed moments ago; next refresh in {retry_after} s")
 
 
+class RefreshUnsettled(RefreshUnavailable):
+    """A refresh lease lapsed without being released: its outcome is unknown until the rescue window ends.
+
+    The holder may have spent the refresh token and queued the new pair for rescue (DynamoDB refused its
+    commit), or died. Spending the stored refresh token again could lose the chain, so nobody refreshes
+    the portal until the rescue lands or RESCUE_WINDOW_SECONDS have passed. `retry_after` is in seconds.
+    """
+
+    def __init__(self, member_id: str, retry_after: int) -> None:
+        self.member_id = member_id
+        self.retry_after = retry_after
+        super().__init__(
+            f"the last token refresh of portal {member_id} has not settled; retry in {retry_after} s"
+        )
+
+
 class RefreshDeferred(VaultError):
     """A scheduled refresh failed after its request may have reached the token endpoint.
 

@@ -39,6 +39,7 @@ from b24connector.vault.errors import (
     RefreshThrottled,
     RefreshTimeout,
     RefreshUnavailable,
+    RefreshUnsettled,
     TokenRescueFailed,
     VaultUnavailable,
 )
@@ -75,6 +76,8 @@ class RefreshOutcome(StrEnum):
     NOT_ENOUGH_TIME = "not_enough_time"
     BUSY = "busy"
     THROTTLED = "throttled"  # lazy: the last refresh is too recent (LAZY_REFRESH_MIN_INTERVAL_SECONDS)
+    # A lease lapsed without being released (a rescue may be pending): no refresh within the window.
+    UNSETTLED = "unsettled"
     LEASE_TIMEOUT = "lease_timeout"
     RESCUE_FAILED = "rescue_failed"
     SKIPPED_VERSION_MOVED = "skipped_version_moved"
@@ -102,6 +105,7 @@ _METRIC = {
     RefreshOutcome.NOT_ENOUGH_TIME: "TokenRefreshNoTime",
     RefreshOutcome.BUSY: "TokenRefreshBusy",
     RefreshOutcome.THROTTLED: "TokenRefreshThrottled",
+    RefreshOutcome.UNSETTLED: "TokenRefreshUnsettled",
     RefreshOutcome.LEASE_TIMEOUT: "TokenRefreshLeaseTimeout",
     RefreshOutcome.RESCUE_FAILED: "TokenRescueFailed",
     RefreshOutcome.SKIPPED_VERSION_MOVED: "TokenRefreshSkipped",
@@ -138,6 +142,7 @@ class RefreshPolicy:
     commit_backoff_seconds: float = 0.2
     min_refresh_interval_hours: int = 24
     lazy_min_interval_seconds: float = 300.0  # one lazy refresh per portal per this, across containers
+    rescue_window_seconds: float = 900.0  # a lapsed, unreleased lease blocks refreshes this long after
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RefreshPolicy:
@@ -149,6 +154,7 @@ class RefreshPolicy:
             refresh_budget_ms=int((http + 5) * 1000),
             min_refresh_interval_hours=settings.min_refresh_interval_hours,
             lazy_min_interval_seconds=settings.lazy_refresh_min_interval_seconds,
+            rescue_window_seconds=settings.rescue_window_seconds,
         )
 
 
@@ -164,6 +170,7 @@ def _record(
         RefreshOutcome.CLIENT_REJECTED,
         RefreshOutcome.LEASE_TIMEOUT,
         RefreshOutcome.THROTTLED,
+        RefreshOutcome.UNSETTLED,
         RefreshOutcome.RESCUED,
         RescueOutcome.STALE,
     ):
@@ -218,7 +225,9 @@ class RefreshCoordinator:
         cipher): one when nothing is in flight; while another worker holds the refresh lease (Bitrix24
         may already have revoked the token, the commit has not landed yet) it waits for that commit as
         long as fresh_access_token would. A missing or inactive portal has nothing to adopt (None: the
-        caller's error stands). Raises VaultUnavailable or TokenDecryptError.
+        caller's error stands). A lapsed lease nobody released (a rescued pair may be on its way) raises
+        RefreshUnsettled: the caller's token may well be revoked by a refresh that has not landed yet, so
+        its error must not be read as a dead grant. Raises VaultUnavailable or TokenDecryptError too.
         """
         start = self._clock()
         deadline = start + self.policy.max_wait_seconds
@@ -235,7 +244,9 @@ class RefreshCoordinator:
                     RefreshOutcome.ADOPTED, member_id, portal.version, path="reload", reason="invalid_token"
                 )
                 return stored
-            if not portal.lease_held(self._clock()) or self._clock() >= deadline:
+            now = self._clock()
+            self._require_settled(portal, now, path="reload")
+            if not portal.lease_held(now) or now >= deadline:
                 return None
             self._sleep(self._backoff(attempt))
             attempt += 1
@@ -249,8 +260,11 @@ class RefreshCoordinator:
 
         At most one lazy refresh per portal per `lazy_min_interval_seconds` (a condition of the lease
         write, so across containers): a portal that rejects even the pair just obtained gets
-        RefreshThrottled, not a refresh per read. Raises PortalNotFound, ReauthRequired, RefreshTimeout,
-        RefreshThrottled, RefreshUnavailable, RefreshRejected, NotEnoughTime or TokenRescueFailed.
+        RefreshThrottled, not a refresh per read. A lease that lapsed without being released means the
+        outcome of its refresh is unknown (its pair may be in the rescue queue): RefreshUnsettled until
+        the rescue lands or `rescue_window_seconds` have passed, never a second spend of the refresh
+        token. Raises PortalNotFound, ReauthRequired, RefreshTimeout, RefreshThrottled, RefreshUnsettled,
+        RefreshUnavailable, RefreshRejected, NotEnoughTime or TokenRescueFailed.
         """
         start = self._clock()
         deadline = start + self.policy.max_wait_seconds
@@ -269,6 +283,7 @@ class RefreshCoordinator:
                 _record(RefreshOutcome.ALREADY_FRESH, member_id, portal.version, path="lazy")
                 return stored
             now = self._clock()
+            self._require_settled(portal, now, path="lazy")
             if portal.lease_held(now):
                 seen_holder = True
             elif seen_holder and portal.lease_owner is None:
@@ -286,6 +301,7 @@ class RefreshCoordinator:
                     owner,
                     lease_seconds=self.policy.lease_seconds,
                     min_interval_seconds=self.policy.lazy_min_interval_seconds,
+                    settle_seconds=self.policy.rescue_window_seconds,
                 ):
                     return self._refresh_as_holder(portal, stored, owner, remaining_ms, path="lazy")[1]
                 if self._clock() < deadline:
@@ -341,6 +357,7 @@ class RefreshCoordinator:
                 lease_seconds=self.policy.lease_seconds,
                 now=now,
                 min_gap_seconds=min_gap,
+                settle_seconds=self.policy.rescue_window_seconds,
             )
             if portal is None:
                 skipped = self._scheduled_skip_of(member_id, expected_version, now, min_gap)
@@ -375,14 +392,14 @@ class RefreshCoordinator:
         if portal is None:
             _record(RefreshOutcome.MISSING, member_id, None, path=_SCHEDULED)
             return RefreshOutcome.MISSING
-        skip = self._scheduled_skip(portal, expected_version, now, min_gap)
+        skip = self._scheduled_skip(portal, expected_version, now, min_gap, self.policy.rescue_window_seconds)
         if skip is not None:
             _record(skip, member_id, portal.version, path=_SCHEDULED)
         return skip
 
     @staticmethod
     def _scheduled_skip(
-        portal: Portal, expected_version: int, now: float, min_gap: float
+        portal: Portal, expected_version: int, now: float, min_gap: float, settle: float
     ) -> RefreshOutcome | None:
         if portal.version != expected_version:
             return RefreshOutcome.SKIPPED_VERSION_MOVED
@@ -390,7 +407,7 @@ class RefreshCoordinator:
             return RefreshOutcome.SKIPPED_INACTIVE
         if portal.refresh_due_at is None or portal.refresh_due_at > now:
             return RefreshOutcome.SKIPPED_NOT_DUE
-        if portal.lease_held(now):
+        if portal.lease_held(now) or portal.lease_unsettled(now, settle):
             return RefreshOutcome.BUSY
         # Bitrix24 blocks apps that refresh too often (fact sheet 2.7): one refresh per portal per gap.
         if any(
@@ -535,8 +552,9 @@ class RefreshCoordinator:
             count(_METRIC[RefreshOutcome.NEEDS_REAUTH])
             _record(RefreshOutcome.RESCUE_FAILED, member_id, version, path=path, commit_error=error)
             raise TokenRescueFailed(f"refreshed pair of portal {member_id} could not be kept") from None
-        # The lease is left to expire: until the rescue lands, waiting callers keep waiting instead of
-        # spending the (already spent) old refresh token.
+        # The lease is left in place: once it lapses, it marks the outcome as unknown (lease_unsettled), so
+        # nobody spends the old (already spent) refresh token until the rescue lands and clears it, or
+        # until the rescue window is over.
         _record(RefreshOutcome.RESCUED, member_id, version, path=path, commit_error=error)
         return RefreshOutcome.RESCUED, new
 
@@ -663,6 +681,17 @@ class RefreshCoordinator:
         if left is not None:
             _record(RefreshOutcome.NOT_ENOUGH_TIME, portal.member_id, portal.version, path=path, left_ms=left)
             raise NotEnoughTime(f"{left} ms left, a refresh needs {self.policy.refresh_budget_ms} ms")
+
+    def _require_settled(self, portal: Portal, now: float, *, path: str) -> None:
+        """RefreshUnsettled while a lapsed, never-released lease may still see its pair rescued."""
+        window = self.policy.rescue_window_seconds
+        if not portal.lease_unsettled(now, window):
+            return
+        retry_after = max(1, math.ceil((portal.lease_expires_at or 0) + window - now))
+        _record(
+            RefreshOutcome.UNSETTLED, portal.member_id, portal.version, path=path, retry_after=retry_after
+        )
+        raise RefreshUnsettled(portal.member_id, retry_after)
 
     def _require_quiet(self, portal: Portal, now: float) -> None:
         """RefreshThrottled when the portal's last refresh attempt is within the lazy interval."""

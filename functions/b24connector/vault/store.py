@@ -141,6 +141,16 @@ class Portal:
         """True while another worker's refresh lease is still running."""
         return self.lease_owner is not None and (self.lease_expires_at or 0) > now
 
+    def lease_unsettled(self, now: float, window_seconds: float) -> bool:
+        """True for a lease that lapsed without being released, less than `window_seconds` ago.
+
+        Every ending a holder knows of releases the lease or clears it with its commit; one that stays
+        means the outcome is unknown (a spent refresh token whose pair waits in the rescue queue, or a
+        holder that died).
+        """
+        expires = self.lease_expires_at or 0
+        return self.lease_owner is not None and expires <= now < expires + window_seconds
+
     def sealed(self) -> SealedTokens | None:
         """The stored ciphertext with its metadata, or None when no tokens are stored."""
         if self.token_ciphertext is None:
@@ -511,13 +521,15 @@ class PortalStore:
         lease_seconds: float,
         defer_due_until: int | None = None,
         min_interval_seconds: float = 0.0,
+        settle_seconds: float = 0.0,
     ) -> bool:
         """Take the refresh lease of an active portal at `expected_version` if free or expired.
 
         `defer_due_until` moves the portal out of the due window (scheduled refreshes), so a failed
         attempt is not picked up again before MIN_REFRESH_INTERVAL_HOURS. `min_interval_seconds` refuses
         the lease while the last attempt is more recent than that (the lazy-refresh throttle): part of
-        the one conditional write, so it holds across containers.
+        the one conditional write, so it holds across containers. A lease that lapsed without being
+        released is taken only `settle_seconds` after it expired (Portal.lease_unsettled).
         """
         m = self.model
         now = self._clock()
@@ -533,7 +545,7 @@ class PortalStore:
                 actions=actions,
                 condition=(m.version == expected_version)
                 & (m.health == HEALTH_ACTIVE)
-                & (m.lease_owner.does_not_exist() | (m.lease_expires_at < now))
+                & (m.lease_owner.does_not_exist() | (m.lease_expires_at < now - settle_seconds))
                 & (
                     m.last_refresh_attempt_at.does_not_exist()
                     | (m.last_refresh_attempt_at <= now - min_interval_seconds)
@@ -554,11 +566,13 @@ class PortalStore:
         lease_seconds: float,
         now: float,
         min_gap_seconds: float,
+        settle_seconds: float = 0.0,
     ) -> Portal | None:
         """Take the lease of a due portal in one conditional UpdateItem; the record from before, or None.
 
         The condition holds every check of a scheduled refresh: `expected_version`, active, refresh due
-        by `now`, no running lease, neither obtained nor attempted within `min_gap_seconds`. The due time
+        by `now`, no running or unsettled lease (`settle_seconds`, as take_lease), neither obtained nor
+        attempted within `min_gap_seconds`. The due time
         moves to `now + min_gap_seconds` (as take_lease's `defer_due_until`). The snapshot is the record
         as it was before the lease (ReturnValues ALL_OLD), so release_lease can undo the attempt with
         it. None when any condition failed: read the record to tell which.
@@ -576,7 +590,7 @@ class PortalStore:
             (m.version == expected_version)
             & (m.health == HEALTH_ACTIVE)
             & (m.refresh_due_at <= now)
-            & (m.lease_owner.does_not_exist() | (m.lease_expires_at < lease_now))
+            & (m.lease_owner.does_not_exist() | (m.lease_expires_at < lease_now - settle_seconds))
             # Bitrix24 blocks apps that refresh too often (fact sheet 2.7): one refresh per portal per gap.
             & (m.refresh_obtained_at.does_not_exist() | (m.refresh_obtained_at <= quiet_since))
             & (m.last_refresh_attempt_at.does_not_exist() | (m.last_refresh_attempt_at <= quiet_since))

@@ -3,8 +3,11 @@
 What happens when a refreshed pair is lost for good (documented by these tests):
 - the commit fails after Bitrix24 answered -> the ciphertext goes to the rescue queue, applied later;
 - the rescue queue fails too -> the portal is flagged needs_reauth (metric), the error is raised;
-- the process dies after Bitrix24 answered (no chance to rescue) -> its lease expires, the next worker
-  spends the already spent token, gets invalid_grant, finds no newer commit -> needs_reauth + metric;
+- the rescue is late (past the holder's lease) -> the lapsed, never-released lease means "outcome
+  unknown": nobody refreshes (RefreshUnsettled) until the rescue lands or the rescue window is over;
+- the process dies after Bitrix24 answered (no chance to rescue) -> once its lease and the rescue
+  window are over, the next worker spends the already spent token, gets invalid_grant, finds no newer
+  commit -> needs_reauth + metric;
 - the OAuth answer is lost in transit after the pair was issued -> transient error first, then the
   next refresh gets invalid_grant -> needs_reauth + metric. Nothing is dropped silently.
 """
@@ -26,6 +29,7 @@ from b24connector.bitrix24.tokens import TokenSet
 from b24connector.vault.errors import (
     ReauthRequired,
     RefreshUnavailable,
+    RefreshUnsettled,
     StateRefusal,
     StateRefused,
     TokenRescueFailed,
@@ -84,6 +88,50 @@ def test_commit_failure_after_bitrix24_answered_is_rescued_through_sqs(
     )
     # and applying the same message twice (SQS redelivery) is harmless
     assert scene.rig.worker().coordinator.apply_rescue(message["Body"]) is RescueOutcome.STALE
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_lapsed_lease_whose_rescue_is_late_is_not_spent_again(
+    scene_factory: Callable[..., Scene],
+    backend: str,
+    monkeypatch: pytest.MonkeyPatch,
+    metrics_capture: dict[str, Any],
+) -> None:
+    # Given a refresh whose commit DynamoDB keeps refusing: the new pair went to the rescue queue
+    scene = scene_factory(backend, commit_attempts=3, commit_backoff_seconds=0.01)
+    clock = FakeClock(time.time())
+    holder = scene.rig.worker(clock=clock)
+    _break_commits(monkeypatch, holder.store)
+    calls = scene.token_requests()
+    fresh = holder.coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
+    assert scene.token_requests() - calls == 1
+    sqs = scene.stack.client("sqs")
+    (message,) = sqs.receive_message(QueueUrl=scene.stack.rescue_queue_url, WaitTimeSeconds=2)["Messages"]
+    # and the rescue is late (its function failing, the message back after each visibility timeout)
+    # while the holder's lease lapses, past the lazy-refresh interval too
+    policy = scene.rig.policy
+    clock.advance(max(policy.lease_seconds, policy.lazy_min_interval_seconds) + 1)
+    assert clock() < scene.stored().lease_expires_at + policy.rescue_window_seconds  # type: ignore[operator]
+    # When the next lazy callers need a fresh pair (expired_token) or a newer one (invalid_token)
+    following = scene.rig.worker(clock=clock)
+    with pytest.raises(RefreshUnsettled) as unsettled:
+        following.coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
+    with pytest.raises(RefreshUnsettled):
+        following.coordinator.stored_if_newer(scene.member_id, scene.grant.access_token)
+    # Then nobody spent the old refresh token again: no token call, no needs_reauth, no false alarm
+    assert unsettled.value.retryable
+    assert 0 < unsettled.value.retry_after <= policy.rescue_window_seconds
+    assert scene.token_requests() - calls == 1
+    assert scene.stored().health == HEALTH_ACTIVE
+    assert _metric(metrics_capture, "PortalNeedsReauth") == 0
+    # When the rescue finally lands
+    assert scene.rig.worker().coordinator.apply_rescue(message["Body"]) is RescueOutcome.APPLIED
+    # Then reads work with the rescued pair, still without another token call
+    adopted = following.coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
+    assert adopted.access_token == fresh.access_token
+    assert access_token_works(scene.grant.client_endpoint, adopted.access_token)
+    assert scene.token_requests() - calls == 1
+    assert scene.stored().lease_owner is None
 
 
 def test_rescue_queue_down_too_flags_the_portal(
@@ -145,6 +193,15 @@ def _crash_in_child(scene: Scene, mode: str) -> None:
         pytest.fail(f"the refresher process exited with {child.exitcode}, outcomes {outcome}")
 
 
+def _unsettled_until_the_window_ends(scene: Scene, worker: Any, clock: FakeClock, dead_until: float) -> None:
+    """The next caller waits out the dead lease, is told the outcome is unknown, then the window passes."""
+    with pytest.raises(RefreshUnsettled):
+        worker.coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
+    window = scene.rig.policy.rescue_window_seconds
+    assert dead_until <= clock() < dead_until + window  # it never took the lease over early
+    clock.advance(window)
+
+
 def _next_worker(scene: Scene, dead_lease_until: float) -> tuple[Any, FakeClock]:
     """Another container's worker whose clock starts now and moves only when it waits."""
     clock = FakeClock(time.time())
@@ -161,7 +218,7 @@ def _dead_lease(scene: Scene) -> float:
 
 
 @pytest.mark.slow
-def test_worker_dying_with_the_lease_before_the_token_call_is_taken_over(
+def test_worker_dying_with_the_lease_before_the_token_call_is_taken_over_after_the_window(
     scene_factory: Callable[..., Scene],
 ) -> None:
     # Given a worker process that took the refresh lease and died before calling the token endpoint
@@ -169,11 +226,12 @@ def test_worker_dying_with_the_lease_before_the_token_call_is_taken_over(
     calls = scene.token_requests()
     _crash_in_child(scene, "die_before_refresh")
     dead_until = _dead_lease(scene)
-    # When another worker needs a fresh pair
+    # When another worker needs a fresh pair: nobody can tell whether the dead worker spent the token
     worker, clock = _next_worker(scene, dead_until)
+    _unsettled_until_the_window_ends(scene, worker, clock, dead_until)
+    assert scene.token_requests() == calls
     fresh = worker.coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
-    # Then it waited for the dead lease to expire (never took it over early), then refreshed once
-    assert clock() > dead_until
+    # Then after the rescue window it took the lease over and refreshed once
     stored = scene.stored()
     assert stored.last_refresh_attempt_at is not None
     assert stored.last_refresh_attempt_at > dead_until
@@ -191,8 +249,9 @@ def test_worker_dying_after_bitrix24_answered_ends_in_needs_reauth(
     calls = scene.token_requests()
     _crash_in_child(scene, "die_after_refresh")
     dead_until = _dead_lease(scene)
-    # When the next worker needs a fresh pair (it waits for the dead worker's lease to expire)
+    # When the next worker needs a fresh pair (after the dead lease and the rescue window are over)
     worker, clock = _next_worker(scene, dead_until)
+    _unsettled_until_the_window_ends(scene, worker, clock, dead_until)
     with pytest.raises(ReauthRequired):
         worker.coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
     # Then Bitrix24 refused the spent token and the portal is flagged, visibly, for re-authorization
@@ -239,8 +298,15 @@ def test_invalid_grant_after_another_worker_committed_is_adopted(
     scene_factory: Callable[..., Scene], backend: str, metrics_capture: dict[str, Any]
 ) -> None:
     # Given worker A spent the token but answered slowly (its lease expired), and worker B took over
-    # B refreshes half a second after A's attempt: the lazy-refresh throttle is off for this race.
-    scene = scene_factory(backend, lease_seconds=0.5, max_wait_seconds=10, lazy_min_interval_seconds=0)
+    # B refreshes half a second after A's attempt, as if A's lease had lapsed longer than the rescue
+    # window ago: the lazy-refresh throttle and the rescue window are off for this race.
+    scene = scene_factory(
+        backend,
+        lease_seconds=0.5,
+        max_wait_seconds=10,
+        lazy_min_interval_seconds=0,
+        rescue_window_seconds=0,
+    )
     b_has_lease, a_committed = threading.Event(), threading.Event()
     scene.rig.refresher_wrapper = lambda inner: _Choreographed(
         inner, lambda: None, lambda: b_has_lease.wait(10)

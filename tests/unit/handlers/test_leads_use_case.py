@@ -33,7 +33,13 @@ from b24connector.leads import (
     split_points,
 )
 from b24connector.portals import InvalidPortal
-from b24connector.vault.errors import PortalNotFound, ReauthRequired, RefreshUnavailable
+from b24connector.vault.errors import (
+    PortalNotFound,
+    ReauthRequired,
+    RefreshThrottled,
+    RefreshUnavailable,
+    RefreshUnsettled,
+)
 
 KEY = b"k" * 32
 HEAD_ROWS = 2_450
@@ -454,6 +460,8 @@ def test_a_single_oversized_lead_is_an_upstream_error() -> None:
         (PortalNotFound("x"), "PORTAL_NOT_FOUND"),
         (ReauthRequired("m1", "uninstalled"), "REAUTH_REQUIRED"),
         (RefreshUnavailable("later"), "UPSTREAM_ERROR"),
+        (RefreshThrottled("m1", 42), "RATE_LIMITED"),
+        (RefreshUnsettled("m1", 600), "UPSTREAM_ERROR"),
     ],
 )
 def test_portal_failures(error: Exception, code: str) -> None:
@@ -461,6 +469,9 @@ def test_portal_failures(error: Exception, code: str) -> None:
     with pytest.raises(LeadsError) as caught:
         service.read(request(member_id="m1"))
     assert caught.value.code == code
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:  # the refresh limits say when to come back, never "re-authorize"
+        assert f"retry in {retry_after} s" in caught.value.message
 
 
 def test_unknown_portal() -> None:

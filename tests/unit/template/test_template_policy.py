@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from operator_tools.cfn_yaml import function_property, resources_of_type
+from operator_tools.cfn_yaml import function_environment, function_property, resources_of_type
 from tests.unit.template.template_support import (
     HANDLERS,
     REPO_ROOT,
@@ -420,6 +420,18 @@ def test_rescue_queue_age_is_alarmed(template: dict[str, Any]) -> None:
         and _dimension(a, "QueueName") == getatt("TokenRescueQueue", "QueueName")
     ]
     assert len(ages) == 1
+
+
+@pytest.mark.parametrize("function_id", sorted(HANDLERS))
+def test_the_rescue_window_outlasts_every_delivery_of_a_rescue(
+    template: dict[str, Any], function_id: str
+) -> None:
+    # A lapsed refresh lease blocks refreshes for RESCUE_WINDOW_SECONDS so that a late rescue lands before
+    # anyone spends the old refresh token again: the window must cover every delivery SQS makes.
+    queue = resources_of_type(template, "AWS::SQS::Queue")["TokenRescueQueue"]["Properties"]
+    deliveries = queue["RedrivePolicy"]["maxReceiveCount"] * queue["VisibilityTimeout"]
+    window = float(function_environment(template, function_id)["RESCUE_WINDOW_SECONDS"])
+    assert window >= deliveries
 
 
 # --- functions -------------------------------------------------------------------------------------------

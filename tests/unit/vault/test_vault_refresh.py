@@ -24,6 +24,7 @@ from b24connector.vault.errors import (
     RefreshThrottled,
     RefreshTimeout,
     RefreshUnavailable,
+    RefreshUnsettled,
     TokenDecryptError,
     TokenRescueFailed,
     VaultUnavailable,
@@ -209,11 +210,25 @@ def test_waiting_stops_early_when_the_invocation_runs_out_of_time(vault: UnitVau
     assert sum(vault.clock.sleeps) < 3.6  # 6 s left minus the 3 s reserve for the caller's own call
 
 
-def test_expired_lease_of_a_dead_worker_is_taken_over(vault: UnitVault) -> None:
+def test_a_lapsed_lease_of_a_dead_worker_is_taken_over_only_after_the_rescue_window(
+    vault: UnitVault, metrics_capture: dict[str, Any]
+) -> None:
+    # Given a worker that took the lease and vanished (did it spend the token? nobody can know)
     portal, grant = vault.install()
     vault.portals.take_lease("member-a", portal.version, "dead-worker", lease_seconds=1)
-    vault.clock.advance(2)  # past the lease; the lazy throttle is off to isolate the takeover
-    fresh = vault.coordinator(lazy_min_interval_seconds=0).fresh_access_token("member-a", grant.access_token)
+    coordinator = vault.coordinator(lazy_min_interval_seconds=0, rescue_window_seconds=900)
+    # When its lease has lapsed but a rescued pair could still arrive
+    vault.clock.advance(2)
+    with pytest.raises(RefreshUnsettled) as unsettled:
+        coordinator.fresh_access_token("member-a", grant.access_token)
+    # Then nobody refreshes, and the caller learns when to come back
+    assert unsettled.value.retry_after == 899
+    assert vault.oauth.token_requests == 0
+    assert _metric(metrics_capture, "TokenRefreshUnsettled") == 1
+    assert vault.coordinator().refresh_if_due("member-a", portal.version) is RefreshOutcome.SKIPPED_NOT_DUE
+    # and once the window is over, the next caller takes the lease over and refreshes once
+    vault.clock.advance(900)
+    fresh = coordinator.fresh_access_token("member-a", grant.access_token)
     assert vault.oauth.access_valid(fresh.access_token)
     assert vault.oauth.token_requests == 1
 
@@ -446,13 +461,43 @@ def test_commit_that_cannot_land_goes_to_the_rescue_queue_and_is_applied_later(
     assert _metric(metrics_capture, "TokenRescueApplied") == 1
 
 
-def test_rescue_repairs_a_portal_flagged_meanwhile(vault: UnitVault, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Given a rescued pair, and a second worker that got invalid_grant with the spent token meanwhile
+def test_a_rescue_pending_past_the_lease_is_not_spent_again_and_lands(
+    vault: UnitVault, monkeypatch: pytest.MonkeyPatch, metrics_capture: dict[str, Any]
+) -> None:
+    # Given a rescued pair whose rescue is late: the holder's lease and the lazy interval are over
     _portal, grant = vault.install()
     _failing_commits(vault, monkeypatch)
     fresh = vault.coordinator().fresh_access_token("member-a", grant.access_token)
     monkeypatch.undo()
-    vault.clock.advance(301)  # the rescuing holder's lease expires, and the lazy interval is over
+    vault.clock.advance(301)
+    # When other callers meet the spent pair
+    with pytest.raises(RefreshUnsettled):
+        vault.coordinator().fresh_access_token("member-a", grant.access_token)
+    with pytest.raises(RefreshUnsettled):
+        vault.coordinator().stored_if_newer("member-a", grant.access_token)
+    # Then the spent refresh token is not sent again, and nothing is flagged
+    assert vault.oauth.token_requests == 1
+    assert _metric(metrics_capture, "PortalNeedsReauth") == 0
+    # When the rescue lands, the portal reads its rescued pair
+    assert vault.coordinator().apply_rescue(vault.rescue.messages[0].to_json()) is RescueOutcome.APPLIED
+    stored = vault.portals.get("member-a", consistent=True)
+    assert stored is not None
+    assert (stored.health, stored.lease_owner) == (HEALTH_ACTIVE, None)
+    assert vault.portals.tokens(stored).access_token == fresh.access_token
+    assert vault.coordinator().fresh_access_token("member-a", grant.access_token) == vault.portals.tokens(
+        stored
+    )
+    assert vault.oauth.token_requests == 1
+
+
+def test_rescue_repairs_a_portal_flagged_meanwhile(vault: UnitVault, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a rescued pair, and a second worker that got invalid_grant with the spent token after the
+    # rescue window (the rescue was later still: an operator redrove it from the DLQ)
+    _portal, grant = vault.install()
+    _failing_commits(vault, monkeypatch)
+    fresh = vault.coordinator().fresh_access_token("member-a", grant.access_token)
+    monkeypatch.undo()
+    vault.clock.advance(30 + 900 + 1)  # lease, then the whole rescue window
     with pytest.raises(ReauthRequired):
         vault.coordinator().fresh_access_token("member-a", grant.access_token)
     # When the rescue lands
