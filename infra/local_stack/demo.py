@@ -22,6 +22,7 @@ import json
 import math
 import os
 import secrets
+import struct
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -36,6 +37,7 @@ import boto3
 import requests
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from requests.cookies import RequestsCookieJar
 
 from local_stack.config import REPO_ROOT, PortInUseError, StackConfig
@@ -552,6 +554,20 @@ def step_takeover(c: StackClients, detail: Detail) -> str:
     return "employee /authorize → 403 administrator_required; forged ONAPPINSTALL → refused; record unchanged"
 
 
+def _envelope_parts(blob: bytes, member_id: str) -> tuple[bytes, bytes, bytes, bytes]:
+    """(encrypted data key, nonce, AES-GCM ciphertext, associated data) of a stored token envelope.
+
+    The format is the vault's (functions/b24connector/vault/cipher.py), restated here because the demo
+    looks at the stack from outside, as an operator would.
+    """
+    magic = b"B24E\x01"
+    check(blob.startswith(magic), "token_ciphertext is not an envelope")
+    (key_length,) = struct.unpack_from(">H", blob, len(magic))
+    body = len(magic) + 2 + key_length
+    aad = b"b24connector-tokens\0" + member_id.encode("utf-8") + b"\0" + blob[:body]
+    return blob[len(magic) + 2 : body], blob[body : body + 12], blob[body + 12 :], aad
+
+
 def step_at_rest(c: StackClients, detail: Detail) -> str:
     """4. The raw item: attribute names, a truncated blob, no token anywhere; KMS context binds it."""
     raw = require(c.raw_item(), "no record")
@@ -564,18 +580,21 @@ def step_at_rest(c: StackClients, detail: Detail) -> str:
     check(not found, f"{len(found)} token strings appear in the stored item")
 
     context = {"purpose": TOKEN_PURPOSE, "member_id": c.member_id}
-    plaintext = c.kms.decrypt(CiphertextBlob=blob, EncryptionContext=context)["Plaintext"]
+    data_key_blob, nonce, sealed, aad = _envelope_parts(blob, c.member_id)
+    data_key = c.kms.decrypt(CiphertextBlob=data_key_blob, EncryptionContext=context)["Plaintext"]
+    plaintext = AESGCM(data_key).decrypt(nonce, sealed, aad)
     pair = json.loads(plaintext)
     access, refresh = str(pair.get("a", "")), str(pair.get("r", ""))
     live = c.live_pair()
     check(live == (access, refresh), "the decrypted pair is not the portal's live pair")
     detail(
-        f"KMS Decrypt with {{purpose, member_id={c.member_id[:6]}…}}: ok → access {fingerprint(access)}, "
+        f"envelope: KMS Decrypt of its data key with {{purpose, member_id={c.member_id[:6]}…}}, then "
+        f"AES-GCM: ok → access {fingerprint(access)}, "
         f"refresh {fingerprint(refresh)} (the emulator's live pair)"
     )
     other = ("0" if c.member_id[0] != "0" else "1") * len(c.member_id)
     try:
-        c.kms.decrypt(CiphertextBlob=blob, EncryptionContext={**context, "member_id": other})
+        c.kms.decrypt(CiphertextBlob=data_key_blob, EncryptionContext={**context, "member_id": other})
     except ClientError as exc:
         refused = str(exc.response.get("Error", {}).get("Code"))
     else:

@@ -1,12 +1,19 @@
-"""Token ciphertext through KMS Encrypt/Decrypt with a tenant-bound encryption context.
+"""Token ciphertext: AES-256-GCM under a KMS data key bound to the tenant (envelope encryption).
 
-The payload is a few hundred bytes, far below KMS's 4 KB Encrypt limit, so no data key and no
-`cryptography` dependency: one KMS call per write, and none per warm read thanks to the cache.
+The data key comes from KMS GenerateDataKey under the portal's encryption context *before* a refresh
+token is spent, so sealing the new pair after Bitrix24 answered is local work that no KMS outage or
+throttle can stop (docs/decisions/0002-envelope-encryption.md). Opening asks KMS to decrypt the data key
+under the same context, so a blob copied to another tenant's row still fails in KMS. Items written by
+the first version hold a direct KMS Encrypt ciphertext; they open as before (a format marker tells the
+two apart) and are rewritten in the new format by the next grant or refresh. One KMS call per write and
+per cold read; none per warm read thanks to the cache.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -20,9 +27,17 @@ from b24connector.vault.clients import LazyClient, boto3_client
 from b24connector.vault.errors import TokenDecryptError, VaultUnavailable
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     from mypy_boto3_kms import KMSClient
 
 TOKEN_PURPOSE = "bitrix24-oauth-tokens"
+
+# Envelope format: MAGIC | u16 length of the encrypted data key | encrypted data key | 12-byte nonce |
+# AES-GCM ciphertext and tag. A KMS ciphertext blob (the legacy format) starts with its version byte
+# 0x01; moto's with a key UUID in lower-case hex: neither can start with MAGIC.
+ENVELOPE_MAGIC = b"B24E\x01"
+_KEY_LENGTH = struct.Struct(">H")
+_NONCE_BYTES = 12
 
 # KMS answers that mean "this ciphertext will never decrypt here", as opposed to throttling or outages.
 _UNDECRYPTABLE = frozenset(
@@ -98,8 +113,29 @@ class TokenMetadata:
 
 
 @dataclass(frozen=True, slots=True)
+class DataKey:
+    """A KMS data key for one tenant: the plaintext key (memory only) and its KMS ciphertext."""
+
+    member_id: str
+    plaintext: bytes = field(repr=False)
+    encrypted: bytes = field(repr=False)
+
+
+def _aad(member_id: str, header: bytes) -> bytes:
+    # Binds the AES-GCM ciphertext to its tenant and to the encrypted data key it travels with.
+    return b"b24connector-tokens\0" + member_id.encode("utf-8") + b"\0" + header
+
+
+def _aesgcm(key: bytes) -> AESGCM:
+    # Imported on first use: handlers that never seal or open a pair do not load `cryptography`.
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415
+
+    return AESGCM(key)
+
+
+@dataclass(frozen=True, slots=True)
 class SealedTokens:
-    """A token pair as KMS ciphertext plus its plain metadata: what gets committed or rescued."""
+    """A token pair as ciphertext (envelope or legacy KMS) plus its plain metadata: committed or rescued."""
 
     member_id: str
     ciphertext: bytes = field(repr=False)
@@ -147,23 +183,61 @@ class TokenCipher:
 
     @property
     def kms_calls(self) -> int:
-        """KMS Encrypt/Decrypt calls made so far (a warm read must not add to it)."""
+        """KMS calls made so far (GenerateDataKey, Decrypt, Encrypt; a warm read must not add to it)."""
         return self._kms_calls
 
     def _count_call(self) -> None:
         with self._stats_lock:
             self._kms_calls += 1
 
-    def encrypt(self, plaintext: bytes, context: Mapping[str, str]) -> bytes:
-        """KMS Encrypt under the configured key and the given encryption context."""
+    def data_key(self, member_id: str) -> DataKey:
+        """A fresh KMS data key under the tenant's token context (GenerateDataKey); VaultUnavailable."""
         self._count_call()
         try:
-            answer = self.kms.encrypt(KeyId=self.key_id, Plaintext=plaintext, EncryptionContext=dict(context))
+            answer = self.kms.generate_data_key(
+                KeyId=self.key_id, KeySpec="AES_256", EncryptionContext=token_context(member_id)
+            )
         except ClientError as exc:
-            raise VaultUnavailable(f"KMS Encrypt failed ({_code(exc)})") from None
+            raise VaultUnavailable(f"KMS GenerateDataKey failed ({_code(exc)})") from None
         except BotoCoreError as exc:
-            raise VaultUnavailable(f"KMS Encrypt failed ({type(exc).__name__})") from None
-        return answer["CiphertextBlob"]
+            raise VaultUnavailable(f"KMS GenerateDataKey failed ({type(exc).__name__})") from None
+        return DataKey(member_id=member_id, plaintext=answer["Plaintext"], encrypted=answer["CiphertextBlob"])
+
+    def seal_bytes(self, plaintext: bytes, member_id: str, *, key: DataKey | None = None) -> bytes:
+        """An envelope of `plaintext` for `member_id`; with `key` no KMS call is made (local AES-GCM)."""
+        if key is None:
+            key = self.data_key(member_id)
+        elif key.member_id != member_id:
+            raise ValueError("a data key seals only its own tenant's data")
+        header = ENVELOPE_MAGIC + _KEY_LENGTH.pack(len(key.encrypted)) + key.encrypted
+        nonce = os.urandom(_NONCE_BYTES)
+        return header + nonce + _aesgcm(key.plaintext).encrypt(nonce, plaintext, _aad(member_id, header))
+
+    def open_bytes(self, blob: bytes, member_id: str, *, owner: str) -> bytes:
+        """Open an envelope (or a legacy direct KMS ciphertext) of `member_id`; TokenDecryptError if never."""
+        context = token_context(member_id)
+        if not blob.startswith(ENVELOPE_MAGIC):
+            return self.decrypt(blob, context, owner=owner)  # written before envelopes: KMS Encrypt
+        start = len(ENVELOPE_MAGIC) + _KEY_LENGTH.size
+        if len(blob) < start:
+            raise TokenDecryptError(owner, "damaged envelope")
+        (key_length,) = _KEY_LENGTH.unpack_from(blob, len(ENVELOPE_MAGIC))
+        body = start + key_length
+        if key_length == 0 or len(blob) < body + _NONCE_BYTES + 16:
+            raise TokenDecryptError(owner, "damaged envelope")
+        data_key = self.decrypt(blob[start:body], context, owner=owner)
+        from cryptography.exceptions import InvalidTag  # noqa: PLC0415  (see _aesgcm)
+
+        try:
+            return bytes(
+                _aesgcm(data_key).decrypt(
+                    blob[body : body + _NONCE_BYTES],
+                    blob[body + _NONCE_BYTES :],
+                    _aad(member_id, blob[:body]),
+                )
+            )
+        except (InvalidTag, ValueError):
+            raise TokenDecryptError(owner, "envelope does not authenticate: damaged or moved") from None
 
     def decrypt(self, ciphertext: bytes, context: Mapping[str, str], *, owner: str) -> bytes:
         """KMS Decrypt pinned to the configured key; TokenDecryptError when it can never succeed."""
@@ -181,10 +255,10 @@ class TokenCipher:
             raise VaultUnavailable(f"KMS Decrypt failed ({type(exc).__name__})") from None
         return answer["Plaintext"]
 
-    def seal(self, tokens: TokenSet) -> SealedTokens:
-        """Encrypt the access/refresh pair of `tokens` for its member_id."""
+    def seal(self, tokens: TokenSet, *, key: DataKey | None = None) -> SealedTokens:
+        """Encrypt the access/refresh pair of `tokens` for its member_id (no KMS call when `key` is given)."""
         payload = json.dumps({"a": tokens.access_token, "r": tokens.refresh_token}, separators=(",", ":"))
-        ciphertext = self.encrypt(payload.encode("utf-8"), token_context(tokens.member_id))
+        ciphertext = self.seal_bytes(payload.encode("utf-8"), tokens.member_id, key=key)
         return SealedTokens(
             member_id=tokens.member_id, ciphertext=ciphertext, metadata=TokenMetadata.of(tokens)
         )
@@ -194,7 +268,7 @@ class TokenCipher:
         key = (sealed.member_id, version) if version is not None else None
         if key is not None and (cached := self._cache.get(key)) is not None:
             return cached
-        plaintext = self.decrypt(sealed.ciphertext, token_context(sealed.member_id), owner=sealed.member_id)
+        plaintext = self.open_bytes(sealed.ciphertext, sealed.member_id, owner=sealed.member_id)
         try:
             payload = json.loads(plaintext)
             access_token, refresh_token = payload["a"], payload["r"]

@@ -2,8 +2,9 @@
 
 Bitrix24 delivers an event once and never again (docs/bitrix24-facts.md#f-events-3), so an ONAPPINSTALL
 or ONAPPUSERREADY is written here first and applied later by LifecycleFunction, with the queue's
-retries, dead-letter queue and alarm behind it. Token values travel only as KMS ciphertext under the
-portal's token context (the same envelope as the stored pairs); everything else is plain JSON.
+retries, dead-letter queue and alarm behind it. Token values travel only sealed under the portal's token
+context (vault.cipher's envelope, as the stored pairs; older messages hold a direct KMS ciphertext and
+still open); everything else is plain JSON.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from b24connector.vault.cipher import TokenCipher, token_context
+from b24connector.vault.cipher import TokenCipher
 from b24connector.vault.clients import LazyClient, boto3_client
 from b24connector.vault.errors import TokenDecryptError, VaultUnavailable
 
@@ -68,7 +69,7 @@ class JournalCodec:
         self._cipher = cipher
 
     def encode(self, job: LifecycleJob) -> str:
-        """The SQS body: facts in the clear, secrets as one KMS ciphertext bound to the portal."""
+        """The SQS body: facts in the clear, secrets as one envelope bound to the portal."""
         body: dict[str, Any] = {
             "kind": JOURNAL_KIND,
             "format": JOURNAL_FORMAT_VERSION,
@@ -79,7 +80,7 @@ class JournalCodec:
         }
         if job.secrets:
             plaintext = json.dumps(dict(job.secrets), separators=(",", ":")).encode("utf-8")
-            sealed = self._cipher.encrypt(plaintext, token_context(job.member_id))
+            sealed = self._cipher.seal_bytes(plaintext, job.member_id)
             body["sealed_b64"] = base64.b64encode(sealed).decode("ascii")
         return json.dumps(body, separators=(",", ":"))
 
@@ -99,7 +100,7 @@ class JournalCodec:
                 sealed = base64.b64decode(str(data["sealed_b64"]), validate=True)
             except (binascii.Error, ValueError):
                 raise ValueError("lifecycle journal message has a malformed ciphertext") from None
-            plaintext = self._cipher.decrypt(sealed, token_context(member_id), owner=member_id)
+            plaintext = self._cipher.open_bytes(sealed, member_id, owner=member_id)
             try:
                 opened = json.loads(plaintext)
             except ValueError:

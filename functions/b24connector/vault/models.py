@@ -63,7 +63,7 @@ class RefreshDueIndex(GlobalSecondaryIndex["PortalModel"]):  # type: ignore[no-u
 
 
 class PortalModel(Model):
-    """One Bitrix24 portal installation, keyed by member_id; tokens only as KMS ciphertext."""
+    """One Bitrix24 portal installation, keyed by member_id; tokens only as ciphertext (vault.cipher)."""
 
     class Meta:
         table_name: str | None = None

@@ -28,7 +28,7 @@ from b24connector.bitrix24.tokens import TokenSet
 from b24connector.credentials import SecretUnavailable
 from b24connector.observability import count, logger
 from b24connector.settings import Settings
-from b24connector.vault.cipher import SealedTokens, TokenMetadata
+from b24connector.vault.cipher import DataKey, SealedTokens, TokenMetadata
 from b24connector.vault.endpoints import EndpointChange, EndpointGuard
 from b24connector.vault.errors import (
     NotEnoughTime,
@@ -136,7 +136,8 @@ class RefreshPolicy:
     max_wait_seconds: float = 20.0
     poll_initial_seconds: float = 0.05
     poll_max_seconds: float = 0.5
-    refresh_budget_ms: int = 15_000  # the holder needs: token call + KMS Encrypt + commit (+ retries)
+    refresh_budget_ms: int = 15_000  # the holder needs: KMS data key + token call + commit (+ retries)
+    token_call_seconds: float = 12.0  # lease time a token call needs; less left after the data key: no call
     wait_reserve_ms: int = 3_000  # a waiting caller keeps this much for its own REST call afterwards
     commit_attempts: int = 4
     commit_backoff_seconds: float = 0.2
@@ -152,6 +153,7 @@ class RefreshPolicy:
             lease_seconds=2 * http + 10,
             max_wait_seconds=http + 10,
             refresh_budget_ms=int((http + 5) * 1000),
+            token_call_seconds=http + 2,
             min_refresh_interval_hours=settings.min_refresh_interval_hours,
             lazy_min_interval_seconds=settings.lazy_refresh_min_interval_seconds,
             rescue_window_seconds=settings.rescue_window_seconds,
@@ -295,6 +297,7 @@ class RefreshCoordinator:
                 self._require_quiet(portal, now)
                 self._require_budget(remaining_ms, portal, "lazy")
                 owner = uuid.uuid4().hex
+                lease_until = self._clock() + self.policy.lease_seconds  # no later than the stored expiry
                 if self.store.take_lease(
                     member_id,
                     portal.version,
@@ -303,7 +306,9 @@ class RefreshCoordinator:
                     min_interval_seconds=self.policy.lazy_min_interval_seconds,
                     settle_seconds=self.policy.rescue_window_seconds,
                 ):
-                    return self._refresh_as_holder(portal, stored, owner, remaining_ms, path="lazy")[1]
+                    return self._refresh_as_holder(
+                        portal, stored, owner, remaining_ms, lease_until=lease_until, path="lazy"
+                    )[1]
                 if self._clock() < deadline:
                     continue  # lost the race for the lease: the winner is visible on the next read
             if self._clock() >= deadline:
@@ -349,7 +354,9 @@ class RefreshCoordinator:
         try:
             owner = uuid.uuid4().hex
             # One conditional write checks everything _scheduled_skip does and takes the lease; only a
-            # refusal costs a read (to name the skip), so a refresh is UpdateItem, Decrypt, Encrypt, commit.
+            # refusal costs a read (to name the skip), so a refresh is UpdateItem, Decrypt, GenerateDataKey,
+            # the token call and the commit.
+            lease_until = self._clock() + self.policy.lease_seconds
             portal = self.store.take_due_lease(
                 member_id,
                 expected_version,
@@ -372,7 +379,9 @@ class RefreshCoordinator:
                 # Nothing reached the token endpoint: the attempt must not count (as before the lease).
                 self._release(member_id, owner, undo_attempt=portal)
                 raise
-            return self._refresh_as_holder(portal, stored, owner, remaining_ms, path=_SCHEDULED)[0]
+            return self._refresh_as_holder(
+                portal, stored, owner, remaining_ms, lease_until=lease_until, path=_SCHEDULED
+            )[0]
         except (
             NotEnoughTime,
             RefreshUnavailable,
@@ -457,10 +466,42 @@ class RefreshCoordinator:
     # --- the lease holder --------------------------------------------------------------------------
 
     def _refresh_as_holder(
-        self, portal: Portal, stored: TokenSet, owner: str, remaining_ms: RemainingMs | None, *, path: str
+        self,
+        portal: Portal,
+        stored: TokenSet,
+        owner: str,
+        remaining_ms: RemainingMs | None,
+        *,
+        lease_until: float,
+        path: str,
     ) -> tuple[RefreshOutcome, TokenSet]:
+        """Spend the refresh token under the lease (which runs until `lease_until`) and keep the answer.
+
+        The encryption material (a KMS data key under the tenant's context) is obtained first: once
+        Bitrix24 has answered, sealing the new pair is local AES-GCM, so a KMS outage or throttle can no
+        longer lose the chain. No data key, or too little lease left for a token call: nothing is sent,
+        the attempt is undone.
+        """
         member_id, version = portal.member_id, portal.version
         # The time budget was checked just before the lease was taken (_require_budget).
+        try:
+            material = self.store.cipher.data_key(member_id)
+        except BaseException:
+            self._release(member_id, owner, undo_attempt=portal)
+            logger.warning("refresh not attempted: no data key", extra={"member_id": member_id, "path": path})
+            raise
+        lease_left = lease_until - self._clock()
+        if lease_left < self.policy.token_call_seconds:
+            self._release(member_id, owner, undo_attempt=portal)
+            _record(
+                RefreshOutcome.TRANSIENT_FAILURE,
+                member_id,
+                version,
+                path=path,
+                error="LEASE_TOO_SHORT",
+                request_sent=False,
+            )
+            raise RefreshUnavailable(f"too little lease left to refresh portal {member_id}")
         try:
             new = self.refresher.refresh(stored.refresh_token, server_hint=portal.server_endpoint)
         except (InvalidGrant, PaymentRequired, NotInstalled) as exc:
@@ -497,10 +538,16 @@ class RefreshCoordinator:
             self._flag(member_id, version)
             _record(RefreshOutcome.NEEDS_REAUTH, member_id, version, path=path, error="member_mismatch")
             raise ReauthRequired(member_id, HEALTH_NEEDS_REAUTH)
-        return self._commit(portal, new, path=path, remaining_ms=remaining_ms)
+        return self._commit(portal, new, material, path=path, remaining_ms=remaining_ms)
 
     def _commit(
-        self, portal: Portal, new: TokenSet, *, path: str, remaining_ms: RemainingMs | None
+        self,
+        portal: Portal,
+        new: TokenSet,
+        material: DataKey,
+        *,
+        path: str,
+        remaining_ms: RemainingMs | None,
     ) -> tuple[RefreshOutcome, TokenSet]:
         member_id, version = portal.member_id, portal.version
         change = self._judge_endpoints(portal, new.client_endpoint, new.server_endpoint)
@@ -508,15 +555,8 @@ class RefreshCoordinator:
         judged = replace(
             new, client_endpoint=change.client_endpoint or "", server_endpoint=change.server_endpoint or ""
         )
-        try:
-            sealed = self._with_retries(lambda: self.store.cipher.seal(judged), remaining_ms)
-        except VaultUnavailable:
-            # Without ciphertext the pair can go nowhere (plaintext never leaves memory): flag the portal,
-            # and count it as every needs_reauth path does (NeedsReauthAlarm watches that metric).
-            self._flag(member_id, version)
-            count(_METRIC[RefreshOutcome.NEEDS_REAUTH])
-            _record(RefreshOutcome.RESCUE_FAILED, member_id, version, path=path, error="kms_encrypt")
-            raise TokenRescueFailed(f"refreshed pair of portal {member_id} could not be encrypted") from None
+        # Local AES-GCM with the data key obtained before the spend: no KMS call can fail here.
+        sealed = self.store.cipher.seal(judged, key=material)
         try:
             committed = self._with_retries(
                 lambda: self.store.commit_refresh(member_id, version, sealed, domain=change.domain),

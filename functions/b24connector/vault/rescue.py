@@ -1,7 +1,7 @@
 """Rescue of refreshed pairs whose commit could not land: ciphertext to SQS, applied later by version.
 
 Bitrix24 has already spent the old refresh token when a commit fails, so the new pair is the only live
-one: it must be kept. It travels only as KMS ciphertext (bound to the tenant), never as plaintext.
+one: it must be kept. It travels only sealed (vault.cipher's envelope, bound to the tenant), never as plaintext.
 """
 
 from __future__ import annotations

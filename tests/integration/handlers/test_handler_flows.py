@@ -590,12 +590,13 @@ def test_one_scheduled_refresh_makes_four_aws_calls(
     refresh_calls = [call for call in aws_calls.calls if call[0] != "secretsmanager"]
     portal_calls = aws_calls.dynamodb_on(connector.stack.portals_table)
     assert _item_version(connector.portal_item()) == version + 1
-    # lease (one conditional UpdateItem, no GetItem), decrypt the refresh token, seal the new pair,
-    # commit; the client secret read is Powertools-cached per container, not per refresh
+    # lease (one conditional UpdateItem, no GetItem), decrypt the refresh token, a data key for the new
+    # pair (before the token call: sealing after it is local), commit; the client secret read is
+    # Powertools-cached per container, not per refresh
     assert refresh_calls == [
         ("dynamodb", "UpdateItem"),
         ("kms", "Decrypt"),
-        ("kms", "Encrypt"),
+        ("kms", "GenerateDataKey"),
         ("dynamodb", "UpdateItem"),
     ]
     assert portal_calls == ["UpdateItem", "UpdateItem"]
@@ -668,7 +669,7 @@ def test_aws_calls_per_invocation(connector: Connector, emulator: Emulator, aws_
         ("dynamodb", "GetItem"),
         ("dynamodb", "PutItem"),
         ("dynamodb", "UpdateItem"),
-        ("kms", "Encrypt"),
+        ("kms", "GenerateDataKey"),
         ("secretsmanager", "GetSecretValue"),
         ("sqs", "SendMessage"),
     ]
@@ -678,12 +679,12 @@ def test_aws_calls_per_invocation(connector: Connector, emulator: Emulator, aws_
     assert calls() == [("dynamodb", "GetItem"), ("dynamodb", "UpdateItem")]
     # ONAPPINSTALL: sealed and journaled, nothing else before the answer
     assert emulator.send_install(connector.events_url(), "event")["status"] == 200
-    assert calls() == [("kms", "Encrypt"), ("sqs", "SendMessage")]
+    assert calls() == [("kms", "GenerateDataKey"), ("sqs", "SendMessage")]
     connector.drain_lifecycle()
     aws_calls.clear()
     # an unproven uninstall: one read, then journaled for Bitrix24 to confirm
     assert emulator.send_uninstall(connector.events_url(), application_token="0" * 32)["status"] == 202
-    assert calls() == [("dynamodb", "GetItem"), ("kms", "Encrypt"), ("sqs", "SendMessage")]
+    assert calls() == [("dynamodb", "GetItem"), ("kms", "GenerateDataKey"), ("sqs", "SendMessage")]
     # a proven one: one read, one conditional update
     assert emulator.send_uninstall(connector.events_url(), clean=False)["status"] == 200
     assert calls() == [("dynamodb", "GetItem"), ("dynamodb", "UpdateItem")]

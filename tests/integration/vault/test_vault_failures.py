@@ -306,6 +306,7 @@ def test_invalid_grant_after_another_worker_committed_is_adopted(
         max_wait_seconds=10,
         lazy_min_interval_seconds=0,
         rescue_window_seconds=0,
+        token_call_seconds=0,  # the half-second lease is all the token call gets here
     )
     b_has_lease, a_committed = threading.Event(), threading.Event()
     scene.rig.refresher_wrapper = lambda inner: _Choreographed(

@@ -16,8 +16,8 @@ from tests.unit.handlers.test_handlers import ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 HANDLERS = ("authorize", "callback", "install", "leads", "refresh_sweep", "refresh_worker", "token_rescue")
-# Loaded by the first use that talks to Bitrix24, never by the import.
-DEFERRED = ("requests", "b24connector.bitrix24.oauth", "b24connector.bitrix24.rest")
+# Loaded by the first use that needs them (a Bitrix24 call; sealing or opening a pair), never by the import.
+DEFERRED = ("requests", "b24connector.bitrix24.oauth", "b24connector.bitrix24.rest", "cryptography")
 
 
 @pytest.mark.parametrize("handler", HANDLERS)

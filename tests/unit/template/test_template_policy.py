@@ -22,16 +22,19 @@ from tests.unit.template.template_support import (
 TOKEN_PURPOSE = "bitrix24-oauth-tokens"
 TABLES = ("PortalsTable", "StatesTable", "RateLimitTable")
 SQS_FUNCTIONS = {"RefreshWorkerFunction": "RefreshQueue", "TokenRescueFunction": "TokenRescueQueue"}
-# Who may touch token ciphertext with TokenKey, and how (the vault's cipher calls Encrypt/Decrypt).
+# Who may touch token ciphertext with TokenKey, and how: the vault's cipher seals with a data key
+# (GenerateDataKey) and opens with Decrypt; Encrypt stays one release for code mid-deploy (decision 0002).
+SEAL = {"kms:GenerateDataKey", "kms:Encrypt"}
 TOKEN_KEY_USE = {
     "AuthorizeFunction": set(),
     "RefreshFunction": set(),
-    "CallbackFunction": {"kms:Encrypt"},
-    "InstallFunction": {"kms:Encrypt"},
-    "RefreshWorkerFunction": {"kms:Decrypt", "kms:Encrypt"},
+    "CallbackFunction": SEAL,
+    "InstallFunction": SEAL,
+    "RefreshWorkerFunction": {"kms:Decrypt", *SEAL},
     # Relaxed from "cannot encrypt" on purpose: a transparent refresh must store the rotated pair.
-    "LeadsFunction": {"kms:Decrypt", "kms:Encrypt"},
+    "LeadsFunction": {"kms:Decrypt", *SEAL},
     "TokenRescueFunction": {"kms:Decrypt"},
+    "LifecycleFunction": {"kms:Decrypt", *SEAL},
 }
 # Refreshes commit through the coordinator, which parks a pair it cannot commit on the rescue queue.
 # Grants (callback, install) retry their conditional write and fail visibly instead: nothing to park.
@@ -266,7 +269,7 @@ def test_kms_statements_in_roles_are_scoped_to_our_keys_with_conditions(template
                 keys = condition["ForAllValues:StringEquals"]["kms:EncryptionContextKeys"]
                 assert sorted(keys) == ["member_id", "purpose"]
                 assert condition["Null"] == {"kms:EncryptionContext:member_id": "false"}
-                assert set(statement.actions) <= {"kms:Encrypt", "kms:Decrypt"}
+                assert set(statement.actions) <= {"kms:GenerateDataKey", "kms:Encrypt", "kms:Decrypt"}
             else:
                 # And DataKey only through the services that encrypt our data with it
                 assert statement.resources == [getatt("DataKey")], (role_id, statement.sid)

@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from b24connector.bitrix24.errors import (
     InvalidClient,
@@ -15,7 +16,9 @@ from b24connector.bitrix24.errors import (
     OAuthTransientError,
     PaymentRequired,
 )
+from b24connector.bitrix24.tokens import TokenSet
 from b24connector.credentials import SecretUnavailable
+from b24connector.vault.cipher import TokenCipher
 from b24connector.vault.errors import (
     NotEnoughTime,
     PortalNotFound,
@@ -560,24 +563,87 @@ def test_rescue_queue_down_flags_the_portal_and_raises(
     assert any(r.levelno == logging.ERROR for r in caplog.records)
 
 
-def test_kms_down_after_a_refresh_flags_the_portal_and_counts_the_alarmed_metric(
+def _kms_outage(monkeypatch: pytest.MonkeyPatch, kms: Any) -> None:
+    """Every KMS operation the vault uses fails as in an outage (botocore's retries exhausted)."""
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise ClientError({"Error": {"Code": "KMSInternalException", "Message": "down"}}, "KMS")
+
+    for operation in ("encrypt", "decrypt", "generate_data_key"):
+        monkeypatch.setattr(kms, operation, down)
+
+
+def test_kms_down_after_bitrix24_answered_loses_nothing(
     vault: UnitVault, monkeypatch: pytest.MonkeyPatch, metrics_capture: dict[str, Any]
 ) -> None:
-    _portal, grant = vault.install()
+    # Given KMS fails from the moment the token endpoint answered (an outage, or throttling)
+    portal, grant = vault.install()
+    oauth = vault.oauth
 
-    def kms_down(tokens: Any) -> Any:
-        raise VaultUnavailable("KMS Encrypt failed (KMSInternalException)")
+    class SpendThenKmsDown:
+        def refresh(self, refresh_token: str, *, server_hint: str | None = None) -> TokenSet:
+            answer = oauth.refresh(refresh_token, server_hint=server_hint)
+            _kms_outage(monkeypatch, vault.cipher.kms)
+            return answer
 
-    monkeypatch.setattr(vault.cipher, "seal", kms_down)
-    with pytest.raises(TokenRescueFailed):
-        vault.coordinator().fresh_access_token("member-a", grant.access_token)
+    coordinator = vault.coordinator()
+    coordinator.refresher = SpendThenKmsDown()
+    # When a lazy refresh spends the refresh token
+    fresh = coordinator.fresh_access_token("member-a", grant.access_token)
     monkeypatch.undo()
+    # Then the new pair was sealed with the data key obtained before the spend, and committed
+    assert oauth.token_requests == 1
+    assert oauth.access_valid(fresh.access_token)
     stored = vault.portals.get("member-a", consistent=True)
     assert stored is not None
-    assert stored.health == HEALTH_NEEDS_REAUTH
+    assert (stored.version, stored.health) == (portal.version + 1, HEALTH_ACTIVE)
+    sealed = stored.sealed()
+    assert sealed is not None
+    cold = TokenCipher(vault.stack.token_key_id, kms_client=vault.stack.client("kms"))
+    assert cold.open(sealed).refresh_token == fresh.refresh_token  # another container opens it
     assert vault.rescue.messages == []
-    assert _metric(metrics_capture, "PortalNeedsReauth") == 1
-    assert _metric(metrics_capture, "TokenRescueFailed") == 1
+    assert _metric(metrics_capture, "PortalNeedsReauth") == 0
+    assert _metric(metrics_capture, "TokenRescueFailed") == 0
+
+
+def test_no_data_key_no_token_call(vault: UnitVault, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given KMS is down before anything was spent
+    portal, grant = vault.install()
+    _kms_outage(monkeypatch, vault.cipher.kms)
+    # When a lazy refresh is asked for
+    with pytest.raises(VaultUnavailable, match="GenerateDataKey"):
+        vault.coordinator().fresh_access_token("member-a", grant.access_token)
+    # Then the refresh token was not sent, and the attempt left no trace (no throttle, no lease)
+    assert vault.oauth.token_requests == 0
+    stored = vault.portals.get("member-a", consistent=True)
+    assert stored is not None
+    assert (stored.version, stored.lease_owner, stored.last_refresh_attempt_at) == (
+        portal.version,
+        None,
+        None,
+    )
+
+
+def test_a_data_key_that_ate_the_lease_sends_nothing(
+    vault: UnitVault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a KMS answer so slow that too little of the lease is left for a token call
+    _portal, grant = vault.install()
+    real = vault.cipher.data_key
+
+    def slow(member_id: str) -> Any:
+        vault.clock.advance(25)
+        return real(member_id)
+
+    monkeypatch.setattr(vault.cipher, "data_key", slow)
+    with pytest.raises(RefreshUnavailable, match="lease"):
+        vault.coordinator(lease_seconds=30, token_call_seconds=12).fresh_access_token(
+            "member-a", grant.access_token
+        )
+    assert vault.oauth.token_requests == 0
+    stored = vault.portals.get("member-a", consistent=True)
+    assert stored is not None
+    assert (stored.lease_owner, stored.last_refresh_attempt_at) == (None, None)
 
 
 def test_rescue_message_round_trip_and_validation(vault: UnitVault) -> None:
