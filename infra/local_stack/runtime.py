@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from local_stack import aws_calls
+
 _log = logging.getLogger("local_stack.runtime")
 
 WORKER_SCRIPT = Path(__file__).with_name("worker_main.py")
@@ -70,6 +72,10 @@ class _Worker:
         env.setdefault("PATH", os.environ.get("PATH", "/usr/bin:/bin"))
         stream = f"{time.strftime('%Y/%m/%d', time.gmtime())}/[$LATEST]{uuid.uuid4().hex}"
         env["AWS_LAMBDA_LOG_STREAM_NAME"] = stream
+        # The IAM check's recording (make test): the worker records its calls as this function's.
+        if recording := os.environ.get(aws_calls.ENV_LOG):
+            env[aws_calls.ENV_LOG] = recording
+            env[aws_calls.ENV_FUNCTION] = spec.logical_id
         self.process = subprocess.Popen(
             [python, "-P", str(WORKER_SCRIPT)],
             stdin=subprocess.PIPE,
