@@ -62,7 +62,6 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     from local_stack import aws_calls
     from operator_tools.cfn_yaml import function_handlers, load_template
-
     from tests.support.servers import REPO_ROOT
 
     target = Path(path).resolve()
@@ -70,6 +69,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # Local-stack workers (and `python -m local_stack` children) read it to record their calls too.
     os.environ[aws_calls.ENV_LOG] = str(target)
     aws_calls.install(str(target), handlers=function_handlers(load_template(REPO_ROOT / "template.yaml")))
+
+
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from iam_check.check import DEFAULT_EXPECTED_UNUSED, run_check
 from iam_check.requests import read_recording
-from iam_check.stack import REPO_ROOT, StackError
 from iam_check.simulator import SimulatorError
+from iam_check.stack import REPO_ROOT, StackError
 
 
 def main(argv: list[str] | None = None) -> int:

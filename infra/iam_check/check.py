@@ -77,7 +77,9 @@ class Report:
         lines += [f"  DENIED {d}" for d in self.denials]
         lines.append(f"errors: {len(self.errors)}")
         lines += [f"  ERROR {e}" for e in self.errors]
-        lines.append(f"granted but unused: {len(self.unused)} ({len(self.expected_unused)} listed in expected_unused.txt)")
+        lines.append(
+            f"granted but unused: {len(self.unused)} ({len(self.expected_unused)} listed in expected_unused.txt)"
+        )
         for grant in self.unused:
             tag = "expected (listed)" if grant in self.expected_unused else "UNUSED"
             lines.append(f"  {tag}: {grant}")
@@ -102,7 +104,9 @@ def grants(stack: Stack, roles: Mapping[str, Role]) -> tuple[list[Grant], list[s
                 if statement.get("Effect") != "Allow":
                     continue
                 if "NotAction" in statement or "NotResource" in statement:
-                    errors.append(f"{role.logical_id} statement {sid}: NotAction/NotResource is not checked for use")
+                    errors.append(
+                        f"{role.logical_id} statement {sid}: NotAction/NotResource is not checked for use"
+                    )
                     continue
                 for action in _as_list(statement.get("Action")):
                     for resource in _as_list(statement.get("Resource")):
@@ -116,8 +120,8 @@ def read_expected_unused(path: Path | None) -> set[tuple[str, str, str]]:
     if path is None or not path.exists():
         return set()
     entries: set[tuple[str, str, str]] = set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        line = line.split("#", 1)[0].strip()
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
         if not line:
             continue
         parts = line.split()
@@ -127,7 +131,9 @@ def read_expected_unused(path: Path | None) -> set[tuple[str, str, str]]:
     return entries
 
 
-def _simulation_input(request: Request, index: int, roles: Mapping[str, Role], stack: Stack) -> dict[str, Any]:
+def _simulation_input(
+    request: Request, index: int, roles: Mapping[str, Role], stack: Stack
+) -> dict[str, Any]:
     resource_policy = None
     if request.resource_policy is not None:
         kind = stack.type_of(request.resource_policy)
@@ -149,9 +155,40 @@ def _simulation_input(request: Request, index: int, roles: Mapping[str, Role], s
 
 
 def _describe(request: Request, stack: Stack) -> str:
-    context = {k: v for k, v in request.context_dict().items() if k not in ("aws:SecureTransport", "aws:RequestedRegion")}
+    context = {
+        k: v
+        for k, v in request.context_dict().items()
+        if k not in ("aws:SecureTransport", "aws:RequestedRegion")
+    }
     who = request.role or request.principal
     return f"{who} {request.action} on {stack.label(request.resource)} {context} [{request.origin}]"
+
+
+def _judge(
+    request: Request, answer: Mapping[str, Any], stack: Stack, report: Report
+) -> set[tuple[str, str, str, str, str]]:
+    """Record a denial or error for one answer; the (role, policy, sid, action, resource) grants it used."""
+    if answer.get("result") == "Error":
+        report.errors.append(f"simulator refused {_describe(request, stack)}: {answer.get('errors')}")
+        return set()
+    if answer.get("ignoredContextKeys"):
+        report.errors.append(
+            f"context keys not valid for {request.action}: {answer['ignoredContextKeys']} ({_describe(request, stack)})"
+        )
+    if answer.get("result") != "Allowed":
+        detail = f"identity policies alone: {answer.get('identityOnly')}"
+        if "resourceOnly" in answer:
+            detail += f", resource policy alone: {answer['resourceOnly']}"
+        if answer.get("resourceDenies"):
+            detail += f", denied by resource-policy statements {answer['resourceDenies']}"
+        report.denials.append(f"{answer.get('result')}: {_describe(request, stack)} ({detail})")
+        return set()
+    return {
+        (request.role, allow["policy"], str(allow["sid"]), action.lower(), resource)
+        for allow in answer.get("identityAllows") or []
+        for action in allow["actions"]
+        for resource in allow["resources"]
+    }
 
 
 def run_check(
@@ -185,25 +222,7 @@ def run_check(
     answers = simulate([_simulation_input(r, i, builder.roles, stack) for i, r in enumerate(requests)])
     used: set[tuple[str, str, str, str, str]] = set()
     for request, answer in zip(requests, answers, strict=True):
-        if answer.get("result") == "Error":
-            report.errors.append(f"simulator refused {_describe(request, stack)}: {answer.get('errors')}")
-            continue
-        if answer.get("ignoredContextKeys"):
-            report.errors.append(
-                f"context keys not valid for {request.action}: {answer['ignoredContextKeys']} ({_describe(request, stack)})"
-            )
-        if answer.get("result") != "Allowed":
-            detail = f"identity policies alone: {answer.get('identityOnly')}"
-            if "resourceOnly" in answer:
-                detail += f", resource policy alone: {answer['resourceOnly']}"
-            if answer.get("resourceDenies"):
-                detail += f", denied by resource-policy statements {answer['resourceDenies']}"
-            report.denials.append(f"{answer.get('result')}: {_describe(request, stack)} ({detail})")
-            continue
-        for allow in answer.get("identityAllows") or []:
-            for action in allow["actions"]:
-                for resource in allow["resources"]:
-                    used.add((request.role, allow["policy"], str(allow["sid"]), action.lower(), resource))
+        used |= _judge(request, answer, stack, report)
 
     all_grants, grant_errors = grants(stack, builder.roles)
     report.errors += grant_errors

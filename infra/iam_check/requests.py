@@ -75,7 +75,10 @@ class RequestBuilder:
         self.stack = stack
         self.roles: dict[str, Role] = stack.roles()
         self.functions = {fn: stack.props(fn) for fn in stack.of_type("AWS::Lambda::Function")}
-        self._env = {fn: (props.get("Environment") or {}).get("Variables") or {} for fn, props in self.functions.items()}
+        self._env = {
+            fn: (props.get("Environment") or {}).get("Variables") or {}
+            for fn, props in self.functions.items()
+        }
 
     # ------------------------------------------------------------ helpers
     def role_of_function(self, function: str) -> Role:
@@ -89,7 +92,7 @@ class RequestBuilder:
         # SDKs and AWS services use TLS; the queue policy denies requests without it.
         return {"aws:SecureTransport": "true", "aws:RequestedRegion": self.stack.region, **(extra or {})}
 
-    def _request(
+    def _request(  # noqa: PLR0917 - one request's fields, always passed in this order
         self, role: Role, session: str, action: str, resource: str, context: Mapping[str, Any], origin: str
     ) -> Request:
         logical = self.stack.logical_for(resource) if resource != "*" else None
@@ -108,7 +111,8 @@ class RequestBuilder:
             origin,
         )
 
-    def _kms(self, role: Role, session: str, key: str, actions: Iterable[str], ctx: Mapping[str, str],
+    def _kms(  # noqa: PLR0917 - one KMS use's fields, always passed in this order
+        self, role: Role, session: str, key: str, actions: Iterable[str], ctx: Mapping[str, str],
              via: str, origin: str) -> Iterator[Request]:  # fmt: skip
         context: dict[str, Any] = {
             "kms:ViaService": f"{via}.{self.stack.region}.amazonaws.com",
@@ -160,11 +164,15 @@ class RequestBuilder:
         """The requests one recorded call makes: its own, and the KMS calls its service makes with it."""
         function = str(call["function"])
         if function not in self.functions:
-            raise StackError(f"recorded calls of {function}, which is not a function of the transformed template")
+            raise StackError(
+                f"recorded calls of {function}, which is not a function of the transformed template"
+            )
         role = self.role_of_function(function)
         service, operation = str(call["service"]), str(call["operation"])
         if "RequestItems" in (call.get("params") or {}):
-            raise StackError(f"{service}:{operation} spans tables; the check does not model batch/transact calls")
+            raise StackError(
+                f"{service}:{operation} spans tables; the check does not model batch/transact calls"
+            )
         action = f"{service}:{IAM_ACTION.get((service, operation), operation)}"
         resource = self._resource_of_call(function, call)
         context: dict[str, Any] = {}
@@ -189,7 +197,10 @@ class RequestBuilder:
             # subscriberId: https://docs.aws.amazon.com/kms/latest/developerguide/services-dynamodb.html
             key = self._key_of(logical, "KMSMasterKeyId", nested="SSESpecification")
             if key is not None:
-                ctx = {"aws:dynamodb:tableName": self.stack.name(logical), "aws:dynamodb:subscriberId": ACCOUNT_ID}
+                ctx = {
+                    "aws:dynamodb:tableName": self.stack.name(logical),
+                    "aws:dynamodb:subscriberId": ACCOUNT_ID,
+                }
                 yield from self._kms(role, session, key, ["Decrypt"], ctx, "dynamodb",
                                      "DynamoDB table key (services-dynamodb.html)")  # fmt: skip
         elif service == "sqs":
@@ -207,7 +218,10 @@ class RequestBuilder:
             # https://docs.aws.amazon.com/secretsmanager/latest/userguide/security-encryption.html
             key = self._key_of(logical, "KmsKeyId")
             if key is not None:
-                ctx = {"SecretARN": self.stack.arn(logical), "SecretVersionId": "00000000-0000-0000-0000-000000000000"}
+                ctx = {
+                    "SecretARN": self.stack.arn(logical),
+                    "SecretVersionId": "00000000-0000-0000-0000-000000000000",
+                }
                 yield from self._kms(role, session, key, ["Decrypt"], ctx, "secretsmanager",
                                      "Secrets Manager (security-encryption.html)")  # fmt: skip
 
@@ -241,10 +255,15 @@ class RequestBuilder:
         # Lambda writes the function's logs with the execution role: CreateLogStream + PutLogEvents on
         # its log group (CreateLogGroup only when the group does not exist; ours are template resources):
         # https://docs.aws.amazon.com/lambda/latest/dg/monitoring-cloudwatchlogs.html
-        group = (props.get("LoggingConfig") or {}).get("LogGroup") or f"/aws/lambda/{self.stack.name(function)}"
+        group = (props.get("LoggingConfig") or {}).get(
+            "LogGroup"
+        ) or f"/aws/lambda/{self.stack.name(function)}"
         stream = f"arn:aws:logs:{self.stack.region}:{ACCOUNT_ID}:log-group:{group}:log-stream:2026/01/01/[$LATEST]0"
         origin = "Lambda logging (monitoring-cloudwatchlogs.html)"
-        out = [self._request(role, function, f"logs:{a}", stream, {}, origin) for a in ("CreateLogStream", "PutLogEvents")]
+        out = [
+            self._request(role, function, f"logs:{a}", stream, {}, origin)
+            for a in ("CreateLogStream", "PutLogEvents")
+        ]
         if (props.get("TracingConfig") or {}).get("Mode") == "Active":
             # Active tracing: Lambda sends segments with the execution role (no resource-level permissions):
             # https://docs.aws.amazon.com/lambda/latest/dg/services-xray.html
@@ -260,7 +279,9 @@ class RequestBuilder:
         out = [self._request(role, session, "sqs:SendMessage", queue_arn, {}, origin)]
         key = self._key_of(queue, "KmsMasterKeyId")
         if key is not None:
-            out += self._kms(role, session, key, ["GenerateDataKey", "Decrypt"], {"aws:sqs:arn": queue_arn}, "sqs", origin)
+            out += self._kms(
+                role, session, key, ["GenerateDataKey", "Decrypt"], {"aws:sqs:arn": queue_arn}, "sqs", origin
+            )
         return out
 
     def _async_dead_letters(self, function: str, role: Role, props: Mapping[str, Any]) -> list[Request]:
@@ -273,7 +294,7 @@ class RequestBuilder:
         for config in self.stack.of_type("AWS::Lambda::EventInvokeConfig"):
             raw = self.stack.resources[config].get("Properties") or {}
             if self.stack.logical_from(raw.get("FunctionName")) == function:
-                failure = ((self.stack.props(config).get("DestinationConfig") or {}).get("OnFailure") or {})
+                failure = (self.stack.props(config).get("DestinationConfig") or {}).get("OnFailure") or {}
                 if ":sqs:" in str(failure.get("Destination", "")):
                     targets.append(failure["Destination"])
         return [r for target in targets for r in self._send_to_queue(role, function, target, origin)]
@@ -316,7 +337,9 @@ class RequestBuilder:
             out.append(self._request(role, schedule, "lambda:InvokeFunction", arn, {},
                                      "Scheduler target (setting-up.html)"))  # fmt: skip
             if dlq := (target.get("DeadLetterConfig") or {}).get("Arn"):
-                out += self._send_to_queue(role, schedule, dlq, "Scheduler DLQ (configuring-schedule-dlq.html)")
+                out += self._send_to_queue(
+                    role, schedule, dlq, "Scheduler DLQ (configuring-schedule-dlq.html)"
+                )
         return out
 
     def _log_group_encryption(self) -> list[Request]:
@@ -342,5 +365,7 @@ class RequestBuilder:
 def read_recording(path: Path) -> list[dict[str, Any]]:
     """The JSON lines written by local_stack.aws_calls."""
     if not path.exists():
-        raise StackError(f"{path} does not exist: run the test suites with --aws-call-log {path} first (make test)")
+        raise StackError(
+            f"{path} does not exist: run the test suites with --aws-call-log {path} first (make test)"
+        )
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

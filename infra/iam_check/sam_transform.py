@@ -20,7 +20,9 @@ class _NoManagedPolicies:
     """Stands in for SAM's ManagedPolicyLoader, which would call IAM."""
 
     def load(self) -> dict[str, str]:
-        raise SystemExit("the template uses SAM managed policy names; the offline transform cannot resolve them")
+        raise SystemExit(
+            "the template uses SAM managed policy names; the offline transform cannot resolve them"
+        )
 
 
 def _as_packaged(template: dict[str, Any]) -> None:
@@ -45,7 +47,7 @@ def main(argv: list[str]) -> int:
     _as_packaged(template)
     # SAM fills AWS::Region from the boto session; no credentials are needed or used.
     os.environ["AWS_DEFAULT_REGION"] = str(parameters["AWS::Region"])
-    transformed = transform(template, parameters, _NoManagedPolicies())  # type: ignore[arg-type]
+    transformed: dict[str, Any] = transform(template, parameters, _NoManagedPolicies())
     json.dump(transformed, sys.stdout, indent=1, sort_keys=True, default=str)
     return 0
 

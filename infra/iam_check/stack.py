@@ -53,7 +53,9 @@ def transform(template: Path, parameters: Mapping[str, str], region: str, stack_
         "AWS::Partition": "aws",
     }
     if not TOOLS_PYTHON.exists():
-        raise StackError(f"{TOOLS_PYTHON} is missing: run `make tools` (samtranslator comes with the SAM CLI)")
+        raise StackError(
+            f"{TOOLS_PYTHON} is missing: run `make tools` (samtranslator comes with the SAM CLI)"
+        )
     done = subprocess.run(
         [str(TOOLS_PYTHON), str(TRANSFORM_SCRIPT), str(template), json.dumps(values)],
         capture_output=True,
@@ -100,7 +102,11 @@ class Stack:
             Path(handle.name).unlink()
         self.resources: dict[str, dict[str, Any]] = self.template.resources
         self.resolver = Resolver(
-            self.template, region=self.region, stack_name=self.stack_name, ref=self._ref, get_att=self._get_att
+            self.template,
+            region=self.region,
+            stack_name=self.stack_name,
+            ref=self._ref,
+            get_att=self._get_att,
         )
         self._by_value: dict[str, str] = {}
         for logical_id in self.resources:
@@ -152,8 +158,12 @@ class Stack:
                 "AWS::Lambda::Function": lambda: f"arn:aws:lambda:{r}:{a}:function:{self.name(logical_id)}",
                 "AWS::IAM::Role": lambda: f"arn:aws:iam::{a}:role/{self.name(logical_id)}",
                 # Secrets Manager appends six random characters to the name.
-                "AWS::SecretsManager::Secret": lambda: f"arn:aws:secretsmanager:{r}:{a}:secret:{self.name(logical_id)}-AbCdEf",
-                "AWS::Scheduler::Schedule": lambda: f"arn:aws:scheduler:{r}:{a}:schedule/default/{self.name(logical_id)}",
+                "AWS::SecretsManager::Secret": lambda: (
+                    f"arn:aws:secretsmanager:{r}:{a}:secret:{self.name(logical_id)}-AbCdEf"
+                ),
+                "AWS::Scheduler::Schedule": lambda: (
+                    f"arn:aws:scheduler:{r}:{a}:schedule/default/{self.name(logical_id)}"
+                ),
             }
             if kind in arns:
                 return arns[kind]()
@@ -208,9 +218,12 @@ class Stack:
         for logical_id in self.of_type("AWS::IAM::Role"):
             props = self.props(logical_id)
             if props.get("ManagedPolicyArns") or props.get("PermissionsBoundary"):
-                raise StackError(f"{logical_id}: managed policies/boundaries are not modelled by the IAM check")
+                raise StackError(
+                    f"{logical_id}: managed policies/boundaries are not modelled by the IAM check"
+                )
             policies = [
-                {"name": str(p["PolicyName"]), "policy": p["PolicyDocument"]} for p in props.get("Policies") or []
+                {"name": str(p["PolicyName"]), "policy": p["PolicyDocument"]}
+                for p in props.get("Policies") or []
             ]
             roles[logical_id] = Role(logical_id, self.name(logical_id), self.arn(logical_id), policies)
         for logical_id in self.of_type("AWS::IAM::Policy", "AWS::IAM::RolePolicy"):
@@ -221,7 +234,9 @@ class Stack:
                 role = self.logical_from(target)
                 if role not in roles:
                     raise StackError(f"{logical_id}: attached to a role outside the template")
-                roles[role].policies.append({"name": str(props["PolicyName"]), "policy": props["PolicyDocument"]})
+                roles[role].policies.append(
+                    {"name": str(props["PolicyName"]), "policy": props["PolicyDocument"]}
+                )
         return roles
 
     def key_policy(self, key_logical_id: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import os
 import sys
 import threading
 from collections.abc import Mapping
+from types import FrameType
 from typing import Any
 
 ENV_LOG = "B24_AWS_CALL_LOG"  # path of the JSONL recording; set = recording on
@@ -64,12 +65,12 @@ def _function_on_stack() -> str | None:
     """The logical ID whose handler frame is on this thread's stack (outermost wins), else inherited."""
     frames: dict[tuple[str, str], str] = _state.get("frames", {})
     found: str | None = None
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         key = (frame.f_globals.get("__name__", ""), frame.f_code.co_name)
         if key in frames:
             found = frames[key]
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back
     if found is not None:
         return found
     inherited = getattr(threading.current_thread(), "_b24_aws_call_function", None)
