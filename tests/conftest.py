@@ -68,7 +68,10 @@ def pytest_configure(config: pytest.Config) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     # Local-stack workers (and `python -m local_stack` children) read it to record their calls too.
     os.environ[aws_calls.ENV_LOG] = str(target)
-    aws_calls.install(str(target), handlers=function_handlers(load_template(REPO_ROOT / "template.yaml")))
+    template = REPO_ROOT / "template.yaml"
+    aws_calls.install(
+        str(target), template=str(template), handlers=function_handlers(load_template(template))
+    )
 
 
 _real_connect = socket.socket.connect

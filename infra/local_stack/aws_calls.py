@@ -25,11 +25,13 @@ import os
 import sys
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 ENV_LOG = "B24_AWS_CALL_LOG"  # path of the JSONL recording; set = recording on
 ENV_FUNCTION = "B24_AWS_CALL_FUNCTION"  # in a worker: the logical ID every call of the process belongs to
+ENV_TEMPLATE = "B24_AWS_CALL_TEMPLATE"  # in a worker: the template that function comes from
 
 # API parameters that name the resource or carry a condition-key value; nothing else is kept (item
 # keys and bodies may hold tenant data, message bodies sealed tokens).
@@ -109,6 +111,7 @@ def _record(params: Mapping[str, Any], model: Any, context: Mapping[str, Any] | 
             env.update({f"{name}:{table}": _env_matches(table) for table in tables})
     line = {
         "function": function,
+        "template": _state.get("template"),
         "process": "worker" if _state.get("function") else "in-process",
         "service": service_model.metadata.get("signingName") or service_model.endpoint_prefix,
         "operation": model.name,
@@ -136,8 +139,18 @@ def _patch_threads() -> None:
     threading.Thread.start = start  # type: ignore[method-assign]
 
 
-def install(path: str, *, handlers: Mapping[str, str] | None = None, function: str | None = None) -> None:
-    """Record from now on into `path`: calls of `function` (a worker) or of the given handlers' stacks."""
+def install(
+    path: str,
+    *,
+    template: str,
+    handlers: Mapping[str, str] | None = None,
+    function: str | None = None,
+) -> None:
+    """Record from now on into `path`: calls of `function` (a worker) or of the given handlers' stacks.
+
+    `template` is the file the function or handlers come from: tests also run local stacks on their own
+    small templates, whose calls the IAM check of template.yaml must not count.
+    """
     import botocore.handlers
 
     with _state_lock:
@@ -145,6 +158,7 @@ def install(path: str, *, handlers: Mapping[str, str] | None = None, function: s
             return
         _state["fd"] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         _state["function"] = function
+        _state["template"] = str(Path(template).resolve()) if template else None
         _state["frames"] = _handler_frames(handlers or {})
         botocore.handlers.BUILTIN_HANDLERS.append(("before-parameter-build", _record))
         boto3 = sys.modules.get("boto3")
@@ -161,5 +175,5 @@ def install_from_environment() -> bool:
     function = os.environ.get(ENV_FUNCTION)
     if not path or not function:
         return False
-    install(path, function=function)
+    install(path, template=os.environ.get(ENV_TEMPLATE, ""), function=function)
     return True

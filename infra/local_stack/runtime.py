@@ -41,6 +41,7 @@ class FunctionSpec:
     memory_mb: int
     environment: Mapping[str, str]
     arn: str
+    template: str = ""  # the template file it comes from (the IAM check evaluates calls against it)
 
 
 @dataclass(slots=True)
@@ -76,6 +77,7 @@ class _Worker:
         if recording := os.environ.get(aws_calls.ENV_LOG):
             env[aws_calls.ENV_LOG] = recording
             env[aws_calls.ENV_FUNCTION] = spec.logical_id
+            env[aws_calls.ENV_TEMPLATE] = spec.template
         self.process = subprocess.Popen(
             [python, "-P", str(WORKER_SCRIPT)],
             stdin=subprocess.PIPE,

@@ -196,7 +196,7 @@ RECORDER_CHILD = textwrap.dedent(
     sys.path.insert(0, sys.argv[2])
     from local_stack import aws_calls
 
-    aws_calls.install(sys.argv[1], handlers={"FakeFunction": "fake_handlers.handler"})
+    aws_calls.install(sys.argv[1], template="template.yaml", handlers={"FakeFunction": "fake_handlers.handler"})
     import os
     os.environ["PORTALS_TABLE"] = "portals-physical"
 
@@ -224,7 +224,10 @@ RECORDER_CHILD = textwrap.dedent(
 def test_the_recorder_attributes_handler_calls_and_their_threads_only(tmp_path: Path) -> None:
     log = tmp_path / "calls.jsonl"
     subprocess.run(
-        [sys.executable, "-c", RECORDER_CHILD, str(log), str(REPO_ROOT / "infra")], check=True, timeout=60
+        [sys.executable, "-c", RECORDER_CHILD, str(log), str(REPO_ROOT / "infra")],
+        check=True,
+        timeout=60,
+        cwd=tmp_path,
     )
     lines = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
     assert [(x["function"], x["service"], x["operation"]) for x in lines] == [
@@ -232,3 +235,4 @@ def test_the_recorder_attributes_handler_calls_and_their_threads_only(tmp_path: 
     ] * 2
     assert all(x["params"] == {"TableName": "portals-physical"} for x in lines)
     assert all(x["env"] == {"TableName": ["PORTALS_TABLE"]} for x in lines)
+    assert all(x["template"] == str((tmp_path / "template.yaml").resolve()) for x in lines)
