@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,13 +243,3 @@ def run_check(
     unused_keys = {grant.key() for grant in report.unused}
     report.stale_expected = [" ".join(entry) for entry in sorted(listed - unused_keys)]
     return report
-
-
-def summary_counts(report: Report) -> Counter[str]:
-    """Figures for the README and the lead: calls, requests, denials, unused."""
-    return Counter(
-        calls=sum(report.calls_per_function.values()),
-        requests=report.requests,
-        denials=len(report.denials),
-        unused=len(report.unused),
-    )
