@@ -74,6 +74,7 @@ RUNTIME_SETTINGS = frozenset(
         "event_bind_requires_admin",
         "system_user_admin",
         "event_timeout_seconds",
+        "error_time_block",
     }
 )
 
@@ -153,6 +154,9 @@ class EmulatorConfig:
     rate_plan: RatePlan = "standard"
     rate_drain_per_second: float | None = None
     rate_burst: int | None = None
+    # Error answers carry no `time` block on the real server (429 included). true restores the older
+    # reading: errors with `time`, a 429's `operating_reset_at` = when the method unblocks.
+    error_time_block: bool = False
     # Operating (resource) limit per method per app over 10 one-minute buckets; 0 disables it.
     # LoadLimiter: 420 s by default (cloud: a feature variable); calls under 0.1 s are not counted.
     operating_limit_seconds: float = 420.0

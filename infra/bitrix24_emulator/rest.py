@@ -139,7 +139,12 @@ class RestEngine:
     def _error_answer(self, method: str, error: RestError, start: float) -> RestAnswer:
         # Error answers carry no `time` block, 429 included (rest classes/general/rest.php: appendDebugInfo
         # runs on success only); `operating_reset_at` is known only from successful answers.
-        return RestAnswer(error.status, error.body(), 0.0, error.error)
+        body = error.body()
+        if self.state.config.error_time_block:  # the older reading, kept as a switch
+            body["time"] = self.time_block(method, start, 0.0)
+            if error.reset_at is not None:
+                body["time"]["operating_reset_at"] = error.reset_at
+        return RestAnswer(error.status, body, 0.0, error.error)
 
     # --- entry point -------------------------------------------------------------------------------
 

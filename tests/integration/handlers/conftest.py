@@ -154,21 +154,12 @@ class Connector:
         return answer.headers["Location"], cookie.split(";", 1)[0].split("=", 1)[1]
 
     def consent(self, consent_url: str) -> str:
-        """Load the portal's consent page and submit its one form, as the user would; returns the redirect."""
-        page = requests.get(consent_url, timeout=10)
-        assert page.status_code == 200
-        assert page.text.count("<form") == 1
-        state = consent_url.split("state=", 1)[1].split("&", 1)[0]
-        from urllib.parse import unquote
-
-        approved = requests.post(
-            f"{self.emulator.portal_url}/oauth/authorize/",
-            data={"client_id": CLIENT_ID, "state": unquote(state)},
-            allow_redirects=False,
-            timeout=10,
-        )
-        assert approved.status_code == 302, approved.text
-        return approved.headers["Location"]
+        """Open the portal's authorize page as a logged-in user: it redirects at once (rest.authorize, no
+        consent form); returns the redirect to our callback."""
+        answer = requests.get(consent_url, allow_redirects=False, timeout=10)
+        assert answer.status_code == 302, answer.text
+        assert "<form" not in answer.text
+        return answer.headers["Location"]
 
     def connect(self) -> requests.Response:
         """The whole browser journey: authorize, consent, callback with the cookie."""
