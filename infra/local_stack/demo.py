@@ -57,7 +57,7 @@ _DAY = 86_400
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 _STEP_TITLES = (
     "Install: the portal POSTs the install page, then ONAPPINSTALL",
-    "Authorize: /authorize -> the portal's consent form -> /callback, with a cookie jar",
+    "Authorize: /authorize -> the portal (redirects a logged-in user) -> /callback, with a cookie jar",
     "At rest: the DynamoDB item holds ciphertext only, bound to its portal by the KMS context",
     "Read: LeadsFunction through boto3's Lambda client, every lead page by page via the cursor",
     "Lazy refresh: the access token expires, the next read refreshes it transparently",
@@ -432,17 +432,26 @@ def _sign_in(c: StackClients, browser: requests.Session, detail: Detail) -> str:
     detail(f"/authorize: 302 to the portal's /oauth/authorize/; cookie {cookie_name} ({', '.join(flags)})")
 
     consent = browser.get(location, timeout=_HTTP_TIMEOUT)
-    check(consent.status_code == 200, f"the consent page answered {consent.status_code}")
-    forms = html_forms(consent.text)
-    check(len(forms) == 1, f"the consent page has {len(forms)} forms")
-    form = forms[0]
-    check(form.method == "post" and form.buttons == 1, "the consent form is not one POST with one button")
-    # Submitting the form as a browser does: its fields to its action; redirects followed with cookies.
-    done = browser.post(urljoin(consent.url, form.action), data=form.fields, timeout=_HTTP_TIMEOUT)
-    hops = [f"{r.status_code} {urlsplit(r.url).path}" for r in done.history]
-    callback = urlsplit(done.url)
-    hops.append(f"{done.status_code} {callback.path}")
-    detail(f"consent: 1 form, {len(form.fields)} hidden fields, submitted: {' → '.join(hops)}")
+    if consent.history:
+        # The real portal (rest.authorize) redirects a logged-in user at once: no consent form.
+        done = consent
+        hops = [f"{r.status_code} {urlsplit(r.url).path}" for r in done.history]
+        callback = urlsplit(done.url)
+        hops.append(f"{done.status_code} {callback.path}")
+        detail(f"portal: logged-in user redirected without a form: {' → '.join(hops)}")
+    else:
+        # The emulator's consent_form setting shows one form instead.
+        check(consent.status_code == 200, f"the consent page answered {consent.status_code}")
+        forms = html_forms(consent.text)
+        check(len(forms) == 1, f"the consent page has {len(forms)} forms")
+        form = forms[0]
+        check(form.method == "post" and form.buttons == 1, "the consent form is not one POST with one button")
+        # Submitting the form as a browser does: its fields to its action; redirects followed with cookies.
+        done = browser.post(urljoin(consent.url, form.action), data=form.fields, timeout=_HTTP_TIMEOUT)
+        hops = [f"{r.status_code} {urlsplit(r.url).path}" for r in done.history]
+        callback = urlsplit(done.url)
+        hops.append(f"{done.status_code} {callback.path}")
+        detail(f"consent: 1 form, {len(form.fields)} hidden fields, submitted: {' → '.join(hops)}")
     check(callback.path == "/callback", f"ended at {callback.path}, not /callback")
     check(done.status_code == 200 and "Connected" in done.text, f"/callback answered {done.status_code}")
     return cookie_name
