@@ -118,6 +118,8 @@ def bound_deliveries(
     The auth block carries an access token of the binding's user, or of the acting user when the
     binding has none (event.bind auth_type, rest lib/api/event.php).
     """
+    if not state.installed or state.install_pending:
+        return []  # no events until the install is finished (rest lib/event/callback.php)
     deliveries = []
     for row in state.bindings.for_event(event):
         auth_user = row.user_id or actor_user_id

@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from bitrix24_emulator.clock import iso_local
 from bitrix24_emulator.events import KNOWN_EVENTS
@@ -176,6 +176,9 @@ class RestEngine:
             )
         except AuthFailure as failure:
             raise RestError(failure.status, failure.error, failure.description) from failure
+        if chain.revoked_reason == "uninstalled":
+            # A check still cached after the app was removed: the local app row is gone (lib/oauth/auth.php).
+            raise RestError(401, "APPLICATION_NOT_FOUND", "Application not found")
         return chain
 
     def _resolve(self, method: str, chain: Chain) -> Handler:
@@ -665,8 +668,8 @@ def _event_bind(engine: RestEngine, params: dict[str, Any], chain: Chain, now: f
         handler, user_id = "", 0
     elif handler == "":
         raise _argument_null("HANDLER")
-    elif not handler.startswith(("http://", "https://")):
-        raise RestError(400, "ERROR_ARGUMENT", "Wrong handler URL")
+    else:
+        _check_handler_url(handler)
     scopes = {s.strip() for s in config.scope.split(",")}
     needed = KNOWN_EVENTS.get(event, "unknown")
     if needed == "unknown" or (needed is not None and needed not in scopes):
@@ -676,6 +679,16 @@ def _event_bind(engine: RestEngine, params: dict[str, Any], chain: Chain, now: f
     except ValueError as exc:
         raise RestError(400, "ERROR_CORE", f"Unable to set event handler: {exc}") from exc
     return CallOutcome({"result": True}, config.base_cost_seconds)
+
+
+def _check_handler_url(handler: str) -> None:
+    """rest lib/handlerhelper.php::checkCallback: a host with a dot (not first), then http(s) only."""
+    parts = urlsplit(handler)
+    host = parts.hostname or ""
+    if host.find(".") <= 0:
+        raise RestError(400, "ERROR_WRONG_HANDLER_URL", "Wrong handler URL")
+    if parts.scheme not in ("http", "https"):
+        raise RestError(400, "ERROR_UNSUPPORTED_PROTOCOL", "Unsupported handler protocol")
 
 
 def _event_unbind(engine: RestEngine, params: dict[str, Any], chain: Chain, now: float) -> CallOutcome:
