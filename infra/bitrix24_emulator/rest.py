@@ -43,7 +43,7 @@ _REFERENCE = re.compile(
     r"\$(result|result_error|result_total|result_next|result_time)\[([^\]]*)\]((?:\[[^\]]*\])*)"
 )
 _PATH_PART = re.compile(r"\[([^\]]*)\]")
-# rest_util processBatchElement: roots result|next|total|time|error, case-insensitive, then any
+# docs/bitrix24-facts.md F-BATCH-2/3: roots result|next|total|time|error, case-insensitive, then any
 # non-space text whose [key] parts are walked; `$result_total[c0]` is root `result` with path [c0].
 _PHP_REFERENCE = re.compile(r"\$(result|next|total|time|error)(\S*)", re.IGNORECASE)
 _PHP_PATH_PART = re.compile(r"\[([^\]]+)\]")
@@ -137,7 +137,7 @@ class RestEngine:
         }
 
     def _error_answer(self, method: str, error: RestError, start: float) -> RestAnswer:
-        # Error answers carry no `time` block, 429 included (rest classes/general/rest.php: appendDebugInfo
+        # Error answers carry no `time` block, 429 included (docs/bitrix24-facts.md F-REST-2: appendDebugInfo
         # runs on success only); `operating_reset_at` is known only from successful answers.
         body = error.body()
         if self.state.config.error_time_block:  # the older reading, kept as a switch
@@ -177,7 +177,7 @@ class RestEngine:
         except AuthFailure as failure:
             raise RestError(failure.status, failure.error, failure.description) from failure
         if chain.revoked_reason == "uninstalled":
-            # A check still cached after the app was removed: the local app row is gone (lib/oauth/auth.php).
+            # A check still cached after the app was removed: the local app row is gone (F-AUTH-2/3).
             raise RestError(401, "APPLICATION_NOT_FOUND", "Application not found")
         return chain
 
@@ -597,7 +597,7 @@ def _raise_crm_event(engine: RestEngine, event: str, lead_id: int, chain: Chain)
     )
 
 
-# --- users and events (rest classes/general/rest_provider.php, lib/api/event.php) ------------------
+# --- users and events (docs/bitrix24-facts.md F-USER-1/2, F-BIND-1..9) -----------------------------
 
 
 def _user_admin(engine: RestEngine, params: dict[str, Any], chain: Chain, now: float) -> CallOutcome:
@@ -682,7 +682,7 @@ def _event_bind(engine: RestEngine, params: dict[str, Any], chain: Chain, now: f
 
 
 def _check_handler_url(handler: str) -> None:
-    """rest lib/handlerhelper.php::checkCallback: a host with a dot (not first), then http(s) only."""
+    """F-BIND-4: a host with a dot (not first), then http(s) only."""
     parts = urlsplit(handler)
     host = parts.hostname or ""
     if host.find(".") <= 0:
