@@ -151,3 +151,31 @@ def test_spoiled_callback_shows_the_reason_and_stores_nothing(
     # and nothing was exchanged or stored
     assert emulator_stats(stack)["token_requests"] == 0
     assert all_portal_items(stack) == table_before
+
+
+def test_an_employee_completing_authorize_is_told_an_administrator_must_connect(
+    browser_context: Any, stack: LocalStack, artifacts_dir: Path
+) -> None:
+    # Given a portal connected by its administrator (ONAPPINSTALL of user 1)
+    install_app(stack)
+    table_before = all_portal_items(stack)
+    reset_emulator_stats(stack)
+    page = browser_context.new_page()
+    # And a browser logged in to the portal as user 2, who is not an administrator
+    admin_url = stack.running_info().emulator_admin_url
+    page.goto(f"{admin_url}/login?user_id=2")
+
+    # When that employee starts the sign-in: the portal redirects a logged-in user at once
+    query = urlencode({"domain": stack.portal_domain})
+    with page.expect_navigation(url=f"{stack.api_url}/callback**") as navigation:
+        page.goto(f"{stack.api_url}/authorize?{query}")
+    response = navigation.value
+
+    # Then the callback says an administrator must connect the portal, and nothing changed
+    assert response.status == 403
+    assert response.headers.get("x-reason-code") == "administrator_required"
+    assert "administrator" in page.locator("body").inner_text()
+    page.screenshot(path=str(artifacts_dir / "authorize-employee-refused.png"), full_page=True)
+    # The employee's code was exchanged once (that is how their role is learnt), and not stored
+    assert emulator_stats(stack)["token_grants"] == {"authorization_code": 1}
+    assert all_portal_items(stack) == table_before
