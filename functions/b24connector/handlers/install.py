@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.logging import correlation_paths
 
-from b24connector.handlers import _services
+from b24connector.handlers import _services, import_done
 from b24connector.install import (
     EVENT_INSTALL,
     EVENT_UNINSTALL,
@@ -113,3 +113,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if str(event.get("rawPath", "")).endswith(EVENTS_PATH):
         return serve(event, route, logger=logger, count=count, answer_as="json")
     return serve(event, route, logger=logger, count=count, answer_as="html")
+
+
+# Last statement: the import is complete (see b24connector.handlers).
+import_done()
