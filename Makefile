@@ -45,12 +45,12 @@ venv: $(STAMP) ## create the dev virtualenv
 tools: $(TOOLS_STAMP) ## create the template-checkers virtualenv
 
 format: $(STAMP) ## format and autofix
-	$(VENV)/bin/ruff format functions infra tests
-	$(VENV)/bin/ruff check --fix functions infra tests
+	$(VENV)/bin/ruff format functions client infra tests
+	$(VENV)/bin/ruff check --fix functions client infra tests
 
 lint: $(STAMP) ## ruff + mypy
-	$(VENV)/bin/ruff check functions infra tests
-	$(VENV)/bin/ruff format --check functions infra tests
+	$(VENV)/bin/ruff check functions client infra tests
+	$(VENV)/bin/ruff format --check functions client infra tests
 	$(VENV)/bin/mypy
 
 # All three run offline: checkov with skip-download (.checkov.yaml) and no update check; sam validate
