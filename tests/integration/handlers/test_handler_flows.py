@@ -168,8 +168,11 @@ def test_api_only_install_is_journaled_applied_and_subscribed_then_uninstalled_t
     assert [(b["event"], b["handler"]) for b in bindings] == [("ONAPPUNINSTALL", connector.events_url())]
     # When the administrator removes the app, Bitrix24 delivers ONAPPUNINSTALL through the binding
     removed = emulator.uninstall(clean=False)
-    # Then the stored application token proves it: applied at once
-    assert _delivery(removed, "ONAPPUNINSTALL")["status"] == 200
+    # Then it is accepted for confirmation (a token alone proves nothing: employees can read it) ...
+    assert _delivery(removed, "ONAPPUNINSTALL")["status"] == 202
+    assert connector.portal_item()["health"]["S"] == "active"  # type: ignore[index]
+    # ... and applied once Bitrix24, asked with the stored grant, says the app is gone
+    connector.drain_lifecycle()
     item = connector.portal_item()
     assert item is not None
     assert (item["health"]["S"], "token_ciphertext" in item) == ("uninstalled", False)
@@ -228,8 +231,8 @@ def test_forged_uninstalls_change_nothing_and_the_genuine_one_still_works(
     connector.drain_lifecycle()
     before = connector.portal_item()
     assert before is not None
-    # A random token, and the stored verifier itself (reading the table does not help)
-    for token in ("0" * 32, before["application_token_hash"]["S"]):
+    # A random token, the stored verifier, and the real application token an employee read from the frame
+    for token in ("0" * 32, before["application_token_hash"]["S"], emulator.application_token):
         forged = emulator.send_uninstall(connector.events_url(), application_token=token)
         assert forged["status"] == 202
         connector.drain_lifecycle()
@@ -243,7 +246,8 @@ def test_forged_uninstalls_change_nothing_and_the_genuine_one_still_works(
             UpdateExpression="REMOVE uninstall_check_at",
         )
     removed = emulator.uninstall(clean=True)
-    assert _delivery(removed, "ONAPPUNINSTALL")["status"] == 200
+    assert _delivery(removed, "ONAPPUNINSTALL")["status"] == 202
+    connector.drain_lifecycle()
     item = connector.portal_item()
     assert item is not None
     assert {
@@ -662,12 +666,9 @@ def test_aws_calls_per_invocation(connector: Connector, emulator: Emulator, aws_
     assert calls() == [("kms", "Encrypt"), ("sqs", "SendMessage")]
     connector.drain_lifecycle()
     aws_calls.clear()
-    # an unproven uninstall: one read, then journaled for Bitrix24 to confirm
+    # an uninstall: one read, then journaled (the token sealed) for Bitrix24 to confirm
     assert emulator.send_uninstall(connector.events_url(), application_token="0" * 32)["status"] == 202
     assert calls() == [("dynamodb", "GetItem"), ("kms", "Encrypt"), ("sqs", "SendMessage")]
-    # a proven one: one read, one conditional update
-    assert emulator.send_uninstall(connector.events_url(), clean=False)["status"] == 200
-    assert calls() == [("dynamodb", "GetItem"), ("dynamodb", "UpdateItem")]
     connector.sweep()
     assert calls() == [("dynamodb", "Query")] * 16  # one query per due-index shard, nothing to queue
 
