@@ -25,7 +25,7 @@ from b24connector.bitrix24.errors import (
 from b24connector.bitrix24.tokens import TokenSet
 from b24connector.credentials import ClientSecretNotSet, SecretUnavailable
 from b24connector.portals import InvalidPortal, PortalPolicy
-from b24connector.problems import invalid, unavailable, upstream_rejected
+from b24connector.problems import forbidden, invalid, unavailable, upstream_rejected
 from b24connector.vault.errors import StateRefusal, StateRefused, VaultUnavailable
 
 _MEMBER_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
@@ -74,11 +74,16 @@ class AuthorizationServer(Protocol):
         ...
 
 
-class GrantStore(Protocol):
-    """Where a new token chain goes (vault.PortalStore)."""
+class _GrantOutcome(Protocol):
+    @property
+    def stored(self) -> bool: ...
 
-    def save_grant(self, tokens: TokenSet, *, domain: str, application_token: str | None = None) -> object:
-        """Store a new chain for tokens.member_id."""
+
+class GrantKeeper(Protocol):
+    """Decides whose grant a portal keeps and stores it (install.Installer.store_authorized)."""
+
+    def store_authorized(self, tokens: TokenSet, domain: str) -> _GrantOutcome:
+        """Store the pair unless an active grant of a higher rank holds the portal."""
         ...
 
 
@@ -131,7 +136,7 @@ class AuthorizationFlow:
         policy: PortalPolicy,
         states: StateBook,
         server: AuthorizationServer,
-        grants: GrantStore,
+        grants: GrantKeeper,
         *,
         ttl_seconds: int,
         pkce_verifier: Callable[[str, str], str] | None = None,
@@ -196,12 +201,13 @@ class AuthorizationFlow:
             raise invalid("endpoint_mismatch", "The token answer points at another portal.") from None
         # Store the endpoints we verified, not the ones the answer claimed.
         grant = replace(tokens, client_endpoint=client_endpoint, server_endpoint=f"{server}/rest/")
-        try:
-            self._grants.save_grant(grant, domain=domain)
-        except VaultUnavailable:
-            raise unavailable(
-                "storage_unavailable", "The connection could not be saved; start again."
-            ) from None
+        outcome = self._grants.store_authorized(grant, domain)
+        if not outcome.stored:
+            # An administrator or the app's system user holds the portal: an employee cannot take it over.
+            raise forbidden(
+                "administrator_required",
+                "This portal is connected by its administrator. Only an administrator can connect it again.",
+            )
         return Connected(domain=domain, member_id=grant.member_id)
 
     def _normalize(self, raw: str, reason: str) -> str:

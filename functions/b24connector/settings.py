@@ -39,6 +39,9 @@ class Settings:
     token_key_id: str  # KMS key (ARN, id or alias) for token ciphertext
     refresh_queue_url: str
     rescue_queue_url: str
+    lifecycle_queue_url: str  # LifecycleQueue: install events and follow-up work, applied asynchronously
+    events_url: str  # the stack's public POST /events URL, bound with event.bind (LifecycleFunction)
+    bound_events: tuple[str, ...]  # events every portal must have bound to events_url
     allowed_portal_suffixes: tuple[str, ...]
     allowed_portal_hosts: tuple[str, ...]
     oauth_servers: tuple[str, ...]  # base URLs, e.g. https://oauth.bitrix.info; the first is the default
@@ -116,6 +119,16 @@ def _oauth_servers(value: str) -> tuple[str, ...]:
     return servers
 
 
+def _event_names(value: str) -> tuple[str, ...]:
+    names = tuple(name.upper() for name in _csv(value))
+    for name in names:
+        if not name.isascii() or not name.replace("_", "").isalnum() or len(name) > 64:
+            raise ValueError(f"{name!r} is not a Bitrix24 event name")
+    if "ONAPPUNINSTALL" not in names:
+        raise ValueError("ONAPPUNINSTALL must be bound: it is the only way uninstalls reach the connector")
+    return names
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Parse and validate the environment into Settings; raise ConfigError naming the bad variable."""
     read = _Reader(os.environ if env is None else env)
@@ -131,6 +144,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         token_key_id=read.required("TOKEN_KEY_ID"),
         refresh_queue_url=read.required("REFRESH_QUEUE_URL"),
         rescue_queue_url=read.required("RESCUE_QUEUE_URL"),
+        lifecycle_queue_url=read.required("LIFECYCLE_QUEUE_URL"),
+        events_url=read.get("EVENTS_URL", str, ""),
+        # ONAPPUNINSTALL reaches an app only through event.bind (docs/bitrix24-facts.md#f-app-3).
+        bound_events=read.get("BOUND_EVENTS", _event_names, "ONAPPUNINSTALL"),
         allowed_portal_suffixes=read.get("ALLOWED_PORTAL_SUFFIXES", _csv, ",".join(DEFAULT_PORTAL_SUFFIXES)),
         allowed_portal_hosts=read.get("ALLOWED_PORTAL_HOSTS", _csv, ""),
         oauth_servers=read.get("OAUTH_SERVERS", _oauth_servers, ",".join(DEFAULT_OAUTH_SERVERS)),

@@ -8,9 +8,10 @@ from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
-from bitrix24_emulator import installer
+from bitrix24_emulator import installer, lifecycle
 from bitrix24_emulator.pages import bx24_script
 from bitrix24_emulator.state import EmulatorState
+from bitrix24_emulator.users import parse_user_id
 from bitrix24_emulator.wsgi import html_response, json_response
 
 PREFIX = "/_emulator"
@@ -49,6 +50,10 @@ class AdminApi:
             ("POST", "/operating"): self.add_operating,
             ("POST", "/rename"): self.do_rename,
             ("POST", "/clock"): self.clock,
+            ("POST", "/install"): self.install,
+            ("POST", "/uninstall"): self.uninstall,
+            ("GET", "/events"): self.events,
+            ("POST", "/events/flush"): self.flush_events,
             ("POST", "/send-install"): self.send_install,
             ("POST", "/send-uninstall"): self.send_uninstall,
             ("GET", "/bx24.js"): self.bx24_js,
@@ -125,6 +130,7 @@ class AdminApi:
             )
             body["faults_injected"] = self.state.faults.injected
             body["install_finish_calls"] = self.state.install_finish_calls
+            body["event_deliveries"] = len(self.state.delivery_log.entries)
         return json_response(body)
 
     def reset(self, request: Request) -> Response:
@@ -154,8 +160,8 @@ class AdminApi:
     def issue_tokens(self, request: Request) -> Response:
         """A new chain without the browser dance; answers the token response JSON."""
         body = self._body(request)
-        user_id = body.get("user_id")
-        pair, response = self.state.issue_tokens("direct", int(user_id) if user_id is not None else None)
+        user_id = parse_user_id(body.get("user_id"), self.state.config.user_id)
+        pair, response = self.state.issue_tokens("direct", user_id)
         return json_response({**response, "chain_id": pair.chain.chain_id})
 
     def _member_matches(self, body: dict[str, Any]) -> bool:
@@ -197,10 +203,11 @@ class AdminApi:
         return json_response({"invalidated": count})
 
     def authorize(self, request: Request) -> Response:
-        """Approve as the user would; returns the code and the redirect URL (nothing is fetched)."""
+        """Approve as {"user_id"} (default 1) would; returns the code and the redirect URL (nothing is fetched)."""
         body = self._body(request)
         raw_state = body.get("state")
-        code, location = self.state.approve(str(raw_state) if raw_state is not None else None)
+        user_id = parse_user_id(body.get("user_id"), self.state.config.user_id)
+        code, location = self.state.approve(str(raw_state) if raw_state is not None else None, user_id)
         return json_response({"code": code, "location": location})
 
     # --- faults, leads, limits, clock --------------------------------------------------------------
@@ -278,24 +285,66 @@ class AdminApi:
 
     # --- installs ----------------------------------------------------------------------------------
 
+    def install(self, request: Request) -> Response:
+        """Install as {"user_id"} (an administrator) per app_mode; answers the deliveries made (no tokens)."""
+        body = self._body(request)
+        user_id = parse_user_id(body.get("user_id"), self.state.config.user_id)
+        return json_response(lifecycle.install(self.state, user_id))
+
+    def uninstall(self, request: Request) -> Response:
+        """Remove the app as an administrator: ONAPPUNINSTALL to bound handlers only, every chain revoked."""
+        body = self._body(request)
+        clean = body.get("clean", False)
+        if not isinstance(clean, bool):
+            raise AdminError("clean must be true or false")
+        return json_response(lifecycle.uninstall(self.state, clean))
+
+    def events(self, request: Request) -> Response:
+        """Bindings (event.get rows with ids) and the delivery log (event, handler, status; no tokens)."""
+        with self.state.lock:
+            bindings = [{"binding_id": row.binding_id, **row.public()} for row in self.state.bindings.rows()]
+            install_url = {
+                event: self.state.install_url_handler(event) for event in ("ONAPPINSTALL", "ONAPPUSERREADY")
+            }
+            deliveries = list(self.state.delivery_log.entries)
+        return json_response(
+            {
+                "bindings": bindings,
+                "install_url_bindings": {k: v for k, v in install_url.items() if v},
+                "deliveries": deliveries,
+                "pending": self.state.dispatcher.pending(),
+            }
+        )
+
+    def flush_events(self, request: Request) -> Response:
+        """Wait until queued event deliveries are sent ({"timeout": s}, default 10)."""
+        body = self._body(request)
+        timeout = body.get("timeout", 10)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+            raise AdminError("timeout must be a non-negative number")
+        idle = self.state.dispatcher.wait_idle(float(timeout))
+        return json_response({"idle": idle, "pending": self.state.dispatcher.pending()})
+
     def send_install(self, request: Request) -> Response:
-        """POST the install page or ONAPPINSTALL to {"url"}; answers the app's status and body."""
+        """Direct delivery: POST the install page or ONAPPINSTALL straight to {"url"}, as a bound handler gets it."""
         body = self._body(request)
         url = body.get("url")
         kind = body.get("kind", "page")
         if not isinstance(url, str) or kind not in ("page", "event"):
             raise AdminError("give 'url' and 'kind' ('page' or 'event')")
+        legacy = body.get("legacy")
         result = installer.send_install(
             self.state,
             url,
             kind,
-            legacy=bool(body.get("legacy", False)),
+            legacy=None if legacy is None else bool(legacy),
             event_handler_id=bool(body.get("event_handler_id", False)),
+            user_id=parse_user_id(body.get("user_id"), self.state.config.user_id),
         )
         return json_response(result)
 
     def send_uninstall(self, request: Request) -> Response:
-        """POST ONAPPUNINSTALL to {"url"}; {"application_token"} forges it (the app stays installed)."""
+        """Direct delivery: POST ONAPPUNINSTALL straight to {"url"}; {"application_token"} forges it."""
         body = self._body(request)
         url = body.get("url")
         if not isinstance(url, str):
@@ -326,7 +375,9 @@ class AdminApi:
 
     def install_finish(self, request: Request) -> Response:
         """BX24.installFinish() reports here (sendBeacon or fetch from the app's page)."""
-        calls = self.state.record_install_finish()
+        calls, user_ready = lifecycle.finish_install(self.state)
+        if user_ready is not None:
+            self.state.dispatcher.submit([user_ready])  # a Market app's ONAPPUSERREADY, sent once
         response = json_response({"install_finish_calls": calls})
         response.headers["Access-Control-Allow-Origin"] = "*"
         return response
@@ -351,5 +402,7 @@ class AdminApi:
         url = request.args.get("url")
         if not url:
             raise AdminError("give ?url=")
-        legacy = request.args.get("legacy", "0") in ("1", "true", "yes")
-        return html_response(installer.frame_html(self.state, url, legacy=legacy))
+        raw_legacy = request.args.get("legacy")
+        legacy = None if raw_legacy is None else raw_legacy in ("1", "true", "yes")
+        user_id = parse_user_id(request.args.get("user_id"), self.state.installer_user_id)
+        return html_response(installer.frame_html(self.state, url, legacy=legacy, user_id=user_id))

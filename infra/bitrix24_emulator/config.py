@@ -11,12 +11,14 @@ from typing import Any, Literal, get_args
 from bitrix24_emulator.tokens import new_secret
 
 RatePlan = Literal["standard", "enterprise", "off"]
-MissingReference = Literal["empty", "keep", "error"]
+MissingReference = Literal["parent", "empty", "keep", "error"]
 EmptyFilterValue = Literal["ignore", "match_none"]
 BatchBlockedMethod = Literal["http_429", "sub_error"]
 TokenResponseDomain = Literal["oauth_server", "portal"]
 AppInfoInvalidToken = Literal["invalid_token", "invalid_client"]
 StartPastEnd = Literal["last_page", "empty"]
+AppMode = Literal["ui", "api_only"]
+InstallPageFields = Literal["legacy", "2026"]
 
 # Bitrix24's published plan figures: drain per second and bucket size ([EN] limits.md).
 RATE_PLANS: dict[str, tuple[float, int]] = {"standard": (2.0, 50), "enterprise": (5.0, 250)}
@@ -32,6 +34,8 @@ _LITERAL_CHOICES: dict[str, tuple[str, ...]] = {
     "token_response_domain": get_args(TokenResponseDomain),
     "app_info_invalid_token": get_args(AppInfoInvalidToken),
     "start_past_end": get_args(StartPastEnd),
+    "app_mode": get_args(AppMode),
+    "install_page_fields": get_args(InstallPageFields),
 }
 
 # Settings that may change while the emulator runs (identity, ports and seeding may not).
@@ -60,6 +64,16 @@ RUNTIME_SETTINGS = frozenset(
         "start_past_end",
         "portal_deleted_status",
         "install_timeout_seconds",
+        "operating_min_seconds",
+        "app_mode",
+        "market_app",
+        "install_url",
+        "install_page_fields",
+        "consent_form",
+        "token_check_cache_seconds",
+        "event_bind_requires_admin",
+        "system_user_admin",
+        "event_timeout_seconds",
     }
 )
 
@@ -91,7 +105,33 @@ class EmulatorConfig:
     scope: str = "crm,user"
     app_status: str = "L"
     member_id: str = field(default_factory=_random_member_id)
+    # The default acting user (consent, direct token issue, installs): user 1, the portal administrator.
+    # Users 2 and 3 are employees without administrator rights (see users.py).
     user_id: int = 1
+    # The app's system user (Market apps, ONAPPUSERREADY); the docs' sample uses 512.
+    system_user_id: int = 512
+    # UNVERIFIED whether an app's system user passes `user.admin`; strictest reading: it does not.
+    system_user_admin: bool = False
+    # App kind (docs/bitrix24-facts.md, install URL registration): "ui" apps get NO ONAPPINSTALL, only the
+    # install page in the portal's frame; "api_only" apps get ONAPPINSTALL posted to `install_url`.
+    app_mode: AppMode = "ui"
+    # Market apps also get ONAPPUSERREADY on `install_url` after the install finishes; local apps do not.
+    market_app: bool = False
+    # The URL registered in the app card ("Your handler path"); bound only for ONAPPINSTALL (api_only)
+    # and ONAPPUSERREADY (market_app). Every other event needs event.bind.
+    install_url: str = ""
+    # The frame POST of the install page: "legacy" (the rest module's form: no SERVER_ENDPOINT,
+    # APPLICATION_TOKEN, APPLICATION_SCOPE) or "2026" (newer cloud portals add those three).
+    install_page_fields: InstallPageFields = "legacy"
+    # rest.authorize redirects a logged-in user at once; true restores a one-<form> consent page.
+    consent_form: bool = False
+    # The portal caches a successful token check (real: up to 3600 s); within that time a refreshed-away
+    # or uninstalled-app access token keeps working on the portal (not on the OAuth server). 0 = strict.
+    token_check_cache_seconds: float = 0.0
+    # Source (rest lib/api/event.php): any user may event.bind for themselves; true refuses non-admins.
+    event_bind_requires_admin: bool = False
+    # How long the portal waits for an event handler's answer (delivered once, never retried).
+    event_timeout_seconds: float = 10.0
     language: str = "en"
     # Portal time zone as Bitrix24 prints it in dates.
     utc_offset: str = "+03:00"
@@ -114,7 +154,9 @@ class EmulatorConfig:
     rate_drain_per_second: float | None = None
     rate_burst: int | None = None
     # Operating (resource) limit per method per app over 10 one-minute buckets; 0 disables it.
-    operating_limit_seconds: float = 480.0
+    # LoadLimiter: 420 s by default (cloud: a feature variable); calls under 0.1 s are not counted.
+    operating_limit_seconds: float = 420.0
+    operating_min_seconds: float = 0.1
     operating_window_minutes: int = 10
     # Modeled server cost.
     base_cost_seconds: float = 0.005
@@ -122,13 +164,15 @@ class EmulatorConfig:
     # Real delays: fixed latency per request, and modeled seconds x time_scale (0 = no modeled delay).
     latency_seconds: float = 0.0
     time_scale: float = 0.0
-    # batch: UNVERIFIED what a reference to a missing row becomes; strictest reading is "".
+    # batch: a reference to a missing row substitutes its parent array (rest_util processBatchElement);
+    # "empty" / "keep" / "error" are the older readings, kept as switches.
     batch_max_commands: int = 50
-    batch_missing_reference: MissingReference = "empty"
+    batch_missing_reference: MissingReference = "parent"
     # UNVERIFIED: how a list filter treats an empty value such as `>ID=""` (ignore = condition dropped).
     empty_filter_value: EmptyFilterValue = "ignore"
-    # A batch naming a blocked method: answer the whole request 429, or fail only those sub-calls.
-    batch_blocked_method: BatchBlockedMethod = "http_429"
+    # batch is exempt from the operating limiter: a blocked sub-call fails inside result_error (sub_error);
+    # http_429 (the whole batch refused) is the older reading, kept as a switch.
+    batch_blocked_method: BatchBlockedMethod = "sub_error"
     # UNVERIFIED (CDBResult navigation as we read it): crm.lead.list with a start past the end
     # answers the last page again instead of an empty one.
     start_past_end: StartPastEnd = "last_page"
@@ -155,6 +199,9 @@ class EmulatorConfig:
             "code_lifetime_seconds",
             "deleted_ratio",
             "install_timeout_seconds",
+            "operating_min_seconds",
+            "token_check_cache_seconds",
+            "event_timeout_seconds",
         )
         for name in non_negative:
             if getattr(self, name) < 0:
@@ -169,6 +216,10 @@ class EmulatorConfig:
             raise ValueError("rate_burst must be at least 1")
         if self.batch_max_commands < 1 or self.operating_window_minutes < 1:
             raise ValueError("batch_max_commands and operating_window_minutes must be at least 1")
+        if self.install_url and not self.install_url.startswith(("http://", "https://")):
+            raise ValueError("install_url must be an absolute http(s) URL or empty")
+        if self.user_id < 1 or self.system_user_id < 1:
+            raise ValueError("user_id and system_user_id must be positive")
         if self.portal_deleted_status not in (410, 500):
             raise ValueError("portal_deleted_status must be 410 or 500")
 

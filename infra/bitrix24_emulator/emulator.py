@@ -6,7 +6,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-from bitrix24_emulator import installer
+from bitrix24_emulator import installer, lifecycle
 from bitrix24_emulator.admin import PREFIX, AdminApi
 from bitrix24_emulator.clock import Clock
 from bitrix24_emulator.config import EmulatorConfig
@@ -61,6 +61,7 @@ class Emulator:
             server.stop()
         if self._oauth_server is not None:
             self._oauth_server.stop()
+        self.state.dispatcher.stop()
         self._portal_servers = []
         self._oauth_server = None
 
@@ -184,15 +185,44 @@ class Emulator:
         pair, response = self.state.issue_tokens("direct", user_id)
         return {**response, "chain_id": pair.chain.chain_id}
 
-    def approve(self, state: str | None = None) -> str:
-        """Consent as the user would; returns the redirect URL carrying the code."""
-        _code, location = self.state.approve(state)
+    def approve(self, state: str | None = None, *, user_id: int | None = None) -> str:
+        """Consent as `user_id` (default 1, the administrator) would; returns the redirect URL with the code."""
+        _code, location = self.state.approve(state, user_id)
         return location
 
-    def authorization_code(self, state: str | None = None) -> str:
-        """Consent as the user would; returns just the code."""
-        code, _location = self.state.approve(state)
+    def authorization_code(self, state: str | None = None, *, user_id: int | None = None) -> str:
+        """Consent as `user_id` would; returns just the code."""
+        code, _location = self.state.approve(state, user_id)
         return code
+
+    def install(self, user_id: int | None = None) -> dict[str, Any]:
+        """Install the app as an administrator per app_mode (same answer as POST /_emulator/install)."""
+        return lifecycle.install(self.state, user_id)
+
+    def uninstall(self, clean: bool = False) -> dict[str, Any]:
+        """Remove the app as an administrator: ONAPPUNINSTALL to bound handlers only, every chain revoked."""
+        return lifecycle.uninstall(self.state, clean)
+
+    def install_finish(self) -> int:
+        """What BX24.installFinish() does from the app's page; returns the number of calls so far."""
+        calls, user_ready = lifecycle.finish_install(self.state)
+        if user_ready is not None:
+            self.state.dispatcher.submit([user_ready])
+        return calls
+
+    def events(self) -> dict[str, Any]:
+        """Bindings and the delivery log (no tokens), as GET /_emulator/events."""
+        with self.state.lock:
+            return {
+                "bindings": [
+                    {"binding_id": row.binding_id, **row.public()} for row in self.state.bindings.rows()
+                ],
+                "deliveries": list(self.state.delivery_log.entries),
+            }
+
+    def flush_events(self, timeout: float = 10.0) -> bool:
+        """Wait until events raised by REST calls were delivered; False on timeout."""
+        return self.state.dispatcher.wait_idle(timeout)
 
     def tokens(self) -> list[dict[str, Any]]:
         """Every chain with its current tokens."""
@@ -233,17 +263,26 @@ class Emulator:
         return {"old_domain": old_domain, "portal_domain": new_domain, "portal_url": self.portal_url}
 
     def send_install(
-        self, url: str, kind: InstallKind = "page", *, legacy: bool = False, event_handler_id: bool = False
+        self,
+        url: str,
+        kind: InstallKind = "page",
+        *,
+        legacy: bool | None = None,
+        event_handler_id: bool = False,
+        user_id: int | None = None,
     ) -> dict[str, Any]:
-        """POST the install page or ONAPPINSTALL to the app; returns its status/body."""
-        return installer.send_install(self.state, url, kind, legacy=legacy, event_handler_id=event_handler_id)
+        """Direct delivery: POST the install page or ONAPPINSTALL straight to `url` (legacy None = setting)."""
+        return installer.send_install(
+            self.state, url, kind, legacy=legacy, event_handler_id=event_handler_id, user_id=user_id
+        )
 
     def send_uninstall(
         self, url: str, *, clean: bool = True, application_token: str | None = None
     ) -> dict[str, Any]:
-        """POST ONAPPUNINSTALL to the app (a given application_token forges it)."""
+        """Direct delivery: POST ONAPPUNINSTALL straight to `url` (a given application_token forges it)."""
         return installer.send_uninstall(self.state, url, clean=clean, application_token=application_token)
 
-    def frame_url(self, install_url: str) -> str:
-        """The admin page that frames `install_url` like a portal does."""
-        return f"{self.admin_url}/frame?url={quote(install_url, safe='')}"
+    def frame_url(self, install_url: str, *, user_id: int | None = None) -> str:
+        """The admin page that frames `install_url` like a portal does (as `user_id`, default the installer)."""
+        suffix = f"&user_id={user_id}" if user_id is not None else ""
+        return f"{self.admin_url}/frame?url={quote(install_url, safe='')}{suffix}"

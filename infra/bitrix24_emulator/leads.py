@@ -372,6 +372,14 @@ def _normalize(kind: str, raw: Any, portal_tz: timezone) -> Any:
     return "" if raw is None else str(raw)
 
 
+def _cast_arrays(kind: str, items: list[Any]) -> list[Any]:
+    """A batch reference to a missing row substitutes a whole array; CRM casts it to an integer
+    (1 for a non-empty array), so `>ID` starts from the top (docs/bitrix24-facts.md, batch)."""
+    if kind == _NUMBER and any(isinstance(item, dict | list) for item in items):
+        return [1 if items else 0]
+    return items
+
+
 def build_conditions(
     raw_filter: Any,
     fields: dict[str, tuple[str, str]],
@@ -402,6 +410,7 @@ def build_conditions(
         items = list(raw) if isinstance(raw, list | tuple) else [raw]
         if isinstance(raw, dict):
             items = list(raw.values())
+        items = _cast_arrays(kind, items)
         if operator in ("=", "!", "!=") and len(items) > 1:
             operator = "@" if operator == "=" else "!@"
         present = [item for item in items if item not in (None, "")]
@@ -588,6 +597,43 @@ class LeadStore:
         )
         self._ids.append(lead_id)
         self._rows.append(lead)
+        self._touch()
+        return lead
+
+    def update(self, lead_id: int, fields: dict[str, Any], now: float) -> Lead | None:
+        """Change the named scalar fields of a lead (DATE_MODIFY moves); None when it does not exist."""
+        lead = self.get(lead_id)
+        if lead is None:
+            return None
+        text = {
+            "TITLE": "title",
+            "STATUS_ID": "status_id",
+            "SOURCE_ID": "source_id",
+            "CURRENCY_ID": "currency_id",
+        }
+        optional = {
+            "NAME": "name",
+            "LAST_NAME": "last_name",
+            "COMPANY_TITLE": "company_title",
+            "COMMENTS": "comments",
+        }
+        changes: dict[str, Any] = {}
+        for key, value in fields.items():
+            if key in text:
+                changes[text[key]] = str(value)
+            elif key in optional:
+                changes[optional[key]] = _opt(value)
+            elif key == "OPPORTUNITY":
+                changes["opportunity"] = float(value or 0)
+            elif key == "ASSIGNED_BY_ID":
+                changes["assigned_by_id"] = int(value)
+            elif key == "PHONE":
+                changes["phone"] = _first_value(value)
+            elif key == "EMAIL":
+                changes["email"] = _first_value(value)
+        for attribute, value in changes.items():
+            setattr(lead, attribute, value)
+        lead.date_modify = int(now)
         self._touch()
         return lead
 

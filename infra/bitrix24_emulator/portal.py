@@ -83,7 +83,10 @@ class PortalApp:
             return html_response(error_page("Authorization error", "The application was not found."), 400)
         if not installed:
             return html_response(error_page("Authorization error", "The application is not installed."), 400)
-        if request.method == "POST":
+        with state.lock:
+            show_form = state.config.consent_form
+        # rest.authorize: a logged-in user is redirected at once, no form (consent_form restores one).
+        if request.method == "POST" or not show_form:
             code, location = state.approve(app_state)
             if not location:
                 return html_response(code_page(code))
@@ -128,6 +131,8 @@ class PortalApp:
         finally:
             with state.lock:
                 state.stats.request_finished(status, error)
+            # Events raised by this call go to the portal's queue: sent after the answer, once each.
+            state.flush_pending_deliveries()
 
     def _fault_answer(self, fault: Fault, method: str, arrival: float) -> Response | None:
         """Build the scripted answer; None means carry on normally (after a `slow` delay)."""
@@ -150,9 +155,6 @@ class PortalApp:
             "error": (fault.status or 400, fault.error or "", fault.error_description or ""),
         }
         status, code, description = simple[kind]
-        with state.lock:
-            answer = RestAnswer(status, {"error": code, "error_description": description})
-            answer.body["time"] = self.engine.time_block(method, arrival, 0.0)
-            if kind == "operation_time_limit":
-                answer.body["time"]["operating_reset_at"] = int(state.clock.now() + fault.delay)
+        # Error answers carry no `time` block (429 included).
+        answer = RestAnswer(status, {"error": code, "error_description": description})
         return json_response(answer.body, status)

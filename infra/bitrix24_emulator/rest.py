@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from bitrix24_emulator.clock import iso_local
+from bitrix24_emulator.events import KNOWN_EVENTS
 from bitrix24_emulator.leads import (
     ITEM_FILTER_FIELDS,
     LEAD_FILTER_FIELDS,
@@ -21,9 +22,11 @@ from bitrix24_emulator.leads import (
     item_row,
     lead_row,
 )
+from bitrix24_emulator.lifecycle import bound_deliveries
 from bitrix24_emulator.phpquery import flatten_pairs, parse_pairs, php_array
 from bitrix24_emulator.state import EmulatorState
 from bitrix24_emulator.tokens import AuthFailure, Chain
+from bitrix24_emulator.users import is_admin, users
 
 # Texts as Bitrix24 and b24pysdk show them (fact sheet section 4.3).
 QUERY_LIMIT = ("QUERY_LIMIT_EXCEEDED", "Too many requests")
@@ -40,6 +43,11 @@ _REFERENCE = re.compile(
     r"\$(result|result_error|result_total|result_next|result_time)\[([^\]]*)\]((?:\[[^\]]*\])*)"
 )
 _PATH_PART = re.compile(r"\[([^\]]*)\]")
+# rest_util processBatchElement: roots result|next|total|time|error, case-insensitive, then any
+# non-space text whose [key] parts are walked; `$result_total[c0]` is root `result` with path [c0].
+_PHP_REFERENCE = re.compile(r"\$(result|next|total|time|error)(\S*)", re.IGNORECASE)
+_PHP_PATH_PART = re.compile(r"\[([^\]]+)\]")
+ACCESS_DENIED = "ACCESS_DENIED"
 
 
 class RestError(Exception):
@@ -129,11 +137,9 @@ class RestEngine:
         }
 
     def _error_answer(self, method: str, error: RestError, start: float) -> RestAnswer:
-        body = error.body()
-        body["time"] = self.time_block(method, start, 0.0)
-        if error.reset_at is not None:
-            body["time"]["operating_reset_at"] = error.reset_at
-        return RestAnswer(error.status, body, 0.0, error.error)
+        # Error answers carry no `time` block, 429 included (rest classes/general/rest.php: appendDebugInfo
+        # runs on success only); `operating_reset_at` is known only from successful answers.
+        return RestAnswer(error.status, error.body(), 0.0, error.error)
 
     # --- entry point -------------------------------------------------------------------------------
 
@@ -141,6 +147,7 @@ class RestEngine:
         """One HTTP request to /rest/{method}: leaky bucket, auth, then the method or batch."""
         try:
             chain = self._admit(params, client_key)
+            self.state.stats.requests_by_user[chain.user_id] += 1
             if method == "batch":
                 return self._batch(params, chain, start)
             handler = self._resolve(method, chain)
@@ -159,7 +166,9 @@ class RestEngine:
         if limits is not None and not state.bucket.try_acquire(client_key, state.clock.now(), *limits):
             raise RestError(503, *QUERY_LIMIT)
         try:
-            chain, _access = state.tokens.authenticate(_scalar(params.get("auth")), state.clock.now())
+            chain, _access = state.tokens.authenticate(
+                _scalar(params.get("auth")), state.clock.now(), state.config.token_check_cache_seconds
+            )
         except AuthFailure as failure:
             raise RestError(failure.status, failure.error, failure.description) from failure
         return chain
@@ -210,7 +219,8 @@ class RestEngine:
 
     def _charge(self, method: str, seconds: float) -> None:
         state = self.state
-        if seconds > 0:
+        # LoadLimiter ignores calls shorter than its minimal fix time (0.1 s).
+        if seconds > 0 and seconds >= state.config.operating_min_seconds:
             state.operating.add(
                 self._key(method), state.clock.now(), seconds, state.config.operating_window_minutes
             )
@@ -304,6 +314,8 @@ class RestEngine:
 
     def _substitute(self, query: str, acc: _BatchState) -> dict[str, Any]:
         """Parse a sub-command's query, replacing $result[...] references with earlier answers."""
+        if self.state.config.batch_missing_reference == "parent":
+            return self._substitute_php(query, acc)
         pairs: list[tuple[str, str]] = []
         for key, value in parse_qsl(query, keep_blank_values=True):
             whole = _REFERENCE.fullmatch(value)
@@ -315,6 +327,36 @@ class RestEngine:
                 pairs.append((key, _stringify(resolved)))
                 continue
             pairs.append((key, _REFERENCE.sub(lambda m: _stringify(self._resolve_reference(m, acc)), value)))
+        return parse_pairs(pairs)
+
+    def _substitute_php(self, query: str, acc: _BatchState) -> dict[str, Any]:
+        """The server's substitution: a missing key stops the walk, so its parent array is used."""
+        roots = {
+            "result": acc.results,
+            "next": acc.nexts,
+            "total": acc.totals,
+            "time": acc.times,
+            "error": acc.errors,
+        }
+        pairs: list[tuple[str, str]] = []
+        for key, value in parse_qsl(query, keep_blank_values=True):
+            matches = list(_PHP_REFERENCE.finditer(value))
+            if not matches:
+                pairs.append((key, value))
+                continue
+            if len(matches) == 1 and matches[0].group(0) == value:
+                resolved = _php_walk(roots, matches[0])
+                if isinstance(resolved, dict | list):
+                    flatten_pairs(key, resolved, pairs)
+                else:
+                    pairs.append((key, _stringify(resolved)))
+                continue
+            text = value
+            for match in matches:
+                resolved = _php_walk(roots, match)
+                if isinstance(resolved, str):  # PHP replaces inside a string only with a string
+                    text = text.replace(match.group(0), resolved)
+            pairs.append((key, text))
         return parse_pairs(pairs)
 
     def _resolve_reference(self, match: re.Match[str], acc: _BatchState) -> Any:
@@ -339,6 +381,16 @@ class RestEngine:
 
 
 _ABSENT: Any = object()
+
+
+def _php_walk(roots: dict[str, Any], match: re.Match[str]) -> Any:
+    node: Any = roots[match.group(1).lower()]
+    for part in _PHP_PATH_PART.findall(match.group(2)):
+        child = _step(node, part)
+        if child is _ABSENT or child is None:  # isset() fails: keep the parent
+            break
+        node = child
+    return node
 
 
 def _step(node: Any, part: str) -> Any:
@@ -499,14 +551,160 @@ def _crm_lead_add(engine: RestEngine, params: dict[str, Any], chain: Chain, now:
         lead = state.leads.add(upper, now, chain.user_id)
     except (TypeError, ValueError) as exc:
         raise RestError(400, "", "Invalid field value.") from exc
+    _raise_crm_event(engine, "ONCRMLEADADD", lead.id, chain)
     return CallOutcome({"result": lead.id}, state.config.base_cost_seconds)
+
+
+def _crm_lead_update(engine: RestEngine, params: dict[str, Any], chain: Chain, now: float) -> CallOutcome:
+    state = engine.state
+    lead_id = _lead_id(params)
+    fields = _param(params, "fields")
+    if not isinstance(fields, dict) or not fields:
+        raise RestError(400, "", "Parameter 'fields' must be array.")
+    upper = {str(k).upper(): v for k, v in fields.items()}
+    try:
+        lead = state.leads.update(lead_id, upper, now)
+    except (TypeError, ValueError) as exc:
+        raise RestError(400, "", "Invalid field value.") from exc
+    if lead is None:
+        raise RestError(400, "", "Not found")
+    _raise_crm_event(engine, "ONCRMLEADUPDATE", lead_id, chain)
+    return CallOutcome({"result": True}, state.config.base_cost_seconds)
 
 
 def _crm_lead_delete(engine: RestEngine, params: dict[str, Any], chain: Chain, now: float) -> CallOutcome:
     state = engine.state
-    if not state.leads.delete(_lead_id(params)):
+    lead_id = _lead_id(params)
+    if not state.leads.delete(lead_id):
         raise RestError(400, "", "Not found")
+    _raise_crm_event(engine, "ONCRMLEADDELETE", lead_id, chain)
     return CallOutcome({"result": True}, state.config.base_cost_seconds)
+
+
+def _raise_crm_event(engine: RestEngine, event: str, lead_id: int, chain: Chain) -> None:
+    """Queue the event for every handler bound to it (delivered after the answer, once)."""
+    state = engine.state
+    state.pending_deliveries.extend(
+        bound_deliveries(state, event, [("data[FIELDS][ID]", str(lead_id))], chain.user_id)
+    )
+
+
+# --- users and events (rest classes/general/rest_provider.php, lib/api/event.php) ------------------
+
+
+def _user_admin(engine: RestEngine, params: dict[str, Any], chain: Chain, now: float) -> CallOutcome:
+    state = engine.state
+    return CallOutcome({"result": is_admin(state.config, chain.user_id)}, state.config.base_cost_seconds)
+
+
+def _profile(engine: RestEngine, params: dict[str, Any], chain: Chain, now: float) -> CallOutcome:
+    state = engine.state
+    user = users(state.config).get(chain.user_id)
+    if user is None:
+        raise RestError(401, "authorization_error", "User is not active")
+    result = {
+        "ID": str(user.user_id),
+        "ADMIN": user.admin,
+        "NAME": user.name,
+        "LAST_NAME": user.last_name,
+        "PERSONAL_GENDER": "",
+        "TIME_ZONE": "",
+    }
+    return CallOutcome({"result": result}, state.config.base_cost_seconds)
+
+
+def _access_denied(detail: str = "") -> RestError:
+    return RestError(403, ACCESS_DENIED, f"Access denied!{' ' + detail if detail else ''}")
+
+
+def _argument_null(name: str) -> RestError:
+    return RestError(400, "ERROR_ARGUMENT", f"Argument '{name}' is null or empty")
+
+
+def _event_type(params: dict[str, Any]) -> str:
+    raw = (_scalar(_param(params, "event_type")) or "").strip().lower()
+    if raw == "":
+        return "online"
+    if raw not in ("online", "offline"):
+        raise RestError(400, "ERROR_ARGUMENT", "Value must be one of {online|offline}")
+    return raw
+
+
+def _int_param(raw: Any) -> int:
+    try:
+        return int(float(_scalar(raw) or 0))
+    except ValueError:
+        return 0
+
+
+def _event_bind(engine: RestEngine, params: dict[str, Any], chain: Chain, now: float) -> CallOutcome:
+    state = engine.state
+    config = state.config
+    admin = is_admin(config, chain.user_id)
+    if config.event_bind_requires_admin and not admin:
+        raise _access_denied()
+    event = (_scalar(_param(params, "event")) or "").strip().upper()
+    event_type = _event_type(params)
+    user_id = _int_param(_param(params, "auth_type"))
+    handler = _scalar(_param(params, "handler")) or ""
+    if user_id > 0:
+        if not admin and user_id != chain.user_id:
+            raise _access_denied("Event binding with AUTH_TYPE requires administrator access rights")
+    elif not admin:
+        user_id = chain.user_id  # a non-administrator's handler always runs as that user
+    if event == "":
+        raise _argument_null("EVENT")
+    if event_type == "offline":
+        if not admin:
+            raise _access_denied("Offline events binding requires administrator access rights")
+        handler, user_id = "", 0
+    elif handler == "":
+        raise _argument_null("HANDLER")
+    elif not handler.startswith(("http://", "https://")):
+        raise RestError(400, "ERROR_ARGUMENT", "Wrong handler URL")
+    scopes = {s.strip() for s in config.scope.split(",")}
+    needed = KNOWN_EVENTS.get(event, "unknown")
+    if needed == "unknown" or (needed is not None and needed not in scopes):
+        raise RestError(400, "ERROR_EVENT_NOT_FOUND", "Event not found")
+    try:
+        state.bindings.add(event, handler, user_id)
+    except ValueError as exc:
+        raise RestError(400, "ERROR_CORE", f"Unable to set event handler: {exc}") from exc
+    return CallOutcome({"result": True}, config.base_cost_seconds)
+
+
+def _event_unbind(engine: RestEngine, params: dict[str, Any], chain: Chain, now: float) -> CallOutcome:
+    state = engine.state
+    admin = is_admin(state.config, chain.user_id)
+    event = (_scalar(_param(params, "event")) or "").strip().upper()
+    if event == "":
+        raise _argument_null("EVENT")
+    event_type = _event_type(params)
+    handler = _scalar(_param(params, "handler")) or ""
+    user_filter: int | None = None
+    if event_type == "offline":
+        if not admin:
+            raise _access_denied("Offline events unbinding requires administrator access rights")
+        handler = ""
+    elif handler == "":
+        raise _argument_null("HANDLER")
+    raw_auth_type = _param(params, "auth_type")
+    if event_type == "online" and raw_auth_type is not None:
+        # PHP compares the raw (string) parameter with an int: a non-admin passing auth_type is refused.
+        if not admin and not (isinstance(raw_auth_type, int) and raw_auth_type == chain.user_id):
+            raise _access_denied("Event unbinding with AUTH_TYPE requires administrator access rights")
+        user_filter = _int_param(raw_auth_type)
+    elif event_type == "online" and not admin:
+        user_filter = chain.user_id
+    count = state.bindings.remove(event, handler, user_filter)
+    return CallOutcome({"result": {"count": count}}, state.config.base_cost_seconds)
+
+
+def _event_get(engine: RestEngine, params: dict[str, Any], chain: Chain, now: float) -> CallOutcome:
+    state = engine.state
+    admin = is_admin(state.config, chain.user_id)
+    rows = state.bindings.rows(user_id=None if admin else chain.user_id)
+    return CallOutcome({"result": [row.public() for row in rows]}, state.config.base_cost_seconds)
 
 
 def _app_info(engine: RestEngine, params: dict[str, Any], chain: Chain, now: float) -> CallOutcome:
@@ -534,5 +732,11 @@ METHODS: dict[str, Handler] = {
     "crm.item.list": _crm_item_list,
     "crm.lead.get": _crm_lead_get,
     "crm.lead.add": _crm_lead_add,
+    "crm.lead.update": _crm_lead_update,
     "crm.lead.delete": _crm_lead_delete,
+    "user.admin": _user_admin,
+    "profile": _profile,
+    "event.bind": _event_bind,
+    "event.unbind": _event_unbind,
+    "event.get": _event_get,
 }

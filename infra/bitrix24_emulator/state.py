@@ -8,11 +8,13 @@ from urllib.parse import urlencode
 
 from bitrix24_emulator.clock import Clock, parse_utc_offset
 from bitrix24_emulator.config import EmulatorConfig
+from bitrix24_emulator.events import BindingTable, Delivery, DeliveryLog, Dispatcher
 from bitrix24_emulator.faults import Fault, FaultQueue
 from bitrix24_emulator.leads import LeadStore
 from bitrix24_emulator.limits import LeakyBucket, OperatingLimiter
 from bitrix24_emulator.stats import Stats
 from bitrix24_emulator.tokens import IssuedPair, TokenStore, new_secret
+from bitrix24_emulator.users import get_user
 
 
 class EmulatorState:
@@ -34,6 +36,15 @@ class EmulatorState:
         self.installed = config.installed
         self.install_finish_calls = 0
         self.uninstalled_count = 0
+        # Who started the current install (ONAPPUSERREADY's auth[...] pair belongs to them).
+        self.installer_user_id = config.user_id
+        # A UI install is waiting for BX24.installFinish().
+        self.install_pending = False
+        self.bindings = BindingTable()
+        self.delivery_log = DeliveryLog()
+        # Events raised by REST calls under the lock, handed to the dispatcher once the answer is built.
+        self.pending_deliveries: list[Delivery] = []
+        self.dispatcher = Dispatcher(self._send_delivery)
         self.scheme = "http"
         # Filled in when the servers are bound.
         self.portal_domain = ""
@@ -41,6 +52,17 @@ class EmulatorState:
         self.oauth_domain = ""
         # Listener ports of former portal addresses: they answer 302 to the current one.
         self.redirected_ports: set[int] = set()
+
+    def _send_delivery(self, delivery: Delivery) -> None:
+        from bitrix24_emulator.lifecycle import send  # lifecycle builds on this module
+
+        send(self, delivery)
+
+    def flush_pending_deliveries(self) -> None:
+        """Hand the events raised by the last REST calls to the dispatcher (call without the lock held)."""
+        with self.lock:
+            batch, self.pending_deliveries = self.pending_deliveries, []
+        self.dispatcher.submit(batch)
 
     # --- addresses ---------------------------------------------------------------------------------
 
@@ -89,9 +111,10 @@ class EmulatorState:
     ) -> tuple[IssuedPair, dict[str, Any]]:
         """Start a new chain as if a grant happened; return it and its token response."""
         with self.lock:
+            user = get_user(self.config, user_id or self.config.user_id)
             pair = self.tokens.new_chain(
                 origin,
-                user_id or self.config.user_id,
+                user.user_id,
                 self.clock.now(),
                 access_lifetime=self.config.access_lifetime_seconds,
             )
@@ -100,7 +123,8 @@ class EmulatorState:
     def approve(self, state: str | None, user_id: int | None = None) -> tuple[str, str]:
         """The user pressed "allow": a new code and the redirect URL carrying it (fact sheet section 1)."""
         with self.lock:
-            code = self.tokens.issue_code(self.clock.now(), user_id or self.config.user_id)
+            user = get_user(self.config, user_id or self.config.user_id)
+            code = self.tokens.issue_code(self.clock.now(), user.user_id)
             params = {"code": code}
             if state is not None:
                 params["state"] = state
@@ -159,25 +183,43 @@ class EmulatorState:
             return {"method": method.lower(), "operating": round(used, 6), "operating_reset_at": reset_at}
 
     def uninstall(self) -> None:
-        """The admin removed the app: every chain dies, a later install gets a new application token."""
+        """The admin removed the app: every chain and binding dies, a later install gets a new application token."""
         with self.lock:
             self.installed = False
+            self.install_pending = False
             self.uninstalled_count += 1
             self.tokens.revoke_all("uninstalled")
+            self.bindings.clear()
 
-    def begin_install(self, finished: bool) -> None:
+    def begin_install(self, finished: bool, user_id: int | None = None) -> None:
         """An install starts; a UI app stays unfinished until BX24.installFinish()."""
         with self.lock:
             if self.uninstalled_count and not self.installed:
                 self.application_token = new_secret(32, "0123456789abcdef")
             self.installed = finished
+            self.install_pending = not finished
+            if user_id is not None:
+                self.installer_user_id = get_user(self.config, user_id).user_id
 
-    def record_install_finish(self) -> int:
-        """BX24.installFinish() was called from the app's page."""
+    def record_install_finish(self) -> tuple[int, bool]:
+        """BX24.installFinish() was called; returns (calls so far, whether this call finished an install)."""
         with self.lock:
             self.install_finish_calls += 1
+            finished_now = self.install_pending or not self.installed
             self.installed = True
-            return self.install_finish_calls
+            self.install_pending = False
+            return self.install_finish_calls, finished_now
+
+    def install_url_handler(self, event: str) -> str | None:
+        """The app card's install URL when the portal registers it for `event`, else None."""
+        config = self.config
+        if not config.install_url:
+            return None
+        if event == "ONAPPINSTALL" and config.app_mode == "api_only":
+            return config.install_url
+        if event == "ONAPPUSERREADY" and config.market_app:
+            return config.install_url
+        return None
 
     def info(self) -> dict[str, Any]:
         """Addresses and identities (no secrets)."""
@@ -194,7 +236,11 @@ class EmulatorState:
                 "client_id": self.config.client_id,
                 "scope": self.config.scope,
                 "installed": self.installed,
+                "install_pending": self.install_pending,
                 "install_finish_calls": self.install_finish_calls,
+                "app_mode": self.config.app_mode,
+                "market_app": self.config.market_app,
+                "install_url": self.config.install_url,
                 "leads": self.leads.summary(),
                 "clock_offset_seconds": self.clock.offset,
             }

@@ -47,6 +47,8 @@ class Stats:
     request_timestamps: list[float] = field(default_factory=list)
     first_request_at: float | None = None
     last_request_at: float | None = None
+    # Authenticated REST requests per user id (the token's user).
+    requests_by_user: Counter[int] = field(default_factory=Counter)
 
     def request_started(self, now: float) -> None:
         """A portal REST request arrived."""
@@ -126,4 +128,5 @@ class Stats:
             "request_timestamps": list(self.request_timestamps),
             "first_request_at": self.first_request_at,
             "last_request_at": self.last_request_at,
+            "requests_by_user": {str(k): v for k, v in sorted(self.requests_by_user.items())},
         }

@@ -70,6 +70,8 @@ class AccessToken:
     issued_at: float
     expires_at: float
     invalidated: bool = False
+    # When the portal last stored a successful check of this token in its cache (token_check_cache_seconds).
+    cached_at: float | None = None
 
 
 @dataclass
@@ -185,21 +187,39 @@ class TokenStore:
 
     # --- checks ------------------------------------------------------------------------------------
 
-    def authenticate(self, token: str | None, now: float) -> tuple[Chain, AccessToken]:
-        """The chain behind a usable access token, or the 401 the portal would answer."""
+    def authenticate(
+        self, token: str | None, now: float, cache_seconds: float = 0.0
+    ) -> tuple[Chain, AccessToken]:
+        """The chain behind a usable access token, or the 401 the portal would answer.
+
+        With `cache_seconds` (the portal's token-check cache, rest lib/oauth/auth.php) a token whose
+        successful check is still cached keeps working after a refresh or an uninstall revoked it.
+        """
         if not token:
             raise AuthFailure("NO_AUTH_FOUND", "Wrong authorization data")
         record = self._access.get(token)
-        if record is None or record.invalidated:
+        if record is None:
             raise AuthFailure("invalid_token", "Unable to get application by token")
         chain = self._chains[record.chain_id]
+        revoked = record.invalidated or chain.revoked_reason is not None
+        cached_until = record.cached_at + cache_seconds if record.cached_at is not None else None
+        if cache_seconds > 0 and cached_until is not None and now < min(cached_until, record.expires_at):
+            return chain, record
+        if record.invalidated:
+            raise AuthFailure("invalid_token", "Unable to get application by token")
         if chain.revoked_reason == "uninstalled":
             raise AuthFailure("ERROR_OAUTH", "Application not installed")
         if chain.revoked_reason is not None:
             raise AuthFailure("invalid_token", "Unable to get application by token")
         if now >= record.expires_at:
             raise AuthFailure("expired_token", "The access token provided has expired.")
+        if cache_seconds > 0 and not revoked:
+            record.cached_at = now
         return chain, record
+
+    def chain(self, chain_id: str) -> Chain | None:
+        """A chain by id."""
+        return self._chains.get(chain_id)
 
     # --- faults and admin --------------------------------------------------------------------------
 

@@ -89,7 +89,7 @@ def _seed(bench: BenchStack, facade: OAuthFacade, portals: int, due: int) -> dic
         tokens = dataclasses.replace(
             tokens, member_id=member_id, obtained_at=obtained, server_endpoint=server_endpoint
         )
-        store.save_grant(tokens, domain=f"due{i}.bitrix24.com")
+        store.save_grant(tokens, domain=f"due{i}.bitrix24.com", role="admin")
         facade.adopt(tokens.refresh_token, member_id)
         return member_id
 

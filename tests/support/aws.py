@@ -54,6 +54,7 @@ class AwsStack:
     cursor_secret_id: str
     refresh_queue_url: str
     rescue_queue_url: str
+    lifecycle_queue_url: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def aws_env(self) -> dict[str, str]:
@@ -79,6 +80,7 @@ class AwsStack:
             "TOKEN_KEY_ID": self.token_key_id,
             "REFRESH_QUEUE_URL": self.refresh_queue_url,
             "RESCUE_QUEUE_URL": self.rescue_queue_url,
+            "LIFECYCLE_QUEUE_URL": self.lifecycle_queue_url,
             **self.extra_env,
         }
 
@@ -132,7 +134,7 @@ def provision(
     region: str = TEST_REGION,
     client_secret: str = "test-client-secret",  # noqa: S107  (a fake for moto)
 ) -> AwsStack:
-    """Create uniquely named tables (from template.yaml), a KMS key, both secrets and both queues."""
+    """Create uniquely named tables (from template.yaml), a KMS key, both secrets and the queues."""
     suffix = f"{os.getpid()}-{next(_counter)}-{uuid.uuid4().hex[:6]}"
     stack = AwsStack(
         endpoint_url=endpoint_url,
@@ -167,4 +169,5 @@ def provision(
     sqs = stack.client("sqs")
     stack.refresh_queue_url = sqs.create_queue(QueueName=f"refresh-{suffix}")["QueueUrl"]
     stack.rescue_queue_url = sqs.create_queue(QueueName=f"rescue-{suffix}")["QueueUrl"]
+    stack.lifecycle_queue_url = sqs.create_queue(QueueName=f"lifecycle-{suffix}")["QueueUrl"]
     return stack

@@ -285,6 +285,7 @@ def test_policy_from_settings() -> None:
         "TOKEN_KEY_ID": "k",
         "REFRESH_QUEUE_URL": "q",
         "RESCUE_QUEUE_URL": "r",
+        "LIFECYCLE_QUEUE_URL": "l",
         "ALLOWED_PORTAL_HOSTS": "crm.example.org,127.0.0.1:5000",
         "LOCAL_MODE": "true",
     }

@@ -18,8 +18,12 @@ from b24connector.settings import Settings
 from b24connector.vault import RefreshCoordinator, Vault, open_vault
 
 if TYPE_CHECKING:
+    from b24connector.authorization import AuthorizationFlow
     from b24connector.bitrix24.oauth import OAuthClient
+    from b24connector.bitrix24.rest import RestClient
     from b24connector.bitrix24.tokens import TokenSet
+    from b24connector.install import Installer
+    from b24connector.subscriptions import Subscriber
 
 
 @cache
@@ -60,3 +64,69 @@ def vault(conf: Settings) -> Vault:
 def coordinator(conf: Settings) -> RefreshCoordinator:
     """The refresh coordinator over the vault and the OAuth client (built when a refresh happens)."""
     return open_vault(conf).coordinator(OnDemandRefresher(conf))
+
+
+@cache
+def rest_client(conf: Settings) -> RestClient:
+    """A REST client for the lifecycle's few portal calls (user.admin, event.get/bind), paced locally."""
+    from b24connector.bitrix24.rest import RestClient  # noqa: PLC0415  (loads requests)
+    from b24connector.bitrix24.transport import shared_session  # noqa: PLC0415
+
+    return RestClient.from_settings(conf, session=shared_session())
+
+
+@cache
+def installer(conf: Settings) -> Installer:
+    """The lifecycle use case: install page, install events, grants from the OAuth flow, uninstall."""
+    from b24connector.install import Installer, RestRoleProbe, StoredGrantRemovalProbe  # noqa: PLC0415
+
+    the_vault = vault(conf)
+    oauth = oauth_client(conf)
+    return Installer(
+        portal_policy(conf),
+        oauth,
+        the_vault.portals,
+        client_id=conf.client_id,
+        journal=the_vault.journal,
+        roles=RestRoleProbe(rest_client(conf)),
+        removal=StoredGrantRemovalProbe(the_vault.portals, oauth, coordinator(conf)),
+    )
+
+
+@cache
+def authorization_flow(conf: Settings) -> AuthorizationFlow:
+    """The authorization use case (GET /authorize, GET /callback)."""
+    from b24connector import credentials  # noqa: PLC0415
+    from b24connector.authorization import AuthorizationFlow  # noqa: PLC0415
+    from b24connector.vault import derive_pkce_verifier  # noqa: PLC0415
+
+    pkce = None
+    if conf.pkce_enabled:
+
+        def pkce(state: str, nonce: str) -> str:
+            return derive_pkce_verifier(credentials.cursor_signing_key(conf), state, nonce)
+
+    return AuthorizationFlow(
+        portal_policy(conf),
+        vault(conf).states,
+        oauth_client(conf),
+        installer(conf),
+        ttl_seconds=conf.state_ttl_seconds,
+        pkce_verifier=pkce,
+    )
+
+
+@cache
+def subscriber(conf: Settings) -> Subscriber:
+    """The event.bind checker (LifecycleFunction)."""
+    from b24connector.leads import VaultPortalOpener  # noqa: PLC0415
+    from b24connector.subscriptions import Subscriber  # noqa: PLC0415
+
+    the_vault = vault(conf)
+    return Subscriber(
+        VaultPortalOpener(the_vault.portals, coordinator(conf)),
+        rest_client(conf),
+        the_vault.portals,
+        events_url=conf.events_url,
+        events=conf.bound_events,
+    )

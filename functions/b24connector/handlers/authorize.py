@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.logging import correlation_paths
 
-from b24connector import credentials
-from b24connector.authorization import AuthorizationFlow
 from b24connector.handlers import _services
 from b24connector.observability import count, logger, metrics
-from b24connector.settings import Settings, get_settings
-from b24connector.vault import derive_pkce_verifier
+from b24connector.settings import get_settings
 from b24connector.web.errors import serve
 from b24connector.web.http import HttpProblem, HttpRequest, HttpResponse, redirect, set_cookie
 
@@ -20,32 +16,12 @@ if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
 
-@cache
-def authorization_flow(conf: Settings) -> AuthorizationFlow:
-    """The authorization use case, wired once per container."""
-    vault = _services.vault(conf)
-    pkce = None
-    if conf.pkce_enabled:
-
-        def pkce(state: str, nonce: str) -> str:
-            return derive_pkce_verifier(credentials.cursor_signing_key(conf), state, nonce)
-
-    return AuthorizationFlow(
-        _services.portal_policy(conf),
-        vault.states,
-        _services.oauth_client(conf),
-        vault.portals,
-        ttl_seconds=conf.state_ttl_seconds,
-        pkce_verifier=pkce,
-    )
-
-
 def start_authorization(request: HttpRequest) -> HttpResponse:
     """Validate the portal, remember a fresh state, and send the browser to the portal's consent page."""
     if request.method != "GET":
         raise HttpProblem(405, "method_not_allowed", "Use GET.")
     conf = get_settings()
-    start = authorization_flow(conf).start(request.query.one("domain"))
+    start = _services.authorization_flow(conf).start(request.query.one("domain"))
     count("AuthorizationStarted")
     return redirect(
         start.redirect_url,

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from functools import cache
+import base64
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.logging import correlation_paths
 
 from b24connector.handlers import _services
 from b24connector.install import (
-    EVENT_INSTALL,
     EVENT_UNINSTALL,
-    Installer,
+    JOURNALED_EVENTS,
+    Outcome,
     parse_install_event,
     parse_install_page,
     parse_uninstall_event,
@@ -30,62 +30,59 @@ EVENTS_PATH = "/events"
 INSTALL_PATH = "/install"
 
 
-@cache
-def installer(conf: Settings) -> Installer:
-    """The install use case, wired once per container."""
-    return Installer(
-        _services.portal_policy(conf),
-        _services.oauth_client(conf),
-        _services.vault(conf).portals,
-        client_id=conf.client_id,
-    )
-
-
 def _event(conf: Settings, form: Fields) -> HttpResponse:
     payload = form.nested()
     name = str(payload.get("event") or "").upper()
-    use_case = installer(conf)
-    if name == EVENT_INSTALL:
-        grant = parse_install_event(payload, _services.portal_policy(conf), now=use_case.now())
-        installed = use_case.install(grant)
-        count("AppInstalled" if installed.stored else "AppInstallReplayed")
-        logger.info(
-            "app installed (event)",
-            extra={
-                "member_id": installed.member_id,
-                "domain": installed.domain,
-                "version": installed.version,
-            },
-        )
-    elif name == EVENT_UNINSTALL:
-        notice = parse_uninstall_event(payload)
-        use_case.uninstall(notice)
-        count("AppUninstalled")
-        logger.info("app uninstalled", extra={"member_id": notice.member_id, "clean": notice.clean})
-    elif not name:
+    if not name:
         raise invalid("event_missing", "The request names no event.")
-    else:
-        raise invalid("event_unsupported", "This event is not handled here.")
-    return json_response(200, {"status": "success"})
+    use_case = _services.installer(conf)
+    if name in JOURNALED_EVENTS:
+        # Delivered once, never again: accepted durably first, verified and applied by LifecycleFunction.
+        event = parse_install_event(payload, _services.portal_policy(conf), now=use_case.now())
+        use_case.accept(event)
+        count("InstallEventAccepted")
+        logger.info("install event accepted", extra={"member_id": event.member_id, "event": name})
+        return json_response(200, {"status": "accepted"})
+    if name == EVENT_UNINSTALL:
+        notice = parse_uninstall_event(payload)
+        outcome = use_case.uninstall(notice)
+        count("AppUninstalled" if outcome is Outcome.UNINSTALLED else "UninstallQueued")
+        logger.info(
+            "uninstall",
+            extra={"member_id": notice.member_id, "clean": notice.clean, "outcome": outcome.value},
+        )
+        if outcome is Outcome.UNINSTALL_QUEUED:
+            # Unproven by the stored application token: Bitrix24 confirms it first (LifecycleFunction).
+            return json_response(202, {"status": "accepted", "verification": "pending"})
+        return json_response(200, {"status": "success"})
+    raise invalid("event_unsupported", "This event is not handled here.")
 
 
 def _install_page(conf: Settings, request: HttpRequest, form: Fields) -> HttpResponse:
-    use_case = installer(conf)
+    use_case = _services.installer(conf)
     grant = parse_install_page(
         request.query.single_values(), form.single_values(), _services.portal_policy(conf), now=use_case.now()
     )
-    installed = use_case.install(grant)
-    count("AppInstalled" if installed.stored else "AppInstallPageSeen")
+    installed = use_case.install_page(grant)
+    count(
+        {
+            Outcome.STORED: "AppInstalled",
+            Outcome.KEPT: "AppInstallPageSeen",
+            Outcome.REFUSED: "AppInstallPageRefused",
+        }.get(installed.outcome, "AppInstallPageSeen")
+    )
     logger.info(
-        "app installed (page)",
+        "install page",
         extra={
             "member_id": installed.member_id,
             "domain": installed.domain,
-            "version": installed.version,
-            "stored": installed.stored,
+            "outcome": installed.outcome.value,
+            "role": installed.role,
         },
     )
-    return install_finish_page(conf.install_finish_script_url, installed.domain)
+    return install_finish_page(
+        conf.install_finish_script_url, installed.domain, admin_required=installed.outcome is Outcome.REFUSED
+    )
 
 
 def route(request: HttpRequest) -> HttpResponse:
@@ -97,7 +94,7 @@ def route(request: HttpRequest) -> HttpResponse:
         return _event(conf, request.form())
     if request.path.endswith(INSTALL_PATH):
         form = request.form()
-        # API-only apps may name the install URL as their event handler too (fact sheet 3.1).
+        # Bitrix24 posts ONAPPINSTALL / ONAPPUSERREADY to the install URL (docs/bitrix24-facts.md#f-app-1).
         if "event" in form.names():
             return _event(conf, form)
         return _install_page(conf, request, form)
@@ -109,7 +106,23 @@ def route(request: HttpRequest) -> HttpResponse:
 )
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """HttpApi payload 2.0 in; an HTML page for /install, JSON for /events."""
-    if str(event.get("rawPath", "")).endswith(EVENTS_PATH):
+    """HttpApi payload 2.0 in; JSON for events (on /events or the install URL), HTML for the install page."""
+    if str(event.get("rawPath", "")).endswith(EVENTS_PATH) or _posts_an_event(event):
         return serve(event, route, logger=logger, count=count, answer_as="json")
     return serve(event, route, logger=logger, count=count, answer_as="html")
+
+
+def _posts_an_event(event: dict[str, Any]) -> bool:
+    """True when the form names an `event` (Bitrix24 posts ONAPPINSTALL/ONAPPUSERREADY to the install URL)."""
+    body = event.get("body")
+    if not isinstance(body, str):
+        return False
+    head = body[:8192]
+    if event.get("isBase64Encoded"):
+        try:
+            raw = base64.b64decode(head[: len(head) // 4 * 4], validate=False)
+        except ValueError:
+            return False
+    else:
+        raw = head.encode("utf-8", "surrogatepass")
+    return raw.startswith(b"event=") or b"&event=" in raw

@@ -7,7 +7,9 @@ from functools import cache
 
 from b24connector.settings import Settings, get_settings
 from b24connector.vault.cipher import TokenCipher
+from b24connector.vault.endpoints import EndpointGuard
 from b24connector.vault.errors import (
+    GrantRefused,
     NotEnoughTime,
     PortalNotFound,
     ReauthRequired,
@@ -22,6 +24,7 @@ from b24connector.vault.errors import (
     VaultError,
     VaultUnavailable,
 )
+from b24connector.vault.journal import JournalCodec, LifecycleJob, SqsLifecycleQueue
 from b24connector.vault.models import aws_region, bind_portal_model, bind_state_model
 from b24connector.vault.refresh import (
     RefreshCoordinator,
@@ -35,6 +38,8 @@ from b24connector.vault.store import ConsumedState, Portal, PortalStore, StateSt
 
 __all__ = [
     "ConsumedState",
+    "GrantRefused",
+    "LifecycleJob",
     "NotEnoughTime",
     "Portal",
     "PortalNotFound",
@@ -72,6 +77,7 @@ class Vault:
     portals: PortalStore
     states: StateStore
     rescue_queue: SqsRescueQueue
+    journal: SqsLifecycleQueue
     policy: RefreshPolicy
 
     @classmethod
@@ -92,12 +98,19 @@ class Vault:
                 bind_state_model(settings.states_table, where), ttl_seconds=settings.state_ttl_seconds
             ),
             rescue_queue=SqsRescueQueue(settings.rescue_queue_url),
+            journal=SqsLifecycleQueue(settings.lifecycle_queue_url, JournalCodec(cipher)),
             policy=RefreshPolicy.from_settings(settings),
         )
 
     def coordinator(self, refresher: TokenRefresher) -> RefreshCoordinator:
         """A refresh coordinator over this vault that calls `refresher` (the OAuth client)."""
-        return RefreshCoordinator(self.portals, refresher, self.rescue_queue, policy=self.policy)
+        return RefreshCoordinator(
+            self.portals,
+            refresher,
+            self.rescue_queue,
+            endpoints=EndpointGuard.from_settings(self.settings),
+            policy=self.policy,
+        )
 
 
 @cache

@@ -18,10 +18,23 @@ class PortalNotFound(VaultError):
 class ReauthRequired(VaultError):
     """The portal is not active (needs_reauth or uninstalled): only a new install/authorization helps."""
 
-    def __init__(self, member_id: str, health: str) -> None:
+    def __init__(self, member_id: str, health: str, *, reason: str | None = None) -> None:
         self.member_id = member_id
         self.health = health
+        self.reason = reason  # the OAuth server's code when a refresh found the grant dead
         super().__init__(f"portal {member_id} is {health}; a new authorization is needed")
+
+
+class GrantRefused(VaultError):
+    """A grant of a lower rank tried to replace an active grant of a higher one; nothing was written."""
+
+    def __init__(self, member_id: str, held_by: str, offered_by: str) -> None:
+        self.member_id = member_id
+        self.held_by = held_by
+        self.offered_by = offered_by
+        super().__init__(
+            f"portal {member_id} keeps its {held_by} grant; a {offered_by} grant cannot replace it"
+        )
 
 
 class TokenDecryptError(VaultError):

@@ -24,6 +24,19 @@ HEALTH_NEEDS_REAUTH = "needs_reauth"
 HEALTH_UNINSTALLED = "uninstalled"
 HEALTH_STATES = (HEALTH_ACTIVE, HEALTH_NEEDS_REAUTH, HEALTH_UNINSTALLED)
 
+# Whose pair a portal's grant is (docs/bitrix24-facts.md#f-app-9, #f-user-1): the system user of a Market
+# app (ONAPPUSERREADY), a portal administrator (REST user.admin said so) or any other employee. A grant
+# is never replaced by one of a lower rank while it is active.
+ROLE_SYSTEM = "system"
+ROLE_ADMIN = "admin"
+ROLE_USER = "user"
+ROLE_RANK = {ROLE_USER: 0, ROLE_ADMIN: 1, ROLE_SYSTEM: 2}
+
+# Where the portal's event.bind subscriptions stand (the subscription job moves it).
+SUBSCRIPTION_PENDING = "pending"
+SUBSCRIPTION_BOUND = "bound"
+SUBSCRIPTION_FAILED = "failed"
+
 # One Lambda container serves one request at a time, but tests and workers share a model across threads.
 _MAX_POOL_CONNECTIONS = 50
 
@@ -77,6 +90,14 @@ class PortalModel(Model):
     lease_owner = UnicodeAttribute(null=True)
     lease_expires_at = NumberAttribute(null=True)
     grant_digests = ListAttribute[str](null=True)
+    grant_role = UnicodeAttribute(null=True)  # ROLE_SYSTEM / ROLE_ADMIN / ROLE_USER
+    subscription_state = UnicodeAttribute(null=True)  # SUBSCRIPTION_*
+    subscribed_events = ListAttribute[str](null=True)  # events bound to our handler, as event.get said
+    subscription_error = UnicodeAttribute(null=True)  # a short code, never a server text
+    subscription_checked_at = NumberAttribute(null=True)
+    # When an ONAPPUNINSTALL that the stored application token could not prove was last checked with
+    # Bitrix24: one such check per portal per minute, so forged events cannot drive OAuth calls.
+    uninstall_check_at = NumberAttribute(null=True)
     created_at = NumberAttribute(null=True)
     updated_at = NumberAttribute(null=True)
     uninstalled_at = NumberAttribute(null=True)

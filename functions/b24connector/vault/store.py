@@ -20,6 +20,7 @@ from pynamodb.exceptions import PynamoDBException
 from b24connector.bitrix24.tokens import TokenSet
 from b24connector.vault.cipher import SealedTokens, TokenCipher, TokenMetadata
 from b24connector.vault.errors import (
+    GrantRefused,
     ReauthRequired,
     StateRefusal,
     StateRefused,
@@ -30,6 +31,11 @@ from b24connector.vault.models import (
     HEALTH_ACTIVE,
     HEALTH_NEEDS_REAUTH,
     HEALTH_UNINSTALLED,
+    ROLE_ADMIN,
+    ROLE_RANK,
+    ROLE_SYSTEM,
+    ROLE_USER,
+    SUBSCRIPTION_PENDING,
     OAuthStateModel,
     PortalModel,
     due_shard_of,
@@ -115,11 +121,21 @@ class Portal:
     uninstalled_at: int | None
     application_token_hash: str | None = field(repr=False)  # SHA-256 hex (hash_secret), never the token
     token_ciphertext: bytes | None = field(repr=False)
+    grant_role: str = ROLE_USER
+    subscription_state: str | None = None
+    subscribed_events: tuple[str, ...] = ()
+    subscription_error: str | None = None
+    subscription_checked_at: int | None = None
 
     @property
     def is_active(self) -> bool:
         """True when the portal's tokens may be used and refreshed."""
         return self.health == HEALTH_ACTIVE
+
+    @property
+    def role_rank(self) -> int:
+        """How strongly the stored grant holds: system > admin > user (vault.models.ROLE_RANK)."""
+        return ROLE_RANK.get(self.grant_role, 0)
 
     def lease_held(self, now: float) -> bool:
         """True while another worker's refresh lease is still running."""
@@ -168,6 +184,11 @@ class Portal:
             uninstalled_at=_int_or_none(item.uninstalled_at),
             application_token_hash=_application_token_hash(item),
             token_ciphertext=item.token_ciphertext,
+            grant_role=item.grant_role if item.grant_role in ROLE_RANK else ROLE_USER,
+            subscription_state=item.subscription_state,
+            subscribed_events=tuple(item.subscribed_events or ()),
+            subscription_error=item.subscription_error,
+            subscription_checked_at=_int_or_none(item.subscription_checked_at),
         )
 
 
@@ -244,22 +265,39 @@ class PortalStore:
 
     # --- grants and health -------------------------------------------------------------------------
 
-    def save_grant(self, tokens: TokenSet, *, domain: str, application_token: str | None = None) -> Portal:
+    def save_grant(
+        self,
+        tokens: TokenSet,
+        *,
+        domain: str,
+        role: str,
+        application_token: str | None = None,
+    ) -> Portal:
         """Store a new token chain (install, callback): version 1, or +1 over an existing record.
 
-        `application_token` is stored only as its SHA-256 verifier (hash_secret); without one, the
-        stored verifier is kept. A replay of a grant already stored (same pair) changes nothing and
-        returns the current record.
+        `role` says whose pair it is (ROLE_SYSTEM, ROLE_ADMIN, ROLE_USER). An active grant is never
+        replaced by one of a lower rank: GrantRefused, nothing written (the check is part of the
+        compare-and-set, so no concurrent writer can slip between). `application_token` is stored only
+        as its SHA-256 verifier and only with a system or administrator grant: what an ordinary employee
+        sends is never trusted to authenticate uninstall events; without one the stored verifier is kept.
+        A replay of a grant already stored (same pair) changes nothing and returns the current record.
         """
         if not tokens.member_id:
             raise ValueError("a grant needs its member_id")
+        if role not in ROLE_RANK:
+            raise ValueError(f"unknown grant role {role!r}")
         digest = _grant_digest(tokens)
-        new_verifier = hash_secret(application_token) if application_token else None
+        trusted_token = application_token if role in (ROLE_ADMIN, ROLE_SYSTEM) else None
+        new_verifier = hash_secret(trusted_token) if trusted_token else None
         sealed: SealedTokens | None = None
         for _ in range(5):
             existing = self._item(tokens.member_id, consistent=True)
             if existing is not None and digest in (existing.grant_digests or []):
                 return Portal.of(existing)
+            if existing is not None:
+                current = Portal.of(existing)
+                if current.is_active and current.role_rank > ROLE_RANK[role]:
+                    raise GrantRefused(tokens.member_id, current.grant_role, role)
             if sealed is None:
                 sealed = self.cipher.seal(tokens)
             now = int(self._clock())
@@ -274,9 +312,13 @@ class PortalStore:
                 scope=tokens.scope or None,
                 status=tokens.status or None,
                 user_id=tokens.user_id,
-                # A full PutItem: a legacy plaintext application_token attribute does not survive it.
+                # A reinstall gets a new application token: an uninstalled record's verifier is stale.
                 application_token_hash=new_verifier
-                or (_application_token_hash(existing) if existing is not None else None),
+                or (
+                    _application_token_hash(existing)
+                    if existing is not None and existing.health != HEALTH_UNINSTALLED
+                    else None
+                ),
                 token_ciphertext=sealed.ciphertext,
                 access_expires_at=int(tokens.expires_at),
                 refresh_obtained_at=obtained,
@@ -285,6 +327,10 @@ class PortalStore:
                 grant_digests=[digest, *(existing.grant_digests or [])][:_GRANT_DIGESTS_KEPT]
                 if existing is not None
                 else [digest],
+                grant_role=role,
+                # A new grant may belong to another user: its subscriptions are checked again.
+                subscription_state=SUBSCRIPTION_PENDING,
+                subscribed_events=list(existing.subscribed_events or []) if existing is not None else None,
                 created_at=(existing.created_at if existing is not None else None) or now,
                 updated_at=now,
             )
@@ -302,6 +348,47 @@ class PortalStore:
             self.cipher.remember(tokens.member_id, int(item.version), tokens)
             return Portal.of(item)
         raise VaultUnavailable(f"grant for portal {tokens.member_id} kept conflicting with other writers")
+
+    def record_subscription(
+        self, member_id: str, *, state: str, events: tuple[str, ...], error: str | None = None
+    ) -> bool:
+        """Record where the portal's event.bind subscriptions stand; False when the portal is gone.
+
+        Touches only the subscription attributes (no version change), so it never races a grant or a
+        refresh; conditional on the portal existing and not being uninstalled.
+        """
+        m = self.model
+        actions: list[Any] = [
+            m.subscription_state.set(state),
+            m.subscription_checked_at.set(int(self._clock())),
+            m.subscribed_events.set(list(events)) if events else m.subscribed_events.remove(),
+            m.subscription_error.set(error) if error else m.subscription_error.remove(),
+        ]
+        try:
+            m(member_id).update(
+                actions=actions, condition=m.member_id.exists() & (m.health != HEALTH_UNINSTALLED)
+            )
+        except PynamoDBException as exc:
+            if _conditional_failure(exc):
+                return False
+            raise _unavailable("UpdateItem", exc) from None
+        return True
+
+    def claim_uninstall_check(self, member_id: str, *, min_gap_seconds: float) -> bool:
+        """Claim the right to check an unproven ONAPPUNINSTALL with Bitrix24; False if one ran lately."""
+        m = self.model
+        now = self._clock()
+        try:
+            m(member_id).update(
+                actions=[m.uninstall_check_at.set(now)],
+                condition=m.member_id.exists()
+                & (m.uninstall_check_at.does_not_exist() | (m.uninstall_check_at <= now - min_gap_seconds)),
+            )
+        except PynamoDBException as exc:
+            if _conditional_failure(exc):
+                return False
+            raise _unavailable("UpdateItem", exc) from None
+        return True
 
     def mark_uninstalled(self, member_id: str, *, clean: bool) -> Portal | None:
         """Record an uninstall: the ciphertext goes, version +1 so no older pair can come back.
@@ -341,6 +428,12 @@ class PortalStore:
                 m.refresh_obtained_at,
                 m.last_refresh_attempt_at,
                 m.created_at,
+                m.grant_role,
+                m.subscription_state,
+                m.subscribed_events,
+                m.subscription_error,
+                m.subscription_checked_at,
+                m.uninstall_check_at,
             ]
         actions: list[Any] = [
             m.version.add(1),
@@ -518,15 +611,24 @@ class PortalStore:
             raise _unavailable("UpdateItem", exc) from None
         return True
 
-    def commit_refresh(self, member_id: str, expected_version: int, sealed: SealedTokens) -> Portal | None:
+    def commit_refresh(
+        self, member_id: str, expected_version: int, sealed: SealedTokens, *, domain: str | None = None
+    ) -> Portal | None:
         """Compare-and-set a refreshed pair on `expected_version`: version +1, lease cleared, new due time.
+
+        The metadata's endpoints must already be judged (vault.endpoints.EndpointGuard); an empty one
+        keeps the stored value. `client_endpoint` is written only together with `domain`, its host, in
+        this one conditional write (a portal move: DomainIndex follows): the REST client refuses an
+        endpoint that is not on the stored domain, so the two never change apart.
 
         Returns the new record, or None when the version moved (someone else's chain is stored).
         """
         if sealed.member_id != member_id:
             raise ValueError("sealed tokens belong to another portal")
-        m = self.model
         meta = sealed.metadata
+        if domain is not None and not meta.client_endpoint:
+            raise ValueError("a domain is stored only together with its client_endpoint")
+        m = self.model
         now = int(self._clock())
         obtained = meta.obtained_at or now
         actions: list[Any] = [
@@ -541,9 +643,10 @@ class PortalStore:
             m.lease_owner.remove(),
             m.lease_expires_at.remove(),
         ]
+        if domain is not None:
+            actions += [m.domain.set(domain.strip().lower()), m.client_endpoint.set(meta.client_endpoint)]
         # The token response repeats the portal facts; keep stored values where it left them out.
         for attr, value in (
-            (m.client_endpoint, meta.client_endpoint),
             (m.server_endpoint, meta.server_endpoint),
             (m.scope, meta.scope),
             (m.status, meta.status),

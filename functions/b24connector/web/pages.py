@@ -83,15 +83,24 @@ def _origin(url: str) -> str | None:
     return f"{scheme.lower()}://{host}"
 
 
-def install_finish_page(script_url: str, portal: str) -> HttpResponse:
-    """The install page Bitrix24 frames: loads the BX24 library and calls installFinish()."""
+def install_finish_page(script_url: str, portal: str, *, admin_required: bool = False) -> HttpResponse:
+    """The install page Bitrix24 frames: loads the BX24 library and calls installFinish().
+
+    `admin_required`: the opening user may not replace the portal's administrator grant; nothing was
+    changed, and the page says so (installFinish is still called: the app itself is installed).
+    """
     # Framed by the portal and running Bitrix24's own library, so it gets its own policy: scripts only
     # with this response's nonce (and what that trusted loader pulls in); the library may fetch from
     # https origins and from its own origin (the local stack serves a stand-in over http).
     nonce = secrets.token_urlsafe(16)
+    heading = (
+        f"<h1>Connected by an administrator</h1><p><strong>{escape(portal)}</strong> is connected by its "
+        "administrator. Only an administrator can connect it again; nothing was changed.</p>"
+        if admin_required
+        else f"<h1>Installing</h1><p>Finishing the installation on <strong>{escape(portal)}</strong>&hellip;</p>"
+    )
     body = (
-        f"<h1>Installing</h1><p>Finishing the installation on <strong>{escape(portal)}</strong>&hellip;</p>"
-        f'<script nonce="{nonce}" src="{escape(script_url)}"></script>'
+        heading + f'<script nonce="{nonce}" src="{escape(script_url)}"></script>'
         f'<script nonce="{nonce}">BX24.init(function(){{ BX24.installFinish(); }});</script>'
     )
     sources = " ".join(filter(None, ("'self'", "https:", _origin(script_url))))

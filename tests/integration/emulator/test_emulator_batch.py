@@ -95,23 +95,51 @@ def test_form_encoded_batch_with_double_encoding(emu: Emulator, token: str) -> N
     assert [int(r["ID"]) for r in inner["result"]["second"]] == ids[50:100]
 
 
-def test_reference_to_a_missing_row_becomes_an_empty_string(emu_factory: Callable[..., Emulator]) -> None:
+def test_reference_to_a_missing_row_substitutes_the_parent_array(
+    emu_factory: Callable[..., Emulator],
+) -> None:
     # Given 60 leads: c0 returns 50 rows, c1 returns 10, c2 references c1's 50th row which does not exist
     emulator = emu_factory(leads=60)
     token = emulator.issue_tokens()["access_token"]
     ids = emulator.state.leads.ids()
 
+    # When the chain runs with the server's substitution (the default)
     inner = _batch(emulator, token, _chain_commands(0, size=3)).json()["result"]
 
+    # Then c2's `filter[>ID]` gets c1's whole page, which CRM casts to 1: the list restarts near the top
     assert len(inner["result"]["c1"]) == 10
-    # Strictest reading: `filter[>ID]=` (empty) drops the condition, so c2 starts again from the top.
-    # A client that does not stop the chain itself gets duplicates.
-    assert [int(r["ID"]) for r in inner["result"]["c2"]] == ids[:50]
+    assert [int(r["ID"]) for r in inner["result"]["c2"]] == [i for i in ids if i > 1][:50]
+
+
+def test_reference_roots_are_result_next_total_time_error(emu: Emulator, token: str) -> None:
+    # Given a first command with a total and a next offset
+    cmd = {
+        "a": "crm.lead.list?select[]=ID&start=0",
+        "b": "crm.lead.get?id=$result[a][0][ID]",
+        "c": "crm.lead.list?select[]=ID&start=$next[a]",
+        "d": "crm.lead.list?select[]=ID&start=-1&filter[<ID]=$total[a]",
+        "e": "crm.lead.get?id=$result_total[a][1][ID]",
+    }
+    ids = emu.state.leads.ids()
+
+    inner = _batch(emu, token, cmd).json()["result"]
+
+    assert inner["result"]["b"]["ID"] == str(ids[0])
+    assert [int(r["ID"]) for r in inner["result"]["c"]] == ids[50:100]
+    assert all(int(r["ID"]) < len(ids) for r in inner["result"]["d"])
+    # `$result_total[...]` is root `result` followed by `_total[a][1][ID]` (the server's regex)
+    assert inner["result"]["e"]["ID"] == str(ids[1])
 
 
 def test_missing_reference_settings(emu_factory: Callable[..., Emulator]) -> None:
-    emulator = emu_factory(leads=60, empty_filter_value="match_none")
+    # The older readings stay available as switches: "" then the empty filter dropped, or matching nothing
+    emulator = emu_factory(leads=60, batch_missing_reference="empty")
     token = emulator.issue_tokens()["access_token"]
+    ids = emulator.state.leads.ids()
+    inner = _batch(emulator, token, _chain_commands(0, size=3)).json()["result"]
+    assert [int(r["ID"]) for r in inner["result"]["c2"]] == ids[:50]
+
+    emulator.configure(empty_filter_value="match_none")
     inner = _batch(emulator, token, _chain_commands(0, size=3)).json()["result"]
     assert inner["result"]["c2"] == []
 

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from collections.abc import Callable
 from urllib.parse import parse_qsl, urlsplit
 
-import pytest
 import requests
 
 from bitrix24_emulator import Emulator
+from tests.integration.emulator.conftest import FakeApp
 from tests.integration.emulator.helpers import admin, call, token_request
 
 PAGE_QUERY = {"DOMAIN", "PROTOCOL", "LANG", "APP_SID"}
@@ -30,6 +26,7 @@ PAGE_FIELDS = {
     "PLACEMENT",
     "PLACEMENT_OPTIONS",
 }
+LEGACY_PAGE_FIELDS = PAGE_FIELDS - {"SERVER_ENDPOINT", "APPLICATION_TOKEN", "APPLICATION_SCOPE"}
 EVENT_AUTH = {
     "access_token",
     "expires",
@@ -46,62 +43,11 @@ EVENT_AUTH = {
 }
 
 
-@dataclass
-class Captured:
-    """One request the fake app received."""
-
-    method: str
-    path: str
-    query: list[tuple[str, str]]
-    content_type: str
-    form: list[tuple[str, str]]
-
-
-@dataclass
-class FakeApp:
-    """A tiny app server recording what the portal sends."""
-
-    url: str
-    received: list[Captured] = field(default_factory=list)
-
-
-@pytest.fixture
-def app() -> Iterator[FakeApp]:
-    received: list[Captured] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length).decode()
-            parts = urlsplit(self.path)
-            received.append(
-                Captured(
-                    "POST",
-                    parts.path,
-                    parse_qsl(parts.query, keep_blank_values=True),
-                    self.headers.get("Content-Type", ""),
-                    parse_qsl(body, keep_blank_values=True),
-                )
-            )
-            payload = json.dumps({"status": "success"}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            """Quiet."""
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield FakeApp(f"http://127.0.0.1:{server.server_address[1]}/install", received)
-    server.shutdown()
-    server.server_close()
-
-
-def test_install_page_post_carries_the_documented_fields(emu: Emulator, app: FakeApp) -> None:
+def test_install_page_post_carries_the_documented_fields(
+    emu_factory: Callable[..., Emulator], app: FakeApp
+) -> None:
+    # Given a newer cloud portal (install_page_fields="2026")
+    emu = emu_factory(install_page_fields="2026")
     # When the admin opens the app: the portal POSTs the install page
     outcome = admin(emu, "POST", "/send-install", {"url": app.url, "kind": "page"}).json()
 
@@ -131,12 +77,14 @@ def test_install_page_post_carries_the_documented_fields(emu: Emulator, app: Fak
 
 
 def test_legacy_install_page_omits_the_2026_fields(emu: Emulator, app: FakeApp) -> None:
+    # The default (the rest module's app.layout form) and an explicit legacy=True agree
+    emu.send_install(app.url, "page")
     emu.send_install(app.url, "page", legacy=True)
-    assert set(dict(app.received[0].form)) == PAGE_FIELDS - {
-        "SERVER_ENDPOINT",
-        "APPLICATION_TOKEN",
-        "APPLICATION_SCOPE",
-    }
+    assert set(dict(app.received[0].form)) == LEGACY_PAGE_FIELDS
+    assert set(dict(app.received[1].form)) == LEGACY_PAGE_FIELDS
+    # And the newer fields come when asked for
+    emu.send_install(app.url, "page", legacy=False)
+    assert set(dict(app.received[2].form)) == PAGE_FIELDS
 
 
 def test_ui_install_is_unfinished_until_bx24_install_finish(emu: Emulator, app: FakeApp) -> None:
@@ -246,7 +194,7 @@ def test_frame_page_posts_the_install_form_into_an_iframe(emu: Emulator) -> None
     assert action.startswith("http://127.0.0.1:9/install?x=1&")
     assert set(dict(parse_qsl(urlsplit(action).query))) == PAGE_QUERY | {"x"}
     fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', html))
-    assert set(fields) == PAGE_FIELDS
+    assert set(fields) == LEGACY_PAGE_FIELDS
     assert '<iframe name="app-frame"' in html
     assert ".submit()" in html
 

@@ -30,7 +30,22 @@ TOKEN_FIELDS = {
 
 
 def _consent(emu: Emulator, state: str = "xyz") -> dict[str, str]:
-    """GET the consent page, submit its one form, return the redirect's query."""
+    """GET the authorize page as a logged-in user: an immediate 302 (rest.authorize); the redirect's query."""
+    answer = requests.get(
+        emu.authorize_url,
+        params={"client_id": emu.client_id, "state": state},
+        allow_redirects=False,
+        timeout=5,
+    )
+    assert answer.status_code == 302
+    assert "<form" not in answer.text
+    location = answer.headers["Location"]
+    assert location.startswith(REDIRECT_URI + "?")
+    return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+
+
+def _consent_form(emu: Emulator, state: str = "xyz") -> dict[str, str]:
+    """With consent_form on: GET the page, submit its one form, return the redirect's query."""
     page = requests.get(emu.authorize_url, params={"client_id": emu.client_id, "state": state}, timeout=5)
     assert page.status_code == 200
     forms = re.findall(r"<form\b[^>]*>", page.text)
@@ -49,7 +64,7 @@ def _consent(emu: Emulator, state: str = "xyz") -> dict[str, str]:
 
 
 def test_consent_redirects_with_the_documented_parameters(emu: Emulator) -> None:
-    # When the user approves on the consent page
+    # When a logged-in user opens the authorize page (no consent form on the real portal)
     query = _consent(emu, state="s-123")
 
     # Then the redirect carries exactly code, state, domain, member_id, scope, server_domain
@@ -59,6 +74,13 @@ def test_consent_redirects_with_the_documented_parameters(emu: Emulator) -> None
     assert query["member_id"] == emu.member_id
     assert query["scope"] == "crm,user"
     assert query["server_domain"] == emu.oauth_domain
+    assert re.fullmatch(r"[a-z0-9]{32}", query["code"])
+
+
+def test_consent_form_setting_restores_the_one_form_page(emu: Emulator) -> None:
+    emu.configure(consent_form=True)
+    query = _consent_form(emu, state="s-9")
+    assert query["state"] == "s-9"
     assert re.fullmatch(r"[a-z0-9]{32}", query["code"])
 
 

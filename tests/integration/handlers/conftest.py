@@ -25,6 +25,7 @@ from b24connector.handlers import (
     callback,
     install,
     leads,
+    lifecycle,
     refresh_sweep,
     refresh_worker,
     token_rescue,
@@ -55,6 +56,7 @@ HANDLERS: dict[str, Callable[[Any, Any], Any]] = {
     "RefreshFunction": refresh_sweep.handler,
     "RefreshWorkerFunction": refresh_worker.handler,
     "TokenRescueFunction": token_rescue.handler,
+    "LifecycleFunction": lifecycle.handler,
 }
 
 
@@ -111,6 +113,14 @@ def _invoke_in_process(function: str, event: dict[str, Any]) -> InvocationResult
 
 
 @dataclass
+class LifecycleDrain:
+    """What one drain of LifecycleQueue did."""
+
+    done: int = 0
+    retried: int = 0
+
+
+@dataclass
 class Connector:
     """The deployed shape: API URL for the HTTP routes, direct calls for the rest."""
 
@@ -123,6 +133,48 @@ class Connector:
         payload = json.loads(json.dumps(event))
         result = HANDLERS[function](payload, FakeContext(function_name=function, remaining_ms=remaining_ms))
         return json.loads(json.dumps(result))
+
+    def drain_lifecycle(self, *, rounds: int = 6) -> LifecycleDrain:
+        """Run LifecycleFunction over LifecycleQueue as the SQS event source would, until it is empty.
+
+        A message the function reports failed is made visible again at once (instead of after the
+        visibility timeout), so a retry happens in the next round.
+        """
+        sqs = self.stack.client("sqs")
+        url = self.stack.lifecycle_queue_url
+        drain = LifecycleDrain()
+        for _ in range(rounds):
+            messages = sqs.receive_message(
+                QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"], VisibilityTimeout=30
+            ).get("Messages", [])
+            if not messages:
+                return drain
+            records = [
+                {
+                    "messageId": m["MessageId"],
+                    "receiptHandle": m["ReceiptHandle"],
+                    "body": m["Body"],
+                    "attributes": m.get("Attributes", {}),
+                    "messageAttributes": {},
+                    "md5OfBody": m.get("MD5OfBody", ""),
+                    "eventSource": "aws:sqs",
+                    "eventSourceARN": "arn:aws:sqs:eu-central-1:123456789012:lifecycle",
+                    "awsRegion": "eu-central-1",
+                }
+                for m in messages
+            ]
+            answer = self.invoke("LifecycleFunction", {"Records": records})
+            failed = {item["itemIdentifier"] for item in answer.get("batchItemFailures", [])}
+            for message in messages:
+                if message["MessageId"] in failed:
+                    drain.retried += 1
+                    sqs.change_message_visibility(
+                        QueueUrl=url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+                    )
+                else:
+                    drain.done += 1
+                    sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+        return drain
 
     def leads(self, **payload: Any) -> Any:
         """Invoke LeadsFunction."""
@@ -153,27 +205,51 @@ class Connector:
         assert cookie.startswith(f"{COOKIE}=")
         return answer.headers["Location"], cookie.split(";", 1)[0].split("=", 1)[1]
 
-    def consent(self, consent_url: str) -> str:
-        """Load the portal's consent page and submit its one form, as the user would; returns the redirect."""
-        page = requests.get(consent_url, timeout=10)
+    def consent(self, consent_url: str, *, user_id: int | None = None) -> str:
+        """The portal's answer to the consent URL for a logged-in user: the redirect to /callback.
+
+        A logged-in user is redirected at once (docs/bitrix24-facts.md#f-oauth-1); with the emulator's
+        `consent_form` on, its one form is submitted. `user_id` approves as another portal user.
+        """
+        from urllib.parse import parse_qs, urlsplit
+
+        if user_id is not None:
+            state = parse_qs(urlsplit(consent_url).query)["state"][0]
+            approved = requests.post(
+                f"{self.emulator.admin_url}/authorize", json={"state": state, "user_id": user_id}, timeout=10
+            )
+            assert approved.status_code == 200, approved.text
+            return str(approved.json()["location"])
+        page = requests.get(consent_url, allow_redirects=False, timeout=10)
+        if page.status_code == 302:
+            return page.headers["Location"]
         assert page.status_code == 200
         assert page.text.count("<form") == 1
-        state = consent_url.split("state=", 1)[1].split("&", 1)[0]
-        from urllib.parse import unquote
-
+        state = parse_qs(urlsplit(consent_url).query)["state"][0]
         approved = requests.post(
             f"{self.emulator.portal_url}/oauth/authorize/",
-            data={"client_id": CLIENT_ID, "state": unquote(state)},
+            data={"client_id": CLIENT_ID, "state": state},
             allow_redirects=False,
             timeout=10,
         )
         assert approved.status_code == 302, approved.text
         return approved.headers["Location"]
 
-    def connect(self) -> requests.Response:
+    def install_event(self) -> None:
+        """An API-only app's ONAPPINSTALL posted to /events by the portal, then applied from the journal."""
+        answer = self.emulator.send_install(self.events_url(), "event")
+        assert answer["status"] == 200, answer
+        self.drain_lifecycle()
+        item = self.portal_item()
+        assert item is not None
+        assert item["health"]["S"] == "active", item
+        # The install's own REST calls (user.admin, event.get, event.bind) are not what tests count.
+        self.emulator.reset()
+
+    def connect(self, *, user_id: int | None = None) -> requests.Response:
         """The whole browser journey: authorize, consent, callback with the cookie."""
         consent_url, nonce = self.authorize()
-        redirect = self.consent(consent_url)
+        redirect = self.consent(consent_url, user_id=user_id)
         return requests.get(
             redirect, headers={"Cookie": f"{COOKIE}={nonce}"}, allow_redirects=False, timeout=10
         )
@@ -215,13 +291,6 @@ def emulator(emulator_config: dict[str, Any]) -> Iterator[Emulator]:
 @pytest.fixture
 def connector(aws_stack_factory: Callable[..., AwsStack], emulator: Emulator) -> Iterator[Connector]:
     """A stack on moto whose settings trust the emulator, with the HTTP routes served on loopback."""
-    stack = aws_stack_factory(
-        LOCAL_MODE="true",
-        ALLOWED_PORTAL_HOSTS=emulator.portal_domain,
-        OAUTH_SERVERS=emulator.oauth_url,
-        HTTP_TIMEOUT_SECONDS="5",
-        INSTALL_FINISH_SCRIPT_URL=f"{emulator.portal_url}/bx24.js",
-    )
     front = HttpApiFront(ROUTES, _invoke_in_process)
     # Quiet: access lines would carry callback codes and states.
     server: BaseWSGIServer = make_server(
@@ -230,6 +299,14 @@ def connector(aws_stack_factory: Callable[..., AwsStack], emulator: Emulator) ->
     thread = threading.Thread(target=server.serve_forever, name="api-front", daemon=True)
     thread.start()
     api_url = f"http://127.0.0.1:{server.server_port}"
+    stack = aws_stack_factory(
+        LOCAL_MODE="true",
+        ALLOWED_PORTAL_HOSTS=emulator.portal_domain,
+        OAUTH_SERVERS=emulator.oauth_url,
+        HTTP_TIMEOUT_SECONDS="5",
+        INSTALL_FINISH_SCRIPT_URL=f"{emulator.portal_url}/bx24.js",
+        EVENTS_URL=f"{api_url}/events",
+    )
     emulator.configure(redirect_uri=f"{api_url}/callback")
     try:
         yield Connector(api_url, stack, emulator)

@@ -130,89 +130,165 @@ def test_states_are_stored_hashed_with_an_expiry(connector: Connector) -> None:
 # --- install page, ONAPPINSTALL, uninstall -------------------------------------------------------
 
 
-def test_install_page_then_event_are_verified_stored_and_replays_change_nothing(
+def _api_only(connector: Connector, emulator: Emulator) -> None:
+    """The app card of an API-only app: the events URL is its installation event handler."""
+    emulator.configure(app_mode="api_only", install_url=connector.events_url())
+
+
+def _delivery(answer: dict[str, Any], event: str) -> dict[str, Any]:
+    (delivery,) = [d for d in answer["deliveries"] if d["event"] == event]
+    return delivery
+
+
+def test_api_only_install_is_journaled_applied_and_subscribed_then_uninstalled_through_the_binding(
     connector: Connector, emulator: Emulator
 ) -> None:
-    # Given the portal opens the install page
-    page = emulator.send_install(connector.install_url(), "page")
-    assert page["status"] == 200, page
-    assert "BX24.installFinish()" in page["body"]
-    assert _item_version(connector.portal_item()) == 1
-    assert emulator.stats()["oauth_app_info_requests"] == 1
-    # When ONAPPINSTALL arrives with a new chain and the application token
-    event = emulator.send_install(connector.events_url(), "event")
-    assert (event["status"], json.loads(event["body"])) == (200, {"status": "success"})
+    # Given an API-only app whose administrator installs it
+    _api_only(connector, emulator)
+    installed = emulator.install(user_id=1)
+    # Then ONAPPINSTALL was answered at once, before anything was verified or stored
+    assert _delivery(installed, "ONAPPINSTALL")["status"] == 200
+    assert connector.portal_item() is None
+    assert emulator.stats()["oauth_app_info_requests"] == 0
+    # When LifecycleFunction runs: the grant is verified, stored as the administrator's, and subscribed
+    connector.drain_lifecycle()
     item = connector.portal_item()
-    assert _item_version(item) == 2
     assert item is not None
-    # The application_token is kept only as its SHA-256 verifier, never in plaintext
+    assert (item["health"]["S"], item["grant_role"]["S"], item["subscription_state"]["S"]) == (
+        "active",
+        "admin",
+        "bound",
+    )
+    assert item["subscribed_events"]["L"] == [{"S": "ONAPPUNINSTALL"}]
     assert (
         item["application_token_hash"]["S"] == hashlib.sha256(emulator.application_token.encode()).hexdigest()
     )
-    assert "application_token" not in item
     assert emulator.application_token not in repr(item)
-    assert "token_ciphertext" in item
+    bindings = emulator.events()["bindings"]
+    assert [(b["event"], b["handler"]) for b in bindings] == [("ONAPPUNINSTALL", connector.events_url())]
+    # When the administrator removes the app, Bitrix24 delivers ONAPPUNINSTALL through the binding
+    removed = emulator.uninstall(clean=False)
+    # Then the stored application token proves it: applied at once
+    assert _delivery(removed, "ONAPPUNINSTALL")["status"] == 200
+    item = connector.portal_item()
+    assert item is not None
+    assert (item["health"]["S"], "token_ciphertext" in item) == ("uninstalled", False)
+    assert connector.leads(member_id=emulator.member_id)["error"]["code"] == "REAUTH_REQUIRED"
+
+
+def test_legacy_install_page_then_uninstall_confirmed_with_bitrix24(
+    connector: Connector, emulator: Emulator
+) -> None:
+    # Given a UI app on a portal whose install page carries no application token (the legacy form)
+    emulator.install(user_id=1)
+    page = emulator.send_install(connector.install_url(), "page")
+    assert page["status"] == 200, page
+    assert "BX24.installFinish()" in page["body"]
+    emulator.install_finish()
+    item = connector.portal_item()
+    assert item is not None
+    assert item["server_endpoint"]["S"] == f"{emulator.oauth_url}/rest/"
+    assert "application_token_hash" not in item
+    # And the connector subscribed to ONAPPUNINSTALL
+    connector.drain_lifecycle()
+    assert connector.portal_item()["subscription_state"]["S"] == "bound"  # type: ignore[index]
+    # When the administrator removes the app, with "keep data"
+    removed = emulator.uninstall(clean=False)
+    # Then nothing proves the event by token: accepted, nothing changed yet
+    assert _delivery(removed, "ONAPPUNINSTALL")["status"] == 202
+    assert connector.portal_item()["health"]["S"] == "active"  # type: ignore[index]
+    # And once Bitrix24, asked with the stored grant, says the app is gone, the uninstall is applied
+    connector.drain_lifecycle()
+    item = connector.portal_item()
+    assert item is not None
+    assert (item["health"]["S"], "token_ciphertext" in item, item["domain"]["S"]) == (
+        "uninstalled",
+        False,
+        emulator.portal_domain,
+    )
 
 
 def test_replayed_install_event_keeps_the_version(connector: Connector, emulator: Emulator) -> None:
     from bitrix24_emulator.installer import deliver, install_event_request
 
     request = install_event_request(emulator.state, connector.events_url())
-    first = deliver(request, 10)
-    assert first["status"] == 200
+    assert deliver(request, 10)["status"] == 200
+    connector.drain_lifecycle()
     version = _item_version(connector.portal_item())
-    second = deliver(request, 10)
-    assert second["status"] == 200
+    assert deliver(request, 10)["status"] == 200
+    connector.drain_lifecycle()
     assert _item_version(connector.portal_item()) == version
 
 
-def test_legacy_install_page_uses_the_default_oauth_server(connector: Connector, emulator: Emulator) -> None:
-    answer = emulator.send_install(connector.install_url(), "page", legacy=True)
-    assert answer["status"] == 200, answer
-    item = connector.portal_item()
-    assert item is not None
-    assert item["server_endpoint"]["S"] == f"{emulator.oauth_url}/rest/"
-    assert "application_token" not in item
-    assert "application_token_hash" not in item
-
-
-def test_forged_uninstall_is_403_and_genuine_uninstall_deletes_the_ciphertext(
+def test_forged_uninstalls_change_nothing_and_the_genuine_one_still_works(
     connector: Connector, emulator: Emulator
 ) -> None:
-    emulator.send_install(connector.events_url(), "event")
+    _api_only(connector, emulator)
+    emulator.install(user_id=1)
+    connector.drain_lifecycle()
     before = connector.portal_item()
-    forged = emulator.send_uninstall(connector.events_url(), application_token="0" * 32)
-    assert forged["status"] == 403
-    assert connector.portal_item() == before
-    # Reading the table does not help either: the stored verifier is not the token
     assert before is not None
-    stolen = emulator.send_uninstall(
-        connector.events_url(), application_token=before["application_token_hash"]["S"]
-    )
-    assert stolen["status"] == 403
-    assert connector.portal_item() == before
-    genuine = emulator.send_uninstall(connector.events_url(), clean=False)
-    assert genuine["status"] == 200
-    item = connector.portal_item()
-    assert item is not None
-    assert item["health"]["S"] == "uninstalled"
-    assert "token_ciphertext" not in item
-    # And LeadsFunction now says so
-    assert connector.leads(member_id=emulator.member_id)["error"]["code"] == "REAUTH_REQUIRED"
-
-
-def test_clean_uninstall_forgets_the_portal(connector: Connector, emulator: Emulator) -> None:
-    emulator.send_install(connector.events_url(), "event")
-    assert emulator.send_uninstall(connector.events_url(), clean=True)["status"] == 200
+    # A random token, and the stored verifier itself (reading the table does not help)
+    for token in ("0" * 32, before["application_token_hash"]["S"]):
+        forged = emulator.send_uninstall(connector.events_url(), application_token=token)
+        assert forged["status"] == 202
+        connector.drain_lifecycle()
+        # Bitrix24, asked with the stored grant, says the app is installed: refused, nothing changed
+        after = connector.portal_item()
+        assert after is not None
+        assert {k: v for k, v in after.items() if k != "uninstall_check_at"} == before
+        connector.stack.client("dynamodb").update_item(
+            TableName=connector.stack.portals_table,
+            Key={"member_id": {"S": emulator.member_id}},
+            UpdateExpression="REMOVE uninstall_check_at",
+        )
+    removed = emulator.uninstall(clean=True)
+    assert _delivery(removed, "ONAPPUNINSTALL")["status"] == 200
     item = connector.portal_item()
     assert item is not None
     assert {
         "token_ciphertext",
         "domain",
-        "application_token",
         "application_token_hash",
         "client_endpoint",
+        "grant_role",
     }.isdisjoint(item)
+
+
+def test_a_late_install_event_and_a_first_app_info_timeout_lose_nothing(
+    connector: Connector, emulator: Emulator
+) -> None:
+    # Given an ONAPPINSTALL whose access token expired before LifecycleFunction got to it
+    _api_only(connector, emulator)
+    emulator.install(user_id=1)
+    emulator.expire_access_tokens()
+    # And an OAuth server whose first app.info answer times out
+    emulator.add_faults([{"target": "oauth", "method": "app.info", "kind": "slow", "delay": 6, "count": 1}])
+    # When the journal is drained (a failed try comes back, as SQS redelivers it)
+    drain = connector.drain_lifecycle()
+    # Then the install is stored all the same, after one renewal of the event's own refresh token
+    assert drain.retried >= 1
+    item = connector.portal_item()
+    assert item is not None
+    assert item["health"]["S"] == "active"
+    assert emulator.stats()["token_grants"].get("refresh_token") == 1
+    assert connector.leads(member_id=emulator.member_id, limit=1)["count"] == 1
+
+
+def test_an_employee_cannot_take_the_portal_over_by_authorize(
+    connector: Connector, emulator: Emulator
+) -> None:
+    # Given a portal connected by its administrator
+    assert connector.connect().status_code == 200
+    before = connector.portal_item()
+    # When an employee who is not an administrator completes /authorize
+    answer = connector.connect(user_id=2)
+    # Then a clear page, and the administrator's grant still serves every reader
+    assert (answer.status_code, answer.headers["X-Reason-Code"]) == (403, "administrator_required")
+    assert connector.portal_item() == before
+    emulator.reset()
+    assert connector.leads(member_id=emulator.member_id, limit=3)["count"] == 3
+    assert set(emulator.stats()["requests_by_user"]) == {"1"}
 
 
 def test_uninstall_of_an_unknown_portal_is_403(connector: Connector) -> None:
@@ -224,7 +300,7 @@ def test_uninstall_of_an_unknown_portal_is_403(connector: Connector) -> None:
     assert connector.portal_item() is None
 
 
-def test_install_with_a_token_the_oauth_server_does_not_know_is_403(
+def test_install_with_a_token_the_oauth_server_does_not_know_stores_nothing(
     connector: Connector, emulator: Emulator
 ) -> None:
     fields = [
@@ -239,7 +315,8 @@ def test_install_with_a_token_the_oauth_server_does_not_know_is_403(
         ("auth[application_token]", "z" * 32),
     ]
     answer = connector.post_form("/events", fields)
-    assert (answer.status_code, answer.json()["error"]["code"]) == (403, "token_rejected")
+    assert answer.status_code == 200  # accepted into the journal; verified there
+    connector.drain_lifecycle()
     assert connector.portal_item() is None
 
 
@@ -276,7 +353,7 @@ def test_bad_posts_are_4xx_and_change_nothing(
 
 
 def _install(connector: Connector, emulator: Emulator) -> None:
-    assert emulator.send_install(connector.events_url(), "event")["status"] == 200
+    connector.install_event()
 
 
 def test_leads_pages_every_lead_through_cursors(connector: Connector, emulator: Emulator) -> None:
@@ -486,6 +563,7 @@ def test_one_scheduled_refresh_makes_four_aws_calls(
     body = json.dumps({"member_id": emulator.member_id, "version": version})
     # A worker that has not seen this pair: the refresh token must be decrypted (KMS Decrypt).
     vault_package._vault_for.cache_clear()
+    _services.coordinator.cache_clear()
     aws_calls.clear()
     assert connector.invoke("RefreshWorkerFunction", _sqs_event([{**message, "Body": body}])) == {
         "batchItemFailures": []
@@ -564,7 +642,8 @@ def test_aws_calls_per_invocation(connector: Connector, emulator: Emulator, aws_
     assert calls() == [("dynamodb", "PutItem")]
     redirect = connector.consent(consent_url)
     requests.get(redirect, headers={"Cookie": f"{COOKIE}={nonce}"}, allow_redirects=False, timeout=10)
-    # consume the state, read + conditionally write the portal, seal the pair, read the client secret
+    # consume the state, read + conditionally write the portal, seal the pair, read the client secret,
+    # queue the portal's event.bind check
     assert aws_calls.dynamodb_on(connector.stack.states_table) == ["UpdateItem"]
     assert calls() == [
         ("dynamodb", "GetItem"),
@@ -572,15 +651,21 @@ def test_aws_calls_per_invocation(connector: Connector, emulator: Emulator, aws_
         ("dynamodb", "UpdateItem"),
         ("kms", "Encrypt"),
         ("secretsmanager", "GetSecretValue"),
+        ("sqs", "SendMessage"),
     ]
     # a replay: the conditional update is refused, one read says why; nothing else is touched
     requests.get(redirect, headers={"Cookie": f"{COOKIE}={nonce}"}, allow_redirects=False, timeout=10)
     assert aws_calls.dynamodb_on(connector.stack.states_table) == ["UpdateItem", "GetItem"]
     assert calls() == [("dynamodb", "GetItem"), ("dynamodb", "UpdateItem")]
+    # ONAPPINSTALL: sealed and journaled, nothing else before the answer
     assert emulator.send_install(connector.events_url(), "event")["status"] == 200
-    assert calls() == [("dynamodb", "GetItem"), ("dynamodb", "PutItem"), ("kms", "Encrypt")]
-    assert emulator.send_uninstall(connector.events_url(), application_token="0" * 32)["status"] == 403
-    assert calls() == [("dynamodb", "GetItem")]
+    assert calls() == [("kms", "Encrypt"), ("sqs", "SendMessage")]
+    connector.drain_lifecycle()
+    aws_calls.clear()
+    # an unproven uninstall: one read, then journaled for Bitrix24 to confirm
+    assert emulator.send_uninstall(connector.events_url(), application_token="0" * 32)["status"] == 202
+    assert calls() == [("dynamodb", "GetItem"), ("kms", "Encrypt"), ("sqs", "SendMessage")]
+    # a proven one: one read, one conditional update
     assert emulator.send_uninstall(connector.events_url(), clean=False)["status"] == 200
     assert calls() == [("dynamodb", "GetItem"), ("dynamodb", "UpdateItem")]
     connector.sweep()

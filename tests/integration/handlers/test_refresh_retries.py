@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from b24connector import vault as vault_package
+from b24connector.handlers import _services
 from b24connector.settings import get_settings
 from b24connector.vault.cipher import TokenCipher
 from b24connector.vault.errors import VaultUnavailable
@@ -79,7 +80,7 @@ def gate(emulator: Emulator) -> Iterator[Gate]:
 
 def _install_due(connector: Connector, emulator: Emulator, **extra: str) -> dict[str, Any]:
     """Install the portal and make its refresh due (22-day-old refresh token), written straight to the table."""
-    assert emulator.send_install(connector.events_url(), "event")["status"] == 200
+    connector.install_event()
     past = int(time.time()) - 22 * DAY
     names = {f"#{k}": k for k in ("refresh_obtained_at", "refresh_due_at", *extra)}
     values = {":refresh_obtained_at": {"N": str(past)}, ":refresh_due_at": {"N": str(past + 21 * DAY)}}
@@ -186,6 +187,7 @@ def test_kms_failing_before_the_token_call_goes_back_to_the_queue_with_nothing_r
     # Given a due portal, a cold container (no decrypted pair cached) and KMS failing
     before = _install_due(connector, emulator)
     vault_package._vault_for.cache_clear()
+    _services.coordinator.cache_clear()
     emulator.reset()
 
     def kms_down(*_: Any, **__: Any) -> bytes:

@@ -64,7 +64,7 @@ def scene_factory(aws_stack_factory: Callable[..., AwsStack], emulator: Emulator
         )
         rig = Rig.from_env(stack.env(), emulator.client_secret, **policy)
         grant = TokenSet.from_payload(emulator.issue_tokens())
-        portal = rig.worker().store.save_grant(grant, domain=emulator.portal_domain)
+        portal = rig.worker().store.save_grant(grant, domain=emulator.portal_domain, role="admin")
         return Scene(stack, emulator, rig, grant, portal)
 
     return build

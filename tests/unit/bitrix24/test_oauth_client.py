@@ -505,6 +505,7 @@ def test_client_from_settings() -> None:
         "TOKEN_KEY_ID": "k",
         "REFRESH_QUEUE_URL": "q",
         "RESCUE_QUEUE_URL": "r",
+        "LIFECYCLE_QUEUE_URL": "l",
         "OAUTH_SERVERS": "https://oauth.bitrix24.tech/,https://oauth.bitrix.info",
         "HTTP_TIMEOUT_SECONDS": "7",
     }

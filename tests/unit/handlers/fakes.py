@@ -13,13 +13,16 @@ from typing import Any
 
 from b24connector.bitrix24.errors import (
     Bitrix24Error,
+    ExpiredToken,
     InvalidGrant,
     InvalidToken,
     UnsafeEndpoint,
 )
 from b24connector.bitrix24.oauth import AppInfo
 from b24connector.bitrix24.tokens import TokenSet
-from b24connector.vault.errors import StateRefusal, StateRefused, VaultUnavailable
+from b24connector.vault.errors import GrantRefused, StateRefusal, StateRefused, VaultUnavailable
+from b24connector.vault.journal import LifecycleJob
+from b24connector.vault.models import ROLE_RANK, ROLE_SYSTEM, ROLE_USER
 from tests.leak_canary import canary_value
 
 CLIENT_ID = "local.test.app"
@@ -95,6 +98,7 @@ class Issued:
     member_id: str
     domain: str
     client_endpoint: str | None = None
+    admin: bool = True
 
 
 class FakeOAuth:
@@ -109,6 +113,10 @@ class FakeOAuth:
         self.fail_exchange: Exception | None = None
         self.fail_app_info: Exception | None = None
         self.token_overrides: dict[str, Any] = {}
+        self.issued_refresh: dict[str, str] = {}  # access token -> its refresh token
+        self.admin_tokens: set[str] = set()  # access tokens whose user is a portal administrator
+        self.refreshes: list[str] = []
+        self.expired: set[str] = set()  # access tokens app.info answers expired_token for
 
     def authorize_url(self, portal_host: str, state: str, *, code_challenge: str | None = None) -> str:
         extra = f"&code_challenge={code_challenge}&code_challenge_method=S256" if code_challenge else ""
@@ -137,11 +145,23 @@ class FakeOAuth:
         issued = self.codes.pop(code, None)  # single use
         if issued is None:
             raise InvalidGrant("invalid_grant", "code is unknown or used", http_status=400)
-        tokens = self.new_tokens(issued.member_id, issued.domain, client_endpoint=issued.client_endpoint)
+        tokens = self.new_tokens(
+            issued.member_id, issued.domain, client_endpoint=issued.client_endpoint, admin=issued.admin
+        )
         return replace(tokens, **self.token_overrides) if self.token_overrides else tokens
 
-    def new_tokens(self, member_id: str, domain: str, *, client_endpoint: str | None = None) -> TokenSet:
+    def new_tokens(
+        self,
+        member_id: str,
+        domain: str,
+        *,
+        client_endpoint: str | None = None,
+        admin: bool = True,
+        user_id: int = 1,
+    ) -> TokenSet:
         access = canary_value("access")
+        if admin:
+            self.admin_tokens.add(access)
         endpoint = client_endpoint or f"https://{domain}/rest/"
         self.live_tokens[access] = AppInfo(
             member_id=member_id,
@@ -151,18 +171,20 @@ class FakeOAuth:
             installed=True,
             status="L",
             scope="crm,user",
-            user_id=1,
+            user_id=user_id,
         )
+        refresh = canary_value("refresh")
+        self.issued_refresh[access] = refresh
         return TokenSet(
             access_token=access,
-            refresh_token=canary_value("refresh"),
+            refresh_token=refresh,
             expires_at=int(self.clock()) + 3600,
             member_id=member_id,
             client_endpoint=endpoint,
             server_endpoint=f"{DEFAULT_SERVER}/rest/",
             scope="crm,user",
             status="L",
-            user_id=1,
+            user_id=user_id,
             obtained_at=int(self.clock()),
         )
 
@@ -170,10 +192,55 @@ class FakeOAuth:
         self.app_info_calls.append(access_token)
         if self.fail_app_info is not None:
             raise self.fail_app_info
+        if access_token in self.expired:
+            raise ExpiredToken("expired_token", "The access token provided has expired.", http_status=401)
         info = self.live_tokens.get(access_token)
         if info is None:
             raise InvalidToken("invalid_token", "Unable to get application by token", http_status=401)
         return info
+
+    def refresh(self, refresh_token: str, *, server_hint: str | None = None) -> TokenSet:
+        """Single use, like the OAuth server: the old pair's access token stops working."""
+        self.refreshes.append(refresh_token)
+        for access, info in list(self.live_tokens.items()):
+            if self.issued_refresh.get(access) == refresh_token:
+                del self.live_tokens[access]
+                self.issued_refresh.pop(access)
+                return self.new_tokens(
+                    info.member_id, info.domain, admin=access in self.admin_tokens, user_id=info.user_id or 1
+                )
+        raise InvalidGrant("invalid_grant", "Invalid refresh token", http_status=400)
+
+
+class FakeRoles:
+    """RoleProbe over FakeOAuth's administrators (REST user.admin)."""
+
+    def __init__(self, oauth: FakeOAuth) -> None:
+        self.oauth = oauth
+        self.calls = 0
+        self.fail: Exception | None = None
+
+    def is_admin(self, client_endpoint: str, domain: str, access_token: str) -> bool:
+        self.calls += 1
+        if self.fail is not None:
+            raise self.fail
+        return access_token in self.oauth.admin_tokens
+
+
+class FakeJournal:
+    """JobSink in memory."""
+
+    def __init__(self) -> None:
+        self.jobs: list[LifecycleJob] = []
+        self.fail: Exception | None = None
+
+    def send(self, job: LifecycleJob) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.jobs.append(job)
+
+    def kinds(self) -> list[str]:
+        return [job.kind for job in self.jobs]
 
 
 @dataclass
@@ -185,10 +252,15 @@ class StoredPortal:
     application_token_hash: str | None = field(default=None, repr=False)
     tokens: TokenSet | None = field(default=None, repr=False)
     digests: list[str] = field(default_factory=list)
+    grant_role: str = ROLE_USER
 
     @property
     def is_active(self) -> bool:
         return self.health == "active"
+
+    @property
+    def role_rank(self) -> int:
+        return ROLE_RANK[self.grant_role]
 
 
 class FakeStore:
@@ -198,6 +270,8 @@ class FakeStore:
         self.portals: dict[str, StoredPortal] = {}
         self.writes = 0
         self.fail: Exception | None = None
+        self.uninstall_checks = 0
+        self.uninstall_checks_allowed = True
 
     def get(self, member_id: str, *, consistent: bool = False) -> StoredPortal | None:
         if self.fail is not None:
@@ -205,7 +279,7 @@ class FakeStore:
         return self.portals.get(member_id)
 
     def save_grant(
-        self, tokens: TokenSet, *, domain: str, application_token: str | None = None
+        self, tokens: TokenSet, *, domain: str, role: str, application_token: str | None = None
     ) -> StoredPortal:
         if self.fail is not None:
             raise self.fail
@@ -213,6 +287,11 @@ class FakeStore:
         current = self.portals.get(tokens.member_id)
         if current is not None and digest in current.digests:
             return current
+        if current is not None and current.is_active and current.role_rank > ROLE_RANK[role]:
+            raise GrantRefused(tokens.member_id, current.grant_role, role)
+        # Like the vault: an ordinary employee's application_token is never trusted.
+        if role not in ("admin", ROLE_SYSTEM):
+            application_token = None
         self.writes += 1
         portal = StoredPortal(
             member_id=tokens.member_id,
@@ -224,9 +303,14 @@ class FakeStore:
             else (current.application_token_hash if current else None),
             tokens=tokens,
             digests=[digest, *(current.digests if current else [])],
+            grant_role=role,
         )
         self.portals[tokens.member_id] = portal
         return portal
+
+    def claim_uninstall_check(self, member_id: str, *, min_gap_seconds: float) -> bool:
+        self.uninstall_checks += 1
+        return self.uninstall_checks_allowed
 
     def mark_uninstalled(self, member_id: str, *, clean: bool) -> StoredPortal | None:
         current = self.portals.get(member_id)
@@ -242,6 +326,11 @@ class FakeStore:
             current.application_token_hash = None
             current.domain = ""
         return current
+
+
+def claim_check_always(member_id: str, *, min_gap_seconds: float) -> bool:
+    """A claim_uninstall_check that never throttles (the store's throttle is tested on moto)."""
+    return True
 
 
 def raise_(error: Bitrix24Error | VaultUnavailable) -> Any:

@@ -8,11 +8,20 @@ import pytest
 
 from b24connector.authorization import AuthorizationFlow, CallbackParams, pkce_challenge
 from b24connector.bitrix24.errors import InvalidClient, MalformedTokenPayload, OAuthTransientError
+from b24connector.install import Installer
 from b24connector.portals import PortalPolicy
 from b24connector.problems import Problem, ProblemKind
 from b24connector.settings import DEFAULT_PORTAL_SUFFIXES
 from b24connector.vault.errors import VaultUnavailable
-from tests.unit.handlers.fakes import Clock, FakeOAuth, FakeStates, FakeStore
+from tests.unit.handlers.fakes import (
+    CLIENT_ID,
+    Clock,
+    FakeJournal,
+    FakeOAuth,
+    FakeRoles,
+    FakeStates,
+    FakeStore,
+)
 
 PORTAL = "acme.bitrix24.com"
 MEMBER = "a223c6b3710f85df22e9377d6c4f7553"
@@ -24,11 +33,17 @@ class World:
         self.states = FakeStates(self.clock)
         self.oauth = FakeOAuth(self.clock)
         self.store = FakeStore()
+        self.journal = FakeJournal()
+        self.roles = FakeRoles(self.oauth)
+        policy = PortalPolicy(DEFAULT_PORTAL_SUFFIXES)
+        self.installer = Installer(
+            policy, self.oauth, self.store, client_id=CLIENT_ID, journal=self.journal, roles=self.roles
+        )
         self.flow = AuthorizationFlow(
-            PortalPolicy(DEFAULT_PORTAL_SUFFIXES),
+            policy,
             self.states,
             self.oauth,
-            self.store,
+            self.installer,
             ttl_seconds=600,
             pkce_verifier=(lambda state, nonce: f"verifier-{state[:8]}-{nonce[:8]}-" + "x" * 30)
             if pkce
@@ -106,6 +121,59 @@ def test_the_happy_callback_stores_the_grant_once() -> None:
     assert world.oauth.exchanges[0]["server"] == "https://oauth.bitrix.info"
     # consumed: marked used and kept until its TTL, so a replay is told apart from an unknown state
     assert (len(world.states.items), world.states.unused()) == (1, 0)
+
+
+def test_the_grant_is_ranked_by_user_admin_and_its_bindings_are_queued() -> None:
+    # Given an administrator completing the flow
+    world = World()
+    state, nonce = world.begin()
+    # When the callback lands
+    world.flow.complete(world.callback(state), nonce)
+    # Then the grant is stored as the administrator's and the event.bind check is queued
+    assert world.store.portals[MEMBER].grant_role == "admin"
+    assert world.roles.calls == 1
+    assert world.journal.kinds() == ["subscribe"]
+
+
+def test_an_employee_cannot_replace_the_administrators_grant() -> None:
+    # Given a portal connected by its administrator
+    world = World()
+    state, nonce = world.begin()
+    world.flow.complete(world.callback(state), nonce)
+    admin_grant = world.store.portals[MEMBER]
+    # When an employee who is not an administrator completes /authorize
+    state, nonce = world.begin()
+    employee_code = world.oauth.issue_code(MEMBER, PORTAL, admin=False)
+    problem = refused(world, world.callback(state, code=employee_code), nonce)
+    # Then a clear refusal, and the administrator's grant is untouched
+    assert (problem.kind, problem.reason) == (ProblemKind.FORBIDDEN, "administrator_required")
+    assert world.store.portals[MEMBER] is admin_grant
+    assert world.store.portals[MEMBER].version == 1
+    assert world.journal.kinds() == ["subscribe"]
+
+
+def test_an_employee_may_connect_a_portal_nobody_holds_and_an_administrator_replaces_it() -> None:
+    world = World()
+    state, nonce = world.begin()
+    world.flow.complete(
+        world.callback(state, code=world.oauth.issue_code(MEMBER, PORTAL, admin=False)), nonce
+    )
+    assert world.store.portals[MEMBER].grant_role == "user"
+    state, nonce = world.begin()
+    world.flow.complete(world.callback(state), nonce)
+    assert (world.store.portals[MEMBER].grant_role, world.store.portals[MEMBER].version) == ("admin", 2)
+
+
+def test_an_unanswered_user_admin_counts_as_an_employee() -> None:
+    # Given an administrator's grant, and a portal that cannot answer user.admin right now
+    world = World()
+    state, nonce = world.begin()
+    world.flow.complete(world.callback(state), nonce)
+    world.roles.fail = OAuthTransientError("TIMEOUT", "slow")
+    # When another administrator authorizes, the rank cannot be proven: the stored grant stays
+    state, nonce = world.begin()
+    assert refused(world, world.callback(state), nonce).reason == "administrator_required"
+    assert world.store.portals[MEMBER].version == 1
 
 
 def test_the_state_is_single_use() -> None:

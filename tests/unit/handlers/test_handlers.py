@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from b24connector.authorization import AuthorizationFlow
 from b24connector.handlers import (
+    _services,
     authorize,
     callback,
     install,
@@ -24,6 +25,7 @@ from b24connector.handlers import (
     token_rescue,
 )
 from b24connector.install import Installer
+from b24connector.install import event_of as journal_event_of
 from b24connector.leads import CursorCodec, LeadsReader, OpenPortal
 from b24connector.portals import PortalPolicy
 from b24connector.refresh import RefreshSweep, RefreshWorker, RescueWorker
@@ -31,7 +33,15 @@ from b24connector.settings import DEFAULT_PORTAL_SUFFIXES, get_settings
 from b24connector.vault.refresh import RefreshOutcome
 from tests.support.emf import emf_counts
 from tests.unit.handlers.aws_events import FakeContext, form_post, http_event, scheduler_event, sqs_event
-from tests.unit.handlers.fakes import CLIENT_ID, Clock, FakeOAuth, FakeStates, FakeStore
+from tests.unit.handlers.fakes import (
+    CLIENT_ID,
+    Clock,
+    FakeJournal,
+    FakeOAuth,
+    FakeRoles,
+    FakeStates,
+    FakeStore,
+)
 
 PORTAL = "acme.bitrix24.com"
 MEMBER = "a223c6b3710f85df22e9377d6c4f7553"
@@ -50,6 +60,7 @@ ENV = {
     "TOKEN_KEY_ID": "alias/token-key",
     "REFRESH_QUEUE_URL": "https://sqs.eu-central-1.amazonaws.com/123456789012/refresh",
     "RESCUE_QUEUE_URL": "https://sqs.eu-central-1.amazonaws.com/123456789012/rescue",
+    "LIFECYCLE_QUEUE_URL": "https://sqs.eu-central-1.amazonaws.com/123456789012/lifecycle",
     "INSTALL_FINISH_SCRIPT_URL": "//api.bitrix24.com/api/v1/",
 }
 
@@ -60,8 +71,27 @@ class World:
         self.states = FakeStates(self.clock)
         self.oauth = FakeOAuth(self.clock)
         self.store = FakeStore()
-        self.flow = AuthorizationFlow(POLICY, self.states, self.oauth, self.store, ttl_seconds=600)
-        self.installer = Installer(POLICY, self.oauth, self.store, client_id=CLIENT_ID, clock=self.clock)
+        self.journal = FakeJournal()
+        self.installer = Installer(
+            POLICY,
+            self.oauth,
+            self.store,
+            client_id=CLIENT_ID,
+            journal=self.journal,
+            roles=FakeRoles(self.oauth),
+            removal=None,
+            clock=self.clock,
+        )
+        self.flow = AuthorizationFlow(POLICY, self.states, self.oauth, self.installer, ttl_seconds=600)
+
+    def apply_journal(self) -> None:
+        """What LifecycleFunction does: apply every journaled install event (others stay queued)."""
+        pending, self.journal.jobs = self.journal.jobs, []
+        for job in pending:
+            if job.kind == "grant":
+                self.installer.apply(journal_event_of(job))
+            else:
+                self.journal.jobs.append(job)
 
 
 @pytest.fixture
@@ -70,10 +100,9 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
     built = World()
-    monkeypatch.setattr(authorize, "authorization_flow", lambda conf: built.flow)
-    monkeypatch.setattr(callback, "authorization_flow", lambda conf: built.flow)
-    monkeypatch.setattr(install, "installer", lambda conf: built.installer)
-    monkeypatch.setattr(install._services, "portal_policy", lambda conf: POLICY)
+    monkeypatch.setattr(_services, "authorization_flow", lambda conf: built.flow)
+    monkeypatch.setattr(_services, "installer", lambda conf: built.installer)
+    monkeypatch.setattr(_services, "portal_policy", lambda conf: POLICY)
     yield built
     get_settings.cache_clear()
 
@@ -209,7 +238,7 @@ def test_an_unexpected_error_is_a_generic_500(world: World, monkeypatch: pytest.
     def broken(conf: Any) -> Any:
         raise RuntimeError("refresh_token=abc123secret")
 
-    monkeypatch.setattr(callback, "authorization_flow", broken)
+    monkeypatch.setattr(_services, "authorization_flow", broken)
     answer = callback.handler(_callback_event(world, "s" * 43, "n" * 43), FakeContext())
     assert (answer["statusCode"], answer["headers"]["X-Reason-Code"]) == (500, "internal_error")
     assert "abc123secret" not in answer["body"]
@@ -278,24 +307,28 @@ def test_install_page_stores_and_finishes_the_install(world: World) -> None:
     assert world.store.portals[MEMBER].application_token_hash == APP_TOKEN_HASH
 
 
-def test_install_event_answers_success_json(world: World) -> None:
+def test_install_event_is_accepted_at_once_and_applied_from_the_journal(world: World) -> None:
     answer = install.handler(form_post("/events", _install_event_fields(world)), FakeContext())
-    assert (answer["statusCode"], json.loads(answer["body"])) == (200, {"status": "success"})
+    assert (answer["statusCode"], json.loads(answer["body"])) == (200, {"status": "accepted"})
+    assert (world.store.writes, world.oauth.app_info_calls, world.journal.kinds()) == (0, [], ["grant"])
+    world.apply_journal()
     assert world.store.portals[MEMBER].is_active
 
 
 def test_install_event_posted_to_the_install_url_works_too(world: World) -> None:
     answer = install.handler(form_post("/install", _install_event_fields(world)), FakeContext())
-    assert json.loads(answer["body"]) == {"status": "success"}
+    assert json.loads(answer["body"]) == {"status": "accepted"}
 
 
 def test_uninstall_round_trip_and_forgery(world: World) -> None:
     install.handler(form_post("/events", _install_event_fields(world)), FakeContext())
+    world.apply_journal()
     forged = form_post(
         "/events",
         [("event", "ONAPPUNINSTALL"), ("auth[member_id]", MEMBER), ("auth[application_token]", "0" * 32)],
     )
     answer = install.handler(forged, FakeContext())
+    # Unproven: nothing changes; with no way to ask Bitrix24 (no removal probe here) it is refused.
     assert (answer["statusCode"], json.loads(answer["body"])["error"]["code"]) == (
         403,
         "application_token_mismatch",
@@ -598,3 +631,13 @@ def test_arbitrary_callbacks_never_cause_a_5xx(world: World, query: str, cookie:
     assert world.store.writes == 0
     authorize_answer = authorize.handler(http_event("GET", "/authorize", query=query), FakeContext())
     assert authorize_answer["statusCode"] in {302, 400, 414}
+
+
+def test_events_posted_to_the_install_url_get_json_answers_even_when_refused(world: World) -> None:
+    # Bitrix24 posts ONAPPINSTALL / ONAPPUSERREADY to the install URL: an HTML error page is no answer for it.
+    answer = install.handler(
+        _raw_post("/install", b"event=ONAPPUSERREADY&auth%5Bmember_id%5D=m"), FakeContext()
+    )
+    assert answer["statusCode"] == 400
+    assert answer["headers"]["Content-Type"].startswith("application/json")
+    assert json.loads(answer["body"])["error"]["code"] == "data_missing"

@@ -1,4 +1,4 @@
-"""Install payload parsing and the Installer (app.info verification, replay, uninstall) with fakes."""
+"""Install payload parsing and the Installer (verification, grant ranks, journal, uninstall) with fakes."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ import pytest
 from b24connector.bitrix24.errors import OAuthTransientError
 from b24connector.install import (
     Installer,
+    Outcome,
+    event_of,
+    notice_of,
     parse_install_event,
     parse_install_page,
     parse_uninstall_event,
@@ -19,7 +22,7 @@ from b24connector.portals import PortalPolicy
 from b24connector.problems import Problem, ProblemKind
 from b24connector.settings import DEFAULT_PORTAL_SUFFIXES
 from b24connector.vault.errors import VaultUnavailable
-from tests.unit.handlers.fakes import CLIENT_ID, Clock, FakeOAuth, FakeStore
+from tests.unit.handlers.fakes import CLIENT_ID, Clock, FakeJournal, FakeOAuth, FakeRoles, FakeStore
 
 PORTAL = "acme.bitrix24.com"
 MEMBER = "a223c6b3710f85df22e9377d6c4f7553"
@@ -28,15 +31,41 @@ APP_TOKEN_HASH = hashlib.sha256(APP_TOKEN.encode()).hexdigest()
 POLICY = PortalPolicy(DEFAULT_PORTAL_SUFFIXES)
 
 
+class FakeRemoval:
+    """RemovalProbe: what Bitrix24 says about the app, through the stored grant."""
+
+    def __init__(self) -> None:
+        self.removed: bool | Exception = False
+        self.asked = 0
+
+    def app_removed(self, member_id: str) -> bool:
+        self.asked += 1
+        if isinstance(self.removed, Exception):
+            raise self.removed
+        return self.removed
+
+
 class World:
     def __init__(self) -> None:
         self.clock = Clock()
         self.oauth = FakeOAuth(self.clock)
         self.store = FakeStore()
-        self.installer = Installer(POLICY, self.oauth, self.store, client_id=CLIENT_ID, clock=self.clock)
+        self.journal = FakeJournal()
+        self.roles = FakeRoles(self.oauth)
+        self.removal = FakeRemoval()
+        self.installer = Installer(
+            POLICY,
+            self.oauth,
+            self.store,
+            client_id=CLIENT_ID,
+            journal=self.journal,
+            roles=self.roles,
+            removal=self.removal,
+            clock=self.clock,
+        )
 
-    def page(self, **form_overrides: Any) -> tuple[dict[str, str], dict[str, str]]:
-        tokens = self.oauth.new_tokens(MEMBER, PORTAL)
+    def page(self, *, admin: bool = True, **form_overrides: Any) -> tuple[dict[str, str], dict[str, str]]:
+        tokens = self.oauth.new_tokens(MEMBER, PORTAL, admin=admin)
         query = {
             "DOMAIN": PORTAL,
             "PROTOCOL": "1",
@@ -57,8 +86,8 @@ class World:
         form.update(form_overrides)
         return query, {k: v for k, v in form.items() if v is not None}
 
-    def event(self, **auth_overrides: Any) -> dict[str, Any]:
-        tokens = self.oauth.new_tokens(MEMBER, PORTAL)
+    def auth_block(self, *, admin: bool = True, **overrides: Any) -> dict[str, Any]:
+        tokens = self.oauth.new_tokens(MEMBER, PORTAL, admin=admin)
         auth = {
             "access_token": tokens.access_token,
             "expires": str(int(self.clock()) + 3600),
@@ -73,13 +102,46 @@ class World:
             "refresh_token": tokens.refresh_token,
             "application_token": APP_TOKEN,
         }
-        auth.update(auth_overrides)
+        auth.update(overrides)
+        return {k: v for k, v in auth.items() if v is not None}
+
+    def event(self, *, admin: bool = True, **auth_overrides: Any) -> dict[str, Any]:
         return {
             "event": "ONAPPINSTALL",
             "data": {"VERSION": "1", "ACTIVE": "Y", "INSTALLED": "Y", "LANGUAGE_ID": "en"},
             "ts": "1696527000",
-            "auth": {k: v for k, v in auth.items() if v is not None},
+            "auth": self.auth_block(admin=admin, **auth_overrides),
         }
+
+    def user_ready(self, *, installer_admin: bool = True, **auth_overrides: Any) -> dict[str, Any]:
+        """ONAPPUSERREADY as the docs show it: the system user's pair in data, the installer's in auth."""
+        system = self.oauth.new_tokens(MEMBER, PORTAL, admin=False, user_id=77)
+        data = {
+            "access_token": system.access_token,
+            "refresh_token": system.refresh_token,
+            "expires_in": "3600",
+            "scope": "crm,user",
+            "domain": "oauth.bitrix.info",
+            "server_endpoint": "https://oauth.bitrix.info/rest/",
+            "client_endpoint": f"https://{PORTAL}/rest/",
+            "member_id": MEMBER,
+            "user_id": "77",
+            "client_id": CLIENT_ID,
+            "status": "F",
+            "LANGUAGE_ID": "en",
+        }
+        auth = self.auth_block(admin=installer_admin, domain="oauth.bitrix.info", **auth_overrides)
+        return {"event": "ONAPPUSERREADY", "event_handler_id": "3", "ts": "1", "data": data, "auth": auth}
+
+    def apply(self, payload: dict[str, Any]) -> Any:
+        """What LifecycleFunction does with an accepted event: the journal round trip, then apply."""
+        self.installer.accept(parse_install_event(payload, POLICY, now=self.clock()))
+        job = self.journal.jobs.pop()
+        return self.installer.apply(event_of(job))
+
+    def install_admin_event(self) -> None:
+        assert self.apply(self.event()).outcome is Outcome.STORED
+        self.journal.jobs.clear()
 
 
 def problem_of(action: Any) -> Problem:
@@ -100,7 +162,6 @@ def test_install_page_is_parsed() -> None:
     assert grant.tokens.expires_at == int(world.clock()) + 3600  # AUTH_EXPIRES is a lifetime, not a time
     assert grant.application_token == APP_TOKEN
     assert grant.server_hint == "https://oauth.bitrix.info/rest/"
-    assert grant.from_page
     assert form["AUTH_ID"] not in repr(grant)
     assert form["REFRESH_ID"] not in repr(grant)
     assert APP_TOKEN not in repr(grant)
@@ -144,11 +205,12 @@ def test_install_event_is_parsed_with_string_values_and_extra_fields() -> None:
     payload = world.event()
     payload["event_handler_id"] = "1"
     payload["auth"]["unexpected"] = "tolerated"
-    grant = parse_install_event(payload, POLICY, now=world.clock())
+    event = parse_install_event(payload, POLICY, now=world.clock())
+    grant = event.grant
     assert grant.tokens.user_id == 1
     assert grant.tokens.expires_at == int(payload["auth"]["expires"])
     assert grant.claimed_client_endpoint == f"https://{PORTAL}/rest/"
-    assert not grant.from_page
+    assert event.application_token == APP_TOKEN
 
 
 @pytest.mark.parametrize(
@@ -161,8 +223,13 @@ def test_install_event_is_parsed_with_string_values_and_extra_fields() -> None:
         ({"domain": None}, "domain_missing"),
         ({"domain": "127.0.0.1"}, "domain_invalid"),
         ({"expires": "tomorrow"}, "auth_expires_invalid"),
-        ({"expires": None, "expires_in": None}, "tokens_invalid"),
+        ({"expires": None, "expires_in": None}, "auth_expires_in_invalid"),
         ({"user_id": "root"}, "auth_user_id_invalid"),
+        # Unicode digits pass str.isdigit() but not int(): refused, never a 500.
+        ({"expires": "\u00b2"}, "auth_expires_invalid"),
+        ({"expires": None, "expires_in": "\u0663"}, "auth_expires_in_invalid"),
+        ({"user_id": "9" * 5000}, "auth_user_id_invalid"),
+        ({"expires": "9" * 30}, "auth_expires_invalid"),
     ],
 )
 def test_bad_install_events(change: dict[str, Any], reason: str) -> None:
@@ -192,63 +259,141 @@ def test_uninstall_event_is_parsed(clean: str | None, expected: bool) -> None:
     assert APP_TOKEN not in repr(notice)
 
 
-# --- installer ----------------------------------------------------------------------------------
-
-
-def test_install_page_verifies_with_app_info_and_stores() -> None:
+def test_onappuserready_is_parsed_with_the_portal_from_client_endpoint() -> None:
+    # Both blocks name the OAuth server in `domain` (docs/bitrix24-facts.md): the portal is the endpoint's.
     world = World()
-    query, form = world.page()
-    installed = world.installer.install(parse_install_page(query, form, POLICY, now=world.clock()))
-    assert installed.stored
-    assert world.oauth.app_info_calls == [form["AUTH_ID"]]
-    stored = world.store.portals[MEMBER]
-    assert stored.application_token_hash == APP_TOKEN_HASH
-    assert stored.tokens is not None
-    assert stored.tokens.client_endpoint == f"https://{PORTAL}/rest/"
-    assert stored.tokens.server_endpoint == "https://oauth.bitrix.info/rest/"
+    event = parse_install_event(world.user_ready(), POLICY, now=world.clock())
+    assert (event.name, event.grant.domain, event.member_id) == ("ONAPPUSERREADY", PORTAL, MEMBER)
+    assert event.grant.tokens.user_id == 77
+    assert event.installer is not None
+    assert event.installer.tokens.user_id == 1
+    assert event.application_token == APP_TOKEN
 
 
-def test_a_replayed_grant_changes_nothing() -> None:
+def test_deep_placement_options_are_refused_before_parsing() -> None:
+    world = World()
+    query, form = world.page(PLACEMENT_OPTIONS="[" * 40_000)
+    problem = problem_of(lambda: parse_install_page(query, form, POLICY, now=world.clock()))
+    assert problem.reason == "placement_options_invalid"
+
+
+# --- one-shot events: journal first -------------------------------------------------------------
+
+
+def test_an_install_event_is_journaled_before_any_network_call() -> None:
+    # Given an ONAPPINSTALL
     world = World()
     payload = world.event()
-    first = world.installer.install(parse_install_event(payload, POLICY, now=world.clock()))
-    again = world.installer.install(parse_install_event(payload, POLICY, now=world.clock()))
-    assert (first.version, again.version) == (1, 1)
-    assert world.store.writes == 1
+    # When it is accepted
+    world.installer.accept(parse_install_event(payload, POLICY, now=world.clock()))
+    # Then one journal entry holds it and nothing asked Bitrix24 or wrote the portal yet
+    assert world.journal.kinds() == ["grant"]
+    assert (world.oauth.app_info_calls, world.store.writes, world.roles.calls) == ([], 0, 0)
+    job = world.journal.jobs[0]
+    assert payload["auth"]["access_token"] not in repr(job)
+    assert payload["auth"]["refresh_token"] not in str(job.facts)
 
 
-def test_an_install_page_does_not_replace_an_active_grant_of_an_installed_app() -> None:
-    # Given the app is installed and its grant stored
+def test_an_unwritable_journal_is_unavailable() -> None:
     world = World()
-    world.installer.install(parse_install_event(world.event(), POLICY, now=world.clock()))
-    original = world.store.portals[MEMBER].tokens
-    # When a user opens the app's page (same URL) with their own fresh tokens
-    query, form = world.page()
-    outcome = world.installer.install(parse_install_page(query, form, POLICY, now=world.clock()))
-    # Then the stored grant stays
-    assert not outcome.stored
-    assert world.store.portals[MEMBER].tokens is original
+    world.journal.fail = VaultUnavailable("SQS down")
+    event = parse_install_event(world.event(), POLICY, now=world.clock())
+    problem = problem_of(lambda: world.installer.accept(event))
+    assert (problem.kind, problem.reason) == (ProblemKind.UNAVAILABLE, "journal_unavailable")
 
 
-def test_an_install_page_replaces_the_grant_of_an_uninstalled_portal() -> None:
+def test_an_administrators_install_event_is_verified_stored_and_subscribed() -> None:
     world = World()
-    world.installer.install(parse_install_event(world.event(), POLICY, now=world.clock()))
-    world.store.mark_uninstalled(MEMBER, clean=False)
-    query, form = world.page()
-    assert world.installer.install(parse_install_page(query, form, POLICY, now=world.clock())).stored
-    assert world.store.portals[MEMBER].is_active
-
-
-def test_older_portals_use_the_default_server_and_keep_the_stored_application_token() -> None:
-    world = World()
-    world.installer.install(parse_install_event(world.event(), POLICY, now=world.clock()))
-    world.store.portals[MEMBER].health = "needs_reauth"
-    query, form = world.page(SERVER_ENDPOINT=None, APPLICATION_TOKEN=None)
-    world.installer.install(parse_install_page(query, form, POLICY, now=world.clock()))
+    installed = world.apply(world.event())
+    assert (installed.outcome, installed.role) == (Outcome.STORED, "admin")
     stored = world.store.portals[MEMBER]
     assert stored.application_token_hash == APP_TOKEN_HASH
+    assert stored.grant_role == "admin"
     assert stored.tokens is not None
-    assert stored.tokens.server_endpoint == "https://oauth.bitrix.info/rest/"
+    assert stored.tokens.client_endpoint == f"https://{PORTAL}/rest/"
+    assert world.journal.kinds() == ["subscribe"]
+
+
+def test_a_replayed_install_event_changes_nothing() -> None:
+    world = World()
+    payload = world.event()
+    world.apply(payload)
+    world.apply(payload)
+    assert world.store.writes == 1
+    assert world.store.portals[MEMBER].version == 1
+
+
+def test_an_employees_forged_install_event_changes_nothing() -> None:
+    # Given a portal installed by its administrator
+    world = World()
+    world.install_admin_event()
+    before = replace(world.store.portals[MEMBER])
+    # When an employee posts an ONAPPINSTALL with their own pair from the app frame and a token of their choice
+    installed = world.apply(world.event(admin=False, application_token="f" * 32))
+    # Then it is refused: neither their pair nor their application token is stored
+    assert installed.outcome is Outcome.REFUSED
+    assert world.store.portals[MEMBER] == before
+    assert world.store.portals[MEMBER].application_token_hash == APP_TOKEN_HASH
+
+
+def test_an_employees_application_token_is_never_stored() -> None:
+    # Given a portal nobody holds yet, an employee's pair may become its grant, but not its uninstall proof
+    world = World()
+    installed = world.apply(world.event(admin=False))
+    assert (installed.outcome, installed.role) == (Outcome.STORED, "user")
+    assert world.store.portals[MEMBER].application_token_hash is None
+
+
+def test_a_late_event_is_verified_through_its_refresh_token_and_journaled_again() -> None:
+    # Given an ONAPPINSTALL that arrives after its access token expired
+    world = World()
+    payload = world.event()
+    world.oauth.expired.add(payload["auth"]["access_token"])
+    # When it is applied
+    first = world.apply(payload)
+    # Then its refresh token was spent once and the renewed pair journaled before anything else
+    assert first.outcome is Outcome.REJOURNALED
+    assert world.oauth.refreshes == [payload["auth"]["refresh_token"]]
+    assert world.store.writes == 0
+    renewed = world.journal.jobs.pop()
+    assert renewed.secrets["grant.refresh"] != payload["auth"]["refresh_token"]
+    # And the renewed entry applies like any other
+    assert world.installer.apply(event_of(renewed)).outcome is Outcome.STORED
+    assert world.store.portals[MEMBER].application_token_hash == APP_TOKEN_HASH
+
+
+def test_a_late_event_whose_refresh_token_is_dead_is_refused() -> None:
+    world = World()
+    payload = world.event()
+    world.oauth.expired.add(payload["auth"]["access_token"])
+    world.oauth.issued_refresh.clear()
+    problem = problem_of(lambda: world.apply(payload))
+    assert (problem.kind, problem.reason) == (ProblemKind.FORBIDDEN, "token_rejected")
+    assert world.store.portals == {}
+
+
+def test_bitrix24_down_leaves_the_event_for_a_retry() -> None:
+    world = World()
+    world.oauth.fail_app_info = OAuthTransientError("CONNECTION_ERROR", "down")
+    with pytest.raises(OAuthTransientError):
+        world.apply(world.event())
+    assert world.store.portals == {}
+
+
+def test_user_admin_unanswered_leaves_the_event_for_a_retry() -> None:
+    world = World()
+    world.roles.fail = OAuthTransientError("TIMEOUT", "slow")
+    with pytest.raises(OAuthTransientError):
+        world.apply(world.event())
+    assert world.store.portals == {}
+
+
+def test_storage_down_is_unavailable() -> None:
+    world = World()
+    world.store.fail = VaultUnavailable("x")
+    world.installer.accept(parse_install_event(world.event(), POLICY, now=world.clock()))
+    event = event_of(world.journal.jobs.pop())
+    assert problem_of(lambda: world.installer.apply(event)).kind is ProblemKind.UNAVAILABLE
 
 
 def _install_with(world: World, mutate_info: dict[str, Any] | None = None, **auth: Any) -> Problem:
@@ -256,8 +401,7 @@ def _install_with(world: World, mutate_info: dict[str, Any] | None = None, **aut
     if mutate_info:
         token = payload["auth"]["access_token"]
         world.oauth.live_tokens[token] = replace(world.oauth.live_tokens[token], **mutate_info)
-    grant = parse_install_event(payload, POLICY, now=world.clock())
-    return problem_of(lambda: world.installer.install(grant))
+    return problem_of(lambda: world.apply(payload))
 
 
 @pytest.mark.parametrize(
@@ -286,74 +430,211 @@ def test_a_token_the_oauth_server_does_not_know_is_forbidden() -> None:
     world = World()
     payload = world.event()
     world.oauth.live_tokens.clear()
-    grant = parse_install_event(payload, POLICY, now=world.clock())
-    problem = problem_of(lambda: world.installer.install(grant))
+    problem = problem_of(lambda: world.apply(payload))
     assert (problem.kind, problem.reason) == (ProblemKind.FORBIDDEN, "token_rejected")
     assert world.store.portals == {}
 
 
-def test_oauth_server_down_is_unavailable() -> None:
-    world = World()
-    world.oauth.fail_app_info = OAuthTransientError("CONNECTION_ERROR", "down")
-    grant = parse_install_event(world.event(), POLICY, now=world.clock())
-    problem = problem_of(lambda: world.installer.install(grant))
-    assert (problem.kind, problem.reason) == (ProblemKind.UNAVAILABLE, "oauth_unavailable")
+# --- ONAPPUSERREADY -----------------------------------------------------------------------------
 
 
-def test_storage_down_is_unavailable() -> None:
+def test_onappuserready_makes_the_system_user_the_portals_grant() -> None:
+    # Given a portal connected by an employee
     world = World()
-    grant = parse_install_event(world.event(), POLICY, now=world.clock())
-    world.store.fail = VaultUnavailable("x")
-    assert problem_of(lambda: world.installer.install(grant)).kind is ProblemKind.UNAVAILABLE
+    world.apply(world.event(admin=False))
+    # When the Market app's ONAPPUSERREADY arrives (installer pair of an administrator)
+    installed = world.apply(world.user_ready())
+    # Then the system user's pair is the grant, with the application token
+    stored = world.store.portals[MEMBER]
+    assert (installed.outcome, stored.grant_role) == (Outcome.STORED, "system")
+    assert stored.tokens is not None
+    assert stored.tokens.user_id == 77
+    assert stored.application_token_hash == APP_TOKEN_HASH
+
+
+def test_onappuserready_replaces_an_administrators_grant_and_is_not_replaced_by_one() -> None:
+    world = World()
+    world.install_admin_event()
+    world.apply(world.user_ready())
+    assert world.store.portals[MEMBER].grant_role == "system"
+    assert world.apply(world.event()).outcome is Outcome.REFUSED
+    assert world.store.portals[MEMBER].grant_role == "system"
+
+
+def test_a_forged_onappuserready_is_not_a_system_grant() -> None:
+    # Given an administrator's grant
+    world = World()
+    world.install_admin_event()
+    # When an employee forges ONAPPUSERREADY from their own pairs and a token of their choice
+    installed = world.apply(world.user_ready(installer_admin=False, application_token="e" * 32))
+    # Then nothing proves the event genuine: the data pair ranks as an employee's and is refused
+    assert installed.outcome is Outcome.REFUSED
+    assert world.store.portals[MEMBER].grant_role == "admin"
+
+
+# --- install page -------------------------------------------------------------------------------
+
+
+def test_install_page_verifies_with_app_info_and_stores() -> None:
+    world = World()
+    query, form = world.page()
+    installed = world.installer.install_page(parse_install_page(query, form, POLICY, now=world.clock()))
+    assert installed.stored
+    assert world.oauth.app_info_calls == [form["AUTH_ID"]]
+    stored = world.store.portals[MEMBER]
+    assert stored.application_token_hash == APP_TOKEN_HASH
+    assert stored.tokens is not None
+    assert stored.tokens.client_endpoint == f"https://{PORTAL}/rest/"
+    assert stored.tokens.server_endpoint == "https://oauth.bitrix.info/rest/"
+    assert world.journal.kinds() == ["subscribe"]
+
+
+def test_an_install_page_does_not_replace_an_active_grant_of_an_installed_app() -> None:
+    # Given the app is installed and its grant stored
+    world = World()
+    world.install_admin_event()
+    original = world.store.portals[MEMBER].tokens
+    # When any user opens the app's page (same URL) with their own fresh tokens
+    for admin in (False, True):
+        query, form = world.page(admin=admin)
+        outcome = world.installer.install_page(parse_install_page(query, form, POLICY, now=world.clock()))
+        # Then the stored grant stays
+        assert outcome.outcome is Outcome.KEPT
+        assert world.store.portals[MEMBER].tokens is original
+
+
+def test_an_administrators_install_page_replaces_an_employees_grant() -> None:
+    world = World()
+    world.apply(world.event(admin=False))
+    query, form = world.page()
+    installed = world.installer.install_page(parse_install_page(query, form, POLICY, now=world.clock()))
+    assert (installed.outcome, world.store.portals[MEMBER].grant_role) == (Outcome.STORED, "admin")
+
+
+def test_an_employees_install_page_before_install_finished_is_refused() -> None:
+    world = World()
+    world.install_admin_event()
+    query, form = world.page(admin=False)
+    world.oauth.live_tokens[form["AUTH_ID"]] = replace(
+        world.oauth.live_tokens[form["AUTH_ID"]], installed=False
+    )
+    installed = world.installer.install_page(parse_install_page(query, form, POLICY, now=world.clock()))
+    assert installed.outcome is Outcome.REFUSED
+    assert world.store.portals[MEMBER].grant_role == "admin"
+
+
+def test_an_install_page_replaces_the_grant_of_an_uninstalled_portal() -> None:
+    world = World()
+    world.install_admin_event()
+    world.store.mark_uninstalled(MEMBER, clean=False)
+    query, form = world.page(admin=False)
+    assert world.installer.install_page(parse_install_page(query, form, POLICY, now=world.clock())).stored
+    assert world.store.portals[MEMBER].is_active
+
+
+def test_older_portals_use_the_default_server_and_keep_the_stored_application_token() -> None:
+    world = World()
+    world.install_admin_event()
+    world.store.portals[MEMBER].health = "needs_reauth"
+    query, form = world.page(SERVER_ENDPOINT=None, APPLICATION_TOKEN=None)
+    world.installer.install_page(parse_install_page(query, form, POLICY, now=world.clock()))
+    stored = world.store.portals[MEMBER]
+    assert stored.application_token_hash == APP_TOKEN_HASH
+    assert stored.tokens is not None
+    assert stored.tokens.server_endpoint == "https://oauth.bitrix.info/rest/"
+
+
+def test_an_expired_install_page_token_is_refused() -> None:
+    world = World()
+    query, form = world.page()
+    world.oauth.expired.add(form["AUTH_ID"])
+    grant = parse_install_page(query, form, POLICY, now=world.clock())
+    assert problem_of(lambda: world.installer.install_page(grant)).reason == "token_rejected"
+    assert world.oauth.refreshes == []
+
+
+# --- uninstall ----------------------------------------------------------------------------------
+
+
+def _uninstall(member_id: str = MEMBER, token: str = APP_TOKEN, clean: str = "1") -> Any:
+    return parse_uninstall_event(
+        {
+            "event": "ONAPPUNINSTALL",
+            "data": {"CLEAN": clean},
+            "auth": {"member_id": member_id, "application_token": token},
+        }
+    )
 
 
 def test_genuine_uninstall_marks_and_clean_forgets() -> None:
     world = World()
-    world.installer.install(parse_install_event(world.event(), POLICY, now=world.clock()))
-    payload = {
-        "event": "ONAPPUNINSTALL",
-        "data": {"CLEAN": "1"},
-        "auth": {"member_id": MEMBER, "application_token": APP_TOKEN},
-    }
-    world.installer.uninstall(parse_uninstall_event(payload))
+    world.install_admin_event()
+    assert world.installer.uninstall(_uninstall()) is Outcome.UNINSTALLED
     stored = world.store.portals[MEMBER]
     assert (stored.health, stored.tokens, stored.application_token_hash) == ("uninstalled", None, None)
+    assert world.removal.asked == 0
 
 
-@pytest.mark.parametrize(
-    ("member_id", "token"),
-    [(MEMBER, "0" * 32), (MEMBER, APP_TOKEN[:-1]), ("ffffffffffffffffffffffffffffffff", APP_TOKEN)],
-)
-def test_forged_uninstall_is_forbidden_and_changes_nothing(member_id: str, token: str) -> None:
+@pytest.mark.parametrize("token", ["0" * 32, APP_TOKEN[:-1], APP_TOKEN_HASH])
+def test_an_unproven_uninstall_changes_nothing_and_is_checked_with_bitrix24(token: str) -> None:
+    # Given an installed portal (the stored verifier itself is not the token: it is hashed again)
     world = World()
-    world.installer.install(parse_install_event(world.event(), POLICY, now=world.clock()))
+    world.install_admin_event()
     writes = world.store.writes
-    notice = parse_uninstall_event({"auth": {"member_id": member_id, "application_token": token}})
-    problem = problem_of(lambda: world.installer.uninstall(notice))
-    assert (problem.kind, problem.reason) == (ProblemKind.FORBIDDEN, "application_token_mismatch")
+    # When an uninstall arrives whose application token does not match
+    outcome = world.installer.uninstall(_uninstall(token=token))
+    # Then nothing changes yet; a check with Bitrix24 is journaled
+    assert outcome is Outcome.UNINSTALL_QUEUED
+    assert world.store.writes == writes
+    assert world.store.portals[MEMBER].is_active
+    job = world.journal.jobs.pop()
+    assert (job.kind, token in repr(job)) == ("uninstall", False)
+    # And when Bitrix24 says the app is still installed, it is refused for good
+    problem = problem_of(lambda: world.installer.confirm_uninstall(notice_of(job)))
+    assert (problem.kind, problem.reason) == (ProblemKind.FORBIDDEN, "uninstall_not_confirmed")
     assert world.store.writes == writes
     assert world.store.portals[MEMBER].is_active
 
 
-def test_the_stored_verifier_itself_does_not_authenticate_an_uninstall() -> None:
-    # Given someone who could read the table: they know the SHA-256, not the application_token
+def test_an_uninstall_without_a_stored_token_is_applied_once_bitrix24_confirms_it() -> None:
+    # Given a legacy install page (no APPLICATION_TOKEN): nothing can prove an uninstall by token
     world = World()
-    world.installer.install(parse_install_event(world.event(), POLICY, now=world.clock()))
-    verifier = world.store.portals[MEMBER].application_token_hash
-    assert verifier == APP_TOKEN_HASH
-    # When they send the verifier as the token
-    notice = parse_uninstall_event({"auth": {"member_id": MEMBER, "application_token": verifier}})
-    problem = problem_of(lambda: world.installer.uninstall(notice))
-    # Then the uninstall is refused: the received token is hashed before the comparison
+    query, form = world.page(APPLICATION_TOKEN=None)
+    world.installer.install_page(parse_install_page(query, form, POLICY, now=world.clock()))
+    assert world.installer.uninstall(_uninstall(clean="0")) is Outcome.UNINSTALL_QUEUED
+    # When Bitrix24, asked with the stored grant, says the app is gone
+    world.removal.removed = True
+    outcome = world.installer.confirm_uninstall(notice_of(world.journal.jobs.pop()))
+    # Then the uninstall is applied (CLEAN=0 keeps the record's facts)
+    assert outcome is Outcome.UNINSTALLED
+    assert (world.store.portals[MEMBER].health, world.store.portals[MEMBER].domain) == ("uninstalled", PORTAL)
+
+
+def test_an_uninstall_check_is_throttled_per_portal() -> None:
+    world = World()
+    world.install_admin_event()
+    world.store.uninstall_checks_allowed = False
+    with pytest.raises(VaultUnavailable):
+        world.installer.confirm_uninstall(notice_of(uninstall_job_of(world)))
+    assert world.removal.asked == 0
+
+
+def uninstall_job_of(world: World) -> Any:
+    world.installer.uninstall(_uninstall(token="1" * 32))
+    return world.journal.jobs.pop()
+
+
+def test_bitrix24_unable_to_confirm_leaves_the_check_for_a_retry() -> None:
+    world = World()
+    world.install_admin_event()
+    world.removal.removed = OAuthTransientError("TIMEOUT", "slow")
+    with pytest.raises(OAuthTransientError):
+        world.installer.confirm_uninstall(notice_of(uninstall_job_of(world)))
+    assert world.store.portals[MEMBER].is_active
+
+
+def test_uninstall_of_an_unknown_portal_is_forbidden() -> None:
+    world = World()
+    problem = problem_of(lambda: world.installer.uninstall(_uninstall(member_id="f" * 32)))
     assert (problem.kind, problem.reason) == (ProblemKind.FORBIDDEN, "application_token_mismatch")
-    assert world.store.portals[MEMBER].is_active
-
-
-def test_uninstall_of_a_portal_without_a_stored_application_token_is_forbidden() -> None:
-    world = World()
-    world.store.portals[MEMBER] = world.store.save_grant(
-        world.oauth.new_tokens(MEMBER, PORTAL), domain=PORTAL
-    )
-    notice = parse_uninstall_event({"auth": {"member_id": MEMBER, "application_token": APP_TOKEN}})
-    assert problem_of(lambda: world.installer.uninstall(notice)).kind is ProblemKind.FORBIDDEN
-    assert world.store.portals[MEMBER].is_active
+    assert world.journal.jobs == []

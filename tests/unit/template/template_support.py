@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,12 @@ HANDLERS = {
     "RefreshWorkerFunction": "b24connector.handlers.refresh_worker.handler",
     "LeadsFunction": "b24connector.handlers.leads.handler",
     "TokenRescueFunction": "b24connector.handlers.token_rescue.handler",
+    "LifecycleFunction": "b24connector.handlers.lifecycle.handler",
 }
+
+# Variables only one function sets, and why: EVENTS_URL names the HTTP API, whose routes depend on the
+# HTTP functions, so only a function outside the API may carry it (anything else is a dependency cycle).
+FUNCTION_ONLY_VARIABLES = {"EVENTS_URL": "LifecycleFunction"}
 
 
 @dataclass(frozen=True)
@@ -96,7 +102,7 @@ def getatt(logical_id: str, attribute: str = "Arn") -> dict[str, list[str]]:
     return {"Fn::GetAtt": [logical_id, attribute]}
 
 
-def deployed_value(template: dict[str, Any], value: Any) -> str:
+def deployed_value(template: dict[str, Any], value: Any) -> str:  # noqa: PLR0911 - one return per intrinsic
     """What a variable would hold after deployment: parameter defaults, stand-ins for resource ids."""
     if isinstance(value, str):
         return value
@@ -112,6 +118,13 @@ def deployed_value(template: dict[str, Any], value: Any) -> str:
         return f"{argument}-physical-id"
     if kind == "Fn::GetAtt":
         return f"arn:aws:service:eu-central-1:123456789012:{argument[0]}"
+    if kind == "Fn::Sub" and isinstance(argument, str):
+        # ${Resource.Attribute} and ${Resource} stand-ins, as above
+        return re.sub(
+            r"\$\{([A-Za-z0-9]+)(?:\.([A-Za-z]+))?\}",
+            lambda m: f"https://{m.group(1).lower()}.example",
+            argument,
+        )
     raise AssertionError(f"unexpected intrinsic {kind} in an environment variable")
 
 

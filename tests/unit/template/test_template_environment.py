@@ -12,7 +12,7 @@ from aws_lambda_powertools.shared import constants as powertools_constants
 from b24connector import settings as settings_module
 from b24connector.settings import load_settings
 from operator_tools.cfn_yaml import function_environment, resources_of_type
-from tests.unit.template.template_support import HANDLERS, REPO_ROOT, deployed_value
+from tests.unit.template.template_support import FUNCTION_ONLY_VARIABLES, HANDLERS, REPO_ROOT, deployed_value
 
 SETTINGS_SOURCE = REPO_ROOT / "functions" / "b24connector" / "settings.py"
 
@@ -79,7 +79,8 @@ def test_every_settings_variable_is_set_and_nothing_else(template: dict[str, Any
     env = function_environment(template, function_id)
     powertools = {name for name in env if name.startswith("POWERTOOLS_")}
     # Then the function gets exactly what load_settings reads, plus Powertools' own configuration
-    assert set(env) - powertools == settings_variable_names()
+    elsewhere = {name for name, owner in FUNCTION_ONLY_VARIABLES.items() if owner != function_id}
+    assert set(env) - powertools == settings_variable_names() - elsewhere
     assert {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL"} <= powertools
     # And every Powertools variable is one Powertools actually reads
     assert powertools <= powertools_variable_names()
@@ -116,4 +117,7 @@ def test_tracing_and_logging_never_capture_payloads(template: dict[str, Any]) ->
 def test_no_function_overrides_the_shared_environment(template: dict[str, Any]) -> None:
     # One environment for all (load_settings reads all of it everywhere); a per-function override would drift.
     for function_id, function in resources_of_type(template, "AWS::Serverless::Function").items():
-        assert "Environment" not in function["Properties"], function_id
+        own = set(function["Properties"].get("Environment", {}).get("Variables", {}))
+        assert own == {name for name, owner in FUNCTION_ONLY_VARIABLES.items() if owner == function_id}, (
+            function_id
+        )

@@ -36,9 +36,10 @@ TOKEN_KEY_USE = {
 }
 # Refreshes commit through the coordinator, which parks a pair it cannot commit on the rescue queue.
 # Grants (callback, install) retry their conditional write and fail visibly instead: nothing to park.
-TOKEN_RESCUERS = {"RefreshWorkerFunction", "LeadsFunction"}
+# LifecycleFunction renews stored grants when Bitrix24 must confirm an unproven uninstall.
+TOKEN_RESCUERS = {"RefreshWorkerFunction", "LeadsFunction", "LifecycleFunction"}
 # Where the OAuth token endpoint is called (code exchange, refresh): the client secret is needed there only.
-CLIENT_SECRET_READERS = {"CallbackFunction", "RefreshWorkerFunction", "LeadsFunction"}
+CLIENT_SECRET_READERS = {"CallbackFunction", "RefreshWorkerFunction", "LeadsFunction", "LifecycleFunction"}
 
 
 def _has_wildcard(value: Any) -> bool:

@@ -57,13 +57,8 @@ def test_generated_schedules_carry_the_stack_name(transformed: dict[str, Any]) -
 
 def test_the_transform_keeps_the_retention_policies(transformed: dict[str, Any]) -> None:
     resources = transformed["Resources"]
-    for logical_id in (
-        "TokenKey",
-        "DataKey",
-        "PortalsTable",
-        "ClientSecret",
-        "TokenRescueQueue",
-        "TokenRescueDLQ",
-    ):
+    kept = ("TokenKey", "DataKey", "PortalsTable", "ClientSecret", "TokenRescueQueue", "TokenRescueDLQ")
+    lifecycle = tuple(q for q in ("LifecycleQueue", "LifecycleDLQ") if q in resources)
+    for logical_id in kept + lifecycle:
         assert resources[logical_id]["DeletionPolicy"] == "RetainExceptOnCreate", logical_id
         assert resources[logical_id]["UpdateReplacePolicy"] == "Retain", logical_id

@@ -420,7 +420,7 @@ def test_stale_rescue_is_dropped_with_a_metric(
     vault.coordinator().fresh_access_token("member-a", grant.access_token)
     monkeypatch.undo()
     reinstall = vault.oauth.grant("member-a", "a.bitrix24.com")
-    vault.portals.save_grant(reinstall, domain="a.bitrix24.com")  # a newer chain: version moved
+    vault.portals.save_grant(reinstall, domain="a.bitrix24.com", role="admin")  # a newer chain: version moved
     assert vault.coordinator().apply_rescue(vault.rescue.messages[0].to_json()) is RescueOutcome.STALE
     stored = vault.portals.get("member-a", consistent=True)
     assert stored is not None

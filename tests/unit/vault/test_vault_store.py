@@ -47,7 +47,9 @@ def test_raw_items_hold_no_plaintext_token(vault: UnitVault) -> None:
 def test_raw_items_hold_only_a_verifier_of_the_application_token(vault: UnitVault) -> None:
     # Given a portal installed with an application_token, then re-granted and uninstalled (no clean)
     vault.install("member-a", "a.bitrix24.com")
-    vault.portals.save_grant(vault.oauth.grant("member-a", "a.bitrix24.com"), domain="a.bitrix24.com")
+    vault.portals.save_grant(
+        vault.oauth.grant("member-a", "a.bitrix24.com"), domain="a.bitrix24.com", role="admin"
+    )
     vault.portals.mark_uninstalled("member-a", clean=False)
     # When every attribute of the raw item is searched
     (item,) = vault.stack.raw_items(vault.stack.portals_table)
@@ -76,7 +78,9 @@ def test_a_legacy_plaintext_application_token_is_verified_and_replaced_by_the_ne
     assert portal is not None
     assert portal.application_token_hash == hashlib.sha256(b"legacy-app-token").hexdigest()
     # And the next grant without an application_token keeps that verifier but drops the plaintext
-    vault.portals.save_grant(vault.oauth.grant("member-a", "a.bitrix24.com"), domain="a.bitrix24.com")
+    vault.portals.save_grant(
+        vault.oauth.grant("member-a", "a.bitrix24.com"), domain="a.bitrix24.com", role="admin"
+    )
     item = dynamodb.get_item(TableName=vault.stack.portals_table, Key=key, ConsistentRead=True)["Item"]
     assert "application_token" not in item
     assert item["application_token_hash"] == {"S": hashlib.sha256(b"legacy-app-token").hexdigest()}
@@ -107,7 +111,7 @@ def test_first_grant_is_version_1_and_active_with_due_index_fields(vault: UnitVa
 def test_new_grant_on_existing_portal_is_version_plus_one_keeping_application_token(vault: UnitVault) -> None:
     vault.install("member-a")
     second = vault.oauth.grant("member-a", "a.bitrix24.com")
-    portal = vault.portals.save_grant(second, domain="a.bitrix24.com")
+    portal = vault.portals.save_grant(second, domain="a.bitrix24.com", role="admin")
     assert portal.version == 2
     assert portal.application_token_hash == APP_TOKEN_A_HASH
     assert vault.portals.tokens(portal).access_token == second.access_token
@@ -119,7 +123,7 @@ def test_replayed_grant_changes_nothing(vault: UnitVault) -> None:
     vault.clock.advance(3600)
     fresh = vault.coordinator().fresh_access_token("member-a", grant.access_token)
     # When the original install payload arrives again
-    portal = vault.portals.save_grant(grant, domain="a.bitrix24.com", application_token="other")
+    portal = vault.portals.save_grant(grant, domain="a.bitrix24.com", role="admin", application_token="other")
     # Then the live chain and version stay
     assert portal.version == 2
     assert portal.application_token_hash == APP_TOKEN_A_HASH

@@ -1,0 +1,57 @@
+"""LifecycleFunction (SQS LifecycleQueue): journaled install events, uninstall checks and event bindings."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+
+from b24connector.handlers import _services
+from b24connector.lifecycle import LifecycleWorker
+from b24connector.observability import logger, metrics
+from b24connector.problems import safe_traceback
+from b24connector.settings import Settings, get_settings
+from b24connector.vault.journal import JournalCodec
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+# A batch whose every message failed is still a partial answer (all retried), not a function error.
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+
+
+@cache
+def worker(conf: Settings) -> LifecycleWorker:
+    """The lifecycle use case, wired once per container."""
+    return LifecycleWorker(_services.installer(conf), _services.subscriber(conf))
+
+
+@cache
+def codec(conf: Settings) -> JournalCodec:
+    """Opens journal messages (KMS Decrypt under the portal's token context)."""
+    return JournalCodec(_services.vault(conf).cipher)
+
+
+def run_record(record: SQSRecord) -> str:
+    """One message: decode (decrypting its sealed tokens), run; an exception keeps it for a retry."""
+    conf = get_settings()
+    try:
+        return worker(conf).run(codec(conf).decode(record.body))
+    except Exception as exc:
+        # Logged by type and place only: exception texts stay out of logs.
+        logger.warning(
+            "lifecycle job will be retried", extra={"message_id": record.message_id, **safe_traceback(exc)}
+        )
+        raise
+
+
+@logger.inject_lambda_context(log_event=False, clear_state=True)
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+    """SQS batch in, `batchItemFailures` out (ReportBatchItemFailures is on for the event source)."""
+    return process_partial_response(
+        event=event, record_handler=run_record, processor=processor, context=context
+    )
