@@ -54,6 +54,10 @@ WORKAROUND_TEXT = {
         "moto cannot update a DynamoDB table through CloudFormation (it drops it from the stack): the "
         "table was kept in place, as CloudFormation updates it"
     ),
+    "failed-execution-reported": (
+        "moto raises a resource's error from ExecuteChangeSet: reported as CloudFormation does, a "
+        "failed resource and a rolled-back stack (moto removes nothing it created)"
+    ),
     "model:": "moto's CloudFormation lacks this type: created through moto's own service backend",
     "accepted-without-effect:": "moto has neither a CloudFormation type nor a backend we use: accepted, not created",
 }
@@ -182,7 +186,21 @@ def template_expectations(template_path: Path) -> dict[str, list[str]]:
     by_type: dict[str, list[str]] = {}
     for logical_id, resource in resources.items():
         by_type.setdefault(str(resource.get("Type")), []).append(logical_id)
+    parameters = template.get("Parameters", {})
+    variables: dict[str, Any] = dict(
+        template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
+    )
+    for function_id in by_type.get("AWS::Serverless::Function", []):
+        own = resources[function_id].get("Properties", {}).get("Environment", {}).get("Variables", {})
+        variables.update(own or {})
+    # Variables holding a resource reference (Ref to a resource, GetAtt, Sub): never empty once deployed.
+    referenced = sorted(
+        name
+        for name, value in variables.items()
+        if isinstance(value, dict) and not ("Ref" in value and value["Ref"] in parameters)
+    )
     return {
+        "referenced_variables": referenced,
         "functions": sorted(by_type.get("AWS::Serverless::Function", [])),
         "queues": sorted(by_type.get("AWS::SQS::Queue", [])),
         "tables": sorted(by_type.get("AWS::DynamoDB::Table", [])),
@@ -190,7 +208,9 @@ def template_expectations(template_path: Path) -> dict[str, list[str]]:
     }
 
 
-def check_stack(rehearsal: Rehearsal, env_name: str, expected_status: set[str]) -> dict[str, str]:
+def check_stack(
+    rehearsal: Rehearsal, env_name: str, expected_status: set[str], executed_at_least: int = 1
+) -> dict[str, str]:
     """Check the stack's status, executed change set, resources and outputs; its outputs."""
     stack_name, region = stack_and_region(env_name)
     region = region or rehearsal.env["AWS_DEFAULT_REGION"]
@@ -200,12 +220,19 @@ def check_stack(rehearsal: Rehearsal, env_name: str, expected_status: set[str]) 
     status = stack["StackStatus"]
     (rehearsal.ok if status in expected_status else rehearsal.fail)(f"{stack_name} status {status}")
 
-    change_sets = cfn.list_change_sets(StackName=stack_name)["Summaries"]
+    change_sets = [
+        cs
+        for cs in cfn.list_change_sets(StackName=stack_name)["Summaries"]
+        if cs.get("StackName") == stack_name
+    ]
     executed = [cs for cs in change_sets if cs.get("ExecutionStatus") == "EXECUTE_COMPLETE"]
-    if executed:
+    if len(executed) >= executed_at_least:
         rehearsal.ok(f"{stack_name}: {len(executed)} change set(s) created and executed")
     else:
-        rehearsal.fail(f"{stack_name}: no executed change set ({[cs.get('Status') for cs in change_sets]})")
+        statuses = [(cs.get("Status"), cs.get("ExecutionStatus")) for cs in change_sets]
+        rehearsal.fail(
+            f"{stack_name}: {len(executed)} executed change set(s), expected {executed_at_least} ({statuses})"
+        )
 
     resources = cfn.list_stack_resources(StackName=stack_name)["StackResourceSummaries"]
     physical = {r["LogicalResourceId"]: r.get("PhysicalResourceId", "") for r in resources}
@@ -214,7 +241,17 @@ def check_stack(rehearsal: Rehearsal, env_name: str, expected_status: set[str]) 
         name = physical.get(function)
         try:
             config = lambda_client.get_function_configuration(FunctionName=name or function)
-            rehearsal.ok(f"{function}: {config['FunctionName']} ({config.get('Runtime')})")
+            variables = (config.get("Environment") or {}).get("Variables") or {}
+            # A reference CloudFormation could not resolve would leave an empty or "None" value.
+            unresolved = sorted(
+                k for k, v in variables.items() if v in (None, "None", "") and k in expected["referenced_variables"]
+            )
+            if unresolved:
+                rehearsal.fail(f"{function}: unresolved environment {', '.join(unresolved)}")
+            else:
+                rehearsal.ok(
+                    f"{function}: {config['FunctionName']} ({config.get('Runtime')}, {len(variables)} variables)"
+                )
         except Exception as exc:
             rehearsal.fail(f"{function}: not a Lambda function in moto ({type(exc).__name__})")
     sqs = rehearsal.client("sqs", region)
@@ -302,7 +339,7 @@ def rehearse(rehearsal: Rehearsal, make: Sequence[str]) -> None:
     ):
         return
     print("\n==> [7/9] check the dev stack after the update")
-    outputs = check_stack(rehearsal, "dev", {"CREATE_COMPLETE", "UPDATE_COMPLETE"})
+    outputs = check_stack(rehearsal, "dev", {"CREATE_COMPLETE", "UPDATE_COMPLETE"}, executed_at_least=2)
     kept = secret_value(rehearsal, "dev", outputs)
     if kept == REHEARSAL_SECRET:
         rehearsal.ok("the put client secret survived the second deploy")

@@ -89,15 +89,40 @@ def _patch_change_sets() -> None:
     def execute_change_set(
         self: CloudFormationBackend, change_set_name: str, stack_name: str | None = None
     ) -> None:
-        original_execute(self, change_set_name, stack_name)
+        matching = [
+            cs
+            for cs in self.change_sets.values()
+            if change_set_name == cs.change_set_id
+            or (
+                change_set_name == cs.change_set_name
+                and stack_name in (None, cs.stack.name, cs.stack.stack_id)
+            )
+        ]
+        try:
+            original_execute(self, change_set_name, stack_name)
+        except Exception as exc:
+            if not matching:
+                raise
+            # moto raises the resource's error from ExecuteChangeSet (an answer SAM CLI cannot even
+            # parse); CloudFormation accepts the call, fails the resource and rolls the stack back.
+            change_set = matching[-1]
+            stack = change_set.stack
+            creating = change_set.change_set_type == "CREATE"
+            stack._add_stack_event(
+                "CREATE_FAILED" if creating else "UPDATE_FAILED",
+                resource_status_reason=f"{type(exc).__name__}: {exc}",
+            )
+            stack.status = "ROLLBACK_COMPLETE" if creating else "UPDATE_ROLLBACK_COMPLETE"
+            change_set.execution_status = "EXECUTE_FAILED"
+            record("failed-execution-reported", f"{stack.name}: {type(exc).__name__}: {exc}")
+            return
         # moto builds a stack's outputs from the template it was created with, which for a change
         # set is empty; CloudFormation evaluates them after every create/update.
-        for change_set in self.change_sets.values():
-            if change_set_name in (change_set.change_set_id, change_set.change_set_name):
-                stack = change_set.stack
-                stack.template_dict = change_set.template_dict
-                stack.output_map = stack._create_output_map()
-                record("change-set-outputs", f"{stack.name}: outputs evaluated after ExecuteChangeSet")
+        for change_set in matching[-1:]:
+            stack = change_set.stack
+            stack.template_dict = change_set.template_dict
+            stack.output_map = stack._create_output_map()
+            record("change-set-outputs", f"{stack.name}: outputs evaluated after ExecuteChangeSet")
 
     CloudFormationBackend.create_change_set = create_change_set  # type: ignore[method-assign]
     CloudFormationBackend.execute_change_set = execute_change_set  # type: ignore[method-assign]
