@@ -155,6 +155,11 @@ class PortalApp:
             "error": (fault.status or 400, fault.error or "", fault.error_description or ""),
         }
         status, code, description = simple[kind]
-        # Error answers carry no `time` block (429 included).
+        # Error answers carry no `time` block (429 included) unless error_time_block asks for the older reading.
         answer = RestAnswer(status, {"error": code, "error_description": description})
+        with state.lock:
+            if state.config.error_time_block:
+                answer.body["time"] = self.engine.time_block(method, arrival, 0.0)
+                if kind == "operation_time_limit":
+                    answer.body["time"]["operating_reset_at"] = int(state.clock.now() + fault.delay)
         return json_response(answer.body, status)

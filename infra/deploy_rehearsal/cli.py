@@ -244,7 +244,9 @@ def check_stack(
             variables = (config.get("Environment") or {}).get("Variables") or {}
             # A reference CloudFormation could not resolve would leave an empty or "None" value.
             unresolved = sorted(
-                k for k, v in variables.items() if v in (None, "None", "") and k in expected["referenced_variables"]
+                k
+                for k, v in variables.items()
+                if v in (None, "None", "") and k in expected["referenced_variables"]
             )
             if unresolved:
                 rehearsal.fail(f"{function}: unresolved environment {', '.join(unresolved)}")

@@ -15,9 +15,9 @@ from typing import Any
 
 def main() -> int:
     """Read the request on stdin, print the transformed template; 1 with the reason on failure."""
-    from samtranslator.model.exceptions import InvalidDocumentException  # type: ignore[import-not-found]
-    from samtranslator.translator.transform import transform  # type: ignore[import-not-found]
-    from samtranslator.yaml_helper import yaml_parse  # type: ignore[import-not-found]
+    from samtranslator.model.exceptions import InvalidDocumentException
+    from samtranslator.translator.transform import transform
+    from samtranslator.yaml_helper import yaml_parse
 
     class NoManagedPolicies:
         """The template attaches no AWS managed policies, so the translator needs no IAM lookup."""

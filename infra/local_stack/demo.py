@@ -417,10 +417,11 @@ def step_install(c: StackClients, detail: Detail) -> str:
     events_url = f"{c.info.api_url}/events"
     c.admin("POST", "/config", {"app_mode": "api_only", "install_url": events_url})
     c.reset_stats()
+    before = c.raw_item()
     answer = c.admin("POST", "/install", {"user_id": 1})
     delivery = _delivery(answer, "ONAPPINSTALL")
     check(delivery["status"] == 200, f"ONAPPINSTALL answered {delivery['status']}")
-    check(c.raw_item() is None, "something was stored before LifecycleFunction ran")
+    check(c.raw_item() == before, "the record changed before LifecycleFunction ran")
     detail(
         f"ONAPPINSTALL (user 1, an administrator) → {events_url}: {delivery['status']} accepted (journaled)"
     )

@@ -240,7 +240,8 @@ def test_install_event_endpoints_pointing_elsewhere_are_refused(
 def test_install_page_server_endpoint_pointing_elsewhere_is_refused(rig: Rig, catch_all: CatchAll) -> None:
     from bitrix24_emulator.installer import install_page_request
 
-    request = install_page_request(rig.emulator.state, "https://api.test/install")
+    # The newer install page (with SERVER_ENDPOINT); the default legacy page has no such field to forge
+    request = install_page_request(rig.emulator.state, "https://api.test/install", legacy=False)
     forged = [
         (name, f"http://{catch_all.host}/rest/" if name == "SERVER_ENDPOINT" else value)
         for name, value in request.fields

@@ -111,6 +111,9 @@ def test_bind_get_unbind_as_an_administrator(emu: Emulator) -> None:
             400,
             "ERROR_ARGUMENT",
         ),
+        ({"event": "ONAPPUNINSTALL", "handler": "http://localhost/h"}, 400, "ERROR_WRONG_HANDLER_URL"),
+        ({"event": "ONAPPUNINSTALL", "handler": "not a url"}, 400, "ERROR_WRONG_HANDLER_URL"),
+        ({"event": "ONAPPUNINSTALL", "handler": "ftp://a.example/h"}, 400, "ERROR_UNSUPPORTED_PROTOCOL"),
     ],
 )
 def test_bind_refuses_bad_input(emu: Emulator, params: dict[str, str], status: int, error: str) -> None:
@@ -222,6 +225,18 @@ def test_a_binding_with_auth_type_carries_that_users_token(emu: Emulator, app: F
     (update,) = app.forms("ONCRMLEADUPDATE")
     assert update["auth[user_id]"] == "3"
     assert update["data[FIELDS][ID]"] == str(lead_id)
+
+
+def test_no_events_while_a_ui_install_is_unfinished(emu: Emulator, app: FakeApp) -> None:
+    call(emu, "event.bind", _token(emu, 1), event="ONCRMLEADADD", handler=app.url)
+    emu.install(user_id=1)  # a UI app: pending until BX24.installFinish()
+
+    call(emu, "crm.lead.add", _token(emu, 1), fields={"TITLE": "before finish"})
+    emu.install_finish()
+    call(emu, "crm.lead.add", _token(emu, 1), fields={"TITLE": "after finish"})
+    assert emu.flush_events(10)
+
+    assert len(app.forms("ONCRMLEADADD")) == 1
 
 
 def test_lead_update_refuses_bad_input(emu: Emulator) -> None:

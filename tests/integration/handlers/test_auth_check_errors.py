@@ -12,7 +12,7 @@ from tests.integration.handlers.conftest import Connector
 
 
 def _install(connector: Connector, emulator: Emulator) -> dict[str, Any]:
-    assert emulator.send_install(connector.events_url(), "event")["status"] == 200
+    connector.install_event()
     item = connector.portal_item()
     assert item is not None
     return item
