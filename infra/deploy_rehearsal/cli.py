@@ -63,7 +63,7 @@ WORKAROUND_TEXT = {
 }
 
 NOT_PROVEN = (
-    "IAM and KMS policy evaluation (moto does not enforce them here)",
+    "IAM and KMS policy evaluation by AWS (moto enforces none; `make test`'s IAM check simulates it)",
     "the Lambda concurrency quota and runtime/architecture of a real account (preflight reads moto's defaults)",
     "HTTP API, alarms, queue policy, async-invoke config: accepted without effect (see workarounds)",
     "functions running: nothing is invoked; the local stack and the e2e tests cover behaviour",
