@@ -18,7 +18,7 @@ PIP_FILTER  := 2>&1 | grep -v 'is ignored: it is neither'; test $${PIPESTATUS[0]
 SAM         := SAM_CLI_TELEMETRY=0 $(TOOLS)/bin/sam
 
 .PHONY: help venv tools format lint typecheck lint-template test test-unit test-integration test-e2e \
-        iam-check pr demo serve bench bench-smoke build client deploy put-secret clean
+        iam-check pr demo serve bench bench-smoke build client preflight deploy deploy-rehearsal put-secret clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -64,10 +64,11 @@ lint-template: $(TOOLS_STAMP) ## cfn-lint, checkov and sam validate on template.
 # them, plus the calls AWS services make for the roles, against the SAM-transformed template.
 IAM_CALLS := .local/iam-calls.jsonl
 
-test: lint lint-template ## everything CI runs: lint, template checks, all tests, then the IAM check
+test: lint lint-template ## everything CI runs: lint, template checks, all tests, the IAM check, the deploy rehearsal
 	@rm -f $(IAM_CALLS)
 	$(PY) -m pytest tests/unit tests/integration tests/e2e tests/security --aws-call-log $(IAM_CALLS)
 	$(PY) -m iam_check --calls $(IAM_CALLS) --json .local/iam-report.json
+	$(MAKE) --no-print-directory deploy-rehearsal
 
 iam-check: $(STAMP) $(TOOLS_STAMP) ## the IAM check on the last recording (make test writes it)
 	$(PY) -m iam_check --calls $(IAM_CALLS) --json .local/iam-report.json
@@ -113,10 +114,24 @@ build: $(TOOLS_STAMP) $(STAMP) client ## sam build (python3.13, arm64) + bytecod
 
 # SAM replaces samconfig's parameter_overrides when given any on the command line, so deploy_params
 # writes samconfig's plus the Bitrix24 client id (BITRIX24_CLIENT_ID on the first deploy, then the
-# stack's current value) and sam reads that file.
+# stack's current value) and sam reads that file. It is YAML: SAM CLI reads file:// overrides only as
+# .yaml/.yml/.toml. `deploy` and `deploy-rehearsal` run these same two commands (DEPLOY_STEPS).
+DEPLOY_PARAMS := .aws-sam/deploy-parameters-$(ENV).yaml
+define DEPLOY_STEPS
+$(PY) -m operator_tools.deploy_params --env $(ENV) --output $(DEPLOY_PARAMS)
+$(SAM) deploy --config-env $(ENV) --parameter-overrides file://$(DEPLOY_PARAMS)
+endef
+
+preflight: $(STAMP) ## check the account can take the stack (concurrency quota, runtime, client secret)
+	$(PY) -m operator_tools.preflight --env $(ENV)
+
 deploy: build $(STAMP) ## sam deploy with samconfig.toml's $(ENV) profile (first time: BITRIX24_CLIENT_ID=...)
-	$(PY) -m operator_tools.deploy_params --env $(ENV) --output .aws-sam/deploy-parameters-$(ENV).json
-	$(SAM) deploy --config-env $(ENV) --parameter-overrides file://.aws-sam/deploy-parameters-$(ENV).json
+	$(DEPLOY_STEPS)
+
+# The rehearsal starts a moto server and runs `make deploy ENV=dev` (twice) and `ENV=prod` against it
+# through AWS_ENDPOINT_URL; its moto-only workarounds are printed and listed in the README.
+deploy-rehearsal: $(STAMP) $(TOOLS_STAMP) ## the whole deploy path (dev create+update, prod) against moto
+	$(PY) -m deploy_rehearsal
 
 put-secret: $(STAMP) ## store the Bitrix24 client secret in Secrets Manager (prompts, never echoes)
 	$(PY) -m operator_tools.put_secret --env $(ENV)

@@ -180,12 +180,12 @@ def test_expected_unused_entries_tolerate_only_what_they_name_and_go_stale(
 ) -> None:
     listed = tmp_path / "expected_unused.txt"
     listed.write_text(
-        "# comment\nLeadsRole dynamodb:GetItem RateLimitTable\nCallbackRole dynamodb:UpdateItem StatesTable\n",
+        "# comment\nLeadsRole dynamodb:UpdateItem RateLimitTable\nCallbackRole dynamodb:UpdateItem StatesTable\n",
         encoding="utf-8",
     )
     report = check(tmp_path, expected_unused=listed)
     assert [str(g) for g in report.expected_unused] == [
-        "LeadsRole dynamodb:GetItem RateLimitTable (statement PacePortalRequests of policy leads)"
+        "LeadsRole dynamodb:UpdateItem RateLimitTable (statement PacePortalRequests of policy leads)"
     ]
     assert report.stale_expected == ["CallbackRole dynamodb:UpdateItem StatesTable"]
     assert "STALE" in report.text()

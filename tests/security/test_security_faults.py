@@ -413,6 +413,53 @@ def test_secrets_manager_down_during_a_refresh_leaves_the_portal_untouched(
     assert _without(rig.portal(), LEASE_FIELDS) == _without(before, LEASE_FIELDS)
 
 
+# --- client secret not put yet (deploy marker) --------------------------------------------------
+
+
+def _client_secret_not_set(rig: Rig) -> None:
+    """ClientSecret holds the template's marker, as between `make deploy` and `make put-secret`."""
+    from b24connector.credentials import CLIENT_SECRET_NOT_SET
+
+    rig.stack.client("secretsmanager").put_secret_value(
+        SecretId=rig.stack.client_secret_id, SecretString=CLIENT_SECRET_NOT_SET
+    )
+    cold_start()
+
+
+def test_callback_before_put_secret_is_a_clear_503_and_never_sends_the_code(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    consent_url, nonce = rig.authorize()
+    query = rig.consent(consent_url)
+    rig.emulator.reset()
+    _client_secret_not_set(rig)
+    capsys.readouterr()
+    answer = rig.callback(query, nonce)
+    out = capsys.readouterr().out
+    assert (answer["statusCode"], header(answer, "X-Reason-Code")) == (503, "client_secret_not_set")
+    assert "client secret has not been stored" in answer["body"]
+    assert rig.emulator.stats()["token_requests"] == 0  # the code never went out with a wrong secret
+    assert rig.items() == []
+    assert emf_metrics(out).get("ClientSecretMissing") == 1
+
+
+def test_refresh_before_put_secret_waits_without_spending_the_refresh_token(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    member_id = _installed(rig)
+    before = rig.portal()
+    rig.emulator.reset()
+    rig.emulator.expire_access_tokens()
+    _client_secret_not_set(rig)
+    capsys.readouterr()
+    answer = rig.leads(_page(rig, member_id))
+    out = capsys.readouterr().out
+    assert answer["error"]["code"] == "UPSTREAM_ERROR"
+    assert rig.emulator.stats()["token_requests"] == 0
+    assert _without(rig.portal(), LEASE_FIELDS) == _without(before, LEASE_FIELDS)
+    assert emf_metrics(out).get("ClientSecretMissing", 0) >= 1
+
+
 # --- Bitrix24 OAuth server down ------------------------------------------------------------------
 
 
