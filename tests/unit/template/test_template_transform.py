@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 from typing import Any
@@ -18,8 +19,10 @@ def _transformed(overrides: dict[str, str]) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(AWS_DEFAULT_REGION="eu-central-1", PYTHONPATH=str(REPO_ROOT / "infra"))
     # As `sam deploy` hands it over: packaged, the code in S3.
-    packaged = TEMPLATE_PATH.read_text(encoding="utf-8").replace(
-        "CodeUri: functions/", "CodeUri: s3://packaged-bucket/functions.zip"
+    packaged = re.sub(
+        r"(CodeUri|ContentUri): (?!s3://)(\S+)",
+        lambda m: f"{m.group(1)}: s3://packaged-bucket/{m.group(2).strip('/')}.zip",
+        TEMPLATE_PATH.read_text(encoding="utf-8"),
     )
     request = {
         "template": packaged,
