@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from b24connector.vault.store import hash_secret
-from bitrix24_emulator.installer import user_ready_fields
+from bitrix24_emulator.installer import install_page_request, user_ready_fields
 from tests.leak_canary import canary_value, find_canaries
 from tests.security.harness import Rig, header, query_of
 
@@ -342,3 +342,48 @@ def test_an_app_info_timeout_on_the_first_try_is_applied_on_the_retry(
     item = rig.portal()
     assert item is not None
     assert (item["health"]["S"], item["grant_role"]["S"]) == ("active", "admin")
+
+
+# --- known gap: an application token the install page shows to whoever opens the app ------------------
+
+LEAKED_TOKEN_GAP = (
+    "Known gap (README): where the newer install page (docs/bitrix24-facts.md#f-app-6, UNVERIFIED which "
+    "portals) posts APPLICATION_TOKEN into the frame of every user who opens the app, an employee knows "
+    "the token that alone proves ONAPPUNINSTALL and ONAPPUSERREADY"
+)
+
+
+def _token_seen_by_an_employee(rig: Rig) -> str:
+    """The APPLICATION_TOKEN the newer install page posts when an employee opens the app."""
+    request = install_page_request(
+        rig.emulator.state, "https://api.test/install", legacy=False, user_id=EMPLOYEE
+    )
+    rig.emulator.install_finish()
+    seen = dict(request.fields)["APPLICATION_TOKEN"]
+    assert seen == rig.emulator.application_token
+    return seen
+
+
+@pytest.mark.xfail(strict=True, reason=LEAKED_TOKEN_GAP)
+def test_an_employee_who_read_the_application_token_cannot_uninstall_the_portal(admin_rig: Rig) -> None:
+    rig = admin_rig
+    seen = _token_seen_by_an_employee(rig)
+    answer = rig.post_form("/events", _uninstall_fields(rig, seen, clean=True))
+    rig.drain_lifecycle()
+    # The app is still installed in Bitrix24: the portal's grant and data must survive
+    item = rig.portal()
+    assert answer["statusCode"] != 200
+    assert item is not None
+    assert item["health"]["S"] == "active"
+
+
+@pytest.mark.xfail(strict=True, reason=LEAKED_TOKEN_GAP)
+def test_an_employee_who_read_the_application_token_cannot_forge_a_system_grant(admin_rig: Rig) -> None:
+    rig = admin_rig
+    seen = _token_seen_by_an_employee(rig)
+    forged = _user_ready(rig, EMPLOYEE, OTHER_EMPLOYEE, seen)
+    assert rig.post_form("/install", forged)["statusCode"] == 200
+    rig.drain_lifecycle()
+    item = rig.portal()
+    assert item is not None
+    assert (item["grant_role"]["S"], item["user_id"]["N"]) == ("admin", str(ADMIN))
