@@ -99,7 +99,20 @@ EVENTS = ["ONAPPINSTALL", "ONAPPUSERREADY", "ONAPPUNINSTALL", "onappinstall", "O
 # Inputs that broke parsers before: non-ASCII digits (str.isdigit() takes them, int() of "²" raises),
 # numbers long enough to make int() refuse (Python's 4,300-digit limit), and nesting deep enough to
 # exhaust a recursive parser (json.loads of 40,000 brackets raises RecursionError).
-HOSTILE_NUMBERS = ["²", "٣", "\uff11\uff12", "3600²", "9" * 5_000, "-1", "+60", " 60", "1e3", "0x10", "0" * 40, ""]
+HOSTILE_NUMBERS = [
+    "²",
+    "٣",
+    "\uff11\uff12",
+    "3600²",
+    "9" * 5_000,
+    "-1",
+    "+60",
+    " 60",
+    "1e3",
+    "0x10",
+    "0" * 40,
+    "",
+]
 HOSTILE_NESTING = ["[" * 40_000, "{" * 40_000, '{"a":' * 20_000, "[" * 40_000 + "]" * 40_000]
 
 # --- strategies ----------------------------------------------------------------------------------
