@@ -18,7 +18,7 @@ PIP_FILTER  := 2>&1 | grep -v 'is ignored: it is neither'; test $${PIPESTATUS[0]
 SAM         := SAM_CLI_TELEMETRY=0 $(TOOLS)/bin/sam
 
 .PHONY: help venv tools format lint typecheck lint-template test test-unit test-integration test-e2e \
-        pr demo serve bench bench-smoke build deploy put-secret clean
+        iam-check pr demo serve bench bench-smoke build deploy put-secret clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -60,8 +60,17 @@ lint-template: $(TOOLS_STAMP) ## cfn-lint, checkov and sam validate on template.
 	CKV_SKIP_PACKAGE_UPDATE_CHECK=true $(CHECKOV_VENV)/bin/checkov --config-file .checkov.yaml
 	$(SAM) validate --lint --template template.yaml --region $(AWS_DEFAULT_REGION)
 
-test: lint lint-template ## everything CI runs: lint, template checks, all tests
-	$(PY) -m pytest tests/unit tests/integration tests/e2e tests/security
+# The suites record every AWS call each function makes (--aws-call-log); the IAM check then evaluates
+# them, plus the calls AWS services make for the roles, against the SAM-transformed template.
+IAM_CALLS := .local/iam-calls.jsonl
+
+test: lint lint-template ## everything CI runs: lint, template checks, all tests, then the IAM check
+	@rm -f $(IAM_CALLS)
+	$(PY) -m pytest tests/unit tests/integration tests/e2e tests/security --aws-call-log $(IAM_CALLS)
+	$(PY) -m iam_check --calls $(IAM_CALLS) --json .local/iam-report.json
+
+iam-check: $(STAMP) $(TOOLS_STAMP) ## the IAM check on the last recording (make test writes it)
+	$(PY) -m iam_check --calls $(IAM_CALLS) --json .local/iam-report.json
 
 test-unit: $(STAMP) ## unit tests only (no sockets)
 	$(PY) -m pytest tests/unit

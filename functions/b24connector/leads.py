@@ -6,6 +6,9 @@ Contract (ARCHITECTURE.md section 2). Choices made here:
   lister; the cursor only ever moves the lower bound up, and it is bound to a hash of the query, so a
   caller cannot edit it to read outside its filter or another tenant's rows.
 - `select` always yields the ID (added when missing) because the cursor needs it.
+- A `null` filter value is refused (INVALID_REQUEST), not sent: PHP's http_build_query, which builds
+  Bitrix24's own batch sub-commands, drops a null key, so the condition would silently vanish and the
+  answer widen; a caller means either "" (an empty value) or no condition, and must say which.
 - A page ends at `limit` rows or when the answer would pass MAX_ANSWER_BYTES, whichever comes first.
 - When a transient failure or the time budget stops a read after some rows, those rows are answered
   with a cursor instead of an error; the next call continues from there.
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from b24connector.bitrix24.errors import (
+    AuthServerUnavailable,
     Bitrix24Error,
     DeadlineExceeded,
     InvalidClient,
@@ -42,6 +46,7 @@ from b24connector.bitrix24.errors import (
     PortalMoved,
     QueryLimitExceeded,
     TransientError,
+    UnknownAuthError,
 )
 from b24connector.observability import count, logger
 from b24connector.vault.errors import PortalNotFound, ReauthRequired, TokenDecryptError, VaultError
@@ -70,8 +75,11 @@ MIN_SPLIT_ROWS = 2_450
 _ALLOWED_KEYS = frozenset({"member_id", "domain", "select", "filter", "order", "limit", "cursor", "split"})
 _MEMBER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _FIELD = re.compile(r"(?:[A-Za-z][A-Za-z0-9_]{0,63}|\*|UF_\*)\Z")
-# Bitrix24 filter keys: an optional operator prefix, then a field name (fact sheet 5.1).
-_FILTER_KEY = re.compile(r"(?P<op>>=|<=|!=|!%|!@|=%|%=|>|<|@|=|%|!)?(?P<field>[A-Za-z][A-Za-z0-9_]{0,63})\Z")
+# Bitrix24 filter keys: an optional operator prefix, then a field name (crm.lead.list documents
+# >=, >, <=, <, @, !@, %, =%, %=, !%, !%=, =, !=, !). Longer operators first: `!%=` before `!%`.
+_FILTER_KEY = re.compile(
+    r"(?P<op>!%=|>=|<=|!=|!%|!@|=%|%=|>|<|@|=|%|!)?(?P<field>[A-Za-z][A-Za-z0-9_]{0,63})\Z"
+)
 _CURSOR_VERSION = 1
 # Version 2 carries an upper bound ("b"): a reader that ignored it would read past its part.
 _BOUNDED_CURSOR_VERSION = 2
@@ -187,7 +195,7 @@ def _select(value: object) -> tuple[str, ...]:
 
 
 def _scalar_ok(value: object) -> bool:
-    if value is None or isinstance(value, bool | int):
+    if isinstance(value, bool | int):
         return True
     if isinstance(value, float):
         return math.isfinite(value)
@@ -206,11 +214,14 @@ def _filter(value: object) -> dict[str, Any]:
         match = _FILTER_KEY.match(key) if isinstance(key, str) else None
         if match is None:
             raise _invalid("filter keys look like 'STATUS_ID', '>DATE_CREATE' or '@SOURCE_ID'")
+        if item is None:
+            # PHP drops a null key (http_build_query), so sending it would silently widen the answer.
+            raise _invalid('filter values may not be null: use "" for an empty value or leave the key out')
         if isinstance(item, list):
-            if len(item) > MAX_FILTER_LIST or not all(_scalar_ok(v) and v is not None for v in item):
+            if len(item) > MAX_FILTER_LIST or not all(_scalar_ok(v) for v in item):
                 raise _invalid(f"filter lists hold at most {MAX_FILTER_LIST} strings or numbers")
         elif not _scalar_ok(item):
-            raise _invalid("filter values are strings, numbers, booleans, null or lists of those")
+            raise _invalid("filter values are strings, numbers, booleans or lists of those")
         is_id_bound_key = match["field"].upper() == "ID" and match["op"] in {">", ">=", "<", "<="}
         if is_id_bound_key and not _is_id_bound(item):
             raise _invalid("ID bounds in filter must be non-negative integers")
@@ -518,6 +529,7 @@ def split_points(last: int, top: int, density: float, parts: int) -> list[int]:
     return [last + (span * i) // count for i in range(count)]
 
 
+# Which Bitrix24 errors tell the caller to have the portal connected again: docs/bitrix24-errors.md.
 _REAUTH_ERRORS = (InvalidGrant, InvalidToken, NotInstalled, PaymentRequired, InvalidClient, PortalDeleted)
 _RATE_ERRORS = (QueryLimitExceeded, OperationTimeLimit, OverloadLimit)
 
@@ -598,9 +610,17 @@ def error_for(exc: Bitrix24Error | VaultError) -> LeadsError:
         return LeadsError(REAUTH_REQUIRED, f"Bitrix24 no longer accepts this portal's grant ({exc.code})")
     if isinstance(exc, _RATE_ERRORS) or exc.code == "CLIENT_RATE_LIMIT":
         return LeadsError(RATE_LIMITED, f"Bitrix24 rate limits were reached ({exc.code}); retry later")
+    return LeadsError(UPSTREAM_ERROR, _upstream_message(exc))
+
+
+def _upstream_message(exc: Bitrix24Error) -> str:
     if isinstance(exc, DeadlineExceeded):
-        return LeadsError(UPSTREAM_ERROR, "Bitrix24 did not answer within the time budget")
-    return LeadsError(UPSTREAM_ERROR, f"Bitrix24 failed ({exc.code})")
+        return "Bitrix24 did not answer within the time budget"
+    if isinstance(exc, AuthServerUnavailable):
+        return f"Bitrix24 could not check the grant with its OAuth server ({exc.code}); retry later"
+    if isinstance(exc, UnknownAuthError):
+        return f"Bitrix24 refused the request with an unknown code ({exc.code})"
+    return f"Bitrix24 failed ({exc.code})"
 
 
 def _vault_error(exc: VaultError) -> LeadsError:

@@ -56,13 +56,15 @@ _HTTP_TIMEOUT = 30.0
 _DAY = 86_400
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 _STEP_TITLES = (
-    "Install: the portal POSTs the install page, then ONAPPINSTALL",
-    "Authorize: /authorize -> the portal's consent form -> /callback, with a cookie jar",
+    "Install (API-only app): the administrator installs; ONAPPINSTALL is journaled, applied, subscribed",
+    "Authorize: /authorize -> the portal (logged in: no form) -> /callback, with a cookie jar",
+    "Takeover: an employee's /authorize and forged ONAPPINSTALL change nothing",
     "At rest: the DynamoDB item holds ciphertext only, bound to its portal by the KMS context",
     "Read: LeadsFunction through boto3's Lambda client, every lead page by page via the cursor",
     "Lazy refresh: the access token expires, the next read refreshes it transparently",
     "Scheduled refresh: the refresh token ages past REFRESH_AFTER_DAYS; schedule -> queue -> worker",
-    "Uninstall: a forged ONAPPUNINSTALL is refused, the genuine one removes the tokens",
+    "Uninstall: a forged ONAPPUNINSTALL is refused; the administrator's arrives through the binding",
+    "UI app on a legacy portal: install page, installFinish, binding; uninstall confirmed with Bitrix24",
 )
 TOTAL_STEPS = len(_STEP_TITLES)
 
@@ -321,9 +323,13 @@ class StackClients:
                 if chain.get(key):
                     self.known_tokens.add(str(chain[key]))
 
-    def live_pair(self) -> tuple[str, str] | None:
-        """The newest live (not revoked) token pair the emulator issued for the portal."""
-        chains = [c for c in self.admin("GET", "/tokens")["chains"] if not c.get("revoked")]
+    def live_pair(self, user_id: int = 1) -> tuple[str, str] | None:
+        """The newest live (not revoked) token pair the emulator issued for the portal to `user_id`."""
+        chains = [
+            c
+            for c in self.admin("GET", "/tokens")["chains"]
+            if not c.get("revoked") and int(c.get("user_id") or 0) == user_id
+        ]
         if not chains:
             return None
         newest = max(chains, key=lambda c: float(c.get("created_at") or 0))
@@ -374,6 +380,16 @@ class StackClients:
                 return leads, pages
             check(pages < 10_000, "the cursor never ended")
 
+    def lifecycle(self) -> int:
+        """Run LifecycleFunction over its queue as the SQS event source would; messages handled."""
+        drain = self.stack.drain_queues()
+        check(drain.failed == 0, f"LifecycleFunction left {drain.failed} messages for a retry")
+        return drain.deleted
+
+    def post_form(self, path: str, fields: Sequence[tuple[str, str]]) -> requests.Response:
+        """POST a form to one of the stack's routes, as a portal does."""
+        return self.http.post(f"{self.info.api_url}{path}", data=list(fields), timeout=_HTTP_TIMEOUT)
+
     def refresh_after_days(self) -> int:
         """REFRESH_AFTER_DAYS as the refresh functions see it (settings default: 21)."""
         env = self.stack.runtimes["RefreshWorkerFunction"].spec.environment
@@ -385,35 +401,53 @@ class StackClients:
 Detail = Callable[[str], None]
 
 
+def _delivery(answer: Mapping[str, Any], event: str) -> dict[str, Any]:
+    """The emulator's report of the one delivery of `event` in an install/uninstall answer."""
+    found = [d for d in answer.get("deliveries", []) if d.get("event") == event]
+    check(len(found) == 1, f"the portal delivered {len(found)} {event}")
+    return dict(found[0])
+
+
+def _bindings(c: StackClients) -> list[tuple[str, str]]:
+    return [(b["event"], b["handler"]) for b in c.admin("GET", "/events")["bindings"]]
+
+
 def step_install(c: StackClients, detail: Detail) -> str:
-    """1. The install page POST (a UI app in the portal's frame), then the ONAPPINSTALL event."""
-    before = c.raw_item()
-    old_version = int(plain_item(before)["version"]) if before else 0
+    """1. An API-only app: ONAPPINSTALL to the app card's handler URL, journaled, applied, subscribed."""
+    events_url = f"{c.info.api_url}/events"
+    c.admin("POST", "/config", {"app_mode": "api_only", "install_url": events_url})
     c.reset_stats()
-    page = c.admin("POST", "/send-install", {"url": f"{c.info.api_url}/install", "kind": "page"})
-    check(page["status"] == 200, f"install page answered {page['status']}: {page['body'][:120]}")
-    check("installFinish" in page["body"], "the install page does not call BX24.installFinish()")
-    after_page = c.item()
-    event = c.admin("POST", "/send-install", {"url": f"{c.info.api_url}/events", "kind": "event"})
-    check(event["status"] == 200, f"ONAPPINSTALL answered {event['status']}: {event['body'][:120]}")
-    check(json.loads(event["body"]) == {"status": "success"}, f"ONAPPINSTALL answered {event['body'][:120]}")
+    before = c.raw_item()
+    answer = c.admin("POST", "/install", {"user_id": 1})
+    delivery = _delivery(answer, "ONAPPINSTALL")
+    check(delivery["status"] == 200, f"ONAPPINSTALL answered {delivery['status']}")
+    check(c.raw_item() == before, "the record changed before LifecycleFunction ran")
+    detail(
+        f"ONAPPINSTALL (user 1, an administrator) → {events_url}: {delivery['status']} accepted (journaled)"
+    )
+    handled = c.lifecycle()
     item = c.item()
     c.remember_tokens()
     stats = c.stats()
     check(item["health"] == "active", f"health is {item['health']}")
-    check(after_page["version"] > old_version, "the install page stored nothing")
-    check(item["version"] > after_page["version"], "ONAPPINSTALL stored nothing")
-    check(stats["oauth_app_info_requests"] >= 2, "the install tokens were not checked with app.info")
-    detail(f"install page: 200, BX24.installFinish() page; record version {after_page['version']}")
-    detail(f"ONAPPINSTALL: 200 {event['body'].strip()}; record version {item['version']}")
+    check(item.get("grant_role") == "admin", f"the grant's role is {item.get('grant_role')}")
+    check(item.get("subscription_state") == "bound", f"subscription is {item.get('subscription_state')}")
+    check(item.get("subscribed_events") == ["ONAPPUNINSTALL"], f"subscribed {item.get('subscribed_events')}")
+    check(_bindings(c) == [("ONAPPUNINSTALL", events_url)], f"the portal's bindings are {_bindings(c)}")
+    check(stats["oauth_app_info_requests"] >= 1, "the install tokens were not checked with app.info")
+    detail(
+        f"LifecycleFunction: {handled} jobs (grant: app.info + user.admin → stored; subscribe: event.get + "
+        f"event.bind); record v{item['version']}, role {item['grant_role']}"
+    )
+    detail(f"portal bindings: ONAPPUNINSTALL → {events_url}")
     return (
-        f"page 200 + event 200 → record v{item['version']} {item['health']}, "
-        f"{stats['oauth_app_info_requests']} app.info checks on the OAuth server"
+        f"ONAPPINSTALL 200 accepted → record v{item['version']} {item['health']} ({item['grant_role']}), "
+        f"ONAPPUNINSTALL bound with event.bind"
     )
 
 
 def _sign_in(c: StackClients, browser: requests.Session, detail: Detail) -> str:
-    """What the user's browser does: /authorize, the consent page, its form submitted; the cookie's name."""
+    """What the user's browser does: /authorize, the portal (a form only if it shows one); the cookie's name."""
     start = browser.get(
         f"{c.info.api_url}/authorize",
         params={"domain": c.portal_domain},
@@ -431,25 +465,24 @@ def _sign_in(c: StackClients, browser: requests.Session, detail: Detail) -> str:
     check("state" in query and "client_id" in query, "the consent URL lacks state or client_id")
     detail(f"/authorize: 302 to the portal's /oauth/authorize/; cookie {cookie_name} ({', '.join(flags)})")
 
-    consent = browser.get(location, timeout=_HTTP_TIMEOUT)
-    check(consent.status_code == 200, f"the consent page answered {consent.status_code}")
-    forms = html_forms(consent.text)
-    check(len(forms) == 1, f"the consent page has {len(forms)} forms")
-    form = forms[0]
-    check(form.method == "post" and form.buttons == 1, "the consent form is not one POST with one button")
-    # Submitting the form as a browser does: its fields to its action; redirects followed with cookies.
-    done = browser.post(urljoin(consent.url, form.action), data=form.fields, timeout=_HTTP_TIMEOUT)
+    done = browser.get(location, timeout=_HTTP_TIMEOUT)
+    forms = html_forms(done.text) if urlsplit(done.url).path.startswith("/oauth/authorize") else []
+    if forms:
+        # A portal that shows a consent form: submit its one form as a browser does.
+        check(len(forms) == 1, f"the consent page has {len(forms)} forms")
+        form = forms[0]
+        done = browser.post(urljoin(done.url, form.action), data=form.fields, timeout=_HTTP_TIMEOUT)
     hops = [f"{r.status_code} {urlsplit(r.url).path}" for r in done.history]
     callback = urlsplit(done.url)
     hops.append(f"{done.status_code} {callback.path}")
-    detail(f"consent: 1 form, {len(form.fields)} hidden fields, submitted: {' → '.join(hops)}")
+    detail(f"portal (logged-in user, {'a form' if forms else 'no form'}): {' → '.join(hops)}")
     check(callback.path == "/callback", f"ended at {callback.path}, not /callback")
     check(done.status_code == 200 and "Connected" in done.text, f"/callback answered {done.status_code}")
     return cookie_name
 
 
 def step_authorize(c: StackClients, detail: Detail) -> str:
-    """2. The full OAuth flow with a cookie jar: authorize, consent form, callback."""
+    """2. The full OAuth flow with a cookie jar: authorize, the portal's redirect, callback."""
     before = c.raw_item()
     old_version = int(plain_item(before)["version"]) if before else 0
     c.reset_stats()
@@ -463,14 +496,64 @@ def step_authorize(c: StackClients, detail: Detail) -> str:
     grants = stats["token_grants"]
     check(grants.get("authorization_code") == 1, f"token grants were {grants}")
     check(item["version"] > old_version and item["health"] == "active", "the grant was not stored")
+    check(item.get("grant_role") == "admin", f"the grant's role is {item.get('grant_role')}")
+    c.lifecycle()  # the new grant's subscription check
     return (
         f"/callback 200 'Connected', state cookie cleared, 1 code exchange, "
-        f"record v{item['version']} {item['health']}"
+        f"record v{item['version']} {item['health']} ({item['grant_role']})"
     )
 
 
+def step_takeover(c: StackClients, detail: Detail) -> str:
+    """3. User 2 (not an administrator) tries both ways an employee could take the grant over."""
+    before = c.raw_item()
+    with LoopbackBrowserSession() as browser:
+        start = browser.get(
+            f"{c.info.api_url}/authorize",
+            params={"domain": c.portal_domain},
+            allow_redirects=False,
+            timeout=_HTTP_TIMEOUT,
+        )
+        state = parse_qs(urlsplit(start.headers["Location"]).query)["state"][0]
+        # The employee approves on their own portal session (the emulator's admin API stands in for it).
+        location = c.admin("POST", "/authorize", {"state": state, "user_id": 2})["location"]
+        refused = browser.get(location, timeout=_HTTP_TIMEOUT)
+    reason = refused.headers.get("X-Reason-Code", "")
+    check(
+        refused.status_code == 403 and reason == "administrator_required",
+        f"/callback answered {refused.status_code} {reason}",
+    )
+    check(c.raw_item() == before, "the employee's authorization changed the record")
+    detail(f"user 2 via /authorize → /callback: {refused.status_code} {reason}; record unchanged")
+    # The employee's own pair (as the app frame shows it) in a forged ONAPPINSTALL, with a token of their choice.
+    pair = c.admin("POST", "/tokens/issue", {"user_id": 2})
+    c.known_tokens.update({pair["access_token"], pair["refresh_token"]})
+    forged = c.post_form(
+        "/events",
+        [
+            ("event", "ONAPPINSTALL"),
+            ("auth[access_token]", pair["access_token"]),
+            ("auth[refresh_token]", pair["refresh_token"]),
+            ("auth[expires_in]", "3600"),
+            ("auth[domain]", c.portal_domain),
+            ("auth[server_endpoint]", pair["server_endpoint"]),
+            ("auth[client_endpoint]", pair["client_endpoint"]),
+            ("auth[member_id]", c.member_id),
+            ("auth[user_id]", "2"),
+            ("auth[application_token]", secrets.token_hex(16)),
+        ],
+    )
+    check(forged.status_code == 200, f"the forged ONAPPINSTALL answered {forged.status_code}")
+    c.lifecycle()
+    check(c.raw_item() == before, "the forged ONAPPINSTALL changed the record")
+    detail(
+        "user 2's own pair + a chosen application_token as ONAPPINSTALL: 200 accepted → refused; record unchanged"
+    )
+    return "employee /authorize → 403 administrator_required; forged ONAPPINSTALL → refused; record unchanged"
+
+
 def step_at_rest(c: StackClients, detail: Detail) -> str:
-    """3. The raw item: attribute names, a truncated blob, no token anywhere; KMS context binds it."""
+    """4. The raw item: attribute names, a truncated blob, no token anywhere; KMS context binds it."""
     raw = require(c.raw_item(), "no record")
     names = " ".join(f"{name}({next(iter(raw[name]))})" for name in sorted(raw))
     detail(f"item attributes: {names}")
@@ -508,7 +591,7 @@ def step_at_rest(c: StackClients, detail: Detail) -> str:
 
 
 def step_read(c: StackClients, detail: Detail, page_limit: int, facts: dict[str, Any]) -> str:
-    """4. LeadsFunction through boto3, following the cursor to the end."""
+    """5. LeadsFunction through boto3, following the cursor to the end."""
     seeded = int(c.admin("GET", "/leads")["count"])
     c.reset_stats()
     began = time.monotonic()
@@ -541,7 +624,7 @@ def step_read(c: StackClients, detail: Detail, page_limit: int, facts: dict[str,
 
 
 def step_lazy_refresh(c: StackClients, detail: Detail, facts: dict[str, Any]) -> str:
-    """5. Expire the access token in the emulator; the next read refreshes once and answers."""
+    """6. Expire the access token in the emulator; the next read refreshes once and answers."""
     version = int(c.item()["version"])
     expired = c.admin("POST", "/tokens/expire", {"member_id": c.member_id})["expired"]
     check(expired >= 1, "the emulator expired no access token")
@@ -567,7 +650,7 @@ def step_lazy_refresh(c: StackClients, detail: Detail, facts: dict[str, Any]) ->
 
 
 def step_scheduled_refresh(c: StackClients, detail: Detail, facts: dict[str, Any]) -> str:
-    """6. Make the portal due, fire the schedule, let the worker drain the queue."""
+    """7. Make the portal due, fire the schedule, let the worker drain the queue."""
     days = c.refresh_after_days()
     item = c.item()
     version = int(item["version"])
@@ -614,19 +697,34 @@ def step_scheduled_refresh(c: StackClients, detail: Detail, facts: dict[str, Any
     )
 
 
+def _forget_uninstall_check(c: StackClients) -> None:
+    """Let the next unproven uninstall be checked at once (the connector allows one check a minute)."""
+    c.dynamodb.update_item(
+        TableName=c.portals_table,
+        Key={"member_id": {"S": c.member_id}},
+        UpdateExpression="REMOVE uninstall_check_at",
+    )
+
+
 def step_uninstall(c: StackClients, detail: Detail) -> str:
-    """7. A forged ONAPPUNINSTALL changes nothing; the genuine one leaves a tokenless tombstone."""
+    """8. A forged ONAPPUNINSTALL is checked with Bitrix24 and refused; the administrator's is applied."""
     url = f"{c.info.api_url}/events"
-    before = c.raw_item()
+    before = c.item()
     forged = c.admin("POST", "/send-uninstall", {"url": url, "application_token": secrets.token_hex(16)})
-    unchanged = c.raw_item() == before
-    check(forged["status"] == 403, f"the forged ONAPPUNINSTALL answered {forged['status']}")
-    check(unchanged, "the forged ONAPPUNINSTALL changed the record")
-    reason = forged["headers"].get("X-Reason-Code") or _reason_of(forged["body"])
-    detail(f"forged ONAPPUNINSTALL (random application_token): 403 {reason}; record unchanged")
-    version = int(plain_item(before or {}).get("version", 0))
-    genuine = c.admin("POST", "/send-uninstall", {"url": url})
-    check(genuine["status"] == 200, f"the genuine ONAPPUNINSTALL answered {genuine['status']}")
+    check(forged["status"] == 202, f"the forged ONAPPUNINSTALL answered {forged['status']}")
+    c.lifecycle()
+    after_forged = c.item()
+    after_forged.pop("uninstall_check_at", None)
+    check(after_forged == before, "the forged ONAPPUNINSTALL changed the record")
+    detail(
+        "forged ONAPPUNINSTALL (random application_token): 202 → app.info with the stored grant says installed → refused"
+    )
+    _forget_uninstall_check(c)
+    version = int(before["version"])
+    removed = c.admin("POST", "/uninstall", {"clean": False})
+    delivery = _delivery(removed, "ONAPPUNINSTALL")
+    check(delivery["handler"] == url, f"ONAPPUNINSTALL went to {delivery['handler']}")
+    check(delivery["status"] == 200, f"the genuine ONAPPUNINSTALL answered {delivery['status']}")
     after = c.item()
     check(after["health"] == "uninstalled", f"health is {after['health']}")
     check("token_ciphertext" not in after, "the token ciphertext is still stored")
@@ -635,10 +733,42 @@ def step_uninstall(c: StackClients, detail: Detail) -> str:
     answer = c.invoke_leads({"member_id": c.member_id, "limit": 1})
     code = (answer.get("error") or {}).get("code")
     check(code == "REAUTH_REQUIRED", f"a read after the uninstall answered {answer}")
-    detail(
-        f"genuine ONAPPUNINSTALL: 200; record v{after['version']} {after['health']}, attributes {sorted(after)}"
+    detail(f"administrator removes the app → ONAPPUNINSTALL through the binding → {url}: 200 (token matches)")
+    return f"forged → refused after a check, unchanged; genuine → 200 through the binding, {after['health']}; LeadsFunction → {code}"
+
+
+def step_legacy_ui(c: StackClients, detail: Detail) -> str:
+    """9. A UI app on a portal whose install page has no APPLICATION_TOKEN; its uninstall is confirmed."""
+    c.admin("POST", "/config", {"app_mode": "ui"})
+    c.admin("POST", "/install", {"user_id": 1})
+    page = c.admin("POST", "/send-install", {"url": f"{c.info.api_url}/install", "kind": "page"})
+    check(page["status"] == 200, f"install page answered {page['status']}: {page['body'][:120]}")
+    check("installFinish" in page["body"], "the install page does not call BX24.installFinish()")
+    check("APPLICATION_TOKEN" not in page["sent_fields"], "this portal sent the newer install page")
+    c.admin("POST", "/install-finish")
+    c.lifecycle()
+    item = c.item()
+    c.remember_tokens()
+    check(
+        item["health"] == "active" and item.get("subscription_state") == "bound",
+        f"record {item.get('health')} / {item.get('subscription_state')}",
     )
-    return f"forged → 403, unchanged; genuine → 200, {after['health']}, tokens gone; LeadsFunction → {code}"
+    check("application_token_hash" not in item, "an application token was stored from a legacy page")
+    detail(
+        f"legacy install page (fields {', '.join(page['sent_fields'][:3])}, …): 200; installFinish; ONAPPUNINSTALL bound"
+    )
+    removed = c.admin("POST", "/uninstall", {"clean": True})
+    delivery = _delivery(removed, "ONAPPUNINSTALL")
+    check(delivery["status"] == 202, f"ONAPPUNINSTALL answered {delivery['status']} (expected 202: unproven)")
+    check(c.item()["health"] == "active", "an unproven uninstall changed the record before the check")
+    c.lifecycle()
+    after = c.item()
+    check(after["health"] == "uninstalled", f"health is {after['health']}")
+    check("domain" not in after and "token_ciphertext" not in after, "CLEAN=1 left tenant data behind")
+    detail(
+        "ONAPPUNINSTALL CLEAN=1 → 202; LifecycleFunction: app.info with the stored grant → not installed → applied"
+    )
+    return f"page 200 + bound; uninstall 202 → confirmed with Bitrix24 → {after['health']}, cleaned ({len(after)} attributes left)"
 
 
 def _reason_of(body: str) -> str:
@@ -705,7 +835,7 @@ def run_demo(
     out: Callable[[str], None] | None = None,
     page_limit: int = DEFAULT_PAGE_LIMIT,
 ) -> DemoResult:
-    """Run the seven steps against a running stack; stops at the first step that does not hold."""
+    """Run every step against a running stack; stops at the first step that does not hold."""
     emit = out or (lambda line: None)
     clients = StackClients(stack)
     result = DemoResult()
@@ -713,11 +843,13 @@ def run_demo(
     steps: list[Callable[[Detail], str]] = [
         lambda d: step_install(clients, d),
         lambda d: step_authorize(clients, d),
+        lambda d: step_takeover(clients, d),
         lambda d: step_at_rest(clients, d),
         lambda d: step_read(clients, d, page_limit, facts),
         lambda d: step_lazy_refresh(clients, d, facts),
         lambda d: step_scheduled_refresh(clients, d, facts),
         lambda d: step_uninstall(clients, d),
+        lambda d: step_legacy_ui(clients, d),
     ]
     began = time.monotonic()
     try:

@@ -364,7 +364,7 @@ class LocalStack:
         handler = env["_HANDLER"]
         if not handler:
             raise TemplateError(f"{name}: no Handler")
-        return FunctionSpec(name, handler, code_dir, timeout, memory, env, arn)
+        return FunctionSpec(name, handler, code_dir, timeout, memory, env, arn, template=str(template.path))
 
     def _describe(self, template: Template, api_url: str, lambda_url: str, aws_url: str) -> StackInfo:
         emulator = self.emulator

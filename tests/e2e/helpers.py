@@ -82,9 +82,11 @@ def all_portal_items(stack: LocalStack) -> list[dict[str, Any]]:
 
 
 def install_app(stack: LocalStack) -> dict[str, Any]:
-    """Install the app as the portal does for an API-only app (ONAPPINSTALL); the stored item."""
+    """Install the app as the portal does for an API-only app (ONAPPINSTALL), applied from the journal."""
     answer = admin(stack, "POST", "/send-install", {"url": f"{stack.api_url}/events", "kind": "event"})
     assert answer["status"] == 200, answer["body"][:300]
+    drain = stack.drain_queues()  # LifecycleFunction, as the SQS event source would run it
+    assert drain.failed == 0, drain.as_dict()
     item = portal_item(stack)
     assert item is not None
     assert item["health"] == "active"

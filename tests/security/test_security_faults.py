@@ -236,6 +236,53 @@ def test_a_commit_that_keeps_failing_is_retried_then_rescued_and_applied(
     assert rig.emulator.stats()["token_requests"] == 1  # the rescued pair works: no second refresh
 
 
+def _make_due(rig: Rig, member_id: str) -> None:
+    """The portal's refresh token is 22 days old (written straight to the table)."""
+    past = int(time.time()) - 22 * 86_400
+    rig.stack.client("dynamodb").update_item(
+        TableName=rig.stack.portals_table,
+        Key={"member_id": {"S": member_id}},
+        UpdateExpression="SET refresh_obtained_at = :o, refresh_due_at = :d",
+        ExpressionAttributeValues={":o": {"N": str(past)}, ":d": {"N": str(past + 21 * 86_400)}},
+    )
+
+
+def test_a_scheduled_refresh_whose_commit_keeps_failing_is_rescued_and_a_replayed_rescue_is_stale(
+    rig: Rig,
+) -> None:
+    member_id = _installed(rig)
+    _make_due(rig, member_id)
+    before = rig.portal()
+    assert before is not None
+    version = int(before["version"]["N"])
+    # Given every commit of a refreshed pair fails at DynamoDB
+    client = _services.vault(get_settings()).portals.model._get_connection().connection.client
+    fault = inject(
+        client, "dynamodb.UpdateItem", InjectedFault(500, "com.amazonaws.dynamodb.v20120810#InternalServerError",
+                                                     body_contains=b"token_ciphertext"),
+    )  # fmt: skip
+    # When the refresh worker refreshes the due portal
+    body = json.dumps({"member_id": member_id, "version": version})
+    assert invoke("RefreshWorkerFunction", _sqs([body])) == {"batchItemFailures": []}
+    # Then Bitrix24 rotated the pair once and the new pair waits on the rescue queue as ciphertext
+    assert rig.emulator.stats()["token_requests"] == 1
+    assert fault.seen > 1
+    assert int(rig.portal()["version"]["N"]) == version  # type: ignore[index]
+    bodies = rig.queue_bodies(rig.stack.rescue_queue_url)
+    assert len(bodies) == 1
+    assert not any(token in bodies[0] for token in _emulator_tokens(rig))
+    # And TokenRescueFunction applies it once DynamoDB is back
+    fault.remaining = 0
+    cold_start()
+    assert rig.sqs("TokenRescueFunction", bodies) == {"batchItemFailures": []}
+    applied = rig.portal()
+    assert int(applied["version"]["N"]) == version + 1  # type: ignore[index]
+    # And the same message delivered again (SQS is at-least-once) is stale: dropped, nothing changes
+    cold_start()
+    assert rig.sqs("TokenRescueFunction", bodies) == {"batchItemFailures": []}
+    assert rig.portal() == applied
+
+
 # --- KMS unavailable -------------------------------------------------------------------------------
 
 

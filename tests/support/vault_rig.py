@@ -20,6 +20,7 @@ from b24connector.bitrix24.oauth import OAuthClient
 from b24connector.bitrix24.tokens import TokenSet
 from b24connector.settings import Settings, load_settings
 from b24connector.vault.cipher import TokenCipher
+from b24connector.vault.endpoints import EndpointGuard
 from b24connector.vault.models import aws_region, bind_portal_model
 from b24connector.vault.refresh import RefreshCoordinator, RefreshPolicy, TokenRefresher
 from b24connector.vault.rescue import SqsRescueQueue
@@ -90,7 +91,14 @@ class Rig:
         if self.refresher_wrapper is not None:
             refresher = self.refresher_wrapper(refresher)
         rescue = SqsRescueQueue(self.settings.rescue_queue_url)
-        coordinator = RefreshCoordinator(store, refresher, rescue, policy=policy or self.policy, **timing)
+        coordinator = RefreshCoordinator(
+            store,
+            refresher,
+            rescue,
+            endpoints=EndpointGuard.from_settings(self.settings),
+            policy=policy or self.policy,
+            **timing,
+        )
         return Worker(store, coordinator)
 
 

@@ -1,4 +1,9 @@
-"""PHP-style query encoding (`http_build_query`) for batch sub-commands: `filter[>ID]=5&select[0]=ID`."""
+"""PHP-style query encoding (`http_build_query`) for batch sub-commands: `filter[>ID]=5&select[0]=ID`.
+
+Like PHP's http_build_query, a `None` value is left out entirely (key and all; list indexes keep their
+numbers), so a sub-command means what the same parameters mean to a PHP client. Emitting `X=` instead
+would reach Bitrix24 as the empty string after `parse_str`, a different condition.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,14 @@ from urllib.parse import quote_plus
 
 
 def _scalar(value: object) -> str:
-    if value is None:
-        return ""
     if isinstance(value, bool):  # PHP renders true/false as 1/0
         return "1" if value else "0"
     return str(value)
 
 
 def _walk(value: object, key: str, out: list[str]) -> None:
+    if value is None:
+        return  # http_build_query skips nulls
     if isinstance(value, Mapping):
         for inner, item in value.items():
             _walk(item, f"{key}[{quote_plus(str(inner))}]", out)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from b24connector.bitrix24.errors import (
     AccessDenied,
+    AuthServerUnavailable,
     BadRequest,
     ExpiredToken,
     InvalidToken,
@@ -20,21 +22,29 @@ from b24connector.bitrix24.errors import (
     RestError,
     ServerError,
     TransientError,
+    UnknownAuthError,
     redact,
 )
 
-# Upper-cased codes; Bitrix24 mixes `expired_token` and `NO_AUTH_FOUND`.
+# Upper-cased codes; Bitrix24 mixes `expired_token` and `NO_AUTH_FOUND`. Every code, its status, class
+# and what a LeadsFunction caller gets is tabled in docs/bitrix24-errors.md; a unit test parses that
+# table and compares it with this map, so the two cannot drift apart.
 _CODES: dict[str, type[RestError]] = {
     "EXPIRED_TOKEN": ExpiredToken,
+    # Dead grant: the token, the app's installation or the grant's user is gone (adopt a newer stored
+    # pair once, else re-authorization).
     "INVALID_TOKEN": InvalidToken,
     "NO_AUTH_FOUND": InvalidToken,
     "ERROR_OAUTH": InvalidToken,
+    "APPLICATION_NOT_FOUND": InvalidToken,
     "AUTHORIZATION_ERROR": InvalidToken,
+    "USER_ACCESS_ERROR": InvalidToken,
+    # The portal's own token check with the OAuth server failed: transient, never a dead grant.
+    "CONNECTION_ERROR": AuthServerUnavailable,
     "METHOD_CONFIRM_WAITING": MethodConfirmWaiting,
     "INSUFFICIENT_SCOPE": AccessDenied,
     "ACCESS_DENIED": AccessDenied,
     "INVALID_CREDENTIALS": AccessDenied,
-    "USER_ACCESS_ERROR": AccessDenied,
     "ERROR_METHOD_NOT_FOUND": MethodNotFound,
     "INVALID_REQUEST": BadRequest,
     "ERROR_BATCH_LENGTH_EXCEEDED": BadRequest,
@@ -47,9 +57,16 @@ _CODES: dict[str, type[RestError]] = {
     "PORTAL_DELETED": PortalDeleted,
 }
 
+
+def known_codes() -> Mapping[str, type[RestError]]:
+    """Every error code classified by name (upper-cased) and its exception class; read-only."""
+    return MappingProxyType(_CODES)
+
+
 # What an unknown or empty code means, by HTTP status.
 _BY_STATUS: dict[int, type[RestError]] = {
-    401: InvalidToken,
+    # An unknown 401 is no evidence that the grant is dead (docs/bitrix24-errors.md, "Unknown codes").
+    401: UnknownAuthError,
     403: AccessDenied,
     404: MethodNotFound,
     400: BadRequest,

@@ -100,7 +100,15 @@ class ExpiredToken(RestError):
 
 
 class InvalidToken(RestError):
-    """401 token unknown/revoked/app not installed (`invalid_token`, `NO_AUTH_FOUND`, `ERROR_OAUTH`...)."""
+    """401 the grant is dead: token unknown/revoked, app not installed, user gone (docs/bitrix24-errors.md)."""
+
+
+class AuthServerUnavailable(TransientError, RestError):
+    """401 `CONNECTION_ERROR`: the portal could not check the token with the OAuth server; transient."""
+
+
+class UnknownAuthError(RestError):
+    """A 401 whose code is not in docs/bitrix24-errors.md: no evidence of a dead grant, so never taken as one."""
 
 
 class MethodConfirmWaiting(RestError):

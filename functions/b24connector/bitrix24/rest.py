@@ -1,9 +1,11 @@
 """Portal REST client: JSON POSTs with `auth` in the body, the error taxonomy, and the retry rules of 4.1-6.
 
-Retries are narrow on purpose: 503 QUERY_LIMIT_EXCEEDED gets bounded, fully jittered backoff; 429
+Retries are narrow on purpose: 503 QUERY_LIMIT_EXCEEDED and 401 CONNECTION_ERROR (the portal could not
+check our token with the OAuth server) get bounded, fully jittered backoff within the deadline; 429
 OPERATION_TIME_LIMIT waits for `operating_reset_at` only when that fits the caller's budget; 401
 expired_token renews the access token once; 401 invalid_token adopts a newer stored access token once (a
-refresh elsewhere revoked ours), never renews; a 302 portal rename is re-POSTed to an allowed new host.
+refresh elsewhere revoked ours), never renews; a 302 portal rename is re-POSTed to an allowed new host
+(its scheme and host only; the path stays ours).
 Nothing else is retried here (callers own that), and no body, URL query or token is ever logged.
 """
 
@@ -16,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
@@ -30,6 +32,7 @@ from b24connector.bitrix24.envelope import (
     reset_at_of,
 )
 from b24connector.bitrix24.errors import (
+    AuthServerUnavailable,
     Bitrix24Error,
     DeadlineExceeded,
     ExpiredToken,
@@ -38,6 +41,7 @@ from b24connector.bitrix24.errors import (
     PortalMoved,
     QueryLimitExceeded,
     TransientError,
+    UnknownAuthError,
     UnsafeEndpoint,
 )
 from b24connector.bitrix24.pacing import LocalTokenBucket, Pacer
@@ -209,6 +213,7 @@ class RestClient:
         pacer: Pacer | None = None,
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
         max_query_limit_retries: int = 4,
+        max_auth_check_retries: int = 2,
         backoff_base: float = 0.5,
         backoff_cap: float = 8.0,
         max_limit_wait: float = 60.0,
@@ -223,6 +228,7 @@ class RestClient:
         self.pacer: Pacer = pacer if pacer is not None else LocalTokenBucket()
         self._timeout = timeout
         self._max_query_limit_retries = max_query_limit_retries
+        self._max_auth_check_retries = max_auth_check_retries
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._max_limit_wait = max_limit_wait
@@ -343,6 +349,7 @@ class RestClient:
         renewed = False
         limit_waited = False
         query_limit_attempts = 0
+        auth_check_attempts = 0
         redirects = 0
         while True:
             token = portal.access_token
@@ -356,7 +363,7 @@ class RestClient:
             if error is None:
                 return data  # type: ignore[no-any-return]  # error_of vetted it as a success envelope
             if (
-                isinstance(error, ExpiredToken | InvalidToken)
+                isinstance(error, ExpiredToken | InvalidToken | UnknownAuthError)
                 and not renewed
                 and portal.access_token != token
             ):
@@ -368,7 +375,7 @@ class RestClient:
                 renewed = True
                 portal.renew_token(token)
                 continue
-            if isinstance(error, InvalidToken) and portal.can_reload and not renewed:
+            if isinstance(error, InvalidToken | UnknownAuthError) and portal.can_reload and not renewed:
                 # Another container's refresh revokes the token we cached (invalid_token, not
                 # expired_token): adopt the stored newer one and retry once. Never refresh here: a
                 # truly revoked grant must end as it is, without spending the refresh token.
@@ -376,8 +383,14 @@ class RestClient:
                 if portal.reload_token(token):
                     continue
             if isinstance(error, QueryLimitExceeded):
-                self._back_off(portal, error, query_limit_attempts)
+                self._back_off(portal, error, query_limit_attempts, self._max_query_limit_retries)
                 query_limit_attempts += 1
+                continue
+            if isinstance(error, AuthServerUnavailable):
+                # Bitrix24's own check with the OAuth server failed (docs/bitrix24-errors.md): the
+                # grant is fine, a moment later the check usually passes.
+                self._back_off(portal, error, auth_check_attempts, self._max_auth_check_retries)
+                auth_check_attempts += 1
                 continue
             if isinstance(error, OperationTimeLimit):
                 if limit_waited:
@@ -389,8 +402,8 @@ class RestClient:
                 continue
             raise error
 
-    def _back_off(self, portal: PortalContext, error: QueryLimitExceeded, attempt: int) -> None:
-        if attempt >= self._max_query_limit_retries:
+    def _back_off(self, portal: PortalContext, error: TransientError, attempt: int, max_retries: int) -> None:
+        if attempt >= max_retries:
             raise error
         # Full jitter (AWS architecture blog): spreads competing clients across the whole window.
         delay = self._rand() * min(self._backoff_cap, self._backoff_base * (2**attempt))
@@ -422,6 +435,10 @@ class RestClient:
             raise TransientError("TIMEOUT", "the portal did not answer in time") from None
         except requests.RequestException:
             raise TransientError("CONNECTION_ERROR", "the portal could not be reached") from None
+        except ValueError:
+            # requests parses a redirect's Location even with allow_redirects=False, and a malformed one
+            # (an unbalanced IPv6 bracket) raises ValueError there: a redirect we cannot follow.
+            raise PortalMoved("PORTAL_MOVED", "redirect to a malformed address", http_status=302) from None
         if response.status_code in _REDIRECTS:
             return response.status_code, None, response.headers.get("Location")
         return response.status_code, decode_json(response), None
@@ -431,11 +448,15 @@ class RestClient:
             raise PortalMoved("PORTAL_MOVED", "too many portal redirects", http_status=302)
         if not location:
             raise PortalMoved("PORTAL_MOVED", "redirect without a Location", http_status=302)
-        target = urljoin(portal.client_endpoint, location)
-        scheme, _, rest = target.partition("://")
-        authority, _, path = rest.partition("/")
-        origin = f"{scheme}://{authority}"
-        if not path.startswith("rest/"):
+        # Only scheme and host count, as in the official SDKs (b24phpsdk Core, b24pysdk's 302 handling):
+        # the request goes to our own /rest/<method> path on the new host, whatever path Location names.
+        try:
+            target = urlsplit(urljoin(portal.client_endpoint, location))
+        except ValueError:  # e.g. an unbalanced IPv6 bracket
+            raise PortalMoved("PORTAL_MOVED", "redirect to a malformed address", http_status=302) from None
+        origin = f"{target.scheme}://{target.netloc}"
+        if target.netloc.lower() == portal.host and not target.path.startswith("/rest/"):
+            # Same host, another page (a login form, say): not a rename, and re-sending would loop.
             raise PortalMoved(
                 "PORTAL_MOVED", "redirect outside the REST API", http_status=302, location=origin
             )

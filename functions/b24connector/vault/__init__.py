@@ -7,6 +7,7 @@ from functools import cache
 
 from b24connector.settings import Settings, get_settings
 from b24connector.vault.cipher import TokenCipher
+from b24connector.vault.endpoints import EndpointGuard
 from b24connector.vault.errors import (
     GrantRefused,
     NotEnoughTime,
@@ -103,7 +104,13 @@ class Vault:
 
     def coordinator(self, refresher: TokenRefresher) -> RefreshCoordinator:
         """A refresh coordinator over this vault that calls `refresher` (the OAuth client)."""
-        return RefreshCoordinator(self.portals, refresher, self.rescue_queue, policy=self.policy)
+        return RefreshCoordinator(
+            self.portals,
+            refresher,
+            self.rescue_queue,
+            endpoints=EndpointGuard.from_settings(self.settings),
+            policy=self.policy,
+        )
 
 
 @cache

@@ -27,7 +27,8 @@ from b24connector.bitrix24.tokens import TokenSet
 from b24connector.credentials import SecretUnavailable
 from b24connector.observability import count, logger
 from b24connector.settings import Settings
-from b24connector.vault.cipher import SealedTokens
+from b24connector.vault.cipher import SealedTokens, TokenMetadata
+from b24connector.vault.endpoints import EndpointChange, EndpointGuard
 from b24connector.vault.errors import (
     NotEnoughTime,
     PortalNotFound,
@@ -174,6 +175,7 @@ class RefreshCoordinator:
         refresher: TokenRefresher,
         rescue: RescueSink,
         *,
+        endpoints: EndpointGuard,
         policy: RefreshPolicy | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
@@ -182,6 +184,7 @@ class RefreshCoordinator:
         self.store = store
         self.refresher = refresher
         self.rescue = rescue
+        self.endpoints = endpoints
         self.policy = policy or RefreshPolicy()
         self._clock = clock
         self._sleep = sleep
@@ -394,9 +397,20 @@ class RefreshCoordinator:
         message = RescueMessage.parse(body)
         # Decrypting proves the pair belongs to this tenant before it can replace anything.
         tokens = self.store.cipher.open(message.sealed)
-        committed = self.store.commit_refresh(message.member_id, message.base_version, message.sealed)
+        current = self.store.get(message.member_id, consistent=True)
+        committed: Portal | None = None
+        change = EndpointChange()
+        if current is not None and current.version == message.base_version:
+            # The queued endpoints are judged again: the message may predate this guard.
+            meta = message.sealed.metadata
+            change = self._judge_endpoints(current, meta.client_endpoint, meta.server_endpoint)
+            sealed = replace(message.sealed, metadata=_judged(meta, change))
+            committed = self.store.commit_refresh(
+                message.member_id, message.base_version, sealed, domain=change.domain
+            )
         if committed is None:
-            current = self.store.get(message.member_id, consistent=True)
+            if current is not None and current.version == message.base_version:
+                current = self.store.get(message.member_id, consistent=True)
             _record(
                 RescueOutcome.STALE,
                 message.member_id,
@@ -404,7 +418,8 @@ class RefreshCoordinator:
                 current_version=current.version if current else None,
             )
             return RescueOutcome.STALE
-        self.store.cipher.remember(message.member_id, committed.version, tokens)
+        self.store.cipher.remember(message.member_id, committed.version, _as_stored(tokens, committed))
+        self._report_endpoints(message.member_id, change, path="rescue")
         _record(RescueOutcome.APPLIED, message.member_id, committed.version)
         return RescueOutcome.APPLIED
 
@@ -457,8 +472,13 @@ class RefreshCoordinator:
         self, portal: Portal, new: TokenSet, *, path: str, remaining_ms: RemainingMs | None
     ) -> tuple[RefreshOutcome, TokenSet]:
         member_id, version = portal.member_id, portal.version
+        change = self._judge_endpoints(portal, new.client_endpoint, new.server_endpoint)
+        # Only judged endpoints travel on (sealed for the commit or the rescue queue); "" keeps the stored.
+        judged = replace(
+            new, client_endpoint=change.client_endpoint or "", server_endpoint=change.server_endpoint or ""
+        )
         try:
-            sealed = self._with_retries(lambda: self.store.cipher.seal(new), remaining_ms)
+            sealed = self._with_retries(lambda: self.store.cipher.seal(judged), remaining_ms)
         except VaultUnavailable:
             # Without ciphertext the pair can go nowhere (plaintext never leaves memory): flag the portal,
             # and count it as every needs_reauth path does (NeedsReauthAlarm watches that metric).
@@ -468,14 +488,17 @@ class RefreshCoordinator:
             raise TokenRescueFailed(f"refreshed pair of portal {member_id} could not be encrypted") from None
         try:
             committed = self._with_retries(
-                lambda: self.store.commit_refresh(member_id, version, sealed), remaining_ms
+                lambda: self.store.commit_refresh(member_id, version, sealed, domain=change.domain),
+                remaining_ms,
             )
         except VaultUnavailable as exc:
             return self._rescue(portal, new, sealed, str(exc), path=path)
         if committed is not None:
-            self.store.cipher.remember(member_id, committed.version, new)
+            stored = _as_stored(new, committed)
+            self.store.cipher.remember(member_id, committed.version, stored)
+            self._report_endpoints(member_id, change, path=path)
             _record(RefreshOutcome.REFRESHED, member_id, committed.version, path=path)
-            return RefreshOutcome.REFRESHED, new
+            return RefreshOutcome.REFRESHED, stored
         # The version moved while we refreshed (a new grant, or a commit after our lease expired):
         # the stored chain wins and ours is abandoned.
         try:
@@ -562,6 +585,56 @@ class RefreshCoordinator:
         _record(RefreshOutcome.ADOPTED, portal.member_id, current.version, path=path, reason=reason)
         return RefreshOutcome.ADOPTED, tokens
 
+    # --- endpoints of a refresh answer -------------------------------------------------------------
+
+    def _judge_endpoints(self, portal: Portal, client_endpoint: str, server_endpoint: str) -> EndpointChange:
+        """What of the answer's endpoints may be stored for `portal` (see vault.endpoints)."""
+        change = self.endpoints.judge(portal.domain, client_endpoint, server_endpoint)
+        if not change.moved or change.domain is None:
+            return change
+        try:
+            holder = self.store.get_by_domain(change.domain)
+        except VaultUnavailable:
+            # The tokens matter more than the move: keep the old address; a REST call meeting the 302
+            # (or the next refresh) moves the portal later.
+            return change.refuse_move("lookup_failed")
+        if holder is not None and holder.member_id != portal.member_id and holder.is_active:
+            # A portal must not take over another tenant's domain lookups (as for a followed 302).
+            return change.refuse_move("domain_taken")
+        return change
+
+    @staticmethod
+    def _report_endpoints(member_id: str, change: EndpointChange, *, path: str) -> None:
+        """Log and count what a committed refresh did to the portal's address (never a token)."""
+        if change.moved:
+            logger.info(
+                "portal renamed",
+                extra={
+                    "member_id": member_id,
+                    "domain": change.domain,
+                    "previous_domain": change.moved_from,
+                    "path": path,
+                },
+            )
+            count("PortalMoved")
+        if change.refused is not None:
+            logger.warning(
+                "portal rename refused",
+                extra={
+                    "member_id": member_id,
+                    "reason": change.refused,
+                    "refused_domain": change.refused_host,
+                    "path": path,
+                },
+            )
+            count("PortalMoveRefused")
+        if change.server_refused:
+            logger.warning(
+                "OAuth server endpoint refused: not in OAUTH_SERVERS",
+                extra={"member_id": member_id, "path": path},
+            )
+            count("ServerEndpointRefused")
+
     # --- helpers -----------------------------------------------------------------------------------
 
     def _budget_short(self, remaining_ms: RemainingMs | None) -> int | None:
@@ -605,6 +678,22 @@ class RefreshCoordinator:
             self.store.mark_needs_reauth(member_id, version)
         except VaultUnavailable:
             logger.error("portal could not be flagged needs_reauth", extra={"member_id": member_id})
+
+
+def _judged(meta: TokenMetadata, change: EndpointChange) -> TokenMetadata:
+    """`meta` with only the endpoints `change` allows; "" keeps the stored ones."""
+    return replace(
+        meta, client_endpoint=change.client_endpoint or "", server_endpoint=change.server_endpoint or ""
+    )
+
+
+def _as_stored(tokens: TokenSet, portal: Portal) -> TokenSet:
+    """`tokens` with the endpoints the committed record holds (what a later read of it would give)."""
+    return replace(
+        tokens,
+        client_endpoint=portal.client_endpoint or "",
+        server_endpoint=portal.server_endpoint or "",
+    )
 
 
 class _NothingToAdopt(Exception):

@@ -312,8 +312,13 @@ class PortalStore:
                 scope=tokens.scope or None,
                 status=tokens.status or None,
                 user_id=tokens.user_id,
+                # A reinstall gets a new application token: an uninstalled record's verifier is stale.
                 application_token_hash=new_verifier
-                or (_application_token_hash(existing) if existing is not None else None),
+                or (
+                    _application_token_hash(existing)
+                    if existing is not None and existing.health != HEALTH_UNINSTALLED
+                    else None
+                ),
                 token_ciphertext=sealed.ciphertext,
                 access_expires_at=int(tokens.expires_at),
                 refresh_obtained_at=obtained,
@@ -606,15 +611,24 @@ class PortalStore:
             raise _unavailable("UpdateItem", exc) from None
         return True
 
-    def commit_refresh(self, member_id: str, expected_version: int, sealed: SealedTokens) -> Portal | None:
+    def commit_refresh(
+        self, member_id: str, expected_version: int, sealed: SealedTokens, *, domain: str | None = None
+    ) -> Portal | None:
         """Compare-and-set a refreshed pair on `expected_version`: version +1, lease cleared, new due time.
+
+        The metadata's endpoints must already be judged (vault.endpoints.EndpointGuard); an empty one
+        keeps the stored value. `client_endpoint` is written only together with `domain`, its host, in
+        this one conditional write (a portal move: DomainIndex follows): the REST client refuses an
+        endpoint that is not on the stored domain, so the two never change apart.
 
         Returns the new record, or None when the version moved (someone else's chain is stored).
         """
         if sealed.member_id != member_id:
             raise ValueError("sealed tokens belong to another portal")
-        m = self.model
         meta = sealed.metadata
+        if domain is not None and not meta.client_endpoint:
+            raise ValueError("a domain is stored only together with its client_endpoint")
+        m = self.model
         now = int(self._clock())
         obtained = meta.obtained_at or now
         actions: list[Any] = [
@@ -629,9 +643,10 @@ class PortalStore:
             m.lease_owner.remove(),
             m.lease_expires_at.remove(),
         ]
+        if domain is not None:
+            actions += [m.domain.set(domain.strip().lower()), m.client_endpoint.set(meta.client_endpoint)]
         # The token response repeats the portal facts; keep stored values where it left them out.
         for attr, value in (
-            (m.client_endpoint, meta.client_endpoint),
             (m.server_endpoint, meta.server_endpoint),
             (m.scope, meta.scope),
             (m.status, meta.status),

@@ -721,3 +721,66 @@ def test_a_page_can_end_mid_window_and_continue(connector: Connector, emulator: 
     ids = [int(lead["ID"]) for lead in first["leads"] + second["leads"]]
     assert ids == sorted(emulator.state.leads.ids())
     assert second["next_cursor"] is None
+
+
+def test_onappuserready_makes_the_system_user_the_grant_over_an_employees(
+    connector: Connector, emulator: Emulator
+) -> None:
+    # Given a portal an employee connected first (nobody held it)
+    assert connector.connect(user_id=2).status_code == 200
+    connector.drain_lifecycle()
+    item = connector.portal_item()
+    assert item is not None
+    assert (item["grant_role"]["S"], item["user_id"]["N"]) == ("user", "2")
+    # When the Market app is installed by an administrator: ONAPPINSTALL, then ONAPPUSERREADY on the install URL
+    emulator.configure(app_mode="api_only", market_app=True, install_url=connector.install_url())
+    installed = emulator.install(user_id=1)
+    assert [d["status"] for d in installed["deliveries"]] == [200, 200]
+    assert [d["event"] for d in installed["deliveries"]] == ["ONAPPINSTALL", "ONAPPUSERREADY"]
+    connector.drain_lifecycle()
+    # Then the system user's long-lived pair is the portal's grant, with the application token
+    item = connector.portal_item()
+    assert item is not None
+    system_user = str(emulator.config.system_user_id)
+    assert (item["grant_role"]["S"], item["user_id"]["N"], item["health"]["S"]) == (
+        "system",
+        system_user,
+        "active",
+    )
+    assert "application_token_hash" in item
+    # And LeadsFunction reads as the system user from now on
+    emulator.reset()
+    assert connector.leads(member_id=emulator.member_id, limit=2)["count"] == 2
+    assert set(emulator.stats()["requests_by_user"]) == {system_user}
+    # And an administrator's later /authorize does not displace it
+    assert connector.connect().status_code == 403
+    assert connector.portal_item()["grant_role"]["S"] == "system"  # type: ignore[index]
+
+
+def test_an_uninstall_check_that_renews_the_stored_grant_rescues_a_pair_whose_commit_fails(
+    connector: Connector, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an installed portal whose stored access token has expired (the usual case: they live an hour)
+    connector.install_event()
+    emulator.expire_access_tokens()
+    before = connector.portal_item()
+    assert before is not None
+    # And DynamoDB refusing the commit of the renewed pair
+    from b24connector.vault.errors import VaultUnavailable
+    from b24connector.vault.store import PortalStore
+
+    def commit_fails(*_: Any, **__: Any) -> Any:
+        raise VaultUnavailable("DynamoDB UpdateItem failed (ProvisionedThroughputExceededException)")
+
+    monkeypatch.setattr(PortalStore, "commit_refresh", commit_fails)
+    # When an unproven uninstall is checked with Bitrix24 through the stored grant
+    assert emulator.send_uninstall(connector.events_url(), application_token="0" * 32)["status"] == 202
+    connector.drain_lifecycle(rounds=1)
+    # Then the renewed pair went to the rescue queue (the old refresh token is spent), and the uninstall
+    # was refused: app.info with the renewed token says the app is installed
+    rescued = connector.stack.client("sqs").receive_message(QueueUrl=connector.stack.rescue_queue_url)
+    assert len(rescued.get("Messages", [])) == 1
+    assert emulator.stats()["token_grants"] == {"refresh_token": 1}
+    item = connector.portal_item()
+    assert item is not None
+    assert item["health"]["S"] == "active"

@@ -15,6 +15,7 @@ from b24connector.vault.errors import VaultUnavailable
 from b24connector.vault.store import PortalStore
 from bitrix24_emulator import Emulator
 from tests.integration.handlers.conftest import AwsCalls, Connector
+from tests.support.emf import emf_counts
 
 CHAIN_ATTRIBUTES = (
     "version",
@@ -146,3 +147,150 @@ def test_a_rename_that_cannot_be_stored_still_serves_the_read(
     item = connector.portal_item()
     assert item is not None
     assert item["domain"]["S"] == new_domain
+
+
+# --- the scheduled refresh sees the rename first (issue 10, point 6) ----------------------------------
+
+
+def _age_portal(connector: Connector, *, days: int) -> None:
+    """Move the portal's refresh clock back so the next sweep finds it due."""
+    item = connector.portal_item()
+    assert item is not None
+    past = int(float(item["refresh_obtained_at"]["N"])) - days * 86_400
+    connector.stack.client("dynamodb").update_item(
+        TableName=connector.stack.portals_table,
+        Key={"member_id": item["member_id"]},
+        UpdateExpression="SET #o = :o, #d = :d REMOVE #a",
+        ExpressionAttributeNames={
+            "#o": "refresh_obtained_at",
+            "#d": "refresh_due_at",
+            "#a": "last_refresh_attempt_at",
+        },
+        ExpressionAttributeValues={":o": {"N": str(past)}, ":d": {"N": str(past + 21 * 86_400)}},
+    )
+
+
+def _scheduled_refresh(connector: Connector, capsys: pytest.CaptureFixture[str]) -> dict[str, float]:
+    """Sweep, then run every queued message through the worker; the metrics they emitted."""
+    capsys.readouterr()
+    report = connector.sweep()
+    assert (report["due"], report["queued"]) == (1, 1), report
+    sqs = connector.stack.client("sqs")
+    messages = sqs.receive_message(QueueUrl=connector.stack.refresh_queue_url, MaxNumberOfMessages=10)[
+        "Messages"
+    ]
+    event = {
+        "Records": [
+            {
+                "messageId": m["MessageId"],
+                "receiptHandle": m["ReceiptHandle"],
+                "body": m["Body"],
+                "attributes": {"ApproximateReceiveCount": "1"},
+                "messageAttributes": {},
+                "md5OfBody": m["MD5OfBody"],
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:eu-central-1:123456789012:refresh",
+                "awsRegion": "eu-central-1",
+            }
+            for m in messages
+        ]
+    }
+    assert connector.invoke("RefreshWorkerFunction", event) == {"batchItemFailures": []}
+    return emf_counts(capsys.readouterr().out)
+
+
+def test_a_rename_seen_first_by_the_scheduled_refresh_moves_the_portal_and_reads_reach_the_new_host(
+    connector: Connector,
+    emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given an installed portal renamed while idle, both addresses allowed
+    before = _install(connector, emulator)
+    old_domain = emulator.portal_domain
+    new_domain = emulator.rename_portal()["portal_domain"]
+    _allow(monkeypatch, old_domain, new_domain)
+    _age_portal(connector, days=22)
+    emulator.reset()
+    # When the scheduled refresh runs (sweep + worker) before any read met the 302
+    metrics = _scheduled_refresh(connector, capsys)
+    # Then the new pair is stored and domain and endpoint moved together, counted once
+    assert emulator.stats()["token_requests"] == 1
+    item = connector.portal_item()
+    assert item is not None
+    assert int(item["version"]["N"]) == int(before["version"]["N"]) + 1
+    assert item["domain"]["S"] == new_domain
+    assert item["client_endpoint"]["S"] == f"http://{new_domain}/rest/"
+    assert metrics.get("PortalMoved") == 1
+    assert "PortalMoveRefused" not in metrics
+    # the OAuth server's own server_endpoint is on the allow-list and stays stored
+    assert "ServerEndpointRefused" not in metrics
+    assert item["server_endpoint"] == before["server_endpoint"]
+    # And LeadsFunction reads work and go straight to the new host (the old one would answer 302)
+    emulator.reset()
+    page = connector.leads(member_id=emulator.member_id, select=["ID"], limit=120)
+    assert _lead_ids(page) == sorted(emulator.state.leads.ids())[:120]
+    assert emulator.stats()["http_302"] == 0
+    assert emulator.stats()["requests"] >= 1
+    # And the new domain finds the portal; the old one no longer does
+    assert len(_lead_ids(connector.leads(domain=new_domain, select=["ID"], limit=5))) == 5
+    assert connector.leads(domain=old_domain, limit=5)["error"]["code"] == "PORTAL_NOT_FOUND"
+
+
+def test_a_refresh_naming_a_host_the_policy_refuses_keeps_the_old_address_and_the_302_still_decides(
+    connector: Connector,
+    emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given a portal renamed to an address the allow-list does not name (yet)
+    before = _install(connector, emulator)
+    old_domain = emulator.portal_domain
+    new_domain = emulator.rename_portal()["portal_domain"]
+    _age_portal(connector, days=22)
+    # When the scheduled refresh's answer names the new host
+    metrics = _scheduled_refresh(connector, capsys)
+    # Then the pair is stored, but the address is not: the refused host never reaches the record
+    item = connector.portal_item()
+    assert item is not None
+    assert int(item["version"]["N"]) == int(before["version"]["N"]) + 1
+    assert item["domain"]["S"] == old_domain
+    assert item["client_endpoint"] == before["client_endpoint"]
+    assert metrics.get("PortalMoveRefused") == 1
+    assert "PortalMoved" not in metrics
+    # And once the operator allows the new host, the next read follows the 302 and moves the portal
+    _allow(monkeypatch, old_domain, new_domain)
+    emulator.reset()
+    page = connector.leads(member_id=emulator.member_id, select=["ID"], limit=5)
+    assert len(_lead_ids(page)) == 5
+    assert emulator.stats()["http_302"] == 1
+    moved = connector.portal_item()
+    assert moved is not None
+    assert moved["domain"]["S"] == new_domain
+    assert moved["client_endpoint"]["S"] == f"http://{new_domain}/rest/"
+
+
+def test_a_302_followed_before_the_refresh_keeps_working_after_it(
+    connector: Connector,
+    emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given a rename a read already followed (302 first)
+    _install(connector, emulator)
+    old_domain = emulator.portal_domain
+    new_domain = emulator.rename_portal()["portal_domain"]
+    _allow(monkeypatch, old_domain, new_domain)
+    assert len(_lead_ids(connector.leads(member_id=emulator.member_id, select=["ID"], limit=5))) == 5
+    # When the scheduled refresh runs afterwards
+    _age_portal(connector, days=22)
+    metrics = _scheduled_refresh(connector, capsys)
+    # Then nothing moves again and reads still go straight to the new host
+    item = connector.portal_item()
+    assert item is not None
+    assert item["domain"]["S"] == new_domain
+    assert item["client_endpoint"]["S"] == f"http://{new_domain}/rest/"
+    assert "PortalMoved" not in metrics
+    emulator.reset()
+    assert len(_lead_ids(connector.leads(member_id=emulator.member_id, select=["ID"], limit=5))) == 5
+    assert emulator.stats()["http_302"] == 0

@@ -10,6 +10,7 @@ import requests
 from b24connector.bitrix24.envelope import error_of, make_error, parse_batch, parse_response, reset_at_of
 from b24connector.bitrix24.errors import (
     AccessDenied,
+    AuthServerUnavailable,
     BadRequest,
     ExpiredToken,
     InvalidToken,
@@ -22,6 +23,7 @@ from b24connector.bitrix24.errors import (
     RestError,
     ServerError,
     TransientError,
+    UnknownAuthError,
 )
 from b24connector.bitrix24.transport import decode_json
 
@@ -37,11 +39,17 @@ TAXONOMY: list[tuple[int, dict[str, Any], type[Exception]]] = [
     (401, envelope("NO_AUTH_FOUND", "Wrong authorization data"), InvalidToken),
     (401, envelope("ERROR_OAUTH", "Application not installed"), InvalidToken),
     (401, envelope("authorization_error", "Unable to authorize user"), InvalidToken),
+    (401, envelope("APPLICATION_NOT_FOUND", "Application not found"), InvalidToken),
+    (401, envelope("user_access_error", "The user does not have access to the application."), InvalidToken),
+    (401, envelope("CONNECTION_ERROR", "Error connecting to authorization server"), AuthServerUnavailable),
+    (401, envelope("insufficient_scope"), AccessDenied),
+    (401, envelope("ACCESS_DENIED", "REST is available only on commercial plans."), AccessDenied),
     (401, envelope("METHOD_CONFIRM_WAITING", "Waiting for confirmation"), MethodConfirmWaiting),
     (403, envelope("insufficient_scope"), AccessDenied),
     (403, envelope("ACCESS_DENIED", "REST API is available only on commercial plans"), AccessDenied),
     (403, envelope("INVALID_CREDENTIALS"), AccessDenied),
-    (403, envelope("user_access_error"), AccessDenied),
+    (403, envelope("user_access_error"), InvalidToken),
+    (403, envelope("PORTAL_DELETED", "Portal was deleted"), PortalDeleted),
     (404, envelope("ERROR_METHOD_NOT_FOUND", "Method not found!"), MethodNotFound),
     (400, envelope("INVALID_REQUEST", "Https required."), BadRequest),
     (400, envelope("ERROR_BATCH_LENGTH_EXCEEDED", "Max batch length exceeded"), BadRequest),
@@ -66,7 +74,7 @@ TAXONOMY: list[tuple[int, dict[str, Any], type[Exception]]] = [
     (404, {"error": {"code": "ERROR_METHOD_NOT_FOUND", "message": "Method not found"}}, MethodNotFound),
     (400, {"error": {"code": "", "message": "Validation failed"}}, BadRequest),
     # Unknown codes fall back on the status.
-    (401, envelope("SOMETHING_NEW"), InvalidToken),
+    (401, envelope("SOMETHING_NEW"), UnknownAuthError),
     (400, envelope("ERROR_CORE", "Not found"), BadRequest),
     (502, envelope("BAD_GATEWAY"), ServerError),
     (200, envelope("ERROR_SOMETHING"), RestError),
@@ -104,7 +112,7 @@ def test_long_descriptions_are_capped() -> None:
         (503, "<html>Service Unavailable</html>", ServerError, True),
         (504, None, ServerError, True),
         (429, "<html>Too Many</html>", OperationTimeLimit, False),
-        (401, "<html>login</html>", InvalidToken, False),
+        (401, "<html>login</html>", UnknownAuthError, False),
         (403, "<html>Forbidden</html>", AccessDenied, False),
         (200, "<html>maintenance</html>", TransientError, True),
         (404, "<html>Not found</html>", TransientError, True),

@@ -15,7 +15,12 @@ from tests.unit.bitrix24.fakes import php_parse
         ({"filter": {">ID": 0}}, "filter[%3EID]=0"),
         ({"select": ["ID", "TITLE"]}, "select[0]=ID&select[1]=TITLE"),
         ({"fields": {"TITLE": "John&Martin"}}, "fields[TITLE]=John%26Martin"),
-        ({"flag": True, "off": False, "none": None}, "flag=1&off=0&none="),
+        ({"flag": True, "off": False}, "flag=1&off=0"),
+        # http_build_query skips nulls: the key goes, list indexes keep their numbers
+        ({"none": None}, ""),
+        ({"filter": {"STATUS_ID": None, ">ID": 5}}, "filter[%3EID]=5"),
+        ({"x": [1, None, 2]}, "x[0]=1&x[2]=2"),
+        ({"a": {"b": None}, "c": 1}, "c=1"),
         ({"a": {"b": {"c": [1, 2]}}}, "a[b][c][0]=1&a[b][c][1]=2"),
         ({"q": "a b+c=d"}, "q=a+b%2Bc%3Dd"),
         ({"ref": "$result[c0][49][ID]"}, "ref=%24result%5Bc0%5D%5B49%5D%5BID%5D"),

@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from b24connector.bitrix24.errors import (
+    AuthServerUnavailable,
     DeadlineExceeded,
     ExpiredToken,
     InvalidToken,
@@ -18,6 +19,7 @@ from b24connector.bitrix24.errors import (
     QueryLimitExceeded,
     ServerError,
     TransientError,
+    UnknownAuthError,
     UnsafeEndpoint,
 )
 from b24connector.bitrix24.pacing import NoPacing
@@ -212,6 +214,58 @@ def test_query_limit_backoff_respects_the_deadline(fake_time: FakeTime) -> None:
     assert fake_time.mono <= portal.deadline  # type: ignore[operator]
 
 
+# --- 401 CONNECTION_ERROR: the portal's own token check failed; transient (docs/bitrix24-errors.md) ----
+
+AUTH_CHECK_FAILED = Reply(
+    401, {"error": "CONNECTION_ERROR", "error_description": "Error connecting to authorization server"}
+)
+
+
+def test_connection_error_is_retried_with_jitter_then_raised_as_transient(fake_time: FakeTime) -> None:
+    renewals: list[str] = []
+    reloads: list[str] = []
+    transport = FakeTransport().queue(*[AUTH_CHECK_FAILED] * 5)
+    portal = make_portal(renew=_recording(renewals, FRESH_TOKEN), reload=_recording(reloads, None))
+    client = make_client(transport, fake_time, rand=lambda: 0.5, backoff_base=0.5)
+    with pytest.raises(AuthServerUnavailable) as caught:
+        client.call(portal, "crm.lead.list")
+    assert caught.value.retryable
+    assert len(transport.sent) == 3  # first try + 2 retries
+    assert fake_time.sleeps == [0.25, 0.5]  # full jitter: uniform(0, base * 2**attempt)
+    # The grant is not suspected: no renewal, no reload of the stored token
+    assert renewals == []
+    assert reloads == []
+
+
+def test_connection_error_recovers_on_a_retry(fake_time: FakeTime) -> None:
+    transport = FakeTransport().queue(AUTH_CHECK_FAILED, OK)
+    response = make_client(transport, fake_time, rand=lambda: 1.0).call(make_portal(), "crm.lead.list")
+    assert response.result == [{"ID": "1"}]
+    assert [sent.json()["auth"] for sent in transport.sent] == [ACCESS_TOKEN, ACCESS_TOKEN]
+
+
+def test_connection_error_retries_stay_inside_the_deadline(fake_time: FakeTime) -> None:
+    transport = FakeTransport().queue(*[AUTH_CHECK_FAILED] * 5)
+    portal = make_portal(deadline=fake_time.mono + 0.7)
+    with pytest.raises(AuthServerUnavailable):
+        make_client(transport, fake_time, rand=lambda: 1.0).call(portal, "crm.lead.list")
+    assert fake_time.sleeps == [0.5]  # the next 1.0 s delay would pass the deadline
+    assert len(transport.sent) == 2
+
+
+def test_an_unknown_401_adopts_a_newer_stored_token_but_never_renews(fake_time: FakeTime) -> None:
+    renewals: list[str] = []
+    reloads: list[str] = []
+    unknown = Reply(401, {"error": "SOMETHING_NEW", "error_description": "?"})
+    transport = FakeTransport().queue(unknown, unknown)
+    portal = make_portal(renew=_recording(renewals, FRESH_TOKEN), reload=_recording(reloads, FRESH_TOKEN))
+    with pytest.raises(UnknownAuthError):
+        make_client(transport, fake_time).call(portal, "crm.lead.list")
+    assert reloads == [ACCESS_TOKEN]
+    assert renewals == []
+    assert [sent.json()["auth"] for sent in transport.sent] == [ACCESS_TOKEN, FRESH_TOKEN]
+
+
 # --- 429 OPERATION_TIME_LIMIT: wait for operating_reset_at if it fits the budget ------------------------
 
 
@@ -369,8 +423,10 @@ def test_relative_rename_location_is_resolved(fake_time: FakeTime) -> None:
     [
         "https://evil.com/rest/crm.lead.list",
         "http://new-name.bitrix24.com/rest/crm.lead.list",
-        "https://new-name.bitrix24.com/login/",
+        "https://acme.bitrix24.com/login/",  # same host, not a rename: refused without a re-send loop
         "https://new-name.bitrix24.com@evil.com/rest/x",
+        "https://evil.com\\@new-name.bitrix24.com/",
+        "https://[::1/rest/x",
         "https://127.0.0.1/rest/x",
         "",
     ],
@@ -384,6 +440,32 @@ def test_renames_to_disallowed_places_are_not_followed(fake_time: FakeTime, loca
         make_client(transport, fake_time).call(portal, "crm.lead.list")
     assert len(transport.sent) == 1
     assert portal.client_endpoint == ENDPOINT
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "https://new-name.bitrix24.com",
+        "https://new-name.bitrix24.com/",
+        "https://new-name.bitrix24.com/login/?back=/rest/crm.lead.list",
+        "https://new-name.bitrix24.com/marketplace/app/1/",
+        "https://NEW-NAME.bitrix24.com/rest/other.method?x=1#frag",
+    ],
+)
+def test_a_rename_takes_only_scheme_and_host_from_the_location(fake_time: FakeTime, location: str) -> None:
+    # Given a renamed portal whose 302 names any page on the new host (the SDKs use scheme and host only)
+    moved: list[tuple[str, str]] = []
+    transport = FakeTransport().queue(Reply(302, body=b"", headers={"Location": location}), OK)
+    portal = make_portal(
+        on_moved=lambda host, endpoint: moved.append((host, endpoint)), domain="acme.bitrix24.com"
+    )
+    # When a call meets it
+    make_client(transport, fake_time).call(portal, "crm.lead.list", {"filter": {">ID": 5}})
+    # Then the same request goes to our own REST path on the new host, and the move is reported
+    first, second = transport.sent
+    assert second.url == "https://new-name.bitrix24.com/rest/crm.lead.list"
+    assert second.body == first.body
+    assert moved == [("new-name.bitrix24.com", "https://new-name.bitrix24.com/rest/")]
 
 
 def test_rename_loops_stop(fake_time: FakeTime) -> None:

@@ -164,6 +164,10 @@ def request(**payload: Any) -> LeadsRequest:
         {"member_id": "m1", "filter": {">ID": "abc"}},
         {"member_id": "m1", "filter": {"<=ID": 1.5}},
         {"member_id": "m1", "filter": {"TITLE": float("nan")}},
+        # PHP drops null keys (http_build_query): refused rather than silently widening the answer
+        {"member_id": "m1", "filter": {"STATUS_ID": None}},
+        {"member_id": "m1", "filter": {"@SOURCE_ID": ["WEB", None]}},
+        {"member_id": "m1", "filter": {"!%=": "x"}},
         {"member_id": "m1", "filter": {f"F{i}": 1 for i in range(51)}},
         {"member_id": "m1", "order": {"ID": "DESC"}},
         {"member_id": "m1", "order": {"TITLE": "ASC"}},
@@ -203,6 +207,38 @@ def test_a_full_request_is_normalized() -> None:
     assert parsed.member_id is None
     assert parsed.select == ("ID", "TITLE", "STATUS_ID")  # ID added for the cursor, duplicates gone
     assert parsed.limit == MAX_LIMIT
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "!%=TITLE",
+        "!%TITLE",
+        "%=TITLE",
+        "=%TITLE",
+        "%TITLE",
+        "!@STATUS_ID",
+        "@STATUS_ID",
+        "!=STATUS_ID",
+        "!STATUS_ID",
+    ],
+)
+def test_every_documented_filter_operator_is_accepted_and_passed_on(key: str) -> None:
+    # crm.lead.list documents !%= (NOT LIKE) alongside the others
+    value: Any = ["NEW"] if "@" in key else "Acme"
+    parsed = request(member_id="m1", filter={key: value})
+    assert dict(parsed.filter) == {key: value}
+    lister = FakeLister(leads(3))
+    service = LeadsReader(FakePortals({"m1": "one.bitrix24.com"}), lister, CursorCodec(lambda: KEY))
+    service.read(parsed)
+    assert lister.calls[-1]["filter"] == {key: value}
+
+
+def test_null_filter_values_are_refused_with_a_clear_message() -> None:
+    with pytest.raises(LeadsError) as caught:
+        request(member_id="m1", filter={"STATUS_ID": None})
+    assert caught.value.code == "INVALID_REQUEST"
+    assert "null" in caught.value.message
 
 
 def test_defaults() -> None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from moto import mock_aws
 
 from b24connector.bitrix24.tokens import TokenSet
+from b24connector.portals import PortalPolicy
+from b24connector.settings import DEFAULT_OAUTH_SERVERS, DEFAULT_PORTAL_SUFFIXES
 from b24connector.vault.cipher import TokenCipher
+from b24connector.vault.endpoints import EndpointGuard
 from b24connector.vault.models import bind_portal_model, bind_state_model
 from b24connector.vault.refresh import RefreshCoordinator, RefreshPolicy
 from b24connector.vault.store import Portal, PortalStore, StateStore
@@ -30,6 +33,9 @@ class UnitVault:
     states: StateStore
     oauth: FactSheetOAuthServer
     rescue: RecordingRescueSink
+    endpoints: EndpointGuard = field(
+        default_factory=lambda: EndpointGuard(PortalPolicy(DEFAULT_PORTAL_SUFFIXES), DEFAULT_OAUTH_SERVERS)
+    )
 
     def coordinator(self, **policy: Any) -> RefreshCoordinator:
         """A coordinator with a fake sleep (advancing the clock) and no jitter."""
@@ -37,6 +43,7 @@ class UnitVault:
             self.portals,
             self.oauth,
             self.rescue,
+            endpoints=self.endpoints,
             policy=RefreshPolicy(**policy),
             clock=self.clock,
             sleep=self.clock.sleep,
