@@ -328,12 +328,12 @@ def test_a_late_install_event_is_applied_after_renewal(rig: Rig) -> None:
 def test_an_app_info_timeout_on_the_first_try_is_applied_on_the_retry(
     rig_factory: Callable[..., Rig],
 ) -> None:
-    rig = rig_factory(HTTP_TIMEOUT_SECONDS="1")
+    rig = rig_factory(HTTP_TIMEOUT_SECONDS="2")
     answer, _fields = rig.install_event(user_id=ADMIN, drain=False)
     assert answer["statusCode"] == 200
     # Given the OAuth server's first app.info answer comes after the connector stopped waiting
     rig.emulator.add_faults(
-        [{"target": "oauth", "method": "app.info", "kind": "slow", "delay": 2, "count": 1}]
+        [{"target": "oauth", "method": "app.info", "kind": "slow", "delay": 3.5, "count": 1}]
     )
     drained = rig.drain_lifecycle()
     # Then the message came back (as SQS redelivers it) and the install was stored on the retry
