@@ -122,6 +122,48 @@ def test_an_employees_forged_install_and_uninstall_change_nothing_and_the_genuin
     assert {"token_ciphertext", "domain", "application_token_hash", "grant_role"}.isdisjoint(item)
 
 
+def test_on_a_legacy_install_page_portal_the_employees_forgeries_change_nothing_and_the_uninstall_works(
+    rig: Rig,
+) -> None:
+    # Given a UI app the administrator installed through the legacy install page: no application token
+    page, _fields, _query = rig.install_page(user_id=ADMIN, legacy=True)
+    rig.emulator.install_finish()
+    assert page["statusCode"] == 200
+    assert rig.drain_lifecycle().of("subscribe") == ["subscription_bound"]
+    item = rig.portal()
+    assert item is not None
+    assert (item["grant_role"]["S"], "application_token_hash" in item) == ("admin", False)
+    before = rig.items()
+    # When an employee posts their own pair as ONAPPINSTALL, then ONAPPUNINSTALL with CLEAN=1
+    chosen = canary_value("apptoken")
+    employee_pair = rig.emulator.issue_tokens(user_id=EMPLOYEE)
+    assert rig.post_form("/events", _install_event_fields(rig, employee_pair, chosen))["statusCode"] == 200
+    assert rig.drain_lifecycle().of("grant") == ["refused"]
+    assert rig.post_form("/events", _uninstall_fields(rig, chosen, clean=True))["statusCode"] == 202
+    assert rig.drain_lifecycle().of("uninstall") == ["refused:uninstall_not_confirmed"]
+    # Then nothing changed: no stored token to match, and Bitrix24 says the app is installed
+    assert _without(rig.items(), CHECK_FIELDS) == _without(before, CHECK_FIELDS)
+    # And the administrator's genuine uninstall ("keep data"), delivered through the subscription, is
+    # confirmed with Bitrix24 once the check slot the forgery used is a minute old
+    removed = rig.emulator.uninstall(clean=False)
+    assert [d["status"] for d in removed["deliveries"]] == [202]
+    rig.stack.client("dynamodb").update_item(
+        TableName=rig.stack.portals_table,
+        Key={"member_id": {"S": rig.emulator.member_id}},
+        UpdateExpression="SET uninstall_check_at = uninstall_check_at - :minute",
+        ExpressionAttributeValues={":minute": {"N": "61"}},
+    )
+    assert rig.drain_lifecycle().of("uninstall") == ["uninstalled"]
+    item = rig.portal()
+    assert item is not None
+    # The administrator's choice holds: uninstalled, tokens gone, the portal's record kept (not CLEAN)
+    assert (item["health"]["S"], "token_ciphertext" in item, item["domain"]["S"]) == (
+        "uninstalled",
+        False,
+        rig.emulator.portal_domain,
+    )
+
+
 def test_an_employees_install_on_an_unclaimed_portal_never_stores_their_application_token(
     rig: Rig,
 ) -> None:
