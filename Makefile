@@ -9,7 +9,7 @@ PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed
 TOOLS_STAMP := $(TOOLS)/.installed
 CHECKOV_VENV := $(TOOLS)/checkov
-export PYTHONPATH := functions:infra:.
+export PYTHONPATH := functions:client/src:infra:.
 export AWS_DEFAULT_REGION ?= eu-central-1
 ENV         ?= dev
 # pip prints harmless "Location ... is ignored" lines in some sandboxes; drop them, keep pip's status.
@@ -18,7 +18,7 @@ PIP_FILTER  := 2>&1 | grep -v 'is ignored: it is neither'; test $${PIPESTATUS[0]
 SAM         := SAM_CLI_TELEMETRY=0 $(TOOLS)/bin/sam
 
 .PHONY: help venv tools format lint typecheck lint-template test test-unit test-integration test-e2e \
-        iam-check pr demo serve bench bench-smoke build deploy put-secret clean
+        iam-check pr demo serve bench bench-smoke build client deploy put-secret clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -45,12 +45,12 @@ venv: $(STAMP) ## create the dev virtualenv
 tools: $(TOOLS_STAMP) ## create the template-checkers virtualenv
 
 format: $(STAMP) ## format and autofix
-	$(VENV)/bin/ruff format functions infra tests
-	$(VENV)/bin/ruff check --fix functions infra tests
+	$(VENV)/bin/ruff format functions client infra tests
+	$(VENV)/bin/ruff check --fix functions client infra tests
 
 lint: $(STAMP) ## ruff + mypy
-	$(VENV)/bin/ruff check functions infra tests
-	$(VENV)/bin/ruff format --check functions infra tests
+	$(VENV)/bin/ruff check functions client infra tests
+	$(VENV)/bin/ruff format --check functions client infra tests
 	$(VENV)/bin/mypy
 
 # All three run offline: checkov with skip-download (.checkov.yaml) and no update check; sam validate
@@ -95,8 +95,21 @@ bench: $(STAMP) ## benchmarks against fast_bitrix24 and b24pysdk (writes tests/b
 bench-smoke: $(STAMP) ## a 30-second smoke run of the benchmarks
 	$(PY) -m tests.bench --smoke
 
-build: $(TOOLS_STAMP) ## sam build (python3.13, arm64)
+# The caller's client (client/): a wheel built offline with the dev virtualenv's setuptools.
+CLIENT_VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' client/src/b24connector_client/__init__.py)
+export CLIENT_WHEEL := $(CURDIR)/dist/b24connector_client-$(CLIENT_VERSION)-py3-none-any.whl
+
+client: $(STAMP) ## build the installable client: dist/b24connector_client-<version>-py3-none-any.whl
+	@rm -rf client/build client/src/b24connector_client.egg-info
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation --no-index --wheel-dir dist ./client
+	@rm -rf client/build client/src/b24connector_client.egg-info
+	@test -f $(CLIENT_WHEEL) && echo "client: $(CLIENT_WHEEL)"
+
+# sam build ships no bytecode and Lambda's /var/task is read-only: operator_tools.bytecode compiles
+# unchecked-hash .pyc for every function and layer of the build with the runtime's Python (3.13).
+build: $(TOOLS_STAMP) $(STAMP) client ## sam build (python3.13, arm64) + bytecode; prints each artifact's size
 	PATH="$(dir $(PYTHON_BOOT)):$$PATH" $(SAM) build --template template.yaml
+	$(PY) -m operator_tools.bytecode --build-dir .aws-sam/build --sizes
 
 # SAM replaces samconfig's parameter_overrides when given any on the command line, so deploy_params
 # writes samconfig's plus the Bitrix24 client id (BITRIX24_CLIENT_ID on the first deploy, then the
@@ -109,4 +122,4 @@ put-secret: $(STAMP) ## store the Bitrix24 client secret in Secrets Manager (pro
 	$(PY) -m operator_tools.put_secret --env $(ENV)
 
 clean: ## remove virtualenvs, caches and local state
-	rm -rf $(VENV) $(TOOLS) .local .aws-sam .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .local .aws-sam dist .pytest_cache .mypy_cache .ruff_cache
