@@ -301,13 +301,31 @@ def test_kms_down_at_callback_is_a_clear_5xx_and_stores_nothing(rig: Rig) -> Non
     assert "KMSInternalException" not in answer["body"]
 
 
+@pytest.mark.filterwarnings("ignore:No application metrics to publish")  # a batch where every job failed
 def test_kms_down_at_install_stores_nothing(rig: Rig) -> None:
+    # KMS down when the event arrives: it cannot be sealed, so nothing is journaled (Bitrix24 gets a 503)
     kms = _services.vault(get_settings()).cipher.kms
-    inject(kms, "kms.Encrypt", InjectedFault(*KMS_DOWN))
-    answer, _fields = rig.install_event()
-    assert answer["statusCode"] == 503
-    assert '"storage_unavailable"' in answer["body"]
+    fault = inject(kms, "kms.Encrypt", InjectedFault(*KMS_DOWN))
+    answer, _fields = rig.install_event(drain=False)
+    assert (answer["statusCode"], header(answer, "X-Reason-Code")) == (503, "journal_unavailable")
+    assert "KMSInternalException" not in answer["body"]
+    assert rig.queue_bodies(rig.stack.lifecycle_queue_url) == []
     assert rig.items() == []
+    # KMS down when LifecycleFunction applies a journaled event: retried, nothing stored meanwhile ...
+    fault.remaining = 0
+    answer, fields = rig.install_event(drain=False)
+    assert answer["statusCode"] == 200
+    fault.remaining = 1_000_000
+    first = rig.drain_lifecycle(rounds=2)
+    assert (first.done, first.retried) == (0, 2)
+    assert rig.items() == []
+    # ... and applied once KMS is back: the event was not lost
+    fault.remaining = 0
+    assert rig.drain_lifecycle().of("grant") == ["stored"]
+    item = rig.portal()
+    assert item is not None
+    assert item["health"]["S"] == "active"
+    assert dict(fields)["auth[refresh_token]"] not in json.dumps(rig.items(), default=str)
 
 
 def _refresh_with_kms_encrypt_down(
