@@ -50,6 +50,7 @@ from b24connector.problems import Problem, forbidden, invalid, unavailable
 from b24connector.vault.errors import GrantRefused, ReauthRequired, VaultError, VaultUnavailable
 from b24connector.vault.journal import JOB_GRANT, JOB_SUBSCRIBE, JOB_UNINSTALL, JobSink, LifecycleJob
 from b24connector.vault.models import ROLE_ADMIN, ROLE_RANK, ROLE_SYSTEM, ROLE_USER
+from b24connector.vault.store import hash_secret
 
 if TYPE_CHECKING:
     # Annotations only: the OAuth client module loads requests, which the handler wires on first use.
@@ -639,7 +640,14 @@ class Installer:
         if not self._removal.app_removed(notice.member_id):
             count("UninstallRejected")
             raise forbidden("uninstall_not_confirmed", "Bitrix24 says the app is still installed.")
-        self._mark_uninstalled(notice)
+        # Bitrix24 confirmed that the app is gone, not who sent this notice. CLEAN=1 (forget the tenant's
+        # data) is honoured only from a notice carrying the stored application token, when one is stored:
+        # a blind forger's CLEAN=1 queued beside the administrator's "keep data" must not win.
+        stored = current.application_token_hash
+        proven = not stored or hmac.compare_digest(
+            stored.encode("utf-8"), hash_secret(notice.application_token).encode("utf-8")
+        )
+        self._mark_uninstalled(replace(notice, clean=notice.clean and proven))
         return Outcome.UNINSTALLED
 
     # --- internals ---------------------------------------------------------------------------------

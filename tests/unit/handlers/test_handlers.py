@@ -330,17 +330,28 @@ def test_uninstalls_are_accepted_for_confirmation_and_change_nothing_yet(world: 
         answer = install.handler(
             form_post(
                 "/events",
-                [("event", "ONAPPUNINSTALL"), ("auth[member_id]", MEMBER), ("auth[application_token]", token)],
+                [
+                    ("event", "ONAPPUNINSTALL"),
+                    ("auth[member_id]", MEMBER),
+                    ("auth[application_token]", token),
+                ],
             ),
             FakeContext(),
         )
-        assert (answer["statusCode"], json.loads(answer["body"])["error"]["code"]) == (403, "uninstall_not_confirmed")
+        assert (answer["statusCode"], json.loads(answer["body"])["error"]["code"]) == (
+            403,
+            "uninstall_not_confirmed",
+        )
         assert world.store.portals[MEMBER].is_active
     # An unknown portal is refused the same way, without a journal entry
     unknown = install.handler(
         form_post(
             "/events",
-            [("event", "ONAPPUNINSTALL"), ("auth[member_id]", "f" * 32), ("auth[application_token]", APP_TOKEN)],
+            [
+                ("event", "ONAPPUNINSTALL"),
+                ("auth[member_id]", "f" * 32),
+                ("auth[application_token]", APP_TOKEN),
+            ],
         ),
         FakeContext(),
     )

@@ -656,3 +656,28 @@ def test_uninstall_of_an_unknown_portal_is_forbidden() -> None:
     problem = problem_of(lambda: world.installer.uninstall(_uninstall(member_id="f" * 32)))
     assert (problem.kind, problem.reason) == (ProblemKind.FORBIDDEN, "portal_unknown")
     assert world.journal.jobs == []
+
+
+def test_clean_is_honoured_only_from_a_notice_with_the_stored_token() -> None:
+    # Given a portal with a stored application token, uninstalled by its administrator with "keep data"
+    world = World()
+    world.install_admin_event()
+    world.removal.removed = True
+    world.installer.uninstall(_uninstall(token="9" * 32, clean="1"))  # a forger's CLEAN=1, queued first
+    forged = world.journal.jobs.pop()
+    # When the forged notice is the one whose check runs (Bitrix24 confirms the app is gone)
+    assert world.installer.confirm_uninstall(notice_of(forged)) is Outcome.UNINSTALLED
+    # Then the portal is uninstalled but its data is kept: CLEAN=1 needs the stored token
+    stored = world.store.portals[MEMBER]
+    assert (stored.health, stored.domain) == ("uninstalled", PORTAL)
+
+
+def test_clean_from_the_real_token_or_on_a_portal_without_one_forgets() -> None:
+    for page_token in (APP_TOKEN, None):
+        world = World()
+        query, form = world.page(APPLICATION_TOKEN=page_token)
+        world.installer.install_page(parse_install_page(query, form, POLICY, now=world.clock()))
+        world.removal.removed = True
+        world.installer.uninstall(_uninstall(clean="1"))
+        world.installer.confirm_uninstall(notice_of(world.journal.jobs.pop()))
+        assert world.store.portals[MEMBER].domain == ""
