@@ -10,6 +10,9 @@ Fixtures (details in tests/support):
 - `aws_stack_factory` (function): build more stacks, e.g. `aws_stack_factory(dynamodb="dynalite")`
   (backends: "moto", "dynalite", "raw-moto"); extra keyword arguments become env vars.
 - `metrics_capture` (function): the Powertools metric buffer, cleared before and after the test.
+
+`--aws-call-log PATH` (make test passes .local/iam-calls.jsonl): record every AWS call each template
+function makes, in this process and in local-stack workers, for the IAM check (infra/iam_check).
 """
 
 from __future__ import annotations
@@ -41,6 +44,36 @@ for _name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
     os.environ.pop(_name, None)
 
 _UNIT_DIR = Path(__file__).parent / "unit"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """--aws-call-log: where to append the AWS calls of the template's functions (IAM check input)."""
+    parser.addoption(
+        "--aws-call-log",
+        default=None,
+        help="append every AWS call made by a template function to this JSONL file (make test's IAM check)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start recording AWS calls before any test module imports boto3, PynamoDB or a handler."""
+    path = config.getoption("--aws-call-log")
+    if not path:
+        return
+    from local_stack import aws_calls
+    from operator_tools.cfn_yaml import function_handlers, load_template
+    from tests.support.servers import REPO_ROOT
+
+    target = Path(path).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Local-stack workers (and `python -m local_stack` children) read it to record their calls too.
+    os.environ[aws_calls.ENV_LOG] = str(target)
+    template = REPO_ROOT / "template.yaml"
+    aws_calls.install(
+        str(target), template=str(template), handlers=function_handlers(load_template(template))
+    )
+
+
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex
 

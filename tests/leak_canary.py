@@ -14,7 +14,8 @@ Where it looks (per test, attributed to the test's node id):
   handed to the test (`readouterr`);
 - exception texts of the product's exception classes (as they are built);
 - answers: HttpApi answers (`HttpResponse.to_event`), LeadsFunction and SQS-batch answers, and what the
-  local stack's Lambda runtime returns (payload and log tail).
+  local stack's Lambda runtime returns (payload and log tail);
+- lifecycle journal messages (`JournalCodec.encode`: the SQS body, whose tokens must be sealed).
 
 Library loggers keep the levels the product gives them in every runtime (`b24connector.observability`
 and `b24connector.bitrix24.transport` pin urllib3, botocore, boto3, requests and pynamodb at WARNING;
@@ -215,12 +216,15 @@ def _install_answer_and_exception_probes() -> None:
     import b24connector.problems
     import b24connector.refresh
     import b24connector.settings
+    import b24connector.vault.journal
     from b24connector.web.http import HttpResponse
 
     _wrap_result(HttpResponse, "to_event", "HttpApi answer")
     _wrap_result(b24connector.leads.LeadsError, "answer", "LeadsFunction answer")
     _wrap_result(b24connector.leads.LeadsPage, "answer", "LeadsFunction answer")
     _wrap_result(b24connector.refresh.BatchReport, "answer", "SQS batch answer")
+    # Lifecycle journal messages (SQS bodies): tokens must be sealed, never in the clear facts
+    _wrap_result(b24connector.vault.journal.JournalCodec, "encode", "lifecycle journal message")
     for cls in _product_exception_classes():
         if "__init__" in cls.__dict__ or all(
             not base.__module__.startswith("b24connector.") for base in cls.__mro__[1:]

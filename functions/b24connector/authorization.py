@@ -23,7 +23,7 @@ from b24connector.bitrix24.errors import (
     UnsafeEndpoint,
 )
 from b24connector.bitrix24.tokens import TokenSet
-from b24connector.credentials import SecretUnavailable
+from b24connector.credentials import ClientSecretNotSet, SecretUnavailable
 from b24connector.portals import InvalidPortal, PortalPolicy
 from b24connector.problems import forbidden, invalid, unavailable, upstream_rejected
 from b24connector.vault.errors import StateRefusal, StateRefused, VaultUnavailable
@@ -230,6 +230,13 @@ class AuthorizationFlow:
             return self._server.exchange_code(code, server_hint=server, code_verifier=verifier)
         except TransientError:
             raise unavailable("oauth_unavailable", "Bitrix24 did not answer. Please start again.") from None
+        except ClientSecretNotSet:
+            # The operator has not run `make put-secret` yet: the code is never sent with a wrong secret.
+            raise unavailable(
+                "client_secret_not_set",
+                "This connector is not set up yet: its client secret has not been stored. "
+                "Please ask its administrator, then start again.",
+            ) from None
         except SecretUnavailable:
             # Secrets Manager is down: an outage, not a bug; the code was not sent, but the state is spent.
             raise unavailable("secret_unavailable", "Please try again in a moment and start again.") from None

@@ -4,11 +4,25 @@ from __future__ import annotations
 
 from aws_lambda_powertools.utilities import parameters
 
+from b24connector.observability import count, logger
 from b24connector.settings import Settings, get_settings
+
+# What template.yaml's ClientSecret holds until `make put-secret` stores the real one (a Bitrix24
+# client secret is alphanumeric, so it can never look like this). Functions refuse it: fail closed.
+CLIENT_SECRET_NOT_SET = "not-set: run `make put-secret` to store the Bitrix24 client secret"
+CLIENT_SECRET_MISSING_METRIC = "ClientSecretMissing"
 
 
 class SecretUnavailable(RuntimeError):
     """A secret could not be read or is empty; the text names the secret id, never its value."""
+
+    code = "CLIENT_SECRET_UNAVAILABLE"
+
+
+class ClientSecretNotSet(SecretUnavailable):
+    """The stack's ClientSecret still holds the deploy-time marker: `make put-secret` has not run."""
+
+    code = "CLIENT_SECRET_NOT_SET"
 
 
 def _read_secret(secret_id: str, max_age: int) -> str:
@@ -25,7 +39,16 @@ def _read_secret(secret_id: str, max_age: int) -> str:
 def client_secret(settings: Settings | None = None) -> str:
     """The Bitrix24 application's client secret (raw string), cached for SECRET_MAX_AGE_SECONDS."""
     conf = settings or get_settings()
-    return _read_secret(conf.client_secret_id, conf.secret_max_age_seconds)
+    value = _read_secret(conf.client_secret_id, conf.secret_max_age_seconds)
+    if value == CLIENT_SECRET_NOT_SET:
+        count(CLIENT_SECRET_MISSING_METRIC)
+        logger.error(
+            "client secret not set: run `make put-secret`", extra={"secret_id": conf.client_secret_id}
+        )
+        raise ClientSecretNotSet(
+            f"client secret not set: secret {conf.client_secret_id} still holds the deploy marker"
+        )
+    return value
 
 
 def cursor_signing_key(settings: Settings | None = None) -> bytes:

@@ -15,10 +15,10 @@ Every claimed pair is only a claim until the OAuth server's app.info, asked on a
 confirms the same app, portal and REST endpoint. Whose pair it is then decides whether it may be stored:
 a portal administrator (REST user.admin) or the app's system user outranks an ordinary employee, and an
 active grant is never replaced by one of a lower rank (the vault enforces it in its compare-and-set).
-The application token is stored (as a SHA-256 verifier) only with an administrator or system grant,
-so nothing an ordinary employee can read from the app frame and post to us can authenticate an
-uninstall. An uninstall whose token does not match the stored one is confirmed with Bitrix24 through
-the stored grant before anything changes.
+The application token is no proof: the newer install page posts it into the frame of every user who
+opens the app, so employees can read it. It is stored (as a SHA-256 verifier, only with an administrator
+or system grant) for reference, and every uninstall is confirmed with Bitrix24 through the stored grant
+before anything changes.
 """
 
 from __future__ import annotations
@@ -605,19 +605,20 @@ class Installer:
     # --- uninstall ---------------------------------------------------------------------------------
 
     def uninstall(self, notice: UninstallNotice) -> Outcome:
-        """Apply an uninstall the stored application token proves; queue any other for Bitrix24 to confirm."""
+        """Journal an ONAPPUNINSTALL for Bitrix24 to confirm; nothing changes before it does.
+
+        The application token proves nothing on its own: the newer install page posts it into the frame
+        of every user who opens the app (docs/bitrix24-facts.md#f-app-6), so any employee can read it.
+        Every uninstall is therefore confirmed with Bitrix24 through the stored grant (confirm_uninstall).
+        """
         current = self._current(notice.member_id)
-        stored = current.application_token_hash if current is not None else None
-        received = hash_secret(notice.application_token)
-        # Compare even when nothing is stored, so timing does not tell known from unknown portals.
-        matches = hmac.compare_digest((stored or "").encode("utf-8"), received.encode("utf-8"))
         if current is None:
-            raise forbidden("application_token_mismatch", "The event could not be authenticated.")
-        if stored and matches:
-            self._mark_uninstalled(notice)
+            raise forbidden("portal_unknown", "The event names no portal connected here.")
+        if current.health == "uninstalled":
+            # Already applied (a replay, or a second binding's copy): nothing to confirm, nothing to do.
             return Outcome.UNINSTALLED
-        if current.health == "uninstalled" or self._removal is None:
-            raise forbidden("application_token_mismatch", "The event could not be authenticated.")
+        if self._removal is None:
+            raise forbidden("uninstall_not_confirmed", "There is no way to confirm the uninstall here.")
         try:
             self._journal.send(uninstall_job(notice))
         except VaultUnavailable:
@@ -639,7 +640,14 @@ class Installer:
         if not self._removal.app_removed(notice.member_id):
             count("UninstallRejected")
             raise forbidden("uninstall_not_confirmed", "Bitrix24 says the app is still installed.")
-        self._mark_uninstalled(notice)
+        # Bitrix24 confirmed that the app is gone, not who sent this notice. CLEAN=1 (forget the tenant's
+        # data) is honoured only from a notice carrying the stored application token, when one is stored:
+        # a blind forger's CLEAN=1 queued beside the administrator's "keep data" must not win.
+        stored = current.application_token_hash
+        proven = not stored or hmac.compare_digest(
+            stored.encode("utf-8"), hash_secret(notice.application_token).encode("utf-8")
+        )
+        self._mark_uninstalled(replace(notice, clean=notice.clean and proven))
         return Outcome.UNINSTALLED
 
     # --- internals ---------------------------------------------------------------------------------
@@ -680,20 +688,13 @@ class Installer:
     def _event_role(self, event: InstallEvent, system: _Verified, installer: _Verified | None) -> str:
         """Whose grant an event carries: the system user's when the event proves it came from Bitrix24."""
         if event.name == EVENT_USER_READY and installer is not None:
-            # The data pair is the system user's only if the event is genuine: its installer pair must
-            # be an administrator's, or its application token the one stored from a trusted grant.
-            if self._role_of(installer.tokens, event.grant.domain) == ROLE_ADMIN or self._token_matches(
-                event.member_id, event.application_token
-            ):
+            # The data pair is the system user's only if the event is genuine: its installer pair must be
+            # an administrator's. The application token cannot prove it: employees can read it from the
+            # app frame (docs/bitrix24-facts.md#f-app-6).
+            if self._role_of(installer.tokens, event.grant.domain) == ROLE_ADMIN:
                 return ROLE_SYSTEM
             count("SystemGrantUnproven")
         return self._role_of(system.tokens, event.grant.domain)
-
-    def _token_matches(self, member_id: str, application_token: str | None) -> bool:
-        current = self._current(member_id)
-        stored = current.application_token_hash if current is not None else None
-        received = hash_secret(application_token or "")
-        return bool(stored) and hmac.compare_digest((stored or "").encode(), received.encode())
 
     def _role_of(self, tokens: TokenSet, domain: str) -> str:
         try:

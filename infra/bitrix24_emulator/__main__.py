@@ -34,8 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--rate-plan", choices=("standard", "enterprise", "off"), default="standard")
     parser.add_argument(
-        "--operating-limit", type=float, default=480.0, help="seconds per method per 10 min; 0 = off"
+        "--operating-limit", type=float, default=420.0, help="seconds per method per 10 min; 0 = off"
     )
+    parser.add_argument("--app-mode", choices=("ui", "api_only"), default="ui", help="the app's kind")
+    parser.add_argument("--market-app", action="store_true", help="a Market app (gets ONAPPUSERREADY)")
+    parser.add_argument("--install-url", default="", help="the install URL of the app card")
     parser.add_argument("--json", action="store_true", help="print one JSON line with the addresses")
     parser.add_argument(
         "--show-secret", action="store_true", help="include client_secret in the printed facts"
@@ -60,6 +63,9 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         "time_scale": args.time_scale,
         "rate_plan": args.rate_plan,
         "operating_limit_seconds": args.operating_limit,
+        "app_mode": args.app_mode,
+        "market_app": args.market_app,
+        "install_url": args.install_url,
     }
     for name in ("client_id", "client_secret", "member_id"):
         value = getattr(args, name)

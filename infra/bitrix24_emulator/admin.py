@@ -11,7 +11,7 @@ from werkzeug.wrappers import Request, Response
 from bitrix24_emulator import installer, lifecycle
 from bitrix24_emulator.pages import bx24_script
 from bitrix24_emulator.state import EmulatorState
-from bitrix24_emulator.users import parse_user_id
+from bitrix24_emulator.users import SESSION_COOKIE, get_user, parse_user_id
 from bitrix24_emulator.wsgi import html_response, json_response
 
 PREFIX = "/_emulator"
@@ -61,6 +61,7 @@ class AdminApi:
             ("OPTIONS", "/install-finish"): self.install_finish_preflight,
             ("GET", "/install-finish-calls"): self.install_finish_calls,
             ("GET", "/frame"): self.frame,
+            ("GET", "/login"): self.login,
         }
 
     def __call__(self, request: Request) -> Response:
@@ -406,3 +407,17 @@ class AdminApi:
         legacy = None if raw_legacy is None else raw_legacy in ("1", "true", "yes")
         user_id = parse_user_id(request.args.get("user_id"), self.state.installer_user_id)
         return html_response(installer.frame_html(self.state, url, legacy=legacy, user_id=user_id))
+
+    def login(self, request: Request) -> Response:
+        """Log the browser in as ?user_id= (a portal session cookie), then go to ?next= on this portal."""
+        user_id = parse_user_id(request.args.get("user_id"), self.state.config.user_id)
+        with self.state.lock:
+            get_user(self.state.config, user_id)
+            portal = self.state.portal_url
+        target = request.args.get("next") or "/"
+        if not target.startswith("/") or target.startswith("//"):
+            raise AdminError("next must be a path on this portal")
+        response = Response(status=302)
+        response.headers["Location"] = f"{portal}{target}"
+        response.set_cookie(SESSION_COOKIE, str(user_id), httponly=True, samesite="Lax", path="/")
+        return response

@@ -74,6 +74,7 @@ RUNTIME_SETTINGS = frozenset(
         "event_bind_requires_admin",
         "system_user_admin",
         "event_timeout_seconds",
+        "error_time_block",
     }
 )
 
@@ -110,9 +111,9 @@ class EmulatorConfig:
     user_id: int = 1
     # The app's system user (Market apps, ONAPPUSERREADY); the docs' sample uses 512.
     system_user_id: int = 512
-    # UNVERIFIED whether an app's system user passes `user.admin`; strictest reading: it does not.
+    # UNVERIFIED (F-USER-3) whether an app's system user passes `user.admin`; strictest reading: it does not.
     system_user_admin: bool = False
-    # App kind (docs/bitrix24-facts.md, install URL registration): "ui" apps get NO ONAPPINSTALL, only the
+    # App kind (docs/bitrix24-facts.md F-APP-1, F-APP-2): "ui" apps get NO ONAPPINSTALL, only the
     # install page in the portal's frame; "api_only" apps get ONAPPINSTALL posted to `install_url`.
     app_mode: AppMode = "ui"
     # Market apps also get ONAPPUSERREADY on `install_url` after the install finishes; local apps do not.
@@ -120,15 +121,15 @@ class EmulatorConfig:
     # The URL registered in the app card ("Your handler path"); bound only for ONAPPINSTALL (api_only)
     # and ONAPPUSERREADY (market_app). Every other event needs event.bind.
     install_url: str = ""
-    # The frame POST of the install page: "legacy" (the rest module's form: no SERVER_ENDPOINT,
+    # The frame POST of the install page (F-APP-5, F-APP-6a UNVERIFIED): "legacy" (no SERVER_ENDPOINT,
     # APPLICATION_TOKEN, APPLICATION_SCOPE) or "2026" (newer cloud portals add those three).
     install_page_fields: InstallPageFields = "legacy"
-    # rest.authorize redirects a logged-in user at once; true restores a one-<form> consent page.
+    # rest.authorize redirects a logged-in user at once (F-OAUTH-2); true restores a one-<form> consent page.
     consent_form: bool = False
-    # The portal caches a successful token check (real: up to 3600 s); within that time a refreshed-away
+    # The portal caches a token check (F-AUTH-3: up to 3600 s); within that time a refreshed-away
     # or uninstalled-app access token keeps working on the portal (not on the OAuth server). 0 = strict.
     token_check_cache_seconds: float = 0.0
-    # Source (rest lib/api/event.php): any user may event.bind for themselves; true refuses non-admins.
+    # F-BIND-2: any user may event.bind for themselves; true refuses non-admins (stricter than the server).
     event_bind_requires_admin: bool = False
     # How long the portal waits for an event handler's answer (delivered once, never retried).
     event_timeout_seconds: float = 10.0
@@ -153,8 +154,11 @@ class EmulatorConfig:
     rate_plan: RatePlan = "standard"
     rate_drain_per_second: float | None = None
     rate_burst: int | None = None
+    # Error answers carry no `time` block on the real server (F-REST-2, 429 included). true restores the older
+    # reading: errors with `time`, a 429's `operating_reset_at` = when the method unblocks.
+    error_time_block: bool = False
     # Operating (resource) limit per method per app over 10 one-minute buckets; 0 disables it.
-    # LoadLimiter: 420 s by default (cloud: a feature variable); calls under 0.1 s are not counted.
+    # LoadLimiter (F-LIMIT-2): 420 s by default (cloud: a feature variable); calls under 0.1 s are not counted.
     operating_limit_seconds: float = 420.0
     operating_min_seconds: float = 0.1
     operating_window_minutes: int = 10
@@ -164,13 +168,13 @@ class EmulatorConfig:
     # Real delays: fixed latency per request, and modeled seconds x time_scale (0 = no modeled delay).
     latency_seconds: float = 0.0
     time_scale: float = 0.0
-    # batch: a reference to a missing row substitutes its parent array (rest_util processBatchElement);
+    # batch: a reference to a missing row substitutes its parent array (F-BATCH-3);
     # "empty" / "keep" / "error" are the older readings, kept as switches.
     batch_max_commands: int = 50
     batch_missing_reference: MissingReference = "parent"
     # UNVERIFIED: how a list filter treats an empty value such as `>ID=""` (ignore = condition dropped).
     empty_filter_value: EmptyFilterValue = "ignore"
-    # batch is exempt from the operating limiter: a blocked sub-call fails inside result_error (sub_error);
+    # batch is exempt from the operating limiter (F-LIMIT-3): a blocked sub-call fails inside result_error (sub_error);
     # http_429 (the whole batch refused) is the older reading, kept as a switch.
     batch_blocked_method: BatchBlockedMethod = "sub_error"
     # UNVERIFIED (CDBResult navigation as we read it): crm.lead.list with a start past the end

@@ -1,6 +1,6 @@
 """Event handlers bound with event.bind, the install-URL registrations, and one-shot delivery.
 
-Bitrix24 (docs/bitrix24-facts.md, events): the install URL is registered only for ONAPPINSTALL (API-only
+Bitrix24 (docs/bitrix24-facts.md F-APP-1..3, F-EVENTS-2/3): the install URL is registered only for ONAPPINSTALL (API-only
 apps) and ONAPPUSERREADY (Market apps); every other event reaches an app only through `event.bind`.
 An event is POSTed once, form-encoded, and never retried, whatever the handler answers.
 """
@@ -38,7 +38,7 @@ class Binding:
     user_id: int
 
     def public(self) -> dict[str, Any]:
-        """The event.get row (source: rest lib/api/event.php::eventGet)."""
+        """The event.get row (docs/bitrix24-facts.md F-BIND-8)."""
         if not self.handler:
             return {"event": self.event, "connector_id": "", "offline": 1}
         return {"event": self.event, "handler": self.handler, "auth_type": str(self.user_id), "offline": 0}

@@ -36,7 +36,7 @@ def install_page_request(
     placement_options: dict[str, Any] | None = None,
     user_id: int | None = None,
 ) -> InstallRequest:
-    """The UI app's install page POST; each one starts a new token chain (docs/bitrix24-facts.md).
+    """The UI app's install page POST; each one starts a new token chain (docs/bitrix24-facts.md F-APP-5).
 
     `legacy` None follows the `install_page_fields` setting ("legacy": the rest module's app.layout
     form, without SERVER_ENDPOINT, APPLICATION_TOKEN, APPLICATION_SCOPE).
@@ -76,7 +76,7 @@ def install_page_request(
 def install_event_request(
     state: EmulatorState, url: str, *, event_handler_id: bool = False, user_id: int | None = None
 ) -> InstallRequest:
-    """ONAPPINSTALL, form-encoded with bracket keys and every value a string (docs/bitrix24-facts.md)."""
+    """ONAPPINSTALL, form-encoded with bracket keys and every value a string (docs/bitrix24-facts.md F-APP-8)."""
     state.begin_install(finished=True, user_id=user_id)
     pair, response = state.issue_tokens("install_event", user_id)
     return InstallRequest(
@@ -156,7 +156,7 @@ def user_ready_fields(
     installer: IssuedPair,
     handler_id: int | None = None,
 ) -> list[tuple[str, str]]:
-    """ONAPPUSERREADY: data[...] the system user's pair, auth[...] the installer's pair (on-app-user-ready.md)."""
+    """ONAPPUSERREADY: data[...] the system user's pair, auth[...] the installer's pair (F-APP-9)."""
     config = state.config
     fields: list[tuple[str, str]] = [("event", "ONAPPUSERREADY")]
     if handler_id is not None:

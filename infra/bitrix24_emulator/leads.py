@@ -374,7 +374,7 @@ def _normalize(kind: str, raw: Any, portal_tz: timezone) -> Any:
 
 def _cast_arrays(kind: str, items: list[Any]) -> list[Any]:
     """A batch reference to a missing row substitutes a whole array; CRM casts it to an integer
-    (1 for a non-empty array), so `>ID` starts from the top (docs/bitrix24-facts.md, batch)."""
+    (1 for a non-empty array), so `>ID` starts from the top (docs/bitrix24-facts.md F-BATCH-3, F-BATCH-3a UNVERIFIED)."""
     if kind == _NUMBER and any(isinstance(item, dict | list) for item in items):
         return [1 if items else 0]
     return items

@@ -1,6 +1,6 @@
 """The realistic app lifecycle: install per app kind, uninstall by an administrator, bound-event delivery.
 
-Each delivery is one POST, never retried (docs/bitrix24-facts.md, events). Network calls happen outside
+Each delivery is one POST, never retried (docs/bitrix24-facts.md F-EVENTS-3). Network calls happen outside
 the state lock; the delivery log records the event, the handler and the status, never a token.
 """
 
@@ -116,8 +116,10 @@ def bound_deliveries(
     """Deliveries for an event raised by a REST call (caller holds the lock): one per bound handler.
 
     The auth block carries an access token of the binding's user, or of the acting user when the
-    binding has none (event.bind auth_type, rest lib/api/event.php).
+    binding has none (docs/bitrix24-facts.md F-EVENTS-6).
     """
+    if not state.installed or state.install_pending:
+        return []  # no events until the install is finished (docs/bitrix24-facts.md F-APP-4, F-EVENTS-5)
     deliveries = []
     for row in state.bindings.for_event(event):
         auth_user = row.user_id or actor_user_id

@@ -12,6 +12,7 @@ from bitrix24_emulator.faults import Fault
 from bitrix24_emulator.pages import code_page, consent_page, error_page, simple_page
 from bitrix24_emulator.rest import OPERATION_LIMIT, QUERY_LIMIT, RestAnswer, RestEngine, normalize_method
 from bitrix24_emulator.state import EmulatorState
+from bitrix24_emulator.users import SESSION_COOKIE, get_user, parse_user_id
 from bitrix24_emulator.wsgi import html_response, json_response, request_params
 
 _HTML_ERROR = (
@@ -86,8 +87,14 @@ class PortalApp:
         with state.lock:
             show_form = state.config.consent_form
         # rest.authorize: a logged-in user is redirected at once, no form (consent_form restores one).
+        # Who is logged in: the portal session cookie GET /_emulator/login set, else the default user.
+        try:
+            session_user = parse_user_id(request.cookies.get(SESSION_COOKIE), state.config.user_id)
+            get_user(state.config, session_user)
+        except ValueError:
+            return html_response(error_page("Authorization error", "The portal session is not valid."), 400)
         if request.method == "POST" or not show_form:
-            code, location = state.approve(app_state)
+            code, location = state.approve(app_state, session_user)
             if not location:
                 return html_response(code_page(code))
             response = html_response(error_page("Redirect", "Continue to the application."), 302)
@@ -155,6 +162,11 @@ class PortalApp:
             "error": (fault.status or 400, fault.error or "", fault.error_description or ""),
         }
         status, code, description = simple[kind]
-        # Error answers carry no `time` block (429 included).
+        # Error answers carry no `time` block (429 included) unless error_time_block asks for the older reading.
         answer = RestAnswer(status, {"error": code, "error_description": description})
+        with state.lock:
+            if state.config.error_time_block:
+                answer.body["time"] = self.engine.time_block(method, arrival, 0.0)
+                if kind == "operation_time_limit":
+                    answer.body["time"]["operating_reset_at"] = int(state.clock.now() + fault.delay)
         return json_response(answer.body, status)

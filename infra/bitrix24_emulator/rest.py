@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from bitrix24_emulator.clock import iso_local
 from bitrix24_emulator.events import KNOWN_EVENTS
@@ -43,7 +43,7 @@ _REFERENCE = re.compile(
     r"\$(result|result_error|result_total|result_next|result_time)\[([^\]]*)\]((?:\[[^\]]*\])*)"
 )
 _PATH_PART = re.compile(r"\[([^\]]*)\]")
-# rest_util processBatchElement: roots result|next|total|time|error, case-insensitive, then any
+# docs/bitrix24-facts.md F-BATCH-2/3: roots result|next|total|time|error, case-insensitive, then any
 # non-space text whose [key] parts are walked; `$result_total[c0]` is root `result` with path [c0].
 _PHP_REFERENCE = re.compile(r"\$(result|next|total|time|error)(\S*)", re.IGNORECASE)
 _PHP_PATH_PART = re.compile(r"\[([^\]]+)\]")
@@ -137,9 +137,14 @@ class RestEngine:
         }
 
     def _error_answer(self, method: str, error: RestError, start: float) -> RestAnswer:
-        # Error answers carry no `time` block, 429 included (rest classes/general/rest.php: appendDebugInfo
+        # Error answers carry no `time` block, 429 included (docs/bitrix24-facts.md F-REST-2: appendDebugInfo
         # runs on success only); `operating_reset_at` is known only from successful answers.
-        return RestAnswer(error.status, error.body(), 0.0, error.error)
+        body = error.body()
+        if self.state.config.error_time_block:  # the older reading, kept as a switch
+            body["time"] = self.time_block(method, start, 0.0)
+            if error.reset_at is not None:
+                body["time"]["operating_reset_at"] = error.reset_at
+        return RestAnswer(error.status, body, 0.0, error.error)
 
     # --- entry point -------------------------------------------------------------------------------
 
@@ -171,6 +176,9 @@ class RestEngine:
             )
         except AuthFailure as failure:
             raise RestError(failure.status, failure.error, failure.description) from failure
+        if chain.revoked_reason == "uninstalled":
+            # A check still cached after the app was removed: the local app row is gone (F-AUTH-2/3).
+            raise RestError(401, "APPLICATION_NOT_FOUND", "Application not found")
         return chain
 
     def _resolve(self, method: str, chain: Chain) -> Handler:
@@ -589,7 +597,7 @@ def _raise_crm_event(engine: RestEngine, event: str, lead_id: int, chain: Chain)
     )
 
 
-# --- users and events (rest classes/general/rest_provider.php, lib/api/event.php) ------------------
+# --- users and events (docs/bitrix24-facts.md F-USER-1/2, F-BIND-1..9) -----------------------------
 
 
 def _user_admin(engine: RestEngine, params: dict[str, Any], chain: Chain, now: float) -> CallOutcome:
@@ -660,8 +668,8 @@ def _event_bind(engine: RestEngine, params: dict[str, Any], chain: Chain, now: f
         handler, user_id = "", 0
     elif handler == "":
         raise _argument_null("HANDLER")
-    elif not handler.startswith(("http://", "https://")):
-        raise RestError(400, "ERROR_ARGUMENT", "Wrong handler URL")
+    else:
+        _check_handler_url(handler)
     scopes = {s.strip() for s in config.scope.split(",")}
     needed = KNOWN_EVENTS.get(event, "unknown")
     if needed == "unknown" or (needed is not None and needed not in scopes):
@@ -671,6 +679,16 @@ def _event_bind(engine: RestEngine, params: dict[str, Any], chain: Chain, now: f
     except ValueError as exc:
         raise RestError(400, "ERROR_CORE", f"Unable to set event handler: {exc}") from exc
     return CallOutcome({"result": True}, config.base_cost_seconds)
+
+
+def _check_handler_url(handler: str) -> None:
+    """F-BIND-4: a host with a dot (not first), then http(s) only."""
+    parts = urlsplit(handler)
+    host = parts.hostname or ""
+    if host.find(".") <= 0:
+        raise RestError(400, "ERROR_WRONG_HANDLER_URL", "Wrong handler URL")
+    if parts.scheme not in ("http", "https"):
+        raise RestError(400, "ERROR_UNSUPPORTED_PROTOCOL", "Unsupported handler protocol")
 
 
 def _event_unbind(engine: RestEngine, params: dict[str, Any], chain: Chain, now: float) -> CallOutcome:

@@ -192,7 +192,7 @@ class TokenStore:
     ) -> tuple[Chain, AccessToken]:
         """The chain behind a usable access token, or the 401 the portal would answer.
 
-        With `cache_seconds` (the portal's token-check cache, rest lib/oauth/auth.php) a token whose
+        With `cache_seconds` (the portal's token-check cache, docs/bitrix24-facts.md F-AUTH-3) a token whose
         successful check is still cached keeps working after a refresh or an uninstall revoked it.
         """
         if not token:

@@ -63,3 +63,7 @@ def parse_user_id(raw: object, default: int) -> int:
     if value < 1:
         raise ValueError("user_id must be positive")
     return value
+
+
+# The emulated portal's login session: which user a browser is logged in as (GET /_emulator/login sets it).
+SESSION_COOKIE = "b24_emulator_user"

@@ -65,7 +65,7 @@ _STEP_TITLES = (
     "Read: LeadsFunction through boto3's Lambda client, every lead page by page via the cursor",
     "Lazy refresh: the access token expires, the next read refreshes it transparently",
     "Scheduled refresh: the refresh token ages past REFRESH_AFTER_DAYS; schedule -> queue -> worker",
-    "Uninstall: a forged ONAPPUNINSTALL is refused; the administrator's arrives through the binding",
+    "Uninstall: forged ONAPPUNINSTALLs are refused; the administrator's arrives through the binding",
     "UI app on a legacy portal: install page, installFinish, binding; uninstall confirmed with Bitrix24",
 )
 TOTAL_STEPS = len(_STEP_TITLES)
@@ -726,24 +726,31 @@ def _forget_uninstall_check(c: StackClients) -> None:
 
 
 def step_uninstall(c: StackClients, detail: Detail) -> str:
-    """8. A forged ONAPPUNINSTALL is checked with Bitrix24 and refused; the administrator's is applied."""
+    """8. Forged ONAPPUNINSTALLs are checked with Bitrix24 and refused; the administrator's is applied."""
     url = f"{c.info.api_url}/events"
     before = c.item()
-    forged = c.admin("POST", "/send-uninstall", {"url": url, "application_token": secrets.token_hex(16)})
-    check(forged["status"] == 202, f"the forged ONAPPUNINSTALL answered {forged['status']}")
-    c.lifecycle()
-    after_forged = c.item()
-    after_forged.pop("uninstall_check_at", None)
-    check(after_forged == before, "the forged ONAPPUNINSTALL changed the record")
-    detail(
-        "forged ONAPPUNINSTALL (random application_token): 202 → app.info with the stored grant says installed → refused"
-    )
-    _forget_uninstall_check(c)
+    # A random token, and the real one (newer install pages show it to every employee in the app frame).
+    real = c.admin("GET", "/credentials")["application_token"]
+    for label, token in (
+        ("random application_token", secrets.token_hex(16)),
+        ("the real application_token", real),
+    ):
+        forged = c.admin("POST", "/send-uninstall", {"url": url, "application_token": token})
+        check(forged["status"] == 202, f"the forged ONAPPUNINSTALL answered {forged['status']}")
+        c.lifecycle()
+        after_forged = c.item()
+        after_forged.pop("uninstall_check_at", None)
+        check(after_forged == before, "a forged ONAPPUNINSTALL changed the record")
+        detail(
+            f"forged ONAPPUNINSTALL ({label}): 202 → app.info with the stored grant says installed → refused"
+        )
+        _forget_uninstall_check(c)
     version = int(before["version"])
     removed = c.admin("POST", "/uninstall", {"clean": False})
     delivery = _delivery(removed, "ONAPPUNINSTALL")
     check(delivery["handler"] == url, f"ONAPPUNINSTALL went to {delivery['handler']}")
-    check(delivery["status"] == 200, f"the genuine ONAPPUNINSTALL answered {delivery['status']}")
+    check(delivery["status"] == 202, f"the genuine ONAPPUNINSTALL answered {delivery['status']}")
+    c.lifecycle()
     after = c.item()
     check(after["health"] == "uninstalled", f"health is {after['health']}")
     check("token_ciphertext" not in after, "the token ciphertext is still stored")
@@ -752,8 +759,13 @@ def step_uninstall(c: StackClients, detail: Detail) -> str:
     answer = c.invoke_leads({"member_id": c.member_id, "limit": 1})
     code = (answer.get("error") or {}).get("code")
     check(code == "REAUTH_REQUIRED", f"a read after the uninstall answered {answer}")
-    detail(f"administrator removes the app → ONAPPUNINSTALL through the binding → {url}: 200 (token matches)")
-    return f"forged → refused after a check, unchanged; genuine → 200 through the binding, {after['health']}; LeadsFunction → {code}"
+    detail(
+        f"administrator removes the app → ONAPPUNINSTALL through the binding → {url}: 202 → app.info says gone"
+    )
+    return (
+        f"2 forged → refused after a check, unchanged; genuine → through the binding, confirmed, {after['health']}; "
+        f"LeadsFunction → {code}"
+    )
 
 
 def step_legacy_ui(c: StackClients, detail: Detail) -> str:

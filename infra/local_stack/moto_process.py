@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+# Wrappers applied around moto's app, innermost first (the deploy rehearsal adds its own).
+EXTRA_MIDDLEWARE: list[Callable[[WsgiApp], WsgiApp]] = []
 
 
 def serialize_dynamodb(app: WsgiApp) -> WsgiApp:
@@ -68,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     app: WsgiApp = DomainDispatcherApplication(create_backend_app)
     if not args.raw_dynamodb:
         app = serialize_dynamodb(app)
+    for wrap in EXTRA_MIDDLEWARE:
+        app = wrap(app)
     try:
         server = make_server(
             args.host,

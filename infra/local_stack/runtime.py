@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from local_stack import aws_calls
+
 _log = logging.getLogger("local_stack.runtime")
 
 WORKER_SCRIPT = Path(__file__).with_name("worker_main.py")
@@ -39,6 +41,7 @@ class FunctionSpec:
     memory_mb: int
     environment: Mapping[str, str]
     arn: str
+    template: str = ""  # the template file it comes from (the IAM check evaluates calls against it)
 
 
 @dataclass(slots=True)
@@ -70,6 +73,11 @@ class _Worker:
         env.setdefault("PATH", os.environ.get("PATH", "/usr/bin:/bin"))
         stream = f"{time.strftime('%Y/%m/%d', time.gmtime())}/[$LATEST]{uuid.uuid4().hex}"
         env["AWS_LAMBDA_LOG_STREAM_NAME"] = stream
+        # The IAM check's recording (make test): the worker records its calls as this function's.
+        if recording := os.environ.get(aws_calls.ENV_LOG):
+            env[aws_calls.ENV_LOG] = recording
+            env[aws_calls.ENV_FUNCTION] = spec.logical_id
+            env[aws_calls.ENV_TEMPLATE] = spec.template
         self.process = subprocess.Popen(
             [python, "-P", str(WORKER_SCRIPT)],
             stdin=subprocess.PIPE,

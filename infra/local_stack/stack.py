@@ -285,10 +285,13 @@ class LocalStack:
         for logical_id, fn in template.functions.items():
             spec = self._function_spec(template, fn, builder, aws_url=aws_url, lambda_url=lam.url)
             workers = config.workers_per_function
-            reserved = fn.properties.get("ReservedConcurrentExecutions")
+            # Resolved inside a mapping, which drops an Fn::If that chose AWS::NoValue (no reservation).
+            reserved = builder.resolver.resolve(
+                {"value": fn.properties.get("ReservedConcurrentExecutions")}
+            ).get("value")
             if reserved is not None:
                 # Reserved concurrency caps the environments Lambda runs for the function; so do we.
-                workers = max(1, min(workers, int(builder.resolver.resolve(reserved))))
+                workers = max(1, min(workers, int(reserved)))
             self.runtimes[logical_id] = FunctionRuntime(spec, max_workers=workers)
 
         local_admin = self._local_admin
@@ -364,7 +367,7 @@ class LocalStack:
         handler = env["_HANDLER"]
         if not handler:
             raise TemplateError(f"{name}: no Handler")
-        return FunctionSpec(name, handler, code_dir, timeout, memory, env, arn)
+        return FunctionSpec(name, handler, code_dir, timeout, memory, env, arn, template=str(template.path))
 
     def _describe(self, template: Template, api_url: str, lambda_url: str, aws_url: str) -> StackInfo:
         emulator = self.emulator

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import decimal
 import importlib
+import importlib.util
 import io
 import json
 import math
@@ -129,6 +130,20 @@ def _load_handler(spec: str) -> tuple[Any, dict[str, Any] | None]:
     return handler, None
 
 
+def _start_aws_call_recording() -> None:
+    # The IAM check's recording (aws_calls.py, loaded by path so nothing joins sys.path): before the
+    # handler's import, so its init-phase calls are recorded too.
+    if not os.environ.get("B24_AWS_CALL_LOG"):
+        return
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "aws_calls.py")
+    spec = importlib.util.spec_from_file_location("_local_stack_aws_calls", path)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.install_from_environment()
+
+
 def main() -> int:
     """Serve invocations until stdin closes."""
     # The stack decides when we stop (stdin EOF); a terminal's Ctrl-C goes to the whole process group.
@@ -142,6 +157,7 @@ def main() -> int:
     sys.stdout = console
     sys.stderr = console
 
+    _start_aws_call_recording()
     handler, init_error = _load_handler(os.environ.get("_HANDLER", ""))
     init_log = console.take()
 

@@ -4,7 +4,12 @@ SAM replaces (does not merge) samconfig's parameter_overrides when --parameter-o
 `make deploy` passes this file instead. The Bitrix24 client id differs per app and is not committed:
 it comes from --client-id or BITRIX24_CLIENT_ID, else from the deployed stack's current value.
 
-    python -m operator_tools.deploy_params --env dev --output .aws-sam/deploy-parameters-dev.json
+    python -m operator_tools.deploy_params --env dev --output .aws-sam/deploy-parameters-dev.yaml
+
+The file is YAML because SAM CLI reads `file://` overrides only as .yaml/.yml/.toml (its JSON reader is
+disabled: samcli/lib/config/file_manager.py FILE_MANAGER_MAPPER). Every key and value is written as a
+double-quoted scalar (JSON string syntax, which YAML accepts), so YAML never retypes a value
+(`true`, `021`, `1e3` stay the strings the template receives).
 """
 
 from __future__ import annotations
@@ -69,10 +74,29 @@ def build_overrides(
     return overrides
 
 
+SAM_OVERRIDE_FILE_SUFFIXES = (".yaml", ".yml")
+
+
+def render_overrides(overrides: Mapping[str, str]) -> str:
+    """The overrides as a YAML mapping of double-quoted strings (what `file://x.yaml` reads)."""
+    lines = [
+        f"{json.dumps(str(name))}: {json.dumps(str(value))}" for name, value in sorted(overrides.items())
+    ]
+    return (
+        "# Written by operator_tools.deploy_params for sam deploy --parameter-overrides.\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+
+
 def write_overrides(overrides: Mapping[str, str], output: Path) -> None:
-    """Write the overrides as the JSON object `--parameter-overrides file://...` reads."""
+    """Write the overrides file `--parameter-overrides file://...` reads (.yaml/.yml only)."""
+    if output.suffix not in SAM_OVERRIDE_FILE_SUFFIXES:
+        raise DeployParametersError(
+            f"{output}: SAM CLI reads parameter files only as {'/'.join(SAM_OVERRIDE_FILE_SUFFIXES)}"
+        )
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(dict(overrides), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    output.write_text(render_overrides(overrides), encoding="utf-8")
 
 
 def main(
@@ -87,7 +111,7 @@ def main(
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
     parser.add_argument("--env", default="dev", help="samconfig.toml environment (dev)")
-    parser.add_argument("--output", type=Path, required=True, help="JSON file to write")
+    parser.add_argument("--output", type=Path, required=True, help="YAML file to write (.yaml)")
     parser.add_argument(
         "--client-id", help=f"Bitrix24 client id (default: ${CLIENT_ID_ENV}, then the stack's)"
     )
@@ -107,14 +131,16 @@ def main(
             lookup_deployed=lookup,
             samconfig=args.samconfig,
         )
+        write_overrides(overrides, args.output)
     except (DeployParametersError, SamConfigError) as exc:
         print(f"deploy-params: {exc}", file=sys.stderr)
         return 1
     except (BotoCoreError, ClientError) as exc:
         print(f"deploy-params: cannot read the deployed stack ({type(exc).__name__})", file=sys.stderr)
         return 1
-    write_overrides(overrides, args.output)
-    print(f"Wrote {len(overrides)} parameter overrides to {args.output}.")
+    given = (args.client_id or env.get(CLIENT_ID_ENV) or "").strip()
+    source = "given" if given else "the deployed stack's"
+    print(f"Wrote {len(overrides)} parameter overrides to {args.output} (client id: {source}).")
     return 0
 
 

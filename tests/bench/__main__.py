@@ -142,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     meta["seconds"] = time.perf_counter() - started
     print(report.console(sections))
     if not args.no_write:
-        # A smoke run must not replace the committed full results.
-        target = BENCH_DIR / ".tmp" if args.smoke else BENCH_DIR
+        # A smoke or partial run (--only) must not replace the committed full results.
+        partial = args.smoke or set(chosen) != set(SECTIONS)
+        target = BENCH_DIR / ".tmp" if partial else BENCH_DIR
         target.mkdir(exist_ok=True)
         md_path, json_path = report.write(meta, sections, target)
         print(f"\nwrote {md_path} and {json_path} ({meta['seconds']:.0f} s)")

@@ -17,7 +17,7 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BENCH_DIR = Path(__file__).resolve().parent
-PYTHONPATH = os.pathsep.join(str(REPO_ROOT / part) for part in ("functions", "infra", "."))
+PYTHONPATH = os.pathsep.join(str(REPO_ROOT / part) for part in ("functions", "client/src", "infra", "."))
 # The fields every export asks for (the fact sheet's crm.lead.list example).
 SELECT = ["ID", "TITLE", "STATUS_ID", "DATE_MODIFY"]
 FAKE_AWS = {

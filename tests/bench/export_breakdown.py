@@ -41,7 +41,7 @@ def _moto_pids() -> list[int]:
 
 
 def _one(bench: BenchStack, client: Any, parallel: int, engine_cpu: list[float]) -> None:
-    from b24connector.client import fetch_leads
+    from b24connector_client import fetch_leads
 
     bench.reset_portal()
     runtime = bench.stack.runtimes["LeadsFunction"]

@@ -33,7 +33,7 @@ def _leads_function(job: dict[str, Any]) -> Callable[[], Rows]:
     import boto3
     from botocore.config import Config
 
-    from b24connector.client import fetch_leads
+    from b24connector_client import fetch_leads
 
     client = boto3.client(
         "lambda",
@@ -60,7 +60,7 @@ def _leads_function_parallel(job: dict[str, Any]) -> Callable[[], Rows]:
     import boto3
     from botocore.config import Config
 
-    from b24connector.client import fetch_leads
+    from b24connector_client import fetch_leads
 
     parallel = int(job["parallel"])
     client = boto3.client(

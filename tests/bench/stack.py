@@ -96,12 +96,15 @@ class BenchStack:
 
 
 def install_portal(stack: LocalStack) -> str:
-    """Install the emulated portal the way a portal does: install page, then ONAPPINSTALL."""
+    """Install the emulated portal as an API-only app's portal does: ONAPPINSTALL, applied from the journal."""
     emulator = stack.emulator
-    page = emulator.send_install(f"{stack.api_url}/install", "page")
     event = emulator.send_install(f"{stack.api_url}/events", "event")
-    if page["status"] != 200 or event["status"] != 200 or json.loads(event["body"]) != {"status": "success"}:
-        raise RuntimeError(f"install failed: page {page['status']}, event {event['status']}")
+    if event["status"] != 200 or json.loads(event["body"]) != {"status": "accepted"}:
+        raise RuntimeError(f"install failed: ONAPPINSTALL answered {event['status']}")
+    drain = stack.drain_queues()  # LifecycleFunction verifies, stores and subscribes
+    if drain.failed:
+        raise RuntimeError(f"install failed: LifecycleFunction left {drain.failed} messages")
+    emulator.reset()
     return str(emulator.member_id)
 
 

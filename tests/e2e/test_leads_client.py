@@ -1,4 +1,4 @@
-"""b24connector.client (the typed LeadsFunction client) against the local stack's Lambda Invoke API."""
+"""b24connector_client (the typed LeadsFunction client) against the local stack's Lambda Invoke API."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import boto3
 import pytest
 
-from b24connector.client import PortalNotFound, ReauthRequired, fetch_leads, fetch_leads_page
+from b24connector_client import PortalNotFound, ReauthRequired, fetch_leads, fetch_leads_page
 from local_stack import LocalStack
 from tests.e2e.helpers import admin, emulator_stats, install_app, reset_emulator_stats
 

@@ -134,5 +134,5 @@ def test_parallel_offset_paging_trips_the_operating_limit(emulator: Emulator) ->
         stats = emulator.stats()
         assert stats["http_429"] + stats["batch_errors"].get("OPERATION_TIME_LIMIT", 0) >= 1
     finally:
-        emulator.configure(operating_limit_seconds=480.0)
+        emulator.configure(operating_limit_seconds=420.0)  # back to the default
         emulator.reset()

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from bitrix24_emulator import Emulator, EmulatorConfig
-from tests.security.harness import CLIENT_ID, CLIENT_SECRET, CatchAll, CraftedOAuthServer, Rig
+from tests.security.harness import CLIENT_ID, CLIENT_SECRET, ApiFront, CatchAll, CraftedOAuthServer, Rig
 from tests.support.aws import provision
 from tests.support.servers import MotoServer
 
@@ -36,6 +36,7 @@ def rig_factory(
     from b24connector.settings import get_settings
 
     started: list[Emulator] = []
+    fronts: list[ApiFront] = []
 
     def build(
         *,
@@ -55,23 +56,28 @@ def rig_factory(
         )
         emulators = [_emulator(**dict(emulator or {})) for _ in range(portals)]
         started.extend(emulators)
+        front = ApiFront().start()
+        fronts.append(front)
         full_env = {
             **stack.env(),
             "LOCAL_MODE": "true",
             "ALLOWED_PORTAL_HOSTS": ",".join(e.portal_domain for e in emulators),
             "OAUTH_SERVERS": ",".join([*(e.oauth_url for e in emulators), *extra_oauth_servers]),
             "HTTP_TIMEOUT_SECONDS": "3",
+            "EVENTS_URL": f"{front.url}/events",
             **env,
         }
         monkeypatch.delenv("AWS_ENDPOINT_URL_DYNAMODB", raising=False)
         for name, value in full_env.items():
             monkeypatch.setenv(name, value)
         get_settings.cache_clear()
-        return Rig(stack, emulators[0], full_env, backend, emulators[1:])
+        return Rig(stack, emulators[0], full_env, backend, emulators[1:], front.url)
 
     yield build
     for emulator in started:
         emulator.stop()
+    for front in fronts:
+        front.stop()
     get_settings.cache_clear()
 
 

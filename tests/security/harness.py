@@ -19,10 +19,21 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Request, Response
 
-from b24connector.handlers import authorize, callback, install, leads, refresh_worker, token_rescue
+from b24connector.handlers import (
+    authorize,
+    callback,
+    install,
+    leads,
+    lifecycle,
+    refresh_worker,
+    token_rescue,
+)
 from bitrix24_emulator import Emulator
 from bitrix24_emulator.installer import install_event_request, install_page_request, uninstall_request
 from bitrix24_emulator.wsgi import QuietRequestHandler
+from local_stack.http_api import HttpApiFront
+from local_stack.runtime import InvocationResult
+from local_stack.template import Route
 from tests.leak_canary import canary_value
 from tests.support.aws import AwsStack
 from tests.unit.handlers.aws_events import FakeContext, http_event, sqs_event
@@ -39,6 +50,7 @@ HANDLERS: dict[str, Callable[[Any, Any], Any]] = {
     "LeadsFunction": leads.handler,
     "RefreshWorkerFunction": refresh_worker.handler,
     "TokenRescueFunction": token_rescue.handler,
+    "LifecycleFunction": lifecycle.handler,
 }
 ROUTE_FUNCTION = {
     ("GET", "/authorize"): "AuthorizeFunction",
@@ -53,6 +65,33 @@ def invoke(function: str, event: Any, *, remaining_ms: int = 60_000) -> Any:
     payload = json.loads(json.dumps(event))
     answer = HANDLERS[function](payload, FakeContext(function_name=function, remaining_ms=remaining_ms))
     return json.loads(json.dumps(answer))
+
+
+def _invoke_in_process(function: str, event: dict[str, Any]) -> InvocationResult:
+    return InvocationResult(request_id="local", payload=json.dumps(invoke(function, event)).encode())
+
+
+class ApiFront:
+    """The HTTP routes on a loopback port (API Gateway's event and answer mapping), for Bitrix24 to call:
+    the emulator delivers bound events (ONAPPUNINSTALL after event.bind) to `{url}/events`."""
+
+    def __init__(self) -> None:
+        front = HttpApiFront([Route(m, p, f) for (m, p), f in ROUTE_FUNCTION.items()], _invoke_in_process)
+        # Quiet: access lines would carry callback codes and states.
+        self._server = make_server("127.0.0.1", 0, front, threaded=True, request_handler=QuietRequestHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="api-front", daemon=True)
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+
+    def start(self) -> ApiFront:
+        """Serve in a background thread."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
 
 
 def route(event: dict[str, Any]) -> dict[str, Any]:
@@ -215,6 +254,42 @@ def free_port() -> int:
 
 
 @dataclass
+class LifecycleDrain:
+    """What one drain of LifecycleQueue did: messages done or redelivered, and each job's outcome."""
+
+    done: int = 0
+    retried: int = 0
+    outcomes: list[tuple[str, str, str]] = field(default_factory=list)  # (job kind, member_id, outcome)
+
+    def of(self, kind: str) -> list[str]:
+        """The outcomes of the jobs of one kind ("grant", "uninstall", "subscribe"), in order."""
+        return [outcome for job, _member, outcome in self.outcomes if job == kind]
+
+
+@contextlib.contextmanager
+def _recording_outcomes(drain: LifecycleDrain) -> Iterator[None]:
+    """Record what LifecycleWorker.run returned (or raised) for each job, without changing it."""
+    from b24connector.lifecycle import LifecycleWorker
+
+    real = LifecycleWorker.run
+
+    def run(self: LifecycleWorker, job: Any) -> str:
+        try:
+            outcome = real(self, job)
+        except Exception as exc:
+            drain.outcomes.append((job.kind, job.member_id, f"retry:{type(exc).__name__}"))
+            raise
+        drain.outcomes.append((job.kind, job.member_id, outcome))
+        return outcome
+
+    LifecycleWorker.run = run  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        LifecycleWorker.run = real  # type: ignore[method-assign]
+
+
+@dataclass
 class Rig:
     """One stack (tables from template.yaml), the emulated portal(s), and the handlers in process."""
 
@@ -223,6 +298,7 @@ class Rig:
     env: dict[str, str]
     backend: str = "moto"
     others: list[Emulator] = field(default_factory=list)
+    api_url: str = ""  # where Bitrix24 reaches the HTTP routes (EVENTS_URL is `{api_url}/events`)
 
     # -- HTTP routes --
 
@@ -269,16 +345,28 @@ class Rig:
         consent_url, nonce = self.authorize()
         return self.callback(self.consent(consent_url), nonce)
 
-    def install_event(self, emulator: Emulator | None = None) -> tuple[Any, list[tuple[str, str]]]:
-        """A genuine ONAPPINSTALL from `emulator` (default: the main portal); (answer, fields sent)."""
-        request = install_event_request((emulator or self.emulator).state, "https://api.test/events")
-        return self.post_form("/events", request.fields), request.fields
+    def install_event(
+        self, emulator: Emulator | None = None, *, drain: bool = True, **options: Any
+    ) -> tuple[Any, list[tuple[str, str]]]:
+        """A genuine ONAPPINSTALL from `emulator` (default: the main portal); (answer, fields sent).
+
+        The answer is the journal's 200 "accepted"; with `drain` LifecycleFunction then applies it.
+        """
+        request = install_event_request(
+            (emulator or self.emulator).state, "https://api.test/events", **options
+        )
+        answer = self.post_form("/events", request.fields)
+        if drain:
+            self.drain_lifecycle()
+        return answer, request.fields
 
     def install_page(
-        self, emulator: Emulator | None = None
+        self, emulator: Emulator | None = None, **options: Any
     ) -> tuple[Any, list[tuple[str, str]], dict[str, str]]:
-        """A genuine install page POST; (answer, form fields, query)."""
-        request = install_page_request((emulator or self.emulator).state, "https://api.test/install")
+        """A genuine install page POST (options: the emulator's, e.g. `legacy`); (answer, form fields, query)."""
+        request = install_page_request(
+            (emulator or self.emulator).state, "https://api.test/install", **options
+        )
         return (
             self.post_form("/install", request.fields, list(request.query.items())),
             request.fields,
@@ -300,6 +388,49 @@ class Rig:
     def sqs(self, function: str, bodies: Sequence[str]) -> Any:
         """Invoke an SQS-fed function with one batch."""
         return invoke(function, sqs_event(list(bodies)))
+
+    def drain_lifecycle(self, *, rounds: int = 6) -> LifecycleDrain:
+        """Run LifecycleFunction over LifecycleQueue as the SQS event source would, until it is empty.
+
+        A message the function reports failed is made visible again at once (instead of after the
+        visibility timeout), so its retry happens in the next round; after `rounds` it stays queued.
+        """
+        sqs = self.stack.client("sqs")
+        url = self.stack.lifecycle_queue_url
+        drain = LifecycleDrain()
+        with _recording_outcomes(drain):
+            for _ in range(rounds):
+                messages = sqs.receive_message(
+                    QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"], VisibilityTimeout=30
+                ).get("Messages", [])
+                if not messages:
+                    break
+                records = [
+                    {
+                        "messageId": m["MessageId"],
+                        "receiptHandle": m["ReceiptHandle"],
+                        "body": m["Body"],
+                        "attributes": m.get("Attributes", {}),
+                        "messageAttributes": {},
+                        "md5OfBody": m.get("MD5OfBody", ""),
+                        "eventSource": "aws:sqs",
+                        "eventSourceARN": "arn:aws:sqs:eu-central-1:123456789012:lifecycle",
+                        "awsRegion": "eu-central-1",
+                    }
+                    for m in messages
+                ]
+                answer = invoke("LifecycleFunction", {"Records": records})
+                failed = {item["itemIdentifier"] for item in answer.get("batchItemFailures", [])}
+                for message in messages:
+                    if message["MessageId"] in failed:
+                        drain.retried += 1
+                        sqs.change_message_visibility(
+                            QueueUrl=url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+                        )
+                    else:
+                        drain.done += 1
+                        sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+        return drain
 
     # -- inspection --
 
@@ -351,8 +482,12 @@ def cold_start() -> None:
         _services.portal_policy,
         _services.oauth_client,
         _services.coordinator,
-        authorize.authorization_flow,
-        install.installer,
+        _services.rest_client,
+        _services.installer,
+        _services.authorization_flow,
+        _services.subscriber,
+        lifecycle.worker,
+        lifecycle.codec,
         leads.reader,
         refresh_worker.worker,
         refresh_sweep.sweep,

@@ -236,6 +236,53 @@ def test_a_commit_that_keeps_failing_is_retried_then_rescued_and_applied(
     assert rig.emulator.stats()["token_requests"] == 1  # the rescued pair works: no second refresh
 
 
+def _make_due(rig: Rig, member_id: str) -> None:
+    """The portal's refresh token is 22 days old (written straight to the table)."""
+    past = int(time.time()) - 22 * 86_400
+    rig.stack.client("dynamodb").update_item(
+        TableName=rig.stack.portals_table,
+        Key={"member_id": {"S": member_id}},
+        UpdateExpression="SET refresh_obtained_at = :o, refresh_due_at = :d",
+        ExpressionAttributeValues={":o": {"N": str(past)}, ":d": {"N": str(past + 21 * 86_400)}},
+    )
+
+
+def test_a_scheduled_refresh_whose_commit_keeps_failing_is_rescued_and_a_replayed_rescue_is_stale(
+    rig: Rig,
+) -> None:
+    member_id = _installed(rig)
+    _make_due(rig, member_id)
+    before = rig.portal()
+    assert before is not None
+    version = int(before["version"]["N"])
+    # Given every commit of a refreshed pair fails at DynamoDB
+    client = _services.vault(get_settings()).portals.model._get_connection().connection.client
+    fault = inject(
+        client, "dynamodb.UpdateItem", InjectedFault(500, "com.amazonaws.dynamodb.v20120810#InternalServerError",
+                                                     body_contains=b"token_ciphertext"),
+    )  # fmt: skip
+    # When the refresh worker refreshes the due portal
+    body = json.dumps({"member_id": member_id, "version": version})
+    assert invoke("RefreshWorkerFunction", _sqs([body])) == {"batchItemFailures": []}
+    # Then Bitrix24 rotated the pair once and the new pair waits on the rescue queue as ciphertext
+    assert rig.emulator.stats()["token_requests"] == 1
+    assert fault.seen > 1
+    assert int(rig.portal()["version"]["N"]) == version  # type: ignore[index]
+    bodies = rig.queue_bodies(rig.stack.rescue_queue_url)
+    assert len(bodies) == 1
+    assert not any(token in bodies[0] for token in _emulator_tokens(rig))
+    # And TokenRescueFunction applies it once DynamoDB is back
+    fault.remaining = 0
+    cold_start()
+    assert rig.sqs("TokenRescueFunction", bodies) == {"batchItemFailures": []}
+    applied = rig.portal()
+    assert int(applied["version"]["N"]) == version + 1  # type: ignore[index]
+    # And the same message delivered again (SQS is at-least-once) is stale: dropped, nothing changes
+    cold_start()
+    assert rig.sqs("TokenRescueFunction", bodies) == {"batchItemFailures": []}
+    assert rig.portal() == applied
+
+
 # --- KMS unavailable -------------------------------------------------------------------------------
 
 
@@ -256,13 +303,31 @@ def test_kms_down_at_callback_is_a_clear_5xx_and_stores_nothing(rig: Rig) -> Non
     assert "KMSInternalException" not in answer["body"]
 
 
+@pytest.mark.filterwarnings("ignore:No application metrics to publish")  # a batch where every job failed
 def test_kms_down_at_install_stores_nothing(rig: Rig) -> None:
+    # KMS down when the event arrives: it cannot be sealed, so nothing is journaled (Bitrix24 gets a 503)
     kms = _services.vault(get_settings()).cipher.kms
-    inject(kms, SEAL, InjectedFault(*KMS_DOWN))
-    answer, _fields = rig.install_event()
-    assert answer["statusCode"] == 503
-    assert '"storage_unavailable"' in answer["body"]
+    fault = inject(kms, SEAL, InjectedFault(*KMS_DOWN))
+    answer, _fields = rig.install_event(drain=False)
+    assert (answer["statusCode"], header(answer, "X-Reason-Code")) == (503, "journal_unavailable")
+    assert "KMSInternalException" not in answer["body"]
+    assert rig.queue_bodies(rig.stack.lifecycle_queue_url) == []
     assert rig.items() == []
+    # KMS down when LifecycleFunction applies a journaled event: retried, nothing stored meanwhile ...
+    fault.remaining = 0
+    answer, fields = rig.install_event(drain=False)
+    assert answer["statusCode"] == 200
+    fault.remaining = 1_000_000
+    first = rig.drain_lifecycle(rounds=2)
+    assert (first.done, first.retried) == (0, 2)
+    assert rig.items() == []
+    # ... and applied once KMS is back: the event was not lost
+    fault.remaining = 0
+    assert rig.drain_lifecycle().of("grant") == ["stored"]
+    item = rig.portal()
+    assert item is not None
+    assert item["health"]["S"] == "active"
+    assert dict(fields)["auth[refresh_token]"] not in json.dumps(rig.items(), default=str)
 
 
 def test_kms_down_at_a_refresh_spends_nothing_and_writes_no_plaintext(
@@ -368,6 +433,53 @@ def test_secrets_manager_down_during_a_refresh_leaves_the_portal_untouched(
     assert answer["error"]["code"] == "UPSTREAM_ERROR"
     assert rig.emulator.stats()["token_requests"] == 0
     assert _without(rig.portal(), LEASE_FIELDS) == _without(before, LEASE_FIELDS)
+
+
+# --- client secret not put yet (deploy marker) --------------------------------------------------
+
+
+def _client_secret_not_set(rig: Rig) -> None:
+    """ClientSecret holds the template's marker, as between `make deploy` and `make put-secret`."""
+    from b24connector.credentials import CLIENT_SECRET_NOT_SET
+
+    rig.stack.client("secretsmanager").put_secret_value(
+        SecretId=rig.stack.client_secret_id, SecretString=CLIENT_SECRET_NOT_SET
+    )
+    cold_start()
+
+
+def test_callback_before_put_secret_is_a_clear_503_and_never_sends_the_code(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    consent_url, nonce = rig.authorize()
+    query = rig.consent(consent_url)
+    rig.emulator.reset()
+    _client_secret_not_set(rig)
+    capsys.readouterr()
+    answer = rig.callback(query, nonce)
+    out = capsys.readouterr().out
+    assert (answer["statusCode"], header(answer, "X-Reason-Code")) == (503, "client_secret_not_set")
+    assert "client secret has not been stored" in answer["body"]
+    assert rig.emulator.stats()["token_requests"] == 0  # the code never went out with a wrong secret
+    assert rig.items() == []
+    assert emf_metrics(out).get("ClientSecretMissing") == 1
+
+
+def test_refresh_before_put_secret_waits_without_spending_the_refresh_token(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    member_id = _installed(rig)
+    before = rig.portal()
+    rig.emulator.reset()
+    rig.emulator.expire_access_tokens()
+    _client_secret_not_set(rig)
+    capsys.readouterr()
+    answer = rig.leads(_page(rig, member_id))
+    out = capsys.readouterr().out
+    assert answer["error"]["code"] == "UPSTREAM_ERROR"
+    assert rig.emulator.stats()["token_requests"] == 0
+    assert _without(rig.portal(), LEASE_FIELDS) == _without(before, LEASE_FIELDS)
+    assert emf_metrics(out).get("ClientSecretMissing", 0) >= 1
 
 
 # --- Bitrix24 OAuth server down ------------------------------------------------------------------

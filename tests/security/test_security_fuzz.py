@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bitrix24_emulator.installer import install_event_request, install_page_request
+from bitrix24_emulator.installer import install_event_request, install_page_request, user_ready_fields
 from tests.leak_canary import canary_value
 from tests.security.harness import COOKIE, ROUTE_FUNCTION, Rig, header, invoke, location_allowed
 from tests.unit.handlers.aws_events import http_event
@@ -79,13 +79,41 @@ FORM_FIELDS = [
     "auth[server_endpoint]",
     "auth[client_endpoint]",
     "auth[user_id]",
+    "auth[status]",
+    "auth[scope]",
+    "data[access_token]",
+    "data[refresh_token]",
+    "data[expires_in]",
+    "data[domain]",
+    "data[member_id]",
+    "data[client_endpoint]",
+    "data[server_endpoint]",
+    "data[user_id]",
     "data[CLEAN]",
     "auth[]",
     "auth[a][b][c][d][e]",
     "auth",
     "data[]",
 ]
-EVENTS = ["ONAPPINSTALL", "ONAPPUNINSTALL", "onappinstall", "ONCRMLEADADD", ""]
+EVENTS = ["ONAPPINSTALL", "ONAPPUSERREADY", "ONAPPUNINSTALL", "onappinstall", "ONCRMLEADADD", ""]
+# Inputs that broke parsers before: non-ASCII digits (str.isdigit() takes them, int() of "²" raises),
+# numbers long enough to make int() refuse (Python's 4,300-digit limit), and nesting deep enough to
+# exhaust a recursive parser (json.loads of 40,000 brackets raises RecursionError).
+HOSTILE_NUMBERS = [
+    "²",
+    "٣",
+    "\uff11\uff12",
+    "3600²",
+    "9" * 5_000,
+    "-1",
+    "+60",
+    " 60",
+    "1e3",
+    "0x10",
+    "0" * 40,
+    "",
+]
+HOSTILE_NESTING = ["[" * 40_000, "{" * 40_000, '{"a":' * 20_000, "[" * 40_000 + "]" * 40_000]
 
 # --- strategies ----------------------------------------------------------------------------------
 
@@ -112,6 +140,7 @@ def _values(known: list[str]) -> st.SearchStrategy[str]:
     return st.one_of(
         _any_text,
         st.sampled_from(known),
+        st.sampled_from(HOSTILE_NUMBERS + HOSTILE_NESTING),
         st.text(alphabet=string.ascii_letters + string.digits + ".-:/@%[]\\", max_size=60),
         _huge_text,
         _lone_surrogates,
@@ -280,6 +309,7 @@ def _seeds(rig: Rig) -> Seeds:
         request = install_page_request(emulator.state, "https://api.test/install")
         pages.append((list(request.query.items()), request.fields))
     events = [install_event_request(emulator.state, "https://api.test/events").fields for _ in range(4)]
+    events += [_user_ready(rig) for _ in range(2)]
     events.append(rig.uninstall_fields(clean=True, application_token=canary_value("apptoken")))
     first = rig.leads({"member_id": emulator.member_id, "limit": 7, "select": ["TITLE"]})
     return Seeds(
@@ -290,6 +320,14 @@ def _seeds(rig: Rig) -> Seeds:
         events=events,
         cursors=[first["next_cursor"]],
     )
+
+
+def _user_ready(rig: Rig) -> Pairs:
+    """A genuine ONAPPUSERREADY (system user's pair in `data`, the administrator's in `auth`)."""
+    state = rig.emulator.state
+    system, _ = state.issue_tokens("system_user", state.config.system_user_id)
+    installer, _ = state.issue_tokens("install_user_ready", 1)
+    return user_ready_fields(state, system, installer)
 
 
 @pytest.mark.parametrize("path", ["/authorize", "/callback", "/install", "/events"])
@@ -419,3 +457,92 @@ def test_fuzzed_leads_payloads_are_answered_never_raised(fuzz_rig: Rig) -> None:
     assert RUN_COUNTS["leads"] >= FUZZ_EXAMPLES["leads"] // 2
     assert kinds.get("page", 0) > 0  # the fuzzer reached real reads, not only the validator
     assert kinds.get("INVALID_REQUEST", 0) > 0
+
+
+# --- hostile numbers and nesting, every one tried ---------------------------------------------------
+
+_NUMBER_FIELDS = {
+    "install page": ["AUTH_EXPIRES"],
+    "ONAPPINSTALL": ["auth[expires]", "auth[expires_in]", "auth[user_id]"],
+    "ONAPPUSERREADY": ["data[expires_in]", "data[user_id]", "auth[expires_in]", "auth[user_id]"],
+}
+
+
+def _genuine(rig: Rig, shape: str) -> tuple[Pairs, Pairs]:
+    """(query, form) of a genuine request of `shape`."""
+    if shape == "install page":
+        request = install_page_request(rig.emulator.state, "https://api.test/install", legacy=False)
+        return list(request.query.items()), request.fields
+    if shape == "ONAPPINSTALL":
+        return [], install_event_request(rig.emulator.state, "https://api.test/events").fields
+    return [], _user_ready(rig)
+
+
+def _hostile_variants(rig: Rig, shape: str) -> list[tuple[str, Pairs, Pairs, bool]]:
+    """(label, query, form, must be refused) for every hostile value in every numeric field and more."""
+    query, form = _genuine(rig, shape)
+    variants = []
+    for name in _NUMBER_FIELDS[shape]:
+        for value in HOSTILE_NUMBERS:
+            changed = [(k, value if k == name else v) for k, v in form]
+            # Only ASCII digits (at most 12) are numbers; an empty optional field is just absent
+            refused = value != "" or name == "AUTH_EXPIRES"
+            variants.append((f"{name}={value[:12]!r}", query, changed, refused))
+    for value in HOSTILE_NESTING:
+        # PLACEMENT_OPTIONS is JSON the install page carries (bounded before parsing); events ignore it
+        page = shape == "install page"
+        variants.append(
+            (f"PLACEMENT_OPTIONS={value[:12]!r}", query, [*form, ("PLACEMENT_OPTIONS", value)], page)
+        )
+        variants.append((f"data value {value[:12]!r}", query, [*form, ("data[VERSION]", value)], False))
+    # Events fold bracket names (at most 4 deep); the install page reads flat fields and ignores it
+    deep = ("data" + "[a]" * 40_000, "1")
+    variants.append(("field name nested 40,000 deep", query, [*form, deep], shape != "install page"))
+    variants.append(("field name with 40,000 brackets", query, [*form, ("auth" + "[" * 40_000, "1")], False))
+    return variants
+
+
+@pytest.mark.filterwarnings("ignore:No application metrics to publish")
+@pytest.mark.parametrize(
+    ("path", "shape"),
+    [
+        ("/install", "install page"),
+        ("/install", "ONAPPINSTALL"),
+        ("/install", "ONAPPUSERREADY"),
+        ("/events", "ONAPPINSTALL"),
+        ("/events", "ONAPPUSERREADY"),
+    ],
+)
+def test_unicode_digits_huge_numbers_and_deep_nesting_are_4xx_never_5xx(
+    fuzz_rig: Rig, path: str, shape: str
+) -> None:
+    rig = fuzz_rig
+    before = rig.portal()
+    statuses: dict[str, int] = {}
+    for label, query, form, must_refuse in _hostile_variants(rig, shape):
+        body = "&".join(f"{quote(k, safe='[]')}={quote(v, safe='')}" for k, v in form).encode("ascii")
+        event = http_event(
+            "POST",
+            path,
+            query=query,
+            headers={"content-type": "application/x-www-form-urlencoded"},
+            body=body,
+        )
+        answer = invoke("InstallFunction", event)
+        _check_http_answer(answer, rig.emulator.portal_domain)
+        statuses[label] = answer["statusCode"]
+        if must_refuse:
+            assert answer["statusCode"] in (400, 413), (
+                label,
+                answer["statusCode"],
+                header(answer, "X-Reason-Code"),
+            )
+    # Whatever the journal accepted, LifecycleFunction applies or refuses for good: nothing crashes it
+    drained = rig.drain_lifecycle()
+    assert not [o for o in drained.outcomes if o[2].startswith("retry:")], drained
+    assert drained.retried == 0
+    item = rig.portal()
+    assert item is not None
+    assert item["health"]["S"] == "active"
+    assert before is not None
+    print(f"{shape} on {path}: {sorted(statuses.items())}")

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.logging import correlation_paths
 
-from b24connector.handlers import _services
+from b24connector.handlers import _services, import_done
 from b24connector.observability import count, logger, metrics
 from b24connector.settings import get_settings
 from b24connector.web.errors import serve
@@ -36,3 +36,7 @@ def start_authorization(request: HttpRequest) -> HttpResponse:
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """HttpApi payload 2.0 in, redirect or error page out."""
     return serve(event, start_authorization, logger=logger, count=count)
+
+
+# Last statement: the import is complete (see b24connector.handlers).
+import_done()

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from aws_lambda_powertools.logging import correlation_paths
 
 from b24connector.authorization import CallbackParams
-from b24connector.handlers import _services
+from b24connector.handlers import _services, import_done
 from b24connector.observability import count, logger, metrics
 from b24connector.settings import get_settings
 from b24connector.web.errors import serve
@@ -55,3 +55,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         count=count,
         cookies_on_problem=(clear_cookie(cookie_name),),
     )
+
+
+# Last statement: the import is complete (see b24connector.handlers).
+import_done()

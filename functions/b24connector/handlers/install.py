@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.logging import correlation_paths
 
-from b24connector.handlers import _services
+from b24connector.handlers import _services, import_done
 from b24connector.install import (
     EVENT_UNINSTALL,
     JOURNALED_EVENTS,
@@ -126,3 +126,7 @@ def _posts_an_event(event: dict[str, Any]) -> bool:
     else:
         raw = head.encode("utf-8", "surrogatepass")
     return raw.startswith(b"event=") or b"&event=" in raw
+
+
+# Last statement: the import is complete (see b24connector.handlers).
+import_done()

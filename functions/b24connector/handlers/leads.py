@@ -6,7 +6,7 @@ import time
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from b24connector.handlers import _services
+from b24connector.handlers import _services, import_done
 from b24connector.leads import (
     UPSTREAM_ERROR,
     CursorCodec,
@@ -90,3 +90,7 @@ def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
         # Unexpected (a bug, or AWS failing in a way no layer mapped): logged without its text.
         logger.error("leads failed", extra=safe_traceback(exc))
         return LeadsError(UPSTREAM_ERROR, f"internal failure (request {context.aws_request_id})").answer()
+
+
+# Last statement: the import is complete (see b24connector.handlers).
+import_done()

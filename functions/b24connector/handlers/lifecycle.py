@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 
-from b24connector.handlers import _services
+from b24connector.handlers import _services, import_done
 from b24connector.lifecycle import LifecycleWorker
 from b24connector.observability import logger, metrics
 from b24connector.problems import safe_traceback
@@ -55,3 +55,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailure
     return process_partial_response(
         event=event, record_handler=run_record, processor=processor, context=context
     )
+
+
+# Last statement: the import is complete (see b24connector.handlers).
+import_done()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from b24connector.handlers import import_done
 from b24connector.observability import count, logger, metrics
 from b24connector.refresh import RefreshSweep, SqsBatchSender
 from b24connector.settings import Settings, get_settings
@@ -34,3 +35,7 @@ def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     if report.failed:
         count("RefreshQueueFailed", report.failed)
     return report.as_log()
+
+
+# Last statement: the import is complete (see b24connector.handlers).
+import_done()

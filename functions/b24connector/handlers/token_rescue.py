@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from b24connector.handlers import _services
+from b24connector.handlers import _services, import_done
 from b24connector.observability import count, logger, metrics
 from b24connector.problems import safe_traceback
 from b24connector.refresh import RescueWorker
@@ -38,3 +38,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if report.retry:
         count("RescueRetried", len(report.retry))
     return report.answer()
+
+
+# Last statement: the import is complete (see b24connector.handlers).
+import_done()

@@ -514,15 +514,15 @@ class RefreshCoordinator:
             raise RefreshRejected(
                 f"token endpoint rejected the app for portal {member_id} ({exc.code})"
             ) from None
-        except SecretUnavailable:
-            # No client secret, no token request: the attempt never happened.
+        except SecretUnavailable as exc:
+            # No client secret (unreadable, or not put yet), no token request: the attempt never happened.
             self._release(member_id, owner, undo_attempt=portal)
             _record(
                 RefreshOutcome.TRANSIENT_FAILURE,
                 member_id,
                 version,
                 path=path,
-                error="CLIENT_SECRET_UNAVAILABLE",
+                error=exc.code,
                 request_sent=False,
             )
             raise RefreshUnavailable(

@@ -20,13 +20,12 @@ from bitrix24_emulator import Emulator
 
 
 def test_consent_redirect_then_code_exchange(fresh: Emulator, oauth: OAuthClient) -> None:
-    # Given the consent page our authorize URL points at
+    # Given the portal page our authorize URL points at: a logged-in user is redirected at once
     url = oauth.authorize_url(fresh.portal_domain, "state-123")
-    page = requests.get(url, timeout=5)
-    assert page.status_code == 200
-    assert page.text.count("<form") == 1
-    # When the user approves, the redirect carries code and server_domain
-    query = parse_qs(urlsplit(fresh.approve(state="state-123")).query)
+    page = requests.get(url, allow_redirects=False, timeout=5)
+    assert page.status_code == 302
+    # When the redirect arrives, it carries code and server_domain
+    query = parse_qs(urlsplit(page.headers["Location"]).query)
     assert query["state"] == ["state-123"]
     tokens = oauth.exchange_code(query["code"][0], server_hint=query["server_domain"][0])
     # Then the token set names the portal

@@ -232,7 +232,7 @@ def test_refreshed_away_token_works_on_the_portal_while_its_check_is_cached(
     assert call(emulator, "crm.lead.list", old, start=-1).json()["error"] == "invalid_token"
 
 
-def test_cached_token_outlives_an_uninstall_and_strict_default_does_not(
+def test_cached_token_after_an_uninstall_answers_application_not_found(
     emu_factory: Callable[..., Emulator],
 ) -> None:
     cached = emu_factory(token_check_cache_seconds=3600)
@@ -240,7 +240,11 @@ def test_cached_token_outlives_an_uninstall_and_strict_default_does_not(
     never_checked = cached.issue_tokens()["access_token"]
     assert call(cached, "profile", token).status_code == 200
     cached.uninstall(clean=True)
-    assert call(cached, "profile", token).status_code == 200
+    # The cached check still passes, but the portal's app row is gone (lib/oauth/auth.php)
+    assert call(cached, "profile", token).json() == {
+        "error": "APPLICATION_NOT_FOUND",
+        "error_description": "Application not found",
+    }
     assert call(cached, "profile", never_checked).json()["error"] == "ERROR_OAUTH"
 
     strict = emu_factory()

@@ -111,6 +111,9 @@ def test_bind_get_unbind_as_an_administrator(emu: Emulator) -> None:
             400,
             "ERROR_ARGUMENT",
         ),
+        ({"event": "ONAPPUNINSTALL", "handler": "http://localhost/h"}, 400, "ERROR_WRONG_HANDLER_URL"),
+        ({"event": "ONAPPUNINSTALL", "handler": "not a url"}, 400, "ERROR_WRONG_HANDLER_URL"),
+        ({"event": "ONAPPUNINSTALL", "handler": "ftp://a.example/h"}, 400, "ERROR_UNSUPPORTED_PROTOCOL"),
     ],
 )
 def test_bind_refuses_bad_input(emu: Emulator, params: dict[str, str], status: int, error: str) -> None:
@@ -224,6 +227,18 @@ def test_a_binding_with_auth_type_carries_that_users_token(emu: Emulator, app: F
     assert update["data[FIELDS][ID]"] == str(lead_id)
 
 
+def test_no_events_while_a_ui_install_is_unfinished(emu: Emulator, app: FakeApp) -> None:
+    call(emu, "event.bind", _token(emu, 1), event="ONCRMLEADADD", handler=app.url)
+    emu.install(user_id=1)  # a UI app: pending until BX24.installFinish()
+
+    call(emu, "crm.lead.add", _token(emu, 1), fields={"TITLE": "before finish"})
+    emu.install_finish()
+    call(emu, "crm.lead.add", _token(emu, 1), fields={"TITLE": "after finish"})
+    assert emu.flush_events(10)
+
+    assert len(app.forms("ONCRMLEADADD")) == 1
+
+
 def test_lead_update_refuses_bad_input(emu: Emulator) -> None:
     token = _token(emu, 1)
     missing = call(emu, "crm.lead.update", token, id=10**9, fields={"TITLE": "x"})
@@ -231,3 +246,28 @@ def test_lead_update_refuses_bad_input(emu: Emulator) -> None:
     assert missing.json() == {"error": "", "error_description": "Not found"}
     assert call(emu, "crm.lead.update", token, id=1).status_code == 400
     assert call(emu, "crm.lead.update", token, id=1, fields={"OPPORTUNITY": "abc"}).status_code == 400
+
+
+def test_the_portal_session_cookie_decides_who_approves(emu: Emulator) -> None:
+    # Given a browser logged in to the portal as user 2 (GET /_emu/login sets the session cookie)
+    import requests
+
+    browser = requests.Session()
+    login = browser.get(f"{emu.admin_url}/login", params={"user_id": 2}, allow_redirects=False, timeout=5)
+    assert login.status_code == 302
+    # When it opens the authorize page, the code it gets is user 2's
+    emu.configure(redirect_uri="http://127.0.0.1:9/callback")
+    answer = browser.get(
+        emu.authorize_url, params={"client_id": emu.client_id, "state": "s"}, allow_redirects=False, timeout=5
+    )
+    assert answer.status_code == 302
+    code = answer.headers["Location"].split("code=", 1)[1].split("&", 1)[0]
+    with emu.state.lock:
+        assert emu.state.tokens._codes[code].user_id == 2
+    # And a session naming an unknown user is refused, not approved as someone else
+    browser.cookies.clear()
+    browser.cookies.set("b24_emulator_user", "99")
+    refused = browser.get(
+        emu.authorize_url, params={"client_id": emu.client_id, "state": "s"}, allow_redirects=False, timeout=5
+    )
+    assert refused.status_code == 400

@@ -168,8 +168,11 @@ def test_api_only_install_is_journaled_applied_and_subscribed_then_uninstalled_t
     assert [(b["event"], b["handler"]) for b in bindings] == [("ONAPPUNINSTALL", connector.events_url())]
     # When the administrator removes the app, Bitrix24 delivers ONAPPUNINSTALL through the binding
     removed = emulator.uninstall(clean=False)
-    # Then the stored application token proves it: applied at once
-    assert _delivery(removed, "ONAPPUNINSTALL")["status"] == 200
+    # Then it is accepted for confirmation (a token alone proves nothing: employees can read it) ...
+    assert _delivery(removed, "ONAPPUNINSTALL")["status"] == 202
+    assert connector.portal_item()["health"]["S"] == "active"  # type: ignore[index]
+    # ... and applied once Bitrix24, asked with the stored grant, says the app is gone
+    connector.drain_lifecycle()
     item = connector.portal_item()
     assert item is not None
     assert (item["health"]["S"], "token_ciphertext" in item) == ("uninstalled", False)
@@ -228,8 +231,8 @@ def test_forged_uninstalls_change_nothing_and_the_genuine_one_still_works(
     connector.drain_lifecycle()
     before = connector.portal_item()
     assert before is not None
-    # A random token, and the stored verifier itself (reading the table does not help)
-    for token in ("0" * 32, before["application_token_hash"]["S"]):
+    # A random token, the stored verifier, and the real application token an employee read from the frame
+    for token in ("0" * 32, before["application_token_hash"]["S"], emulator.application_token):
         forged = emulator.send_uninstall(connector.events_url(), application_token=token)
         assert forged["status"] == 202
         connector.drain_lifecycle()
@@ -243,7 +246,8 @@ def test_forged_uninstalls_change_nothing_and_the_genuine_one_still_works(
             UpdateExpression="REMOVE uninstall_check_at",
         )
     removed = emulator.uninstall(clean=True)
-    assert _delivery(removed, "ONAPPUNINSTALL")["status"] == 200
+    assert _delivery(removed, "ONAPPUNINSTALL")["status"] == 202
+    connector.drain_lifecycle()
     item = connector.portal_item()
     assert item is not None
     assert {
@@ -682,12 +686,9 @@ def test_aws_calls_per_invocation(connector: Connector, emulator: Emulator, aws_
     assert calls() == [("kms", "GenerateDataKey"), ("sqs", "SendMessage")]
     connector.drain_lifecycle()
     aws_calls.clear()
-    # an unproven uninstall: one read, then journaled for Bitrix24 to confirm
+    # an uninstall: one read, then journaled (the token sealed) for Bitrix24 to confirm
     assert emulator.send_uninstall(connector.events_url(), application_token="0" * 32)["status"] == 202
     assert calls() == [("dynamodb", "GetItem"), ("kms", "GenerateDataKey"), ("sqs", "SendMessage")]
-    # a proven one: one read, one conditional update
-    assert emulator.send_uninstall(connector.events_url(), clean=False)["status"] == 200
-    assert calls() == [("dynamodb", "GetItem"), ("dynamodb", "UpdateItem")]
     connector.sweep()
     assert calls() == [("dynamodb", "Query")] * 16  # one query per due-index shard, nothing to queue
 
@@ -775,3 +776,32 @@ def test_onappuserready_makes_the_system_user_the_grant_over_an_employees(
     # And an administrator's later /authorize does not displace it
     assert connector.connect().status_code == 403
     assert connector.portal_item()["grant_role"]["S"] == "system"  # type: ignore[index]
+
+
+def test_an_uninstall_check_that_renews_the_stored_grant_rescues_a_pair_whose_commit_fails(
+    connector: Connector, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an installed portal whose stored access token has expired (the usual case: they live an hour)
+    connector.install_event()
+    emulator.expire_access_tokens()
+    before = connector.portal_item()
+    assert before is not None
+    # And DynamoDB refusing the commit of the renewed pair
+    from b24connector.vault.errors import VaultUnavailable
+    from b24connector.vault.store import PortalStore
+
+    def commit_fails(*_: Any, **__: Any) -> Any:
+        raise VaultUnavailable("DynamoDB UpdateItem failed (ProvisionedThroughputExceededException)")
+
+    monkeypatch.setattr(PortalStore, "commit_refresh", commit_fails)
+    # When an unproven uninstall is checked with Bitrix24 through the stored grant
+    assert emulator.send_uninstall(connector.events_url(), application_token="0" * 32)["status"] == 202
+    connector.drain_lifecycle(rounds=1)
+    # Then the renewed pair went to the rescue queue (the old refresh token is spent), and the uninstall
+    # was refused: app.info with the renewed token says the app is installed
+    rescued = connector.stack.client("sqs").receive_message(QueueUrl=connector.stack.rescue_queue_url)
+    assert len(rescued.get("Messages", [])) == 1
+    assert emulator.stats()["token_grants"] == {"refresh_token": 1}
+    item = connector.portal_item()
+    assert item is not None
+    assert item["health"]["S"] == "active"

@@ -1,4 +1,4 @@
-"""b24connector.client: paging through cursors over Lambda Invoke and typed errors."""
+"""b24connector_client: paging through cursors over Lambda Invoke and typed errors."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from b24connector import client
-from b24connector.client import fetch_leads, fetch_leads_page, parse_answer
+import b24connector_client as client
 from b24connector.leads import CursorCodec, LeadsError, LeadsReader, parse_request
+from b24connector_client import fetch_leads, fetch_leads_page, parse_answer
 from tests.unit.handlers.test_leads_use_case import KEY, FakeLister, FakePortals
 
 

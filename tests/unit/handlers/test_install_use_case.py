@@ -566,13 +566,31 @@ def _uninstall(member_id: str = MEMBER, token: str = APP_TOKEN, clean: str = "1"
     )
 
 
-def test_genuine_uninstall_marks_and_clean_forgets() -> None:
+def test_even_the_stored_application_token_does_not_apply_an_uninstall_by_itself() -> None:
+    # Given an installed portal whose application token an employee could read from the app frame
     world = World()
     world.install_admin_event()
-    assert world.installer.uninstall(_uninstall()) is Outcome.UNINSTALLED
+    writes = world.store.writes
+    # When an ONAPPUNINSTALL with that very token arrives
+    outcome = world.installer.uninstall(_uninstall())
+    # Then nothing changes until Bitrix24 confirms it
+    assert outcome is Outcome.UNINSTALL_QUEUED
+    assert world.store.writes == writes
+    assert world.store.portals[MEMBER].is_active
+    # And a genuine one (Bitrix24 says the app is gone) is then applied; CLEAN=1 forgets the portal
+    world.removal.removed = True
+    assert world.installer.confirm_uninstall(notice_of(world.journal.jobs.pop())) is Outcome.UNINSTALLED
     stored = world.store.portals[MEMBER]
     assert (stored.health, stored.tokens, stored.application_token_hash) == ("uninstalled", None, None)
-    assert world.removal.asked == 0
+
+
+def test_an_uninstall_of_an_uninstalled_portal_changes_nothing() -> None:
+    world = World()
+    world.install_admin_event()
+    world.store.mark_uninstalled(MEMBER, clean=False)
+    writes = world.store.writes
+    assert world.installer.uninstall(_uninstall()) is Outcome.UNINSTALLED
+    assert (world.store.writes, world.journal.jobs) == (writes, [])
 
 
 @pytest.mark.parametrize("token", ["0" * 32, APP_TOKEN[:-1], APP_TOKEN_HASH])
@@ -636,5 +654,30 @@ def test_bitrix24_unable_to_confirm_leaves_the_check_for_a_retry() -> None:
 def test_uninstall_of_an_unknown_portal_is_forbidden() -> None:
     world = World()
     problem = problem_of(lambda: world.installer.uninstall(_uninstall(member_id="f" * 32)))
-    assert (problem.kind, problem.reason) == (ProblemKind.FORBIDDEN, "application_token_mismatch")
+    assert (problem.kind, problem.reason) == (ProblemKind.FORBIDDEN, "portal_unknown")
     assert world.journal.jobs == []
+
+
+def test_clean_is_honoured_only_from_a_notice_with_the_stored_token() -> None:
+    # Given a portal with a stored application token, uninstalled by its administrator with "keep data"
+    world = World()
+    world.install_admin_event()
+    world.removal.removed = True
+    world.installer.uninstall(_uninstall(token="9" * 32, clean="1"))  # a forger's CLEAN=1, queued first
+    forged = world.journal.jobs.pop()
+    # When the forged notice is the one whose check runs (Bitrix24 confirms the app is gone)
+    assert world.installer.confirm_uninstall(notice_of(forged)) is Outcome.UNINSTALLED
+    # Then the portal is uninstalled but its data is kept: CLEAN=1 needs the stored token
+    stored = world.store.portals[MEMBER]
+    assert (stored.health, stored.domain) == ("uninstalled", PORTAL)
+
+
+def test_clean_from_the_real_token_or_on_a_portal_without_one_forgets() -> None:
+    for page_token in (APP_TOKEN, None):
+        world = World()
+        query, form = world.page(APPLICATION_TOKEN=page_token)
+        world.installer.install_page(parse_install_page(query, form, POLICY, now=world.clock()))
+        world.removal.removed = True
+        world.installer.uninstall(_uninstall(clean="1"))
+        world.installer.confirm_uninstall(notice_of(world.journal.jobs.pop()))
+        assert world.store.portals[MEMBER].domain == ""

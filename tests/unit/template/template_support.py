@@ -126,3 +126,69 @@ def deployed_value(template: dict[str, Any], value: Any) -> str:  # noqa: PLR091
             argument,
         )
     raise AssertionError(f"unexpected intrinsic {kind} in an environment variable")
+
+
+# Conditions the template tests evaluate, per variant; any other condition (HasAlarmTopic) stays as
+# written so tests can check its shape. Each variant is a parameter set an operator may deploy.
+EVALUATED_CONDITIONS = ("PkceOn", "HasWorkerReservation")
+TEMPLATE_VARIANTS: dict[str, dict[str, str]] = {
+    "defaults": {},
+    "pkce-on": {"PkceEnabled": "true"},
+    "worker-reserved": {"WorkerReservedConcurrency": "5"},
+}
+NO_VALUE = {"Ref": "AWS::NoValue"}
+
+
+def parameter_value(template: dict[str, Any], name: str, overrides: dict[str, str]) -> str:
+    """A parameter's value for a deploy with `overrides` (else its default, else the deploy-time value)."""
+    if name in overrides:
+        return overrides[name]
+    parameter = template["Parameters"][name]
+    return str(parameter["Default"]) if "Default" in parameter else DEPLOY_TIME_VALUES[name]
+
+
+def condition_value(template: dict[str, Any], expression: Any, overrides: dict[str, str]) -> Any:  # noqa: PLR0911 - one return per operator
+    """Evaluate a condition expression (Equals/Not/And/Or/Condition over parameters) like CloudFormation."""
+    if not isinstance(expression, dict):
+        return str(expression).lower() if isinstance(expression, bool) else str(expression)
+    (kind, argument), *_ = expression.items()
+    if kind == "Ref":
+        return parameter_value(template, argument, overrides)
+    if kind == "Condition":
+        return condition_value(template, template["Conditions"][argument], overrides)
+    if kind == "Fn::Equals":
+        left, right = (condition_value(template, side, overrides) for side in argument)
+        return str(left) == str(right)
+    if kind == "Fn::Not":
+        return not condition_value(template, argument[0], overrides)
+    if kind == "Fn::And":
+        return all(condition_value(template, item, overrides) for item in argument)
+    if kind == "Fn::Or":
+        return any(condition_value(template, item, overrides) for item in argument)
+    raise AssertionError(f"unexpected {kind} in a condition")
+
+
+def resolve_conditions(template: dict[str, Any], overrides: dict[str, str]) -> dict[str, Any]:
+    """The template with EVALUATED_CONDITIONS' Fn::If chosen for `overrides` and AWS::NoValue dropped."""
+    chosen = {
+        name: bool(condition_value(template, template["Conditions"][name], overrides))
+        for name in EVALUATED_CONDITIONS
+    }
+
+    dropped = object()  # an Fn::If that chose AWS::NoValue: removed from its list or mapping
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            if list(node) == ["Fn::If"] and node["Fn::If"][0] in chosen:
+                name, when_true, when_false = node["Fn::If"]
+                branch = when_true if chosen[name] else when_false
+                return dropped if branch == NO_VALUE else walk(branch)
+            return {
+                key: value for key, value in ((k, walk(v)) for k, v in node.items()) if value is not dropped
+            }
+        if isinstance(node, list):
+            return [item for item in (walk(value) for value in node) if item is not dropped]
+        return node
+
+    resolved: dict[str, Any] = walk(template)
+    return resolved

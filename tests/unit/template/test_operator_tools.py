@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+import yaml
 from botocore.stub import Stubber
 from moto import mock_aws
 
@@ -218,14 +221,14 @@ def test_put_secret_reports_an_unknown_secret_by_code_only(capsys: pytest.Captur
 
 
 def test_deploy_params_add_the_client_id_from_the_environment(samconfig: Path, tmp_path: Path) -> None:
-    output = tmp_path / "params.json"
+    output = tmp_path / "params.yaml"
     code = deploy_params.main(
         ["--env", "dev", "--samconfig", str(samconfig), "--output", str(output)],
         environ={"BITRIX24_CLIENT_ID": "local.abc.123"},
         session_factory=lambda **_: pytest.fail("no AWS call when the client id is given"),
     )
     assert code == 0
-    assert json.loads(output.read_text()) == {
+    assert yaml.safe_load(output.read_text()) == {
         "Bitrix24ClientId": "local.abc.123",
         "EnvironmentName": "dev",
         "RefreshSchedule": "rate(2 hours)",
@@ -236,14 +239,14 @@ def test_deploy_params_reuse_the_deployed_client_id(samconfig: Path, tmp_path: P
     cloudformation = _stubbed_cloudformation(
         "b24-prod", [], [{"ParameterKey": "Bitrix24ClientId", "ParameterValue": "app.deployed.1"}]
     )
-    output = tmp_path / "params.json"
+    output = tmp_path / "params.yaml"
     code = deploy_params.main(
         ["--env", "prod", "--samconfig", str(samconfig), "--output", str(output)],
         environ={},
         session_factory=_session_factory(cloudformation),
     )
     assert code == 0
-    assert json.loads(output.read_text())["Bitrix24ClientId"] == "app.deployed.1"
+    assert yaml.safe_load(output.read_text())["Bitrix24ClientId"] == "app.deployed.1"
 
 
 def test_deploy_params_fail_on_a_first_deploy_without_client_id(
@@ -257,7 +260,7 @@ def test_deploy_params_fail_on_a_first_deploy_without_client_id(
         service_message="Stack with id b24-dev does not exist",
     )
     stubber.activate()
-    output = tmp_path / "params.json"
+    output = tmp_path / "params.yaml"
     code = deploy_params.main(
         ["--env", "dev", "--samconfig", str(samconfig), "--output", str(output)],
         environ={},
@@ -266,3 +269,51 @@ def test_deploy_params_fail_on_a_first_deploy_without_client_id(
     assert code == 1
     assert "BITRIX24_CLIENT_ID" in capsys.readouterr().err
     assert not output.exists()
+
+
+TRICKY_VALUES = {
+    "Bitrix24ClientId": "local.0123.4567",
+    "Flag": "true",
+    "Octal": "021",
+    "Exponent": "1e3",
+    "Empty": "",
+    "Quote": 'a "b" c',
+    "Spaces": "rate(1 hour)",
+}
+
+
+def test_deploy_params_file_keeps_every_value_a_string(tmp_path: Path) -> None:
+    output = tmp_path / "params.yaml"
+    deploy_params.write_overrides(TRICKY_VALUES, output)
+    assert yaml.safe_load(output.read_text()) == TRICKY_VALUES
+
+
+def test_deploy_params_refuse_a_file_sam_cannot_read(samconfig: Path, tmp_path: Path) -> None:
+    output = tmp_path / "params.json"
+    code = deploy_params.main(
+        ["--env", "dev", "--samconfig", str(samconfig), "--output", str(output)],
+        environ={"BITRIX24_CLIENT_ID": "local.abc.123"},
+    )
+    assert code == 1
+    assert not output.exists()
+
+
+SAM_PYTHON = REPO_ROOT / ".venv-tools" / "bin" / "python"
+# The exact converter `sam deploy --parameter-overrides` runs (samcli.cli.types).
+SAM_PARSE = """
+import json, sys
+from samcli.cli.types import CfnParameterOverridesType
+print(json.dumps(CfnParameterOverridesType().convert("file://" + sys.argv[1], None, None)))
+"""
+
+
+@pytest.mark.skipif(not SAM_PYTHON.exists(), reason="SAM CLI virtualenv (.venv-tools) absent")
+def test_sam_cli_reads_the_deploy_params_file_as_written(tmp_path: Path) -> None:
+    output = tmp_path / "deploy-parameters-dev.yaml"
+    deploy_params.write_overrides(TRICKY_VALUES, output)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [str(SAM_PYTHON), "-c", SAM_PARSE, str(output)], capture_output=True, text=True, env=env, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == TRICKY_VALUES

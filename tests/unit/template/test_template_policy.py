@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
+from b24connector.credentials import CLIENT_SECRET_MISSING_METRIC, CLIENT_SECRET_NOT_SET
 from operator_tools.cfn_yaml import function_environment, function_property, resources_of_type
 from tests.unit.template.template_support import (
     HANDLERS,
@@ -241,7 +242,7 @@ def test_only_refreshing_functions_can_send_to_the_rescue_queue(template: dict[s
         assert can_rescue == (function_id in TOKEN_RESCUERS), function_id
 
 
-def test_secrets_are_readable_only_where_needed(template: dict[str, Any]) -> None:
+def test_secrets_are_readable_only_where_needed(template: dict[str, Any], template_variant: str) -> None:
     readers: dict[str, set[str]] = {}
     for function_id in HANDLERS:
         for statement in role_statements(template, role_of(template, function_id)):
@@ -250,7 +251,9 @@ def test_secrets_are_readable_only_where_needed(template: dict[str, Any]) -> Non
                 for resource in statement.resources:
                     readers.setdefault(resource["Ref"], set()).add(function_id)
     assert set(readers) == {"ClientSecret", "CursorSigningSecret"}
-    assert readers["CursorSigningSecret"] == {"LeadsFunction"}
+    # PKCE derives its verifier from the cursor key at /authorize and again at /callback.
+    pkce = {"AuthorizeFunction", "CallbackFunction"} if template_variant == "pkce-on" else set()
+    assert readers["CursorSigningSecret"] == {"LeadsFunction"} | pkce
     assert readers["ClientSecret"] == CLIENT_SECRET_READERS
 
 
@@ -304,12 +307,19 @@ def test_token_key_policy_denies_crypto_outside_the_token_envelope(template: dic
     assert {"Null": {"kms:EncryptionContext:member_id": "true"}} in conditions
 
 
+def _outlives_the_stack(resource: dict[str, Any]) -> None:
+    # Kept on stack deletion and replacement, removed by a failed first create's rollback (which would
+    # otherwise orphan it and leave a ROLLBACK_COMPLETE stack `sam deploy` cannot update).
+    assert resource["DeletionPolicy"] == "RetainExceptOnCreate"
+    assert resource["UpdateReplacePolicy"] == "Retain"  # UpdateReplacePolicy has no RetainExceptOnCreate
+
+
 def test_keys_rotate_and_outlive_the_stack(template: dict[str, Any]) -> None:
     keys = resources_of_type(template, "AWS::KMS::Key")
     assert set(keys) == {"TokenKey", "DataKey"}
     for key in keys.values():
         assert key["Properties"]["EnableKeyRotation"] is True
-        assert key["DeletionPolicy"] == key["UpdateReplacePolicy"] == "Retain"
+        _outlives_the_stack(key)
 
 
 # --- data at rest ----------------------------------------------------------------------------------------
@@ -323,23 +333,54 @@ def test_tables_are_on_demand_recoverable_protected_and_cmk_encrypted(
     props = table["Properties"]
     assert props["BillingMode"] == "PAY_PER_REQUEST"
     assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
-    assert props["DeletionProtectionEnabled"] is True
+    # A parameter, off by default: on a first create it would make a rollback fail (see README Deploy).
+    assert props["DeletionProtectionEnabled"] == {"Ref": "TableDeletionProtection"}
     assert props["SSESpecification"] == {
         "SSEEnabled": True,
         "SSEType": "KMS",
         "KMSMasterKeyId": getatt("DataKey"),
     }
-    assert table["DeletionPolicy"] == table["UpdateReplacePolicy"] == "Retain"
+    _outlives_the_stack(table)
+
+
+def test_table_deletion_protection_is_opt_in_after_the_first_deploy(template: dict[str, Any]) -> None:
+    parameter = template["Parameters"]["TableDeletionProtection"]
+    assert parameter["AllowedValues"] == ["true", "false"]
+    assert parameter["Default"] == "false"
 
 
 def test_secrets_are_cmk_encrypted_retained_and_never_in_the_template(template: dict[str, Any]) -> None:
     secrets = resources_of_type(template, "AWS::SecretsManager::Secret")
     assert set(secrets) == {"ClientSecret", "CursorSigningSecret"}
     for secret in secrets.values():
-        assert "SecretString" not in secret["Properties"]
         assert secret["Properties"]["KmsKeyId"] == getatt("DataKey")
-        assert secret["DeletionPolicy"] == "Retain"
+        _outlives_the_stack(secret)
+    assert "SecretString" not in secrets["CursorSigningSecret"]["Properties"]
     assert secrets["CursorSigningSecret"]["Properties"]["GenerateSecretString"]["PasswordLength"] == 64
+
+
+def test_the_client_secret_starts_as_the_marker_every_function_refuses(template: dict[str, Any]) -> None:
+    # Not a usable random value: until `make put-secret`, the functions answer "client secret not set".
+    props = template["Resources"]["ClientSecret"]["Properties"]
+    assert props["SecretString"] == CLIENT_SECRET_NOT_SET
+    assert "GenerateSecretString" not in props
+    alarm = template["Resources"]["ClientSecretMissingAlarm"]["Properties"]
+    (query,) = alarm["Metrics"]
+    assert query["Expression"] == {
+        "Fn::Sub": f'SELECT SUM({CLIENT_SECRET_MISSING_METRIC}) FROM "${{MetricsNamespace}}"'  # noqa: S608 - Metrics Insights
+    }
+
+
+# Queues that may hold the only copy of a token pair (rescued pairs; journaled lifecycle events).
+TOKEN_HOLDING_QUEUES = ("TokenRescueQueue", "TokenRescueDLQ", "LifecycleQueue", "LifecycleDLQ")
+
+
+def test_queues_holding_tokens_outlive_the_stack_like_the_tables(template: dict[str, Any]) -> None:
+    queues = resources_of_type(template, "AWS::SQS::Queue")
+    held = [queue_id for queue_id in TOKEN_HOLDING_QUEUES if queue_id in queues]
+    assert {"TokenRescueQueue", "TokenRescueDLQ"} <= set(held)
+    for queue_id in held:
+        _outlives_the_stack(queues[queue_id])
 
 
 def test_queues_are_cmk_encrypted_and_tls_only(template: dict[str, Any]) -> None:
@@ -440,9 +481,17 @@ def test_the_rescue_window_outlasts_every_delivery_of_a_rescue(
 # --- functions -------------------------------------------------------------------------------------------
 
 
-def test_refresh_worker_has_reserved_concurrency_from_a_parameter(template: dict[str, Any]) -> None:
+def test_refresh_worker_reserves_concurrency_only_when_asked(
+    template: dict[str, Any], template_variant: str
+) -> None:
     props = template["Resources"]["RefreshWorkerFunction"]["Properties"]
-    assert props["ReservedConcurrentExecutions"] == {"Ref": "WorkerConcurrency"}
+    # Reserving needs quota (100 unreserved + the reservation): 0, the default, reserves none.
+    assert template["Parameters"]["WorkerReservedConcurrency"]["Default"] == 0
+    if template_variant == "worker-reserved":
+        assert props["ReservedConcurrentExecutions"] == {"Ref": "WorkerReservedConcurrency"}
+    else:
+        assert "ReservedConcurrentExecutions" not in props
+    # The poller's ceiling bounds the OAuth pressure either way.
     assert template["Parameters"]["WorkerConcurrency"]["Default"] == 10
     (event,) = props["Events"].values()
     assert event["Properties"]["ScalingConfig"]["MaximumConcurrency"] == {"Ref": "WorkerConcurrency"}
@@ -548,3 +597,58 @@ def test_checkov_skips_are_the_same_in_the_config_and_the_template(template: dic
     assert configured == in_template
     assert config["framework"] == ["cloudformation"]
     assert config["file"] == ["template.yaml"]
+
+
+# --- deploy hazards (issue 11) ----------------------------------------------------------------------
+
+
+def test_every_schedule_is_named_after_its_stack(template: dict[str, Any]) -> None:
+    # SAM names a ScheduleV2 <Function><Event> in the default group: a second stack in the same account
+    # and region (prod after dev) would fail with "already exists" (aws/serverless-application-model#3109).
+    schedules = [
+        event["Properties"]
+        for function in resources_of_type(template, "AWS::Serverless::Function").values()
+        for event in (function["Properties"].get("Events") or {}).values()
+        if event["Type"] == "ScheduleV2"
+    ]
+    assert schedules
+    for props in schedules:
+        name = props["Name"]["Fn::Sub"]
+        assert name.startswith("${AWS::StackName}-")
+        # Scheduler names are at most 64 characters: room for a 40-character stack name.
+        assert len(name.replace("${AWS::StackName}", "x" * 40)) <= 64
+
+
+def test_no_role_holds_grants_nothing_uses(template: dict[str, Any]) -> None:
+    for role_id in resources_of_type(template, "AWS::IAM::Role"):
+        for statement in role_statements(template, role_id):
+            # Nothing describes DataKey at run time: DynamoDB, SQS and Secrets Manager use Decrypt and
+            # GenerateDataKey with the caller's credentials.
+            assert "kms:DescribeKey" not in statement.actions, (role_id, statement.sid)
+    (pacing,) = [s for s in role_statements(template, "LeadsRole") if s.sid == "PacePortalRequests"]
+    # DynamoDB answers a failed condition with the item: the rate limiter needs no read on AWS.
+    assert pacing.actions == ["dynamodb:UpdateItem"]
+
+
+def test_pkce_follows_its_parameter_with_the_grants_it_needs(
+    template: dict[str, Any], template_variant: str
+) -> None:
+    env = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert env["PKCE_ENABLED"] == {"Ref": "PkceEnabled"}
+    assert template["Parameters"]["PkceEnabled"]["Default"] == "false"
+    pkce_on = template_variant == "pkce-on"
+    for role_id in ("AuthorizeRole", "CallbackRole"):
+        statements = role_statements(template, role_id)
+        reads_key = any(
+            "secretsmanager:GetSecretValue" in s.actions and {"Ref": "CursorSigningSecret"} in s.resources
+            for s in statements
+        )
+        assert reads_key == pkce_on, role_id
+        (data_key,) = [s for s in statements if s.sid == "DataKeyViaOurServices"]
+        services = [
+            v["Fn::Sub"] for v in as_list(data_key.body["Condition"]["StringEquals"]["kms:ViaService"])
+        ]
+        # Secrets Manager decrypts the secret with DataKey as the caller.
+        assert ("secretsmanager.${AWS::Region}.amazonaws.com" in services) == (
+            pkce_on or role_id == "CallbackRole"
+        ), role_id

@@ -17,7 +17,7 @@ from b24connector.bitrix24.errors import (
     PaymentRequired,
 )
 from b24connector.bitrix24.tokens import TokenSet
-from b24connector.credentials import SecretUnavailable
+from b24connector.credentials import ClientSecretNotSet, SecretUnavailable
 from b24connector.vault.cipher import TokenCipher
 from b24connector.vault.errors import (
     NotEnoughTime,
@@ -738,8 +738,9 @@ def _raw_portal(vault: UnitVault) -> dict[str, Any]:
         OAuthTransientError("CONNECTION_ERROR", "refused", request_sent=False),
         OAuthTransientError("TIMEOUT", "connect timed out", request_sent=False),
         SecretUnavailable("secret b24/client-secret could not be read (GetParameterError)"),
+        ClientSecretNotSet("client secret not set: secret b24/client-secret still holds the deploy marker"),
     ],
-    ids=["refused", "connect-timeout", "client-secret"],
+    ids=["refused", "connect-timeout", "client-secret", "client-secret-not-set"],
 )
 def test_a_scheduled_refresh_that_never_reached_bitrix24_is_undone_and_retried_soon(
     vault: UnitVault, metrics_capture: dict[str, Any], failure: Exception

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from aws_lambda_powertools.utilities import parameters
@@ -109,6 +110,23 @@ def test_missing_or_empty_secret_names_the_secret_not_a_value(mocked_aws: AwsSta
     )
     with pytest.raises(credentials.SecretUnavailable, match="empty"):
         credentials.client_secret(mocked_aws.settings())
+    parameters.clear_caches()
+
+
+def test_the_deploy_marker_is_refused_as_client_secret_not_set_and_counted(
+    mocked_aws: AwsStack, metrics_capture: dict[str, Any]
+) -> None:
+    parameters.clear_caches()
+    mocked_aws.client("secretsmanager").put_secret_value(
+        SecretId=mocked_aws.client_secret_id, SecretString=credentials.CLIENT_SECRET_NOT_SET
+    )
+    with pytest.raises(credentials.ClientSecretNotSet, match="client secret not set") as raised:
+        credentials.client_secret(mocked_aws.settings())
+    assert raised.value.code == "CLIENT_SECRET_NOT_SET"
+    assert isinstance(raised.value, credentials.SecretUnavailable)  # every SecretUnavailable path applies
+    assert credentials.CLIENT_SECRET_MISSING_METRIC in metrics_capture
+    # The cursor key is another secret: the marker check is for the client secret only.
+    assert len(credentials.cursor_signing_key(mocked_aws.settings())) == 64
     parameters.clear_caches()
 
 

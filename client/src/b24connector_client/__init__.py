@@ -1,14 +1,15 @@
-"""A small typed client for LeadsFunction, for other Lambda functions and scripts.
+"""b24connector-client: a small typed client for the connector's LeadsFunction (needs only boto3).
 
-    from b24connector.client import fetch_leads, ReauthRequired
+    from b24connector_client import fetch_leads, ReauthRequired
 
     for lead in fetch_leads(domain="acme.bitrix24.com", select=["ID", "TITLE"], filter={"STATUS_ID": "NEW"}):
         print(lead["ID"], lead["TITLE"])
 
 `fetch_leads` pages through cursors lazily (one Lambda invoke per page) and raises a typed LeadsError
-subclass for every error code of the contract (ARCHITECTURE.md section 2). With `parallel=K` it asks
-LeadsFunction to cut the ID range into K signed parts and reads them on K concurrent invocations, still
-yielding leads in ascending ID order. See docs/leads-client.md.
+subclass for every error code of the contract (docs/leads-request.schema.json and
+docs/leads-answer.schema.json in the connector's repository). With `parallel=K` it asks LeadsFunction to
+cut the ID range into K signed parts and reads them on K concurrent invocations, still yielding leads in
+ascending ID order. See docs/leads-client.md.
 """
 
 from __future__ import annotations
@@ -23,6 +24,23 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
 
     from mypy_boto3_lambda import LambdaClient
+
+__version__ = "0.1.0"
+__all__ = [
+    "DEFAULT_FUNCTION_NAME",
+    "MAX_PARALLEL",
+    "InvalidRequest",
+    "InvocationError",
+    "LeadsError",
+    "LeadsPage",
+    "PortalNotFound",
+    "RateLimited",
+    "ReauthRequired",
+    "UpstreamError",
+    "fetch_leads",
+    "fetch_leads_page",
+    "parse_answer",
+]
 
 DEFAULT_FUNCTION_NAME = "LeadsFunction"
 # LeadsFunction cuts a range into at most this many parts (leads.MAX_SPLIT).
