@@ -289,26 +289,35 @@ def _compared(calls: list[tuple[Any, Any]], stored: str, given: str) -> bool:
 
 
 def test_the_uninstall_check_uses_compare_digest(rig: Rig, compare_spy: list[tuple[Any, Any]]) -> None:
-    answer, fields = rig.install_event()  # the administrator's: its application token is stored
+    # Given an administrator's install (its application token is stored) and an uninstall Bitrix24 confirms
+    answer, fields = rig.install_event()
     assert answer["statusCode"] == 200
     stored = dict(fields)["auth[application_token]"]
-    compare_spy.clear()
+    genuine = rig.uninstall_fields(clean=True)  # the emulator removes the app
     forged = "0" * len(stored)
-    unproven = rig.post_form("/events", rig.uninstall_fields(clean=True, application_token=forged))
-    assert unproven["statusCode"] == 202  # not applied: left for Bitrix24 to confirm
+    forged_fields = [(k, forged if k == "auth[application_token]" else v) for k, v in genuine]
+    compare_spy.clear()
+    # When a notice with another token is the one confirmed
+    assert rig.post_form("/events", forged_fields)["statusCode"] == 202
+    assert rig.drain_lifecycle().of("uninstall") == ["uninstalled"]
+    # Then deciding whether its CLEAN=1 counts compared the token's hash in constant time
     assert _compared(compare_spy, stored, forged), compare_spy
 
 
-def test_unknown_portals_are_compared_too(rig: Rig, compare_spy: list[tuple[Any, Any]]) -> None:
-    # Timing must not tell a known portal from an unknown one: the comparison runs either way
+def test_unknown_portals_are_refused_without_touching_a_secret(
+    rig: Rig, compare_spy: list[tuple[Any, Any]]
+) -> None:
+    # No application token is compared at the door any more (every uninstall is confirmed with
+    # Bitrix24), so nothing about a stored secret can leak through timing; unknown portals get a 403.
     fields = [
         ("event", "ONAPPUNINSTALL"),
         ("auth[member_id]", "f" * 32),
         ("auth[application_token]", "a" * 32),
     ]
-    assert rig.post_form("/events", fields)["statusCode"] == 403
-    given = {_as_bytes(b) for _a, b in compare_spy}
-    assert given & {b"a" * 32, hash_secret("a" * 32).encode()}, compare_spy
+    answer = rig.post_form("/events", fields)
+    assert (answer["statusCode"], header(answer, "X-Reason-Code")) == (403, "portal_unknown")
+    assert compare_spy == []
+    assert rig.drain_lifecycle().of("uninstall") == []
 
 
 SECRET_NAME = (
