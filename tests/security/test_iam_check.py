@@ -44,7 +44,7 @@ RECORDING = [
     call("CallbackFunction", "dynamodb", "GetItem", "TableName", "STATES_TABLE"),
     call("CallbackFunction", "dynamodb", "GetItem", "TableName", "PORTALS_TABLE"),
     call("CallbackFunction", "dynamodb", "PutItem", "TableName", "PORTALS_TABLE"),
-    call("CallbackFunction", "kms", "Encrypt", "KeyId", "TOKEN_KEY_ID", EncryptionContext=TOKEN_CONTEXT),
+    call("CallbackFunction", "kms", "GenerateDataKey", "KeyId", "TOKEN_KEY_ID", EncryptionContext=TOKEN_CONTEXT),
     call("CallbackFunction", "secretsmanager", "GetSecretValue", "SecretId", "CLIENT_SECRET_ID"),
     call("InstallFunction", "dynamodb", "GetItem", "TableName", "PORTALS_TABLE"),
     call("InstallFunction", "dynamodb", "PutItem", "TableName", "PORTALS_TABLE"),
@@ -101,7 +101,7 @@ def test_a_key_policy_with_a_wrong_encryption_context_condition_is_a_denial(
         "StringNotEquals:\n                kms:EncryptionContext:purpose: bitrix24-oauth-token"))  # fmt: skip
     new = only_in(report, baseline, "denials")
     assert len(new) == 1, report.text()
-    assert new[0].startswith("ExplicitlyDenied: CallbackRole kms:Encrypt on TokenKey")
+    assert new[0].startswith("ExplicitlyDenied: CallbackRole kms:GenerateDataKey on TokenKey")
     assert "DenyCryptoWithoutTokenPurpose" in new[0]
 
 
@@ -111,7 +111,7 @@ def test_a_role_condition_on_the_wrong_context_key_is_a_denial(tmp_path: Path, b
         '"Null":\n                    kms:EncryptionContext:member_id: "false"\n              - Sid: ReadClientSecret',
         '"Null":\n                    kms:EncryptionContext:tenant_id: "false"\n              - Sid: ReadClientSecret'))  # fmt: skip
     new = only_in(report, baseline, "denials")
-    assert [d.split(" {")[0] for d in new] == ["ImplicitlyDenied: CallbackRole kms:Encrypt on TokenKey"], (
+    assert [d.split(" {")[0] for d in new] == ["ImplicitlyDenied: CallbackRole kms:GenerateDataKey on TokenKey"], (
         report.text()
     )
 
@@ -159,7 +159,7 @@ def test_used_grants_are_not_reported_unused(baseline: Report) -> None:
     unused = {grant.key() for grant in baseline.unused}
     for used in [
         ("CallbackRole", "dynamodb:UpdateItem", "StatesTable"),
-        ("CallbackRole", "kms:Encrypt", "TokenKey"),
+        ("CallbackRole", "kms:GenerateDataKey", "TokenKey"),
         ("CallbackRole", "kms:Decrypt", "DataKey"),  # DynamoDB and Secrets Manager decrypt for it
         ("RefreshRole", "sqs:SendMessage", "RefreshQueue"),
         ("RefreshRole", "kms:GenerateDataKey", "DataKey"),  # SQS SSE for the sender

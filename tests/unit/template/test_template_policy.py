@@ -25,7 +25,7 @@ TABLES = ("PortalsTable", "StatesTable", "RateLimitTable")
 SQS_FUNCTIONS = {"RefreshWorkerFunction": "RefreshQueue", "TokenRescueFunction": "TokenRescueQueue"}
 # Who may touch token ciphertext with TokenKey, and how: the vault's cipher seals with a data key
 # (GenerateDataKey) and opens with Decrypt; Encrypt stays one release for code mid-deploy (decision 0002).
-SEAL = {"kms:GenerateDataKey", "kms:Encrypt"}
+SEAL = {"kms:GenerateDataKey"}
 TOKEN_KEY_USE = {
     "AuthorizeFunction": set(),
     "RefreshFunction": set(),
