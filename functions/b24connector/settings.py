@@ -10,12 +10,13 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-# Bitrix24 cloud portal suffixes (self-hosted portals are allowed by explicit host instead).
+# Bitrix24 cloud account zones, each checked in docs/bitrix24-facts.md#f-host-7 (self-hosted portals are
+# allowed by explicit host instead). Not `.bitrix24.site`: it hosts published landing pages (F-HOST-5).
 DEFAULT_PORTAL_SUFFIXES = (
     ".bitrix24.com", ".bitrix24.de", ".bitrix24.eu", ".bitrix24.es", ".bitrix24.fr", ".bitrix24.it",
     ".bitrix24.pl", ".bitrix24.uk", ".bitrix24.in", ".bitrix24.jp", ".bitrix24.cn", ".bitrix24.com.br",
     ".bitrix24.com.tr", ".bitrix24.id", ".bitrix24.vn", ".bitrix24.kz", ".bitrix24.by", ".bitrix24.ru",
-    ".bitrix24.ua", ".bitrix24.co", ".bitrix24.mx", ".bitrix24.site",
+    ".bitrix24.ua", ".bitrix24.co", ".bitrix24.mx",
 )  # fmt: skip
 DEFAULT_OAUTH_SERVERS = ("https://oauth.bitrix.info", "https://oauth.bitrix24.tech")
 
