@@ -48,6 +48,7 @@ from b24connector.bitrix24.errors import (
     TransientError,
     UnknownAuthError,
 )
+from b24connector.numbers import MAX_SAFE_INTEGER, ascii_int
 from b24connector.observability import count, logger
 from b24connector.vault.errors import PortalNotFound, ReauthRequired, TokenDecryptError, VaultError
 from b24connector.vault.refresh import RefreshCoordinator
@@ -195,8 +196,11 @@ def _select(value: object) -> tuple[str, ...]:
 
 
 def _scalar_ok(value: object) -> bool:
-    if isinstance(value, bool | int):
+    if isinstance(value, bool):
         return True
+    if isinstance(value, int):
+        # str() of a 5,000-digit int raises (and Bitrix24 would not know it either).
+        return -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
     if isinstance(value, float):
         return math.isfinite(value)
     return isinstance(value, str) and len(value) <= MAX_FILTER_TEXT
@@ -222,19 +226,22 @@ def _filter(value: object) -> dict[str, Any]:
                 raise _invalid(f"filter lists hold at most {MAX_FILTER_LIST} strings or numbers")
         elif not _scalar_ok(item):
             raise _invalid("filter values are strings, numbers, booleans or lists of those")
-        is_id_bound_key = match["field"].upper() == "ID" and match["op"] in {">", ">=", "<", "<="}
-        if is_id_bound_key and not _is_id_bound(item):
-            raise _invalid("ID bounds in filter must be non-negative integers")
+        if match["field"].upper() == "ID" and not _is_id_value(item):
+            # Every ID condition, not only the bounds the lister folds: "²".isdigit() is True and
+            # int("²") raises, which made `{">ID": "²"}` an internal failure.
+            raise _invalid("ID conditions in filter take non-negative integers (ASCII digits)")
         result[key] = item
     return result
 
 
-def _is_id_bound(value: object) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int):
-        return 0 <= value < 2**53
-    return isinstance(value, str) and value.isdigit() and len(value) <= 15
+def _is_id_value(value: object) -> bool:
+    if isinstance(value, list):
+        return bool(value) and all(_is_id(v) for v in value)
+    return _is_id(value)
+
+
+def _is_id(value: object) -> bool:
+    return not isinstance(value, float) and ascii_int(value) is not None
 
 
 def _check_order(value: object) -> None:
@@ -542,11 +549,9 @@ def _resumable(exc: Bitrix24Error | VaultError) -> bool:
 
 
 def _row_id(row: Mapping[str, Any]) -> int:
-    value = row.get("ID")
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
+    number = ascii_int(row.get("ID"))
+    if number is not None:
+        return number
     raise LeadsError(UPSTREAM_ERROR, "Bitrix24 answered a lead without a numeric ID")
 
 

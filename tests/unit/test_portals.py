@@ -314,7 +314,9 @@ def test_every_default_suffix_is_a_documented_account_zone() -> None:
     assert ".bitrix24.site" not in zones
 
 
-@pytest.mark.parametrize("raw", ["anything.bitrix24.site", "https://vilka.bitrix24.site/", "cdn.bitrix24.site"])
+@pytest.mark.parametrize(
+    "raw", ["anything.bitrix24.site", "https://vilka.bitrix24.site/", "cdn.bitrix24.site"]
+)
 def test_published_bitrix24_sites_are_not_portals(raw: str) -> None:
     policy = PortalPolicy.from_settings(load_settings(_ENV_FOR_DEFAULTS))
     with pytest.raises(InvalidPortal):

@@ -25,6 +25,7 @@ from b24connector.bitrix24.errors import (
     UnknownAuthError,
     redact,
 )
+from b24connector.numbers import MAX_SAFE_INTEGER, ascii_int
 
 # Upper-cased codes; Bitrix24 mixes `expired_token` and `NO_AUTH_FOUND`. Every code, its status, class
 # and what a LeadsFunction caller gets is tabled in docs/bitrix24-errors.md; a unit test parses that
@@ -173,13 +174,8 @@ def error_of(status: int, data: Any, secrets: Iterable[str] = ()) -> RestError |
 
 
 def _int_or_none(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    return None
+    # `next`/`total` of a portal answer: ASCII digits only ("²".isdigit() is True, int("²") raises).
+    return ascii_int(value, minimum=-MAX_SAFE_INTEGER)
 
 
 def parse_response(data: Mapping[str, Any]) -> RestResponse:

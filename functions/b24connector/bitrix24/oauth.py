@@ -35,6 +35,7 @@ from b24connector.bitrix24.errors import (
 )
 from b24connector.bitrix24.tokens import TokenSet
 from b24connector.bitrix24.transport import DEFAULT_TIMEOUT, decode_json, request_never_sent, shared_session
+from b24connector.numbers import ascii_int
 from b24connector.portals import is_loopback_host
 
 if TYPE_CHECKING:
@@ -269,16 +270,6 @@ def _as_bool(value: object) -> bool:
     return bool(value)
 
 
-def _as_int(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
-
-
 def parse_app_info(data: Mapping[str, Any]) -> AppInfo:
     """Parse the OAuth server's app.info answer (TEAM.md shape) into AppInfo."""
     result = data.get("result")
@@ -296,5 +287,5 @@ def parse_app_info(data: Mapping[str, Any]) -> AppInfo:
         installed=_as_bool(install.get("installed")),
         status=str(install.get("status") or ""),
         scope=str(install.get("scope") or result.get("scope") or ""),
-        user_id=_as_int(result.get("user_id")),
+        user_id=ascii_int(result.get("user_id")),
     )
