@@ -45,6 +45,7 @@ from b24connector.bitrix24.errors import (
     PortalDeleted,
     PortalMoved,
     QueryLimitExceeded,
+    RequestTooLarge,
     TransientError,
     UnknownAuthError,
 )
@@ -69,6 +70,9 @@ MAX_FILTER_KEYS = 50
 MAX_FILTER_LIST = 500
 MAX_FILTER_TEXT = 1_000
 MAX_CURSOR_CHARS = 1_024
+# `select` plus `filter` as UTF-8 JSON. Each of a batch's 50 chained commands repeats the filter,
+# URL-encoded (up to ~5x bigger), so this bounds a batch body near 4.2 MB (rest.MAX_REQUEST_BYTES is 8 MiB).
+MAX_QUERY_BYTES = 16 * 1024
 MAX_SPLIT = 16
 # A split part is never planned below one batch of rows: smaller parts cost requests, not time.
 MIN_SPLIT_ROWS = 2_450
@@ -145,15 +149,25 @@ def parse_request(payload: object, normalize_domain: Callable[[str], str]) -> Le
         raise _invalid(f"unknown keys: {', '.join(unknown)[:200]}")
     member_id, domain = _portal_key(payload, normalize_domain)
     _check_order(payload.get("order"))
+    select = _select(payload.get("select"))
+    filter_ = _filter(payload.get("filter"))
+    _check_query_size(select, filter_)
     return LeadsRequest(
         member_id=member_id,
         domain=domain,
-        select=_select(payload.get("select")),
-        filter=_filter(payload.get("filter")),
+        select=select,
+        filter=filter_,
         limit=_limit(payload.get("limit", DEFAULT_LIMIT)),
         cursor=_cursor_text(payload.get("cursor")),
         split=_split_count(payload.get("split")),
     )
+
+
+def _check_query_size(select: tuple[str, ...], filter_: Mapping[str, Any]) -> None:
+    query = {"select": select, "filter": filter_}
+    size = len(json.dumps(query, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+    if size > MAX_QUERY_BYTES:
+        raise _invalid(f"select and filter together may hold at most {MAX_QUERY_BYTES} bytes of JSON")
 
 
 def _portal_key(
@@ -611,6 +625,8 @@ def error_for(exc: Bitrix24Error | VaultError) -> LeadsError:
     """The contract's error for a Bitrix24 or vault failure."""
     if isinstance(exc, VaultError):
         return _vault_error(exc)
+    if isinstance(exc, RequestTooLarge):
+        return _invalid("the query is too large to send to Bitrix24")
     if isinstance(exc, _REAUTH_ERRORS):
         return LeadsError(REAUTH_REQUIRED, f"Bitrix24 no longer accepts this portal's grant ({exc.code})")
     if isinstance(exc, _RATE_ERRORS) or exc.code == "CLIENT_RATE_LIMIT":

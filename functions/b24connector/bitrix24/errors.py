@@ -178,3 +178,7 @@ class MalformedTokenPayload(OAuthError):
 
 class DeadlineExceeded(TransientError):
     """The caller's time budget ran out before the request could be (re)sent."""
+
+
+class RequestTooLarge(Bitrix24Error):
+    """The request body would pass the client's byte cap; nothing was sent."""

@@ -40,6 +40,7 @@ from b24connector.bitrix24.errors import (
     OperationTimeLimit,
     PortalMoved,
     QueryLimitExceeded,
+    RequestTooLarge,
     TransientError,
     UnknownAuthError,
     UnsafeEndpoint,
@@ -52,6 +53,9 @@ if TYPE_CHECKING:
     from b24connector.settings import Settings
 
 MAX_BATCH_COMMANDS = 50
+# A lead filter is repeated, URL-encoded, in each of a batch's 50 chained commands: a query at
+# leads.MAX_QUERY_BYTES builds bodies of about 4.2 MB at worst (tests/unit/handlers/test_leads_size_caps.py).
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
 _METHOD = re.compile(r"[A-Za-z][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*\Z")
 _COMMAND_ID = re.compile(r"[A-Za-z0-9_]{1,64}\Z")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -218,6 +222,7 @@ class RestClient:
         backoff_cap: float = 8.0,
         max_limit_wait: float = 60.0,
         max_redirects: int = 2,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
         sleep: Callable[[float], None] = time.sleep,
         rand: Callable[[], float] = random.random,
         monotonic: Callable[[], float] = time.monotonic,
@@ -233,6 +238,7 @@ class RestClient:
         self._backoff_cap = backoff_cap
         self._max_limit_wait = max_limit_wait
         self._max_redirects = max_redirects
+        self._max_request_bytes = max_request_bytes
         self._sleep = sleep
         self._rand = rand
         self._monotonic = monotonic
@@ -354,6 +360,11 @@ class RestClient:
         while True:
             token = portal.access_token
             body = json.dumps(make_body(token), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            if len(body) > self._max_request_bytes:
+                raise RequestTooLarge(
+                    "REQUEST_TOO_LARGE",
+                    f"the {method} request would be larger than {self._max_request_bytes} bytes",
+                )
             status, data, location = self._send(portal, method, body)
             if status in _REDIRECTS:
                 redirects += 1
