@@ -41,6 +41,7 @@ from b24connector.bitrix24.transport import (
     DEFAULT_TIMEOUT,
     BodyDeadline,
     BodyTooLarge,
+    call_deadline,
     decode_body,
     read_body,
     request_never_sent,
@@ -303,12 +304,19 @@ class OAuthClient:
         timeout = (min(connect, remaining), min(read, remaining))
         session = self._session or shared_session()
         try:
-            response = session.post(url, data=form, timeout=timeout, allow_redirects=False, stream=True)
+            with call_deadline(time.monotonic() + remaining):
+                response = session.post(url, data=form, timeout=timeout, allow_redirects=False, stream=True)
         except requests.Timeout as exc:
             raise OAuthTransientError(
                 "TIMEOUT", "the OAuth server did not answer in time", request_sent=not request_never_sent(exc)
             ) from None
         except requests.RequestException as exc:
+            if self._monotonic() >= end:  # the deadline cut the wait for headers
+                raise OAuthTransientError(
+                    "TIMEOUT",
+                    "the OAuth server did not answer in time",
+                    request_sent=not request_never_sent(exc),
+                ) from None
             raise OAuthTransientError(
                 "CONNECTION_ERROR",
                 "the OAuth server could not be reached",

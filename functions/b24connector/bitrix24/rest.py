@@ -51,6 +51,7 @@ from b24connector.bitrix24.transport import (
     DEFAULT_TIMEOUT,
     BodyDeadline,
     BodyTooLarge,
+    call_deadline,
     close_response,
     decode_body,
     read_body,
@@ -461,12 +462,15 @@ class RestClient:
         deadline = self._monotonic() + budget
         session = self._session or shared_session()
         try:
-            response = session.post(
-                url, data=body, headers=_JSON_HEADERS, timeout=timeout, allow_redirects=False, stream=True
-            )
+            with call_deadline(time.monotonic() + budget):
+                response = session.post(
+                    url, data=body, headers=_JSON_HEADERS, timeout=timeout, allow_redirects=False, stream=True
+                )
         except requests.Timeout:
             raise TransientError("TIMEOUT", "the portal did not answer in time") from None
         except requests.RequestException:
+            if self._monotonic() >= deadline:  # the deadline cut the wait for headers
+                raise TransientError("TIMEOUT", "the portal did not answer in time") from None
             raise TransientError("CONNECTION_ERROR", "the portal could not be reached") from None
         except ValueError:
             # requests parses a redirect's Location even with allow_redirects=False, and a malformed one

@@ -14,6 +14,8 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 
@@ -28,13 +30,79 @@ _session: requests.Session | None = None
 _session_lock = threading.Lock()
 
 
+# --- the call deadline while the status line and headers arrive ---------------------------------------
+# read_body bounds the body by the wall clock. Before that, http.client reads the status line and up to
+# 100 header lines, each socket wait bounded only by the read timeout: a server dripping header bytes
+# could hold the call. A timer shuts the socket down at the call's deadline while headers are awaited.
+_deadline = threading.local()
+
+
+@contextlib.contextmanager
+def call_deadline(deadline: float | None) -> Iterator[None]:
+    """While inside, requests on new_session() sessions stop waiting for headers at `deadline` (monotonic)."""
+    previous = getattr(_deadline, "value", None)
+    _deadline.value = deadline
+    try:
+        yield
+    finally:
+        _deadline.value = previous
+
+
+def _shut(sock: Any) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(2)  # SHUT_RDWR: a blocked recv returns at once
+
+
+class _DeadlineMixin:
+    sock: Any
+
+    def getresponse(self) -> Any:
+        """Await the status line and headers, but not past the thread's call deadline."""
+        deadline = getattr(_deadline, "value", None)
+        timer = None
+        if deadline is not None and self.sock is not None:
+            timer = threading.Timer(max(deadline - time.monotonic(), 0.0), _shut, (self.sock,))
+            timer.daemon = True
+            timer.start()
+        try:
+            return super().getresponse()  # type: ignore[misc]
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+
+class _DeadlineHTTPConnection(_DeadlineMixin, HTTPConnection):
+    pass
+
+
+class _DeadlineHTTPSConnection(_DeadlineMixin, HTTPSConnection):
+    pass
+
+
+class _DeadlineHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _DeadlineHTTPConnection
+
+
+class _DeadlineHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _DeadlineHTTPSConnection
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    def init_poolmanager(
+        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
+    ) -> None:
+        """The usual pool manager, with connections that honour call_deadline while awaiting headers."""
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
+
+
 def new_session(pool_size: int = 16) -> requests.Session:
     """A Session without environment-derived settings (no .netrc credentials, no proxies) or retries."""
     session = requests.Session()
     # trust_env would let a stray .netrc add an Authorization header or a proxy variable reroute traffic.
     session.trust_env = False
     # We own every retry decision (codes are single-use; 503 needs jitter), so urllib3 retries nothing.
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+    adapter = _DeadlineAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     session.headers["User-Agent"] = USER_AGENT

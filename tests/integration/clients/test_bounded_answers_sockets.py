@@ -27,9 +27,10 @@ DEADLINE_SECONDS = 2.0
 
 
 class _Dripper:
-    """A loopback HTTP server that sends its headers at once, then one body byte every 50 ms for 8 s."""
+    """A loopback HTTP server that drips one byte every 50 ms for 8 s: of its body, or of its headers."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, headers_too: bool = False) -> None:
+        self._headers_too = headers_too
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._stop = threading.Event()
@@ -51,9 +52,12 @@ class _Dripper:
             return
         with conn:
             conn.recv(65536)
-            conn.sendall(
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 10000\r\n\r\n{"
-            )
+            if self._headers_too:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Drip: ")  # the header line never ends
+            else:
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 10000\r\n\r\n{"
+                )
             ends = time.monotonic() + DRIP_SECONDS
             while time.monotonic() < ends and not self._stop.wait(0.05):
                 try:
@@ -62,8 +66,9 @@ class _Dripper:
                     return
 
 
-def test_a_dripping_portal_cannot_keep_a_call_past_its_deadline() -> None:
-    with _Dripper() as server:
+@pytest.mark.parametrize("headers_too", [False, True], ids=["body", "headers"])
+def test_a_dripping_portal_cannot_keep_a_call_past_its_deadline(headers_too: bool) -> None:
+    with _Dripper(headers_too=headers_too) as server:
         host = f"127.0.0.1:{server.port}"
         client = RestClient(
             PortalPolicy(DEFAULT_PORTAL_SUFFIXES, (host,), local_mode=True),
@@ -81,8 +86,9 @@ def test_a_dripping_portal_cannot_keep_a_call_past_its_deadline() -> None:
     assert elapsed < DEADLINE_SECONDS + 1.0, elapsed
 
 
-def test_a_dripping_oauth_server_cannot_keep_a_refresh_past_its_deadline() -> None:
-    with _Dripper() as server:
+@pytest.mark.parametrize("headers_too", [False, True], ids=["body", "headers"])
+def test_a_dripping_oauth_server_cannot_keep_a_refresh_past_its_deadline(headers_too: bool) -> None:
+    with _Dripper(headers_too=headers_too) as server:
         client = OAuthClient(
             "local.app", lambda: "secret-value", [f"http://127.0.0.1:{server.port}"],
             session=new_session(), timeout=(1.0, 1.0), local_mode=True, total_timeout=30.0,
