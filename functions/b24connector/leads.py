@@ -45,9 +45,11 @@ from b24connector.bitrix24.errors import (
     PortalDeleted,
     PortalMoved,
     QueryLimitExceeded,
+    RequestTooLarge,
     TransientError,
     UnknownAuthError,
 )
+from b24connector.numbers import MAX_SAFE_INTEGER, ascii_int
 from b24connector.observability import count, logger
 from b24connector.vault.errors import (
     PortalNotFound,
@@ -75,6 +77,9 @@ MAX_FILTER_KEYS = 50
 MAX_FILTER_LIST = 500
 MAX_FILTER_TEXT = 1_000
 MAX_CURSOR_CHARS = 1_024
+# `select` plus `filter` as UTF-8 JSON. Each of a batch's 50 chained commands repeats the filter,
+# URL-encoded (up to ~5x bigger), so this bounds a batch body near 4.2 MB (rest.MAX_REQUEST_BYTES is 8 MiB).
+MAX_QUERY_BYTES = 16 * 1024
 MAX_SPLIT = 16
 # A split part is never planned below one batch of rows: smaller parts cost requests, not time.
 MIN_SPLIT_ROWS = 2_450
@@ -151,15 +156,25 @@ def parse_request(payload: object, normalize_domain: Callable[[str], str]) -> Le
         raise _invalid(f"unknown keys: {', '.join(unknown)[:200]}")
     member_id, domain = _portal_key(payload, normalize_domain)
     _check_order(payload.get("order"))
+    select = _select(payload.get("select"))
+    filter_ = _filter(payload.get("filter"))
+    _check_query_size(select, filter_)
     return LeadsRequest(
         member_id=member_id,
         domain=domain,
-        select=_select(payload.get("select")),
-        filter=_filter(payload.get("filter")),
+        select=select,
+        filter=filter_,
         limit=_limit(payload.get("limit", DEFAULT_LIMIT)),
         cursor=_cursor_text(payload.get("cursor")),
         split=_split_count(payload.get("split")),
     )
+
+
+def _check_query_size(select: tuple[str, ...], filter_: Mapping[str, Any]) -> None:
+    query = {"select": select, "filter": filter_}
+    size = len(json.dumps(query, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+    if size > MAX_QUERY_BYTES:
+        raise _invalid(f"select and filter together may hold at most {MAX_QUERY_BYTES} bytes of JSON")
 
 
 def _portal_key(
@@ -202,8 +217,11 @@ def _select(value: object) -> tuple[str, ...]:
 
 
 def _scalar_ok(value: object) -> bool:
-    if isinstance(value, bool | int):
+    if isinstance(value, bool):
         return True
+    if isinstance(value, int):
+        # str() of a 5,000-digit int raises (and Bitrix24 would not know it either).
+        return -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
     if isinstance(value, float):
         return math.isfinite(value)
     return isinstance(value, str) and len(value) <= MAX_FILTER_TEXT
@@ -229,19 +247,22 @@ def _filter(value: object) -> dict[str, Any]:
                 raise _invalid(f"filter lists hold at most {MAX_FILTER_LIST} strings or numbers")
         elif not _scalar_ok(item):
             raise _invalid("filter values are strings, numbers, booleans or lists of those")
-        is_id_bound_key = match["field"].upper() == "ID" and match["op"] in {">", ">=", "<", "<="}
-        if is_id_bound_key and not _is_id_bound(item):
-            raise _invalid("ID bounds in filter must be non-negative integers")
+        if match["field"].upper() == "ID" and not _is_id_value(item):
+            # Every ID condition, not only the bounds the lister folds: "²".isdigit() is True and
+            # int("²") raises, which made `{">ID": "²"}` an internal failure.
+            raise _invalid("ID conditions in filter take non-negative integers (ASCII digits)")
         result[key] = item
     return result
 
 
-def _is_id_bound(value: object) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int):
-        return 0 <= value < 2**53
-    return isinstance(value, str) and value.isdigit() and len(value) <= 15
+def _is_id_value(value: object) -> bool:
+    if isinstance(value, list):
+        return bool(value) and all(_is_id(v) for v in value)
+    return _is_id(value)
+
+
+def _is_id(value: object) -> bool:
+    return not isinstance(value, float) and ascii_int(value) is not None
 
 
 def _check_order(value: object) -> None:
@@ -549,11 +570,9 @@ def _resumable(exc: Bitrix24Error | VaultError) -> bool:
 
 
 def _row_id(row: Mapping[str, Any]) -> int:
-    value = row.get("ID")
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
+    number = ascii_int(row.get("ID"))
+    if number is not None:
+        return number
     raise LeadsError(UPSTREAM_ERROR, "Bitrix24 answered a lead without a numeric ID")
 
 
@@ -613,6 +632,8 @@ def error_for(exc: Bitrix24Error | VaultError) -> LeadsError:
     """The contract's error for a Bitrix24 or vault failure."""
     if isinstance(exc, VaultError):
         return _vault_error(exc)
+    if isinstance(exc, RequestTooLarge):
+        return _invalid("the query is too large to send to Bitrix24")
     if isinstance(exc, _REAUTH_ERRORS):
         return LeadsError(REAUTH_REQUIRED, f"Bitrix24 no longer accepts this portal's grant ({exc.code})")
     if isinstance(exc, _RATE_ERRORS) or exc.code == "CLIENT_RATE_LIMIT":

@@ -10,12 +10,13 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-# Bitrix24 cloud portal suffixes (self-hosted portals are allowed by explicit host instead).
+# Bitrix24 cloud account zones, each checked in docs/bitrix24-facts.md#f-host-7 (self-hosted portals are
+# allowed by explicit host instead). Not `.bitrix24.site`: it hosts published landing pages (F-HOST-5).
 DEFAULT_PORTAL_SUFFIXES = (
     ".bitrix24.com", ".bitrix24.de", ".bitrix24.eu", ".bitrix24.es", ".bitrix24.fr", ".bitrix24.it",
     ".bitrix24.pl", ".bitrix24.uk", ".bitrix24.in", ".bitrix24.jp", ".bitrix24.cn", ".bitrix24.com.br",
     ".bitrix24.com.tr", ".bitrix24.id", ".bitrix24.vn", ".bitrix24.kz", ".bitrix24.by", ".bitrix24.ru",
-    ".bitrix24.ua", ".bitrix24.co", ".bitrix24.mx", ".bitrix24.site",
+    ".bitrix24.ua", ".bitrix24.co", ".bitrix24.mx",
 )  # fmt: skip
 DEFAULT_OAUTH_SERVERS = ("https://oauth.bitrix.info", "https://oauth.bitrix24.tech")
 
@@ -28,7 +29,7 @@ class ConfigError(RuntimeError):
 class Settings:
     """Everything the functions read from their environment (names and ARNs only, never secrets)."""
 
-    app_env: str
+    app_env: str  # "prod" refuses LOCAL_MODE (plain http to loopback must never be on in production)
     client_id: str
     client_secret_id: str  # Secrets Manager name or ARN of the Bitrix24 client secret
     cursor_secret_id: str  # Secrets Manager name or ARN of the lead-cursor signing key
@@ -57,7 +58,6 @@ class Settings:
     rate_limit_per_second: float
     rate_limit_burst: int
     rate_limit_shared: bool  # pace a portal's requests through the RateLimitTable (all instances share)
-    operating_limit_seconds: float
     http_timeout_seconds: float
     local_mode: bool  # allows plain http to loopback hosts (the local stack); never on in AWS
     state_cookie_name: str
@@ -176,13 +176,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         rate_limit_per_second=read.get("RATE_LIMIT_PER_SECOND", _positive(float), "2"),
         rate_limit_burst=read.get("RATE_LIMIT_BURST", _positive(int), "50"),
         rate_limit_shared=read.get("RATE_LIMIT_SHARED", _bool, "true"),
-        operating_limit_seconds=read.get("OPERATING_LIMIT_SECONDS", _positive(float), "480"),
         http_timeout_seconds=read.get("HTTP_TIMEOUT_SECONDS", _positive(float), "10"),
         local_mode=read.get("LOCAL_MODE", _bool, "false"),
         state_cookie_name=read.get("STATE_COOKIE_NAME", _nonempty, "__Host-b24-oauth"),
     )
     if settings.state_ttl_seconds > 600:
         raise ConfigError("environment variable STATE_TTL_SECONDS is invalid: at most 600 seconds")
+    if settings.app_env == "prod" and settings.local_mode:
+        # LOCAL_MODE allows plain http to loopback hosts: a production stack must never run with it.
+        raise ConfigError("environment variable LOCAL_MODE is invalid: never true when APP_ENV is prod")
     return settings
 
 

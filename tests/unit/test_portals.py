@@ -294,3 +294,44 @@ def test_policy_from_settings() -> None:
     assert policy.normalize("acme.bitrix24.kz") == "acme.bitrix24.kz"
     assert policy.normalize("127.0.0.1:5000") == "127.0.0.1:5000"
     assert "crm.example.org" in repr(policy)
+
+
+def _documented_zones() -> set[str]:
+    """The account zones docs/bitrix24-facts.md#f-host-7 lists (the `.bitrix24.xx` of its zone table)."""
+    import re
+    from pathlib import Path
+
+    facts = (Path(__file__).resolve().parents[2] / "docs" / "bitrix24-facts.md").read_text(encoding="utf-8")
+    entry = facts.partition("### F-HOST-7")[2].partition("\n### ")[0]
+    return set(re.findall(r"`(\.bitrix24\.[a-z.]+)`", entry))
+
+
+def test_every_default_suffix_is_a_documented_account_zone() -> None:
+    # Issue 12 point 7: a suffix nobody checked let `.bitrix24.site` (published landing pages) in.
+    zones = _documented_zones()
+    assert zones, "docs/bitrix24-facts.md has no F-HOST-7 zone list"
+    assert set(DEFAULT_PORTAL_SUFFIXES) <= zones, set(DEFAULT_PORTAL_SUFFIXES) - zones
+    assert ".bitrix24.site" not in zones
+
+
+@pytest.mark.parametrize(
+    "raw", ["anything.bitrix24.site", "https://vilka.bitrix24.site/", "cdn.bitrix24.site"]
+)
+def test_published_bitrix24_sites_are_not_portals(raw: str) -> None:
+    policy = PortalPolicy.from_settings(load_settings(_ENV_FOR_DEFAULTS))
+    with pytest.raises(InvalidPortal):
+        policy.normalize(raw)
+
+
+_ENV_FOR_DEFAULTS = {
+    "BITRIX24_CLIENT_ID": "local.x",
+    "CLIENT_SECRET_ID": "s",
+    "CURSOR_SECRET_ID": "c",
+    "PORTALS_TABLE": "p",
+    "STATES_TABLE": "st",
+    "RATE_LIMIT_TABLE": "r",
+    "TOKEN_KEY_ID": "k",
+    "REFRESH_QUEUE_URL": "q",
+    "RESCUE_QUEUE_URL": "rq",
+    "LIFECYCLE_QUEUE_URL": "lq",
+}

@@ -8,6 +8,8 @@ from types import MappingProxyType
 from typing import Any
 
 from b24connector.bitrix24.errors import (
+    RAW_CODE_CHARS,
+    RAW_DESCRIPTION_CHARS,
     AccessDenied,
     AuthServerUnavailable,
     BadRequest,
@@ -25,6 +27,7 @@ from b24connector.bitrix24.errors import (
     UnknownAuthError,
     redact,
 )
+from b24connector.numbers import MAX_SAFE_INTEGER, ascii_int
 
 # Upper-cased codes; Bitrix24 mixes `expired_token` and `NO_AUTH_FOUND`. Every code, its status, class
 # and what a LeadsFunction caller gets is tabled in docs/bitrix24-errors.md; a unit test parses that
@@ -119,12 +122,20 @@ def _error_fields(data: Mapping[str, Any]) -> tuple[str, str] | None:
         return None
     raw = data["error"]
     if isinstance(raw, Mapping):  # REST v3: {"error": {"code": ..., "message": ...}}
-        return str(raw.get("code") or ""), str(raw.get("message") or "")
+        return _cut(raw.get("code") or "", RAW_CODE_CHARS), _cut(
+            raw.get("message") or "", RAW_DESCRIPTION_CHARS
+        )
     description = data.get("error_description")
-    code = "" if raw is None else str(raw)
+    code = "" if raw is None else _cut(raw, RAW_CODE_CHARS)
     if not code and not description:
         return None
-    return code, "" if description is None else str(description)
+    return code, "" if description is None else _cut(description, RAW_DESCRIPTION_CHARS)
+
+
+def _cut(value: object, limit: int) -> str:
+    """str(value), cut to `limit` characters before anything else looks at it (a code may be 7 MB)."""
+    text = value if isinstance(value, str) else str(value)[: limit * 4]
+    return text[:limit]
 
 
 def make_error(code: str, description: str, status: int | None, time_block: object = None) -> RestError:
@@ -164,7 +175,9 @@ def error_of(status: int, data: Any, secrets: Iterable[str] = ()) -> RestError |
         return _non_json_error(status)
     fields = _error_fields(data)
     if fields is not None:
-        return make_error(fields[0], redact(fields[1], secrets), status, data.get("time"))
+        secrets = tuple(secrets)
+        code, description = redact(fields[0], secrets), redact(fields[1], secrets)
+        return make_error(code, description, status, data.get("time"))
     if status != 200 or "result" not in data:
         if status == 200:
             return TransientError("NO_RESULT", "the portal answered without a result", http_status=status)
@@ -173,13 +186,8 @@ def error_of(status: int, data: Any, secrets: Iterable[str] = ()) -> RestError |
 
 
 def _int_or_none(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    return None
+    # `next`/`total` of a portal answer: ASCII digits only ("²".isdigit() is True, int("²") raises).
+    return ascii_int(value, minimum=-MAX_SAFE_INTEGER)
 
 
 def parse_response(data: Mapping[str, Any]) -> RestResponse:
@@ -202,8 +210,9 @@ def _keyed(container: object) -> dict[str, Any]:
     return {}
 
 
-def parse_batch(data: Mapping[str, Any]) -> BatchResult:
+def parse_batch(data: Mapping[str, Any], secrets: Iterable[str] = ()) -> BatchResult:
     """BatchResult of a `batch` success envelope, accepting `[]` or `{}` for every empty container."""
+    secrets = tuple(secrets)
     outer = data.get("result")
     if not isinstance(outer, Mapping):
         raise TransientError("MALFORMED_BATCH", "batch answered without a result object")
@@ -211,7 +220,7 @@ def parse_batch(data: Mapping[str, Any]) -> BatchResult:
     for key, raw in _keyed(outer.get("result_error")).items():
         fields = _error_fields(raw) if isinstance(raw, Mapping) else None
         code, description = fields if fields is not None else ("", "")
-        errors[key] = make_error(code, description, None)
+        errors[key] = make_error(redact(code, secrets), redact(description, secrets), None)
     times = {k: v for k, v in _keyed(outer.get("result_time")).items() if isinstance(v, Mapping)}
     totals = {
         k: n for k, v in _keyed(outer.get("result_total")).items() if (n := _int_or_none(v)) is not None

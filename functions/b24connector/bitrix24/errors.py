@@ -2,7 +2,29 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+
+# What of a server-given error code or description is ever kept (issue 12: a 7 MB error code, the
+# access token inside it, came back in a LeadsFunction answer). Callers redact secrets from the text
+# first (redact); these caps then bound length and charset. Raw inputs are cut before any work.
+MAX_CODE_CHARS = 64
+MAX_DESCRIPTION_CHARS = 200
+RAW_CODE_CHARS = 256
+RAW_DESCRIPTION_CHARS = 4096
+_NOT_CODE = re.compile(r"[^A-Za-z0-9_.:-]+")
+
+
+def safe_code(code: str) -> str:
+    """An error code as shown anywhere: ASCII letters, digits and `_.:-`, at most 64 characters."""
+    cleaned = _NOT_CODE.sub("", code[:RAW_CODE_CHARS])[:MAX_CODE_CHARS]
+    return cleaned if cleaned or not code else "MALFORMED_ERROR_CODE"
+
+
+def safe_description(text: str) -> str:
+    """A server description as shown anywhere: printable characters only, at most 200 of them."""
+    head = text[:RAW_DESCRIPTION_CHARS]
+    return "".join(ch if ch.isprintable() else " " for ch in head).strip()[:MAX_DESCRIPTION_CHARS]
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
@@ -20,9 +42,9 @@ class Bitrix24Error(Exception):
     retryable = False
 
     def __init__(self, code: str, description: str = "", *, http_status: int | None = None) -> None:
-        self.code = code
-        # Server descriptions are short free text; cap them so a hostile body cannot flood logs.
-        self.description = description[:200]
+        # Codes and descriptions may come from a server: capped in length and charset, never raw.
+        self.code = safe_code(code)
+        self.description = safe_description(description)
         self.http_status = http_status
         super().__init__(self._text())
 
@@ -178,3 +200,15 @@ class MalformedTokenPayload(OAuthError):
 
 class DeadlineExceeded(TransientError):
     """The caller's time budget ran out before the request could be (re)sent."""
+
+
+class RequestTooLarge(Bitrix24Error):
+    """The request body would pass the client's byte cap; nothing was sent."""
+
+
+class AnswerTooLarge(TransientError):
+    """The server's answer passed the client's byte cap; it was not read further (memory stays bounded)."""
+
+
+class OAuthAnswerTooLarge(AnswerTooLarge, OAuthTransientError):
+    """The OAuth server's answer passed the client's byte cap."""

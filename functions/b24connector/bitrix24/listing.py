@@ -24,6 +24,7 @@ from b24connector.bitrix24.errors import (
     RestError,
     TransientError,
 )
+from b24connector.numbers import MAX_SAFE_INTEGER, ascii_int
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -63,11 +64,9 @@ class ListSpec:
 
     def id_of(self, row: Mapping[str, Any]) -> int:
         """The integer ID of a row (crm.lead.list sends it as a string)."""
-        value = row.get(self.id_field)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.isdigit():
-            return int(value)
+        number = ascii_int(row.get(self.id_field))
+        if number is not None:
+            return number
         raise TransientError("MALFORMED_ROW", f"{self.method} answered a row without a numeric ID")
 
 
@@ -93,10 +92,9 @@ class Window:
 
 
 def _as_int(value: object) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
+    number = ascii_int(value, minimum=-MAX_SAFE_INTEGER)
+    if number is not None:
+        return number
     raise ValueError("ID bounds in a fast-list filter must be integers")
 
 

@@ -20,12 +20,15 @@ from urllib.parse import urlencode
 import requests
 
 from b24connector.bitrix24.errors import (
+    RAW_CODE_CHARS,
+    RAW_DESCRIPTION_CHARS,
     Bitrix24Error,
     ExpiredToken,
     InvalidClient,
     InvalidGrant,
     InvalidToken,
     NotInstalled,
+    OAuthAnswerTooLarge,
     OAuthError,
     OAuthRequestError,
     OAuthTransientError,
@@ -34,7 +37,17 @@ from b24connector.bitrix24.errors import (
     redact,
 )
 from b24connector.bitrix24.tokens import TokenSet
-from b24connector.bitrix24.transport import DEFAULT_TIMEOUT, decode_json, request_never_sent, shared_session
+from b24connector.bitrix24.transport import (
+    DEFAULT_TIMEOUT,
+    BodyDeadline,
+    BodyTooLarge,
+    call_deadline,
+    decode_body,
+    read_body,
+    request_never_sent,
+    shared_session,
+)
+from b24connector.numbers import ascii_int
 from b24connector.portals import is_loopback_host
 
 if TYPE_CHECKING:
@@ -42,6 +55,9 @@ if TYPE_CHECKING:
 
 _HOST_PORT = re.compile(r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[1-9][0-9]{0,4})?\Z")
 _SERVER_PATHS = ("", "/", "/rest", "/rest/")
+# Token and app.info answers are a few hundred bytes; anything near this is not an OAuth answer.
+MAX_OAUTH_ANSWER_BYTES = 64 * 1024
+_MIN_CALL_SECONDS = 0.05  # below this a token call cannot complete: it is not started
 
 # OAuth-server `error` codes (fact sheet 2.8), lower-cased, to the exception class they mean.
 _OAUTH_ERRORS: dict[str, type[Bitrix24Error]] = {
@@ -106,12 +122,14 @@ def oauth_error(status: int, data: Any, secrets_sent: Sequence[str] = ()) -> Bit
         )
     raw_error = data.get("error")
     if isinstance(raw_error, dict):  # REST v3 shape
-        code = str(raw_error.get("code") or "")
-        description = str(raw_error.get("message") or "")
+        code = str(raw_error.get("code") or "")[:RAW_CODE_CHARS]
+        description = str(raw_error.get("message") or "")[:RAW_DESCRIPTION_CHARS]
     else:
-        code = str(raw_error or "")
-        description = str(data.get("error_description") or "")
-    # A server that echoes a request value must not smuggle a secret into our exception text.
+        code = str(raw_error or "")[:RAW_CODE_CHARS]
+        description = str(data.get("error_description") or "")[:RAW_DESCRIPTION_CHARS]
+    # A server that echoes a request value must not smuggle a secret into our exception text; the
+    # error classes then cap length and charset (errors.safe_code, safe_description).
+    code = redact(code, secrets_sent)
     description = redact(description, secrets_sent)
     if code:
         if status >= 500:
@@ -138,6 +156,9 @@ class OAuthClient:
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
         local_mode: bool = False,
         clock: Callable[[], float] = time.time,
+        total_timeout: float | None = None,
+        max_answer_bytes: int = MAX_OAUTH_ANSWER_BYTES,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if not client_id or not servers:
             raise ValueError("an OAuth client needs a client_id and at least one server")
@@ -148,6 +169,11 @@ class OAuthClient:
         self._timeout = timeout
         self.local_mode = local_mode
         self._clock = clock
+        # One call, answer included, never takes longer than this: the vault's refresh lease
+        # (2 x HTTP_TIMEOUT_SECONDS + 10 s, vault/refresh.py RefreshPolicy) always outlives it.
+        self.total_timeout = total_timeout if total_timeout is not None else timeout[1]
+        self._max_answer_bytes = max_answer_bytes
+        self._monotonic = monotonic
 
     @classmethod
     def from_settings(
@@ -201,7 +227,12 @@ class OAuthClient:
         raise UnsafeEndpoint("UNSAFE_OAUTH_SERVER", "the OAuth server hint is not on the allow-list")
 
     def exchange_code(
-        self, code: str, *, server_hint: str | None = None, code_verifier: str | None = None
+        self,
+        code: str,
+        *,
+        server_hint: str | None = None,
+        code_verifier: str | None = None,
+        deadline: float | None = None,
     ) -> TokenSet:
         """Trade a single-use authorization code for tokens: one POST, never retried."""
         if not code:
@@ -216,11 +247,17 @@ class OAuthClient:
         if code_verifier is not None:
             form["code_verifier"] = code_verifier
         secrets_sent = [secret, code] + ([code_verifier] if code_verifier else [])
-        data = self._post(f"{self.resolve_server(server_hint)}/oauth/token/", form, secrets_sent)
+        data = self._post(f"{self.resolve_server(server_hint)}/oauth/token/", form, secrets_sent, deadline)
         return TokenSet.from_payload(data, now=self._clock())
 
-    def refresh(self, refresh_token: str, *, server_hint: str | None = None) -> TokenSet:
-        """Rotate a refresh token: one POST; the caller owns retries and persisting the new pair."""
+    def refresh(
+        self, refresh_token: str, *, server_hint: str | None = None, deadline: float | None = None
+    ) -> TokenSet:
+        """Rotate a refresh token: one POST; the caller owns retries and persisting the new pair.
+
+        `deadline` (a time.monotonic() value) ends the call, answer included, by then: pass the end
+        of the refresh lease it runs under, so the call can never outlive the lease.
+        """
         if not refresh_token:
             raise OAuthRequestError("invalid_request", "empty refresh token")
         secret = self._client_secret()
@@ -230,33 +267,78 @@ class OAuthClient:
             "client_secret": secret,
             "refresh_token": refresh_token,
         }
-        data = self._post(f"{self.resolve_server(server_hint)}/oauth/token/", form, [secret, refresh_token])
+        data = self._post(
+            f"{self.resolve_server(server_hint)}/oauth/token/", form, [secret, refresh_token], deadline
+        )
         return TokenSet.from_payload(data, now=self._clock())
 
-    def app_info(self, access_token: str, *, server_hint: str | None = None) -> AppInfo:
+    def app_info(
+        self, access_token: str, *, server_hint: str | None = None, deadline: float | None = None
+    ) -> AppInfo:
         """Ask the OAuth server which installation an access token belongs to (trusted source)."""
         if not access_token:
             raise InvalidToken("NO_AUTH_FOUND", "empty access token")
         data = self._post(
-            f"{self.resolve_server(server_hint)}/rest/app.info", {"auth": access_token}, [access_token]
+            f"{self.resolve_server(server_hint)}/rest/app.info",
+            {"auth": access_token},
+            [access_token],
+            deadline,
         )
         return parse_app_info(data)
 
-    def _post(self, url: str, form: Mapping[str, str], secrets_sent: Sequence[str]) -> dict[str, Any]:
+    def _post(
+        self,
+        url: str,
+        form: Mapping[str, str],
+        secrets_sent: Sequence[str],
+        deadline: float | None = None,
+    ) -> dict[str, Any]:
+        now = self._monotonic()
+        end = now + self.total_timeout if deadline is None else min(now + self.total_timeout, deadline)
+        remaining = end - now
+        if remaining < _MIN_CALL_SECONDS:
+            raise OAuthTransientError(
+                "DEADLINE_EXCEEDED", "no time left for an OAuth server call", request_sent=False
+            )
+        connect, read = self._timeout
+        timeout = (min(connect, remaining), min(read, remaining))
         session = self._session or shared_session()
         try:
-            response = session.post(url, data=form, timeout=self._timeout, allow_redirects=False)
+            with call_deadline(time.monotonic() + remaining):
+                response = session.post(url, data=form, timeout=timeout, allow_redirects=False, stream=True)
         except requests.Timeout as exc:
             raise OAuthTransientError(
                 "TIMEOUT", "the OAuth server did not answer in time", request_sent=not request_never_sent(exc)
             ) from None
         except requests.RequestException as exc:
+            if self._monotonic() >= end:  # the deadline cut the wait for headers
+                raise OAuthTransientError(
+                    "TIMEOUT",
+                    "the OAuth server did not answer in time",
+                    request_sent=not request_never_sent(exc),
+                ) from None
             raise OAuthTransientError(
                 "CONNECTION_ERROR",
                 "the OAuth server could not be reached",
                 request_sent=not request_never_sent(exc),
             ) from None
-        data = decode_json(response)
+        try:
+            body = read_body(
+                response, max_bytes=self._max_answer_bytes, deadline=end, monotonic=self._monotonic
+            )
+        except BodyTooLarge:
+            raise OAuthAnswerTooLarge(
+                "ANSWER_TOO_LARGE",
+                f"the OAuth server answered more than {self._max_answer_bytes} bytes",
+                http_status=response.status_code,
+            ) from None
+        except BodyDeadline:
+            raise OAuthTransientError(
+                "TIMEOUT", "the OAuth server did not finish its answer in time"
+            ) from None
+        except requests.RequestException:
+            raise OAuthTransientError("CONNECTION_ERROR", "the OAuth server's answer broke off") from None
+        data = decode_body(body)
         error = oauth_error(response.status_code, data, secrets_sent)
         if error is not None:
             raise error
@@ -267,16 +349,6 @@ def _as_bool(value: object) -> bool:
     if isinstance(value, str):
         return value.strip().upper() in {"Y", "1", "TRUE", "YES"}
     return bool(value)
-
-
-def _as_int(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
 
 
 def parse_app_info(data: Mapping[str, Any]) -> AppInfo:
@@ -296,5 +368,5 @@ def parse_app_info(data: Mapping[str, Any]) -> AppInfo:
         installed=_as_bool(install.get("installed")),
         status=str(install.get("status") or ""),
         scope=str(install.get("scope") or result.get("scope") or ""),
-        user_id=_as_int(result.get("user_id")),
+        user_id=ascii_int(result.get("user_id")),
     )

@@ -32,6 +32,7 @@ from b24connector.bitrix24.envelope import (
     reset_at_of,
 )
 from b24connector.bitrix24.errors import (
+    AnswerTooLarge,
     AuthServerUnavailable,
     Bitrix24Error,
     DeadlineExceeded,
@@ -40,18 +41,34 @@ from b24connector.bitrix24.errors import (
     OperationTimeLimit,
     PortalMoved,
     QueryLimitExceeded,
+    RequestTooLarge,
     TransientError,
     UnknownAuthError,
     UnsafeEndpoint,
 )
 from b24connector.bitrix24.pacing import LocalTokenBucket, Pacer
-from b24connector.bitrix24.transport import DEFAULT_TIMEOUT, decode_json, shared_session
+from b24connector.bitrix24.transport import (
+    DEFAULT_TIMEOUT,
+    BodyDeadline,
+    BodyTooLarge,
+    call_deadline,
+    close_response,
+    decode_body,
+    read_body,
+    shared_session,
+)
 from b24connector.portals import InvalidPortal, PortalPolicy
 
 if TYPE_CHECKING:
     from b24connector.settings import Settings
 
 MAX_BATCH_COMMANDS = 50
+# A lead filter is repeated, URL-encoded, in each of a batch's 50 chained commands: a query at
+# leads.MAX_QUERY_BYTES builds bodies of about 4.2 MB at worst (tests/unit/handlers/test_leads_size_caps.py).
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+# A batch of 50 pages of 50 leads with every field weighs ~3 MiB in the emulator (about 1.2 KB a row);
+# real portals with many user fields and long comments stay far below 6.7 KB a row, which this allows.
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
 _METHOD = re.compile(r"[A-Za-z][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*\Z")
 _COMMAND_ID = re.compile(r"[A-Za-z0-9_]{1,64}\Z")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -218,6 +235,9 @@ class RestClient:
         backoff_cap: float = 8.0,
         max_limit_wait: float = 60.0,
         max_redirects: int = 2,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
+        total_timeout: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rand: Callable[[], float] = random.random,
         monotonic: Callable[[], float] = time.monotonic,
@@ -233,6 +253,10 @@ class RestClient:
         self._backoff_cap = backoff_cap
         self._max_limit_wait = max_limit_wait
         self._max_redirects = max_redirects
+        self._max_request_bytes = max_request_bytes
+        self._max_answer_bytes = max_answer_bytes
+        # The whole request, answer included; connect/read timeouts only bound each socket wait.
+        self._total_timeout = total_timeout if total_timeout is not None else sum(timeout)
         self._sleep = sleep
         self._rand = rand
         self._monotonic = monotonic
@@ -251,6 +275,8 @@ class RestClient:
             session=session,
             pacer=pacer or LocalTokenBucket(settings.rate_limit_per_second, settings.rate_limit_burst),
             timeout=(min(3.05, read_timeout), read_timeout),
+            # A batch answer of up to 16 MiB may take a while to arrive after its first byte.
+            total_timeout=2 * read_timeout,
         )
 
     def __repr__(self) -> str:
@@ -287,7 +313,7 @@ class RestClient:
             lambda token: {"halt": halt_flag, "cmd": cmd, "auth": token},
             tuple(set(methods.values())),
         )
-        result = parse_batch(data)
+        result = parse_batch(data, (portal.access_token,))
         for key, time_block in result.times.items():
             if key in methods:
                 self._remember_reset(portal.host, methods[key], time_block)
@@ -354,6 +380,11 @@ class RestClient:
         while True:
             token = portal.access_token
             body = json.dumps(make_body(token), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            if len(body) > self._max_request_bytes:
+                raise RequestTooLarge(
+                    "REQUEST_TOO_LARGE",
+                    f"the {method} request would be larger than {self._max_request_bytes} bytes",
+                )
             status, data, location = self._send(portal, method, body)
             if status in _REDIRECTS:
                 redirects += 1
@@ -426,22 +457,43 @@ class RestClient:
         timeout = self._timeout_for(portal)
         self.pacer.acquire(portal.pacing_key, portal.deadline)
         timeout = self._timeout_for(portal)  # pacing may have used part of the budget
+        remaining = self._remaining(portal)
+        budget = self._total_timeout if remaining is None else min(self._total_timeout, remaining)
+        deadline = self._monotonic() + budget
         session = self._session or shared_session()
         try:
-            response = session.post(
-                url, data=body, headers=_JSON_HEADERS, timeout=timeout, allow_redirects=False
-            )
+            with call_deadline(time.monotonic() + budget):
+                response = session.post(
+                    url, data=body, headers=_JSON_HEADERS, timeout=timeout, allow_redirects=False, stream=True
+                )
         except requests.Timeout:
             raise TransientError("TIMEOUT", "the portal did not answer in time") from None
         except requests.RequestException:
+            if self._monotonic() >= deadline:  # the deadline cut the wait for headers
+                raise TransientError("TIMEOUT", "the portal did not answer in time") from None
             raise TransientError("CONNECTION_ERROR", "the portal could not be reached") from None
         except ValueError:
             # requests parses a redirect's Location even with allow_redirects=False, and a malformed one
             # (an unbalanced IPv6 bracket) raises ValueError there: a redirect we cannot follow.
             raise PortalMoved("PORTAL_MOVED", "redirect to a malformed address", http_status=302) from None
         if response.status_code in _REDIRECTS:
+            close_response(response)
             return response.status_code, None, response.headers.get("Location")
-        return response.status_code, decode_json(response), None
+        try:
+            content = read_body(
+                response, max_bytes=self._max_answer_bytes, deadline=deadline, monotonic=self._monotonic
+            )
+        except BodyTooLarge:
+            raise AnswerTooLarge(
+                "ANSWER_TOO_LARGE",
+                f"the portal answered more than {self._max_answer_bytes} bytes",
+                http_status=response.status_code,
+            ) from None
+        except BodyDeadline:
+            raise TransientError("TIMEOUT", "the portal did not finish its answer in time") from None
+        except requests.RequestException:
+            raise TransientError("CONNECTION_ERROR", "the portal's answer broke off") from None
+        return response.status_code, decode_body(content), None
 
     def _follow_rename(self, portal: PortalContext, location: str | None, redirects: int) -> None:
         if redirects > self._max_redirects:

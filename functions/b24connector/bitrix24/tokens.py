@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from b24connector.bitrix24.errors import MalformedTokenPayload
+from b24connector.numbers import ascii_int
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,16 +75,15 @@ def _text(payload: Mapping[str, object], name: str) -> str:
 
 
 def _int(payload: Mapping[str, object], name: str) -> int | None:
-    """Integer fields arrive as JSON numbers from the OAuth server and as strings in form payloads."""
+    """Integer fields arrive as JSON numbers from the OAuth server and as strings in form payloads.
+
+    Only non-negative integers from ASCII digits within MAX_SAFE_INTEGER count ("²" or a 5,000-digit
+    number is a malformed payload, not a crash, and nothing DynamoDB cannot store gets that far).
+    """
     value = payload.get(name)
     if value is None or value == "":
         return None
-    if isinstance(value, bool):
-        raise MalformedTokenPayload("BAD_FIELD", f"token payload field {name} is not an integer")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    raise MalformedTokenPayload("BAD_FIELD", f"token payload field {name} is not an integer")
+    number = ascii_int(value)
+    if number is None:
+        raise MalformedTokenPayload("BAD_FIELD", f"token payload field {name} is not a sane integer")
+    return number

@@ -50,9 +50,11 @@ class OnDemandRefresher:
     def __init__(self, conf: Settings) -> None:
         self._conf = conf
 
-    def refresh(self, refresh_token: str, *, server_hint: str | None = None) -> TokenSet:
-        """Exchange a refresh token for a new pair (OAuthClient.refresh)."""
-        return oauth_client(self._conf).refresh(refresh_token, server_hint=server_hint)
+    def refresh(
+        self, refresh_token: str, *, server_hint: str | None = None, deadline: float | None = None
+    ) -> TokenSet:
+        """Exchange a refresh token for a new pair (OAuthClient.refresh); `deadline`: end of the lease."""
+        return oauth_client(self._conf).refresh(refresh_token, server_hint=server_hint, deadline=deadline)
 
 
 def vault(conf: Settings) -> Vault:

@@ -60,6 +60,7 @@ class Reply:
     body: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
     raises: BaseException | None = None
+    raw: Any = None  # a file-like body read as a stream (read1/read), instead of payload/body
 
 
 class FakeTransport(BaseAdapter):
@@ -96,7 +97,9 @@ class FakeTransport(BaseAdapter):
             raise reply.raises
         response = requests.Response()
         response.status_code = reply.status
-        if reply.body is not None:
+        if reply.raw is not None:
+            response.raw = reply.raw
+        elif reply.body is not None:
             response._content = reply.body
         elif reply.payload is not None:
             response._content = json.dumps(reply.payload).encode()

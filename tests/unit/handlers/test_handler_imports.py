@@ -47,7 +47,9 @@ def test_the_coordinator_builds_the_oauth_client_only_when_a_refresh_happens(
     built: list[Any] = []
 
     class Server:
-        def refresh(self, refresh_token: str, *, server_hint: str | None = None) -> TokenSet:
+        def refresh(
+            self, refresh_token: str, *, server_hint: str | None = None, deadline: float | None = None
+        ) -> TokenSet:
             built.append((refresh_token, server_hint))
             raise RuntimeError("stop here")
 

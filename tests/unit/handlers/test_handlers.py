@@ -601,10 +601,31 @@ _FORM_KEYS = st.sampled_from(
         "data[CLEAN]",
         "a[][b]",
         "x",
+        # Issue 12 point 2: numbers and nesting that crashed handlers
+        "auth[expires]",
+        "auth[expires_in]",
+        "auth[user_id]",
+        "AUTH_EXPIRES",
+        "PLACEMENT_OPTIONS",
+        "auth" + "[a]" * 40,
     ]
 )
-_FORM_VALUES = st.sampled_from(["ONAPPINSTALL", "ONAPPUNINSTALL", "", "1", MEMBER, APP_TOKEN]) | st.text(
-    max_size=20
+_HOSTILE_VALUES = st.sampled_from(
+    [
+        "²",
+        "٣",
+        "\uff13\uff16\uff10\uff10",
+        "9" * 5_000,
+        "-1",
+        "1e3",
+        "[" * 40_000,
+        '{"a":' * 3_000 + "1" + "}" * 3_000,
+    ]
+)
+_FORM_VALUES = (
+    st.sampled_from(["ONAPPINSTALL", "ONAPPUNINSTALL", "", "1", MEMBER, APP_TOKEN])
+    | st.text(max_size=20)
+    | _HOSTILE_VALUES
 )
 
 

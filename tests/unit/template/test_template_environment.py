@@ -121,3 +121,32 @@ def test_no_function_overrides_the_shared_environment(template: dict[str, Any]) 
         assert own == {name for name, owner in FUNCTION_ONLY_VARIABLES.items() if owner == function_id}, (
             function_id
         )
+
+
+def _attributes_read_by_the_code() -> set[str]:
+    """Every `x.name` attribute read anywhere in functions/ (settings.py's own checks count too)."""
+    names: set[str] = set()
+    for path in (REPO_ROOT / "functions").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+                names.add(node.attr)
+    return names
+
+
+def test_every_setting_governs_something() -> None:
+    # Issue 12 point 9: OPERATING_LIMIT_SECONDS and APP_ENV were documented, set and parsed, and no code
+    # read them. A setting no code reads is a promise nothing keeps.
+    read = _attributes_read_by_the_code()
+    fields = set(settings_module.Settings.__dataclass_fields__)
+    assert fields - read == set()
+
+
+def test_a_production_stack_refuses_local_mode(template: dict[str, Any]) -> None:
+    values = {
+        name: deployed_value(template, value)
+        for name, value in function_environment(template, "LeadsFunction").items()
+    }
+    assert load_settings({**values, "APP_ENV": "prod"}).app_env == "prod"
+    with pytest.raises(settings_module.ConfigError, match="LOCAL_MODE"):
+        load_settings({**values, "APP_ENV": "prod", "LOCAL_MODE": "true"})
+    assert load_settings({**values, "APP_ENV": "dev", "LOCAL_MODE": "true"}).local_mode is True

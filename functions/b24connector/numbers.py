@@ -1,0 +1,37 @@
+"""Integers from untrusted text: ASCII digits only, within sane bounds.
+
+`str.isdigit()` is also true for "²" (then int() raises) and for Arabic-Indic or fullwidth digits (int()
+reads them, the rest of the world does not), and int() of a 5,000-digit string raises; these crashed
+handlers before (issue 12). Every number read from a request, an install payload or a Bitrix24 answer
+goes through here.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+# 2**53 - 1: the largest integer every JSON reader (JavaScript included) keeps exactly.
+MAX_SAFE_INTEGER = 2**53 - 1
+_ASCII_INTEGER = re.compile(r"-?[0-9]{1,16}\Z")
+
+
+def ascii_int(value: object, *, minimum: int = 0, maximum: int = MAX_SAFE_INTEGER) -> int | None:
+    """`value` as an int when it is one (or an ASCII-digit string, or an integral float) in range; else None."""
+    number: int
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer() or abs(value) > MAX_SAFE_INTEGER:
+            return None
+        number = int(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if not _ASCII_INTEGER.match(text):
+            return None
+        number = int(text)
+    else:
+        return None
+    return number if minimum <= number <= maximum else None
