@@ -44,7 +44,9 @@ RECORDING = [
     call("CallbackFunction", "dynamodb", "GetItem", "TableName", "STATES_TABLE"),
     call("CallbackFunction", "dynamodb", "GetItem", "TableName", "PORTALS_TABLE"),
     call("CallbackFunction", "dynamodb", "PutItem", "TableName", "PORTALS_TABLE"),
-    call("CallbackFunction", "kms", "GenerateDataKey", "KeyId", "TOKEN_KEY_ID", EncryptionContext=TOKEN_CONTEXT),
+    call(
+        "CallbackFunction", "kms", "GenerateDataKey", "KeyId", "TOKEN_KEY_ID", EncryptionContext=TOKEN_CONTEXT
+    ),
     call("CallbackFunction", "secretsmanager", "GetSecretValue", "SecretId", "CLIENT_SECRET_ID"),
     call("InstallFunction", "dynamodb", "GetItem", "TableName", "PORTALS_TABLE"),
     call("InstallFunction", "dynamodb", "PutItem", "TableName", "PORTALS_TABLE"),
@@ -111,9 +113,9 @@ def test_a_role_condition_on_the_wrong_context_key_is_a_denial(tmp_path: Path, b
         '"Null":\n                    kms:EncryptionContext:member_id: "false"\n              - Sid: ReadClientSecret',
         '"Null":\n                    kms:EncryptionContext:tenant_id: "false"\n              - Sid: ReadClientSecret'))  # fmt: skip
     new = only_in(report, baseline, "denials")
-    assert [d.split(" {")[0] for d in new] == ["ImplicitlyDenied: CallbackRole kms:GenerateDataKey on TokenKey"], (
-        report.text()
-    )
+    assert [d.split(" {")[0] for d in new] == [
+        "ImplicitlyDenied: CallbackRole kms:GenerateDataKey on TokenKey"
+    ], report.text()
 
 
 def test_an_index_query_against_the_table_arn_is_a_denial(tmp_path: Path, baseline: Report) -> None:

@@ -40,6 +40,7 @@ class FactSheetOAuthServer:
         self._chains: dict[str, _Chain] = {}  # by current refresh token
         self._live_access: set[str] = set()
         self.token_requests = 0
+        self.deadlines: list[float | None] = []  # the deadline each refresh was given (monotonic)
         # Raised (once each, in order) by the next refresh calls before they touch any chain.
         self.fail_next: list[Exception] = []
         # Raised by the next refresh calls *after* the chain rotated (the token is spent either way).
@@ -73,8 +74,11 @@ class FactSheetOAuthServer:
             self._live_access.add(chain.access_token)
             return self._issue(chain)
 
-    def refresh(self, refresh_token: str, *, server_hint: str | None = None) -> TokenSet:
+    def refresh(
+        self, refresh_token: str, *, server_hint: str | None = None, deadline: float | None = None
+    ) -> TokenSet:
         """grant_type=refresh_token: rotate the chain or answer invalid_grant."""
+        self.deadlines.append(deadline)
         with self._lock:
             self.token_requests += 1
             if self.fail_next:

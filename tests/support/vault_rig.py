@@ -194,7 +194,9 @@ class _Crashing:
         self.inner = inner
         self.after = after
 
-    def refresh(self, refresh_token: str, *, server_hint: str | None = None) -> TokenSet:
+    def refresh(
+        self, refresh_token: str, *, server_hint: str | None = None, deadline: float | None = None
+    ) -> TokenSet:
         if not self.after:
             os._exit(17)
         self.inner.refresh(refresh_token, server_hint=server_hint)

@@ -50,13 +50,16 @@ from b24connector.vault.store import Portal, PortalStore
 RemainingMs = Callable[[], int]
 _HOUR = 3600
 _SCHEDULED = "scheduled"
+_COMMIT_RESERVE_SECONDS = 2.0  # of a lease, kept after the token call for sealing and the commit
 
 
 class TokenRefresher(Protocol):
     """The token endpoint as the vault needs it (b24connector.bitrix24.oauth.OAuthClient fits)."""
 
-    def refresh(self, refresh_token: str, *, server_hint: str | None = None) -> TokenSet:
-        """Exchange a refresh token for a new pair; raise InvalidGrant, OAuthTransientError, ..."""
+    def refresh(
+        self, refresh_token: str, *, server_hint: str | None = None, deadline: float | None = None
+    ) -> TokenSet:
+        """Exchange a refresh token for a new pair by `deadline` (time.monotonic()); raise InvalidGrant, ..."""
         ...
 
 
@@ -503,7 +506,11 @@ class RefreshCoordinator:
             )
             raise RefreshUnavailable(f"too little lease left to refresh portal {member_id}")
         try:
-            new = self.refresher.refresh(stored.refresh_token, server_hint=portal.server_endpoint)
+            # The token call must end inside the lease, with room left to seal and commit its answer.
+            deadline = time.monotonic() + lease_left - _COMMIT_RESERVE_SECONDS
+            new = self.refresher.refresh(
+                stored.refresh_token, server_hint=portal.server_endpoint, deadline=deadline
+            )
         except (InvalidGrant, PaymentRequired, NotInstalled) as exc:
             return self._after_dead_grant(portal, owner, exc, path=path)
         except Bitrix24Error as exc:

@@ -285,7 +285,9 @@ class _Choreographed:
     def __init__(self, inner: TokenRefresher, before: Callable[[], None], after: Callable[[], None]) -> None:
         self.inner, self.before, self.after = inner, before, after
 
-    def refresh(self, refresh_token: str, *, server_hint: str | None = None) -> TokenSet:
+    def refresh(
+        self, refresh_token: str, *, server_hint: str | None = None, deadline: float | None = None
+    ) -> TokenSet:
         self.before()
         try:
             return self.inner.refresh(refresh_token, server_hint=server_hint)

@@ -199,7 +199,9 @@ class FakeOAuth:
             raise InvalidToken("invalid_token", "Unable to get application by token", http_status=401)
         return info
 
-    def refresh(self, refresh_token: str, *, server_hint: str | None = None) -> TokenSet:
+    def refresh(
+        self, refresh_token: str, *, server_hint: str | None = None, deadline: float | None = None
+    ) -> TokenSet:
         """Single use, like the OAuth server: the old pair's access token stops working."""
         self.refreshes.append(refresh_token)
         for access, info in list(self.live_tokens.items()):

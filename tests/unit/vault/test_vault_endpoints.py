@@ -32,7 +32,9 @@ class AnswerRewriter:
         self.endpoints = endpoints
         self.hints: list[str | None] = []
 
-    def refresh(self, refresh_token: str, *, server_hint: str | None = None) -> TokenSet:
+    def refresh(
+        self, refresh_token: str, *, server_hint: str | None = None, deadline: float | None = None
+    ) -> TokenSet:
         self.hints.append(server_hint)
         return replace(self.inner.refresh(refresh_token, server_hint=server_hint), **self.endpoints)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -45,6 +46,20 @@ def _metric(metrics: dict[str, Any], name: str) -> int:
 
 
 # --- lazy path --------------------------------------------------------------------------------------
+
+
+def test_the_token_call_is_given_a_deadline_inside_the_lease(vault: UnitVault) -> None:
+    # Given an installed portal whose access token expired
+    _portal, grant = vault.install()
+    vault.clock.advance(3601)
+    coordinator = vault.coordinator()
+    # When a lazy refresh runs under its lease
+    before = time.monotonic()
+    coordinator.fresh_access_token("member-a", grant.access_token)
+    # Then the OAuth call had to end before the lease does, with room left to commit its answer
+    (deadline,) = vault.oauth.deadlines
+    assert deadline is not None
+    assert before < deadline <= time.monotonic() + coordinator.policy.lease_seconds - 2.0
 
 
 def test_expired_token_is_refreshed_once_and_committed(
@@ -362,7 +377,7 @@ def test_invalid_grant_after_another_worker_committed_adopts_its_pair(
     other_pair = vault.oauth.refresh(grant.refresh_token)  # the other worker spent the token first
     real_refresh = vault.oauth.refresh
 
-    def refresh_while_other_commits(refresh_token: str, *, server_hint: str | None = None) -> Any:
+    def refresh_while_other_commits(refresh_token: str, *, server_hint: str | None = None, **_: Any) -> Any:
         vault.portals.commit_refresh("member-a", portal.version, vault.cipher.seal(other_pair))
         return real_refresh(refresh_token, server_hint=server_hint)
 
@@ -412,7 +427,7 @@ def test_invalid_client_is_an_operator_problem_not_the_portals(vault: UnitVault)
 def test_pair_for_another_member_is_never_stored(vault: UnitVault) -> None:
     _portal, grant = vault.install()
     foreign = vault.oauth.grant("member-z")
-    vault.oauth.refresh = lambda refresh_token, *, server_hint=None: foreign  # type: ignore[method-assign]
+    vault.oauth.refresh = lambda refresh_token, *, server_hint=None, **_: foreign  # type: ignore[method-assign]
     with pytest.raises(ReauthRequired):
         vault.coordinator().fresh_access_token("member-a", grant.access_token)
     stored = vault.portals.get("member-a", consistent=True)
@@ -581,7 +596,9 @@ def test_kms_down_after_bitrix24_answered_loses_nothing(
     oauth = vault.oauth
 
     class SpendThenKmsDown:
-        def refresh(self, refresh_token: str, *, server_hint: str | None = None) -> TokenSet:
+        def refresh(
+            self, refresh_token: str, *, server_hint: str | None = None, deadline: float | None = None
+        ) -> TokenSet:
             answer = oauth.refresh(refresh_token, server_hint=server_hint)
             _kms_outage(monkeypatch, vault.cipher.kms)
             return answer
