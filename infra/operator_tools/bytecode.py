@@ -10,7 +10,7 @@ must be the runtime's Python (python3.13 -> 3.13: a .pyc of another minor versio
 The .pyc files are unchecked-hash (PEP 552): Python loads them without comparing the source's mtime,
 which the deployment zip does not keep (sam package writes 1980-01-01 for every file) and with which a
 timestamp .pyc would be rejected as stale. Tracebacks name the paths Lambda sees (/var/task/..., /opt/...).
-See docs/decisions/0001-vendor-boto3.md for why boto3/botocore ship inside the artifact.
+See docs/decisions/0003-vendor-boto3.md for why boto3/botocore ship inside the artifact.
 """
 
 from __future__ import annotations

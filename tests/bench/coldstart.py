@@ -103,7 +103,7 @@ def run(section: Section, runs: int, *, top: bool = True) -> None:
         f"**As built** (the target): each function's artifact from {provenance}, copied read-only, "
         "PYTHONPATH = that copy only, PYTHONDONTWRITEBYTECODE=1 (Lambda's /var/task is read-only, so "
         "only bytecode shipped in the zip helps), `-S` (no site-packages of this machine: the "
-        "artifact vendors boto3, see docs/decisions/0001-vendor-boto3.md); the ratio is to "
+        "artifact vendors boto3, see docs/decisions/0003-vendor-boto3.md); the ratio is to "
         "`import boto3` from the same read-only artifact (its shipped unchecked-hash .pyc), same flags. "
         "The target is checked on the import's CPU time inside the process (`time.process_time`), "
         "which other load on a shared machine disturbs least; wall time is shown beside it. "
