@@ -7,9 +7,11 @@
 
 `fetch_leads` pages through cursors lazily (one Lambda invoke per page) and raises a typed LeadsError
 subclass for every error code of the contract (docs/leads-request.schema.json and
-docs/leads-answer.schema.json in the connector's repository). With `parallel=K` it asks LeadsFunction to
-cut the ID range into K signed parts and reads them on K concurrent invocations, still yielding leads in
-ascending ID order. See docs/leads-client.md.
+docs/leads-answer.schema.json in the connector's repository). By default the first invocation asks
+LeadsFunction to cut the rest of the ID range into signed parts (as many as the rows it saw justify, at
+most MAX_PARALLEL) and reads them on that many concurrent invocations, still yielding leads in ascending
+ID order; `parallel=K` caps the parts at K, `parallel=1` reads one page after another. See
+docs/leads-client.md.
 """
 
 from __future__ import annotations
@@ -222,16 +224,19 @@ def fetch_leads(
     cursor: str | None = None,
     function_name: str = DEFAULT_FUNCTION_NAME,
     lambda_client: LambdaClient | None = None,
-    parallel: int = 1,
+    parallel: int | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield every matching lead in ascending ID order, `limit` per invocation, following cursors.
 
-    With `parallel` > 1 the first invocation also cuts the rest of the ID range into up to `parallel`
-    signed parts, which are read on that many concurrent invocations (each following its own cursors);
-    leads still come in ascending ID order, a part at a time. All invocations share the portal's request
-    budget inside LeadsFunction, so `parallel` buys latency, not a higher request rate.
+    Unless `parallel` is 1 the first invocation also cuts the rest of the ID range into signed parts,
+    which are read on that many concurrent invocations (each following its own cursors); leads still
+    come in ascending ID order, a part at a time. `parallel=None` (the default) lets the first answer
+    choose: LeadsFunction plans as many parts as the rows it saw justify (never below one batch, at most
+    MAX_PARALLEL), so a list that fits in the first answer stays one invocation and a large one is not
+    read one page after another by surprise. All invocations share the portal's request budget inside
+    LeadsFunction, so parts buy latency, not a higher request rate.
     """
-    if not 1 <= parallel <= MAX_PARALLEL:
+    if parallel is not None and not 1 <= parallel <= MAX_PARALLEL:
         raise ValueError(f"parallel must be between 1 and {MAX_PARALLEL}")
     _request(member_id=member_id, domain=domain, select=select, filter=filter, limit=limit, cursor=cursor)
     query: dict[str, Any] = {
@@ -246,16 +251,18 @@ def fetch_leads(
     return _leads(query, cursor, parallel)
 
 
-def _leads(query: dict[str, Any], cursor: str | None, parallel: int) -> Iterator[dict[str, Any]]:
+def _leads(query: dict[str, Any], cursor: str | None, parallel: int | None) -> Iterator[dict[str, Any]]:
     """The generator behind fetch_leads: nothing is invoked before the first lead is asked for."""
-    query["lambda_client"] = query["lambda_client"] or _default_lambda_client(parallel)
-    if parallel == 1:
+    cap = MAX_PARALLEL if parallel is None else parallel
+    query["lambda_client"] = query["lambda_client"] or _default_lambda_client(cap)
+    if cap == 1:
         yield from _follow(query, cursor)
         return
-    first = fetch_leads_page(**query, cursor=cursor, split=parallel)
+    first = fetch_leads_page(**query, cursor=cursor, split=cap)
     yield from first.leads
     if first.split_cursors:
-        yield from _read_parts(query, first.split_cursors, parallel)
+        # The parts LeadsFunction planned from the first batch's density: read them all at once.
+        yield from _read_parts(query, first.split_cursors, len(first.split_cursors))
     elif first.next_cursor is not None:
         yield from _follow(query, first.next_cursor)
 
