@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from concurrent.futures import Future
-
     from mypy_boto3_lambda import LambdaClient
 
 __version__ = "0.1.0"
@@ -279,26 +277,88 @@ def _follow(query: Mapping[str, Any], cursor: str | None) -> Iterator[dict[str, 
 
 def _read_parts(query: Mapping[str, Any], parts: Sequence[str], parallel: int) -> Iterator[dict[str, Any]]:
     """Every part read on its own thread (at most `parallel` at once), yielded in part order."""
-    # Imported here: sequential callers do not pay for concurrent.futures.
-    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+    yield from _PartReader(query, parts).run(parallel)
 
-    def read(part: str) -> list[dict[str, Any]]:
-        return list(_follow(query, part))
 
-    pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="leads-part")
-    pending: deque[Future[list[dict[str, Any]]]] = deque()
-    upcoming = iter(parts)
-    try:
-        for part in upcoming:
-            pending.append(pool.submit(read, part))
-            if len(pending) >= parallel:
-                break
-        while pending:
-            rows = pending.popleft().result()
-            following = next(upcoming, None)
-            if following is not None:
-                pending.append(pool.submit(read, following))
-            yield from rows
-    finally:
-        # A failed part or a caller that stops early: start nothing new, let running invocations end.
-        pool.shutdown(wait=False, cancel_futures=True)
+class _PartReader:
+    """Pages of consecutive parts read on threads, with the caller's memory bounded whatever the size.
+
+    The part being yielded (the head) keeps at most one page ready besides the one in flight; every part
+    ahead of it holds at most one page (it invokes again only once that page was taken). So at most about
+    parts + 2 pages are held, not whole parts: a million-lead export streams in flat memory, and since
+    all parts share the portal's request budget inside LeadsFunction, the waiting parts cost no speed.
+    """
+
+    def __init__(self, query: Mapping[str, Any], parts: Sequence[str]) -> None:
+        import threading  # noqa: PLC0415 - sequential callers do not pay for it
+
+        self._query = query
+        self._parts = list(parts)
+        self._cond = threading.Condition()
+        self._pages: list[deque[list[dict[str, Any]]]] = [deque() for _ in self._parts]
+        self._done = [False] * len(self._parts)
+        self._errors: list[BaseException | None] = [None] * len(self._parts)
+        self._head = 0
+        self._closed = False
+
+    def _may_invoke(self, index: int) -> bool:
+        ready = len(self._pages[index])
+        return self._closed or ready < (2 if index == self._head else 1)
+
+    def _read(self, index: int) -> None:
+        """One part, page by page (runs on a pool thread)."""
+        cursor: str | None = self._parts[index]
+        try:
+            while cursor is not None:
+                with self._cond:
+                    self._cond.wait_for(lambda: self._may_invoke(index))
+                    if self._closed:
+                        return
+                page = fetch_leads_page(**self._query, cursor=cursor)
+                with self._cond:
+                    self._pages[index].append(page.leads)
+                    self._cond.notify_all()
+                cursor = page.next_cursor
+        except BaseException as exc:  # handed to the caller's thread, raised there in ID order
+            with self._cond:
+                self._errors[index] = exc
+        finally:
+            with self._cond:
+                self._done[index] = True
+                self._cond.notify_all()
+
+    def run(self, parallel: int) -> Iterator[dict[str, Any]]:
+        """Yield the parts' leads in order; a part's failure is raised once its earlier pages are out."""
+        # Imported here: sequential callers do not pay for concurrent.futures.
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+        pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="leads-part")
+        try:
+            # Submitted in order: the head has always started before any part behind it.
+            for index in range(len(self._parts)):
+                pool.submit(self._read, index)
+            for index in range(len(self._parts)):
+
+                def arrived(i: int = index) -> bool:
+                    return bool(self._pages[i]) or self._done[i]
+
+                while True:
+                    with self._cond:
+                        self._cond.wait_for(arrived)
+                        if self._pages[index]:
+                            rows = self._pages[index].popleft()
+                            self._cond.notify_all()
+                        else:
+                            error = self._errors[index]
+                            if error is not None:
+                                raise error
+                            self._head = index + 1
+                            self._cond.notify_all()
+                            break
+                    yield from rows
+        finally:
+            # A failed part or a caller that stops early: start nothing new, let running invocations end.
+            with self._cond:
+                self._closed = True
+                self._cond.notify_all()
+            pool.shutdown(wait=False, cancel_futures=True)

@@ -182,6 +182,33 @@ def test_without_parallel_the_first_answer_chooses_the_parts() -> None:
     assert len({t for t in fake.threads if t.startswith("leads-part")}) > 1
 
 
+def test_parts_ahead_of_the_caller_hold_one_page_each() -> None:
+    # Given 40,000 leads read as 4 parts of about 10 pages of 1,000 each
+    rows = [{"ID": str(i)} for i in range(1, 40_001)]
+    consumed = 0
+    high_water = 0
+    reader = ReaderLambda(rows)
+    lock = threading.Lock()
+
+    class Watching:
+        def invoke(self, **kwargs: Any) -> dict[str, Any]:
+            nonlocal high_water
+            with lock:
+                started = len(reader.payloads) + 1
+                high_water = max(high_water, started - consumed // 1_000)
+            return reader.invoke(**kwargs)
+
+    # When a caller streams them
+    for lead in fetch_leads(member_id="m1", limit=1_000, parallel=4, lambda_client=Watching()):  # type: ignore[arg-type]
+        with lock:
+            consumed += 1
+        assert lead["ID"] == str(consumed)
+    # Then pages invoked but not yet taken never exceed about one per part (not whole parts in memory)
+    assert consumed == 40_000
+    assert len(reader.payloads) > 30
+    assert high_water <= 4 + 4
+
+
 def test_without_parallel_a_short_list_is_one_invocation() -> None:
     fake = ReaderLambda([{"ID": str(i)} for i in range(1, 1_001)])
     leads = list(fetch_leads(member_id="m1", limit=20_000, lambda_client=fake))  # type: ignore[arg-type]
