@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tests.bench.common import SELECT, Section, fmt, median, run_child
+from tests.bench.common import SELECT, Section, cpu_seconds, fmt, median, run_child
 from tests.bench.stack import BenchStack
 
 N = 100_000
@@ -61,6 +61,22 @@ def _child(job: dict[str, Any], timeout: float) -> dict[str, Any]:
         }
 
 
+def _idle_seconds(per_second: list[list[int]]) -> int:
+    """Whole seconds between the first and the last request in which the portal saw no request."""
+    if not per_second:
+        return 0
+    busy = {second for second, count in per_second if count}
+    return max(busy) - min(busy) + 1 - len(busy)
+
+
+def workers_cpu(bench: BenchStack) -> float:
+    """CPU seconds used so far by every LeadsFunction worker process (what Lambda would bill as busy)."""
+    runtime = bench.stack.runtimes["LeadsFunction"]
+    with runtime._cond:  # read-only look at the pool's processes
+        pids = [worker.process.pid for worker in runtime._all]
+    return sum(cpu_seconds(pid) or 0.0 for pid in pids)
+
+
 def measure(bench: BenchStack, variant: Variant, n: int, token: str, **extra: Any) -> dict[str, Any]:
     """One export of `n` leads by `variant` in a fresh process, with the emulator's view of it."""
     emulator = bench.emulator
@@ -81,8 +97,12 @@ def measure(bench: BenchStack, variant: Variant, n: int, token: str, **extra: An
         "page_limit": PAGE_LIMIT,
         **extra,
     }
+    leads_function = variant.client.startswith("leads_function")
+    cpu_before = workers_cpu(bench) if leads_function else 0.0
     result = _child(job, variant.timeout)
     stats = emulator.stats()
+    if leads_function:
+        result["lambda_cpu_seconds"] = workers_cpu(bench) - cpu_before
     result.update(
         requests=stats["requests"],
         count_pages=stats["count_queries"],
@@ -92,6 +112,9 @@ def measure(bench: BenchStack, variant: Variant, n: int, token: str, **extra: An
         http_503=stats["http_503"],
         max_concurrent=stats["max_concurrent_requests"],
         max_per_second=stats["max_requests_per_second"],
+        # From the portal's first request to its last: wall minus this is the client's own head and tail.
+        request_span=(stats["last_request_at"] or 0) - (stats["first_request_at"] or 0),
+        idle_seconds=_idle_seconds(stats["per_second"]),
         rows_ok=result["rows"] == n and result["unique_ids"] == n,
     )
     if variant.client.startswith("leads_function"):
@@ -193,6 +216,33 @@ def _tabulate(
     section.table(
         f"{n:,} leads at time scale 1.0 (medians; ratios are medians of per-run ratios)", header, rows
     )
+    usage: list[Sequence[Any]] = []
+    for latency, per in results.items():
+        for r in per[AUTO.key]:
+            if "total_invoke_seconds" in r:
+                usage.append(
+                    [
+                        f"{latency} ms",
+                        fmt(r.get("invocations")),
+                        fmt(r["total_invoke_seconds"]),
+                        fmt(r.get("lambda_cpu_seconds")),
+                        fmt(r["requests"]),
+                        f"{r['total_invoke_seconds'] * 1.0:.1f}",
+                    ]
+                )
+    if usage:
+        section.table(
+            "LeadsFunction resources per export (each run; cost inputs for docs/performance.md)",
+            [
+                "latency",
+                "invocations",
+                "sum of invocation seconds (client-side)",
+                "worker CPU s",
+                "REST requests = pacing writes",
+                "GB-s at 1024 MB",
+            ],
+            usage,
+        )
     if judge:  # the targets are set for 100,000 leads; a smoke run only shows the figures
         for latency, per in results.items():
             _checks(section, per, latency, n)
