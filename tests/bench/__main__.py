@@ -107,6 +107,7 @@ def _realistic(plan: Plan) -> Section:
         "150 ms variant). Ours is fetch_leads() without `parallel`: its first LeadsFunction answer plans the "
         "parts, which run on that many concurrent warm invocations sharing the DynamoDB token bucket. "
         "The raw lister runs in the caller's process with as many ID-window chains as there were parts. "
+        "One discarded export of each of ours runs first (first-use costs in the warm workers). "
         "fast_bitrix24 runs once, at 50 ms, stopped after "
         f"{realistic.PEER_TIMEOUT:.0f} s.",
     )
