@@ -52,6 +52,7 @@ def _leads_function(job: dict[str, Any]) -> Callable[[], Rows]:
                 select=job["select"],
                 limit=job["page_limit"],
                 lambda_client=client,
+                parallel=1,  # one invocation at a time (the default now lets the first answer pick parts)
             )
         )
 
@@ -96,6 +97,7 @@ class CountingLambda:
         self.invocations = 0
         self.parts = 0
         self.max_invoke_seconds = 0.0
+        self.total_invoke_seconds = 0.0
         self.max_answer_bytes = 0
 
     def invoke(self, **kwargs: Any) -> Any:
@@ -112,6 +114,7 @@ class CountingLambda:
             self.invocations += 1
             self.parts = max(self.parts, parts)
             self.max_invoke_seconds = max(self.max_invoke_seconds, took)
+            self.total_invoke_seconds += took
             self.max_answer_bytes = max(self.max_answer_bytes, len(raw))
         return response
 
@@ -162,6 +165,7 @@ def _leads_function_auto(job: dict[str, Any]) -> Callable[[], Rows]:
                 invocations=client.invocations,
                 parts=client.parts,
                 max_invoke_seconds=client.max_invoke_seconds,
+                total_invoke_seconds=client.total_invoke_seconds,
                 max_answer_bytes=client.max_answer_bytes,
             )
 
