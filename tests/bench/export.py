@@ -47,7 +47,7 @@ VARIANTS = (
     Variant(
         "leads_function",
         "leads_function",
-        "ours: LeadsFunction, fetch_leads one invocation at a time",
+        "ours: LeadsFunction, fetch_leads(parallel=1) one invocation at a time",
         480.0,
     ),
     Variant("ours_parallel", "ours_parallel", f"ours: FastLister, {CHAINS} parallel ID-window chains", 480.0),

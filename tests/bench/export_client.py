@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import io
 import json
 import os
 import resource
 import sys
+import threading
 import time
+import tracemalloc
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -49,6 +52,7 @@ def _leads_function(job: dict[str, Any]) -> Callable[[], Rows]:
                 select=job["select"],
                 limit=job["page_limit"],
                 lambda_client=client,
+                parallel=1,  # one invocation at a time (the default now lets the first answer pick parts)
             )
         )
 
@@ -82,6 +86,127 @@ def _leads_function_parallel(job: dict[str, Any]) -> Callable[[], Rows]:
         )
 
     return run
+
+
+class CountingLambda:
+    """A boto3 Lambda client that counts invocations and the split parts the answers offered."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self.invocations = 0
+        self.parts = 0
+        self.max_invoke_seconds = 0.0
+        self.total_invoke_seconds = 0.0
+        self.max_answer_bytes = 0
+
+    def invoke(self, **kwargs: Any) -> Any:
+        """Invoke, then peek at the answer (put back for the caller to read)."""
+        began = time.perf_counter()
+        response = self._client.invoke(**kwargs)
+        raw = response["Payload"].read()
+        took = time.perf_counter() - began
+        parts = 0
+        if b'"split_cursors"' in raw:
+            parts = len(json.loads(raw).get("split_cursors") or [])
+        response["Payload"] = io.BytesIO(raw)
+        with self._lock:
+            self.invocations += 1
+            self.parts = max(self.parts, parts)
+            self.max_invoke_seconds = max(self.max_invoke_seconds, took)
+            self.total_invoke_seconds += took
+            self.max_answer_bytes = max(self.max_answer_bytes, len(raw))
+        return response
+
+
+# What the `leads_function_auto` client saw (printed with the result).
+SEEN: dict[str, Any] = {}
+
+
+def _leads_function_auto(job: dict[str, Any]) -> Callable[[], Rows]:
+    """`fetch_leads()` without `parallel`: the first answer decides how many parts are read at once."""
+    import boto3
+    from botocore.config import Config
+
+    from b24connector_client import MAX_PARALLEL, fetch_leads
+
+    client = CountingLambda(
+        boto3.client(
+            "lambda",
+            endpoint_url=job["lambda_endpoint_url"],
+            region_name=job["region"],
+            config=Config(
+                read_timeout=900, retries={"max_attempts": 1}, max_pool_connections=MAX_PARALLEL + 1
+            ),
+        )
+    )
+
+    def run() -> Rows:
+        try:
+            if job.get("stream"):
+                return _stream(
+                    fetch_leads(
+                        member_id=job["member_id"],
+                        select=job["select"],
+                        limit=job["page_limit"],
+                        lambda_client=client,  # type: ignore[arg-type]
+                    )
+                )
+            return list(
+                fetch_leads(
+                    member_id=job["member_id"],
+                    select=job["select"],
+                    limit=job["page_limit"],
+                    lambda_client=client,  # type: ignore[arg-type]
+                )
+            )
+        finally:
+            SEEN.update(
+                invocations=client.invocations,
+                parts=client.parts,
+                max_invoke_seconds=client.max_invoke_seconds,
+                total_invoke_seconds=client.total_invoke_seconds,
+                max_answer_bytes=client.max_answer_bytes,
+            )
+
+    return run
+
+
+def _stream(rows: Any) -> Rows:
+    """Consume a lead iterator as a streaming caller does, sampling memory as it goes.
+
+    Nothing is kept but a bitmap of the IDs seen (to check completeness without growing with N), so
+    the samples show what the client itself holds while it streams.
+    """
+    tracemalloc.start()
+    samples: list[tuple[int, int, int]] = []  # (rows so far, traced bytes now, RSS KiB now)
+    seen = bytearray(1 << 16)
+    count = unique = 0
+    for count, row in enumerate(rows, 1):
+        lead_id = int(row["ID"])
+        if lead_id >> 3 >= len(seen):
+            seen.extend(bytes(max(len(seen), (lead_id >> 3) + 1 - len(seen))))
+        bit = 1 << (lead_id & 7)
+        if not seen[lead_id >> 3] & bit:
+            seen[lead_id >> 3] |= bit
+            unique += 1
+        if count % 10_000 == 0:
+            samples.append((count, tracemalloc.get_traced_memory()[0], _rss_kb()))
+    SEEN.update(
+        memory_samples=samples,
+        traced_peak_bytes=tracemalloc.get_traced_memory()[1],
+        rows=count,
+        unique_ids=unique,
+    )
+    tracemalloc.stop()
+    return []
+
+
+def _rss_kb() -> int:
+    for line in open(f"/proc/{os.getpid()}/status", encoding="ascii"):  # noqa: SIM115 - tiny read
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
 
 
 def _ours(job: dict[str, Any], parallel: bool) -> Callable[[], Rows]:
@@ -148,6 +273,7 @@ def main() -> int:
     builders: dict[str, Callable[[], Callable[[], Rows]]] = {
         "leads_function": lambda: _leads_function(job),
         "leads_function_parallel": lambda: _leads_function_parallel(job),
+        "leads_function_auto": lambda: _leads_function_auto(job),
         "ours_parallel": lambda: _ours(job, parallel=True),
         "ours_sequential": lambda: _ours(job, parallel=False),
         "fast_bitrix24": lambda: _fast_bitrix24(job),
@@ -162,7 +288,7 @@ def main() -> int:
     except Exception as exc:  # a peer giving up is a result, not a bench failure
         error = f"{type(exc).__name__}: {str(exc)[:160]}"
     wall = time.perf_counter() - started
-    ids = [int(row["ID"]) for row in rows]
+    ids = [int(row["ID"]) for row in rows]  # empty for a streamed export (it reports its own counts)
     print(
         json.dumps(
             {
@@ -172,6 +298,7 @@ def main() -> int:
                 "wall_seconds": wall,
                 "error": error,
                 "maxrss_kb": peak_rss_kb(os.getpid()) or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                **SEEN,
             }
         ),
         flush=True,

@@ -7,9 +7,11 @@
 
 `fetch_leads` pages through cursors lazily (one Lambda invoke per page) and raises a typed LeadsError
 subclass for every error code of the contract (docs/leads-request.schema.json and
-docs/leads-answer.schema.json in the connector's repository). With `parallel=K` it asks LeadsFunction to
-cut the ID range into K signed parts and reads them on K concurrent invocations, still yielding leads in
-ascending ID order. See docs/leads-client.md.
+docs/leads-answer.schema.json in the connector's repository). By default the first invocation asks
+LeadsFunction to cut the rest of the ID range into signed parts (as many as the rows it saw justify, at
+most MAX_PARALLEL) and reads them on that many concurrent invocations, still yielding leads in ascending
+ID order; `parallel=K` caps the parts at K, `parallel=1` reads one page after another. See
+docs/leads-client.md.
 """
 
 from __future__ import annotations
@@ -21,8 +23,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from concurrent.futures import Future
-
     from mypy_boto3_lambda import LambdaClient
 
 __version__ = "0.1.0"
@@ -222,16 +222,19 @@ def fetch_leads(
     cursor: str | None = None,
     function_name: str = DEFAULT_FUNCTION_NAME,
     lambda_client: LambdaClient | None = None,
-    parallel: int = 1,
+    parallel: int | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield every matching lead in ascending ID order, `limit` per invocation, following cursors.
 
-    With `parallel` > 1 the first invocation also cuts the rest of the ID range into up to `parallel`
-    signed parts, which are read on that many concurrent invocations (each following its own cursors);
-    leads still come in ascending ID order, a part at a time. All invocations share the portal's request
-    budget inside LeadsFunction, so `parallel` buys latency, not a higher request rate.
+    Unless `parallel` is 1 the first invocation also cuts the rest of the ID range into signed parts,
+    which are read on that many concurrent invocations (each following its own cursors); leads still
+    come in ascending ID order, a part at a time. `parallel=None` (the default) lets the first answer
+    choose: LeadsFunction plans as many parts as the rows it saw justify (never below one batch, at most
+    MAX_PARALLEL), so a list that fits in the first answer stays one invocation and a large one is not
+    read one page after another by surprise. All invocations share the portal's request budget inside
+    LeadsFunction, so parts buy latency, not a higher request rate.
     """
-    if not 1 <= parallel <= MAX_PARALLEL:
+    if parallel is not None and not 1 <= parallel <= MAX_PARALLEL:
         raise ValueError(f"parallel must be between 1 and {MAX_PARALLEL}")
     _request(member_id=member_id, domain=domain, select=select, filter=filter, limit=limit, cursor=cursor)
     query: dict[str, Any] = {
@@ -246,16 +249,18 @@ def fetch_leads(
     return _leads(query, cursor, parallel)
 
 
-def _leads(query: dict[str, Any], cursor: str | None, parallel: int) -> Iterator[dict[str, Any]]:
+def _leads(query: dict[str, Any], cursor: str | None, parallel: int | None) -> Iterator[dict[str, Any]]:
     """The generator behind fetch_leads: nothing is invoked before the first lead is asked for."""
-    query["lambda_client"] = query["lambda_client"] or _default_lambda_client(parallel)
-    if parallel == 1:
+    cap = MAX_PARALLEL if parallel is None else parallel
+    query["lambda_client"] = query["lambda_client"] or _default_lambda_client(cap)
+    if cap == 1:
         yield from _follow(query, cursor)
         return
-    first = fetch_leads_page(**query, cursor=cursor, split=parallel)
+    first = fetch_leads_page(**query, cursor=cursor, split=cap)
     yield from first.leads
     if first.split_cursors:
-        yield from _read_parts(query, first.split_cursors, parallel)
+        # The parts LeadsFunction planned from the first batch's density: read them all at once.
+        yield from _read_parts(query, first.split_cursors, len(first.split_cursors))
     elif first.next_cursor is not None:
         yield from _follow(query, first.next_cursor)
 
@@ -272,26 +277,88 @@ def _follow(query: Mapping[str, Any], cursor: str | None) -> Iterator[dict[str, 
 
 def _read_parts(query: Mapping[str, Any], parts: Sequence[str], parallel: int) -> Iterator[dict[str, Any]]:
     """Every part read on its own thread (at most `parallel` at once), yielded in part order."""
-    # Imported here: sequential callers do not pay for concurrent.futures.
-    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+    yield from _PartReader(query, parts).run(parallel)
 
-    def read(part: str) -> list[dict[str, Any]]:
-        return list(_follow(query, part))
 
-    pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="leads-part")
-    pending: deque[Future[list[dict[str, Any]]]] = deque()
-    upcoming = iter(parts)
-    try:
-        for part in upcoming:
-            pending.append(pool.submit(read, part))
-            if len(pending) >= parallel:
-                break
-        while pending:
-            rows = pending.popleft().result()
-            following = next(upcoming, None)
-            if following is not None:
-                pending.append(pool.submit(read, following))
-            yield from rows
-    finally:
-        # A failed part or a caller that stops early: start nothing new, let running invocations end.
-        pool.shutdown(wait=False, cancel_futures=True)
+class _PartReader:
+    """Pages of consecutive parts read on threads, with the caller's memory bounded whatever the size.
+
+    The part being yielded (the head) keeps at most one page ready besides the one in flight; every part
+    ahead of it holds at most one page (it invokes again only once that page was taken). So at most about
+    parts + 2 pages are held, not whole parts: a million-lead export streams in flat memory, and since
+    all parts share the portal's request budget inside LeadsFunction, the waiting parts cost no speed.
+    """
+
+    def __init__(self, query: Mapping[str, Any], parts: Sequence[str]) -> None:
+        import threading  # noqa: PLC0415 - sequential callers do not pay for it
+
+        self._query = query
+        self._parts = list(parts)
+        self._cond = threading.Condition()
+        self._pages: list[deque[list[dict[str, Any]]]] = [deque() for _ in self._parts]
+        self._done = [False] * len(self._parts)
+        self._errors: list[BaseException | None] = [None] * len(self._parts)
+        self._head = 0
+        self._closed = False
+
+    def _may_invoke(self, index: int) -> bool:
+        ready = len(self._pages[index])
+        return self._closed or ready < (2 if index == self._head else 1)
+
+    def _read(self, index: int) -> None:
+        """One part, page by page (runs on a pool thread)."""
+        cursor: str | None = self._parts[index]
+        try:
+            while cursor is not None:
+                with self._cond:
+                    self._cond.wait_for(lambda: self._may_invoke(index))
+                    if self._closed:
+                        return
+                page = fetch_leads_page(**self._query, cursor=cursor)
+                with self._cond:
+                    self._pages[index].append(page.leads)
+                    self._cond.notify_all()
+                cursor = page.next_cursor
+        except BaseException as exc:  # handed to the caller's thread, raised there in ID order
+            with self._cond:
+                self._errors[index] = exc
+        finally:
+            with self._cond:
+                self._done[index] = True
+                self._cond.notify_all()
+
+    def run(self, parallel: int) -> Iterator[dict[str, Any]]:
+        """Yield the parts' leads in order; a part's failure is raised once its earlier pages are out."""
+        # Imported here: sequential callers do not pay for concurrent.futures.
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+        pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="leads-part")
+        try:
+            # Submitted in order: the head has always started before any part behind it.
+            for index in range(len(self._parts)):
+                pool.submit(self._read, index)
+            for index in range(len(self._parts)):
+
+                def arrived(i: int = index) -> bool:
+                    return bool(self._pages[i]) or self._done[i]
+
+                while True:
+                    with self._cond:
+                        self._cond.wait_for(arrived)
+                        if self._pages[index]:
+                            rows = self._pages[index].popleft()
+                            self._cond.notify_all()
+                        else:
+                            error = self._errors[index]
+                            if error is not None:
+                                raise error
+                            self._head = index + 1
+                            self._cond.notify_all()
+                            break
+                    yield from rows
+        finally:
+            # A failed part or a caller that stops early: start nothing new, let running invocations end.
+            with self._cond:
+                self._closed = True
+                self._cond.notify_all()
+            pool.shutdown(wait=False, cancel_futures=True)

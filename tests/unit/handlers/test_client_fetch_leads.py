@@ -47,6 +47,7 @@ def test_fetch_leads_follows_cursors_until_the_end() -> None:
             filter={"STATUS_ID": "NEW"},
             limit=2,
             lambda_client=fake,  # type: ignore[arg-type]
+            parallel=1,
         )
     )
     assert [lead["ID"] for lead in leads] == ["1", "2", "3"]
@@ -163,6 +164,56 @@ def test_parallel_export_reads_signed_parts_concurrently_in_id_order() -> None:
     assert rest
     assert all(set(p) == {"member_id", "select", "limit", "cursor"} for p in rest)
     assert len([t for t in fake.threads if t.startswith("leads-part")]) > 1
+
+
+def test_without_parallel_the_first_answer_chooses_the_parts() -> None:
+    # Given 75,000 leads, far more than one invocation's worth of 20,000
+    rows = [{"ID": str(i)} for i in range(1, 100_001) if i % 4]
+    fake = ReaderLambda(rows)
+    # When they are exported without saying how
+    leads = list(fetch_leads(member_id="m1", limit=20_000, lambda_client=fake))  # type: ignore[arg-type]
+    # Then the first invocation asked for parts, LeadsFunction planned them from the density it saw
+    # (never below one batch each), and the client read all of them at once, in ID order
+    assert [lead["ID"] for lead in leads] == [row["ID"] for row in rows]
+    first, *rest = fake.payloads
+    assert first == {"member_id": "m1", "limit": 20_000, "split": client.MAX_PARALLEL}
+    parts = {p["cursor"] for p in rest}
+    assert len(parts) == len(rest) == client.MAX_PARALLEL  # 73,000 rows left: 16 parts of one invocation
+    assert len({t for t in fake.threads if t.startswith("leads-part")}) > 1
+
+
+def test_parts_ahead_of_the_caller_hold_one_page_each() -> None:
+    # Given 40,000 leads read as 4 parts of about 10 pages of 1,000 each
+    rows = [{"ID": str(i)} for i in range(1, 40_001)]
+    consumed = 0
+    high_water = 0
+    reader = ReaderLambda(rows)
+    lock = threading.Lock()
+
+    class Watching:
+        def invoke(self, **kwargs: Any) -> dict[str, Any]:
+            nonlocal high_water
+            with lock:
+                started = len(reader.payloads) + 1
+                high_water = max(high_water, started - consumed // 1_000)
+            return reader.invoke(**kwargs)
+
+    # When a caller streams them
+    for lead in fetch_leads(member_id="m1", limit=1_000, parallel=4, lambda_client=Watching()):  # type: ignore[arg-type]
+        with lock:
+            consumed += 1
+        assert lead["ID"] == str(consumed)
+    # Then pages invoked but not yet taken never exceed about one per part (not whole parts in memory)
+    assert consumed == 40_000
+    assert len(reader.payloads) > 30
+    assert high_water <= 4 + 4
+
+
+def test_without_parallel_a_short_list_is_one_invocation() -> None:
+    fake = ReaderLambda([{"ID": str(i)} for i in range(1, 1_001)])
+    leads = list(fetch_leads(member_id="m1", limit=20_000, lambda_client=fake))  # type: ignore[arg-type]
+    assert len(leads) == 1_000
+    assert len(fake.payloads) == 1
 
 
 def test_parallel_export_of_a_short_list_is_one_invocation() -> None:
