@@ -499,6 +499,10 @@ def subscribe_job(member_id: str) -> LifecycleJob:
 # --- use case -----------------------------------------------------------------------------------
 
 
+class _LateEvent(Exception):
+    """app.info says the claimed access token expired: the event came late; renew it and ask again."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Verified:
     tokens: TokenSet  # with the verified endpoints
@@ -718,21 +722,11 @@ class Installer:
             raise forbidden("server_not_allowed", "The OAuth server is not one we trust.") from None
         tokens, renewed = grant.tokens, False
         try:
-            info = self._verifier.app_info(tokens.access_token, server_hint=server)
-        except ExpiredToken:
-            if not renew:
-                raise forbidden(
-                    "token_rejected", "Bitrix24 did not confirm the access token (expired)."
-                ) from None
+            info = self._app_info(tokens.access_token, server, late_ok=renew)
+        except _LateEvent:
             # A late event: its refresh token still proves the grant (docs/bitrix24-facts.md#f-events-2).
             tokens, renewed = self._renew(grant, server), True
             info = self._app_info(tokens.access_token, server)
-        except TransientError:
-            raise
-        except Bitrix24Error as exc:
-            raise forbidden(
-                "token_rejected", f"Bitrix24 did not confirm the access token ({exc.code})."
-            ) from None
         endpoint = self._check(grant, info)
         verified = replace(
             tokens,
@@ -757,9 +751,16 @@ class Installer:
             raise forbidden("member_mismatch", "The renewed grant belongs to another portal.")
         return fresh
 
-    def _app_info(self, access_token: str, server: str) -> AppInfo:
+    def _app_info(self, access_token: str, server: str, *, late_ok: bool = False) -> AppInfo:
+        """What app.info says of a claimed token; _LateEvent for an expired one when `late_ok`."""
         try:
             return self._verifier.app_info(access_token, server_hint=server)
+        except ExpiredToken:
+            if late_ok:
+                raise _LateEvent from None
+            raise forbidden(
+                "token_rejected", "Bitrix24 did not confirm the access token (expired)."
+            ) from None
         except TransientError:
             raise
         except Bitrix24Error as exc:

@@ -36,6 +36,7 @@ from local_stack.runtime import InvocationResult
 from local_stack.template import Route
 from tests.leak_canary import canary_value
 from tests.support.aws import AwsStack
+from tests.support.lifecycle import drain_queue
 from tests.unit.handlers.aws_events import FakeContext, http_event, sqs_event
 
 CLIENT_ID = "local.test.app"  # what tests.support.aws.AwsStack.env() configures
@@ -395,41 +396,15 @@ class Rig:
         A message the function reports failed is made visible again at once (instead of after the
         visibility timeout), so its retry happens in the next round; after `rounds` it stays queued.
         """
-        sqs = self.stack.client("sqs")
-        url = self.stack.lifecycle_queue_url
         drain = LifecycleDrain()
         with _recording_outcomes(drain):
-            for _ in range(rounds):
-                messages = sqs.receive_message(
-                    QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"], VisibilityTimeout=30
-                ).get("Messages", [])
-                if not messages:
-                    break
-                records = [
-                    {
-                        "messageId": m["MessageId"],
-                        "receiptHandle": m["ReceiptHandle"],
-                        "body": m["Body"],
-                        "attributes": m.get("Attributes", {}),
-                        "messageAttributes": {},
-                        "md5OfBody": m.get("MD5OfBody", ""),
-                        "eventSource": "aws:sqs",
-                        "eventSourceARN": "arn:aws:sqs:eu-central-1:123456789012:lifecycle",
-                        "awsRegion": "eu-central-1",
-                    }
-                    for m in messages
-                ]
-                answer = invoke("LifecycleFunction", {"Records": records})
-                failed = {item["itemIdentifier"] for item in answer.get("batchItemFailures", [])}
-                for message in messages:
-                    if message["MessageId"] in failed:
-                        drain.retried += 1
-                        sqs.change_message_visibility(
-                            QueueUrl=url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
-                        )
-                    else:
-                        drain.done += 1
-                        sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+            drain_queue(
+                self.stack.client("sqs"),
+                self.stack.lifecycle_queue_url,
+                lambda event: invoke("LifecycleFunction", event),
+                drain,
+                rounds=rounds,
+            )
         return drain
 
     # -- inspection --

@@ -8,7 +8,9 @@ from typing import Any, Generic, Literal, TypeVar
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 
+from b24connector.vault.errors import VaultUnavailable
 from b24connector.vault.models import aws_region
 
 C = TypeVar("C")
@@ -42,3 +44,16 @@ class LazyClient(Generic[C]):
                 if self._client is None:
                     self._client = self._build()
         return self._client
+
+
+def send_to_queue(sqs: Any, queue_url: str, body: str, *, queue: str) -> None:
+    """SQS SendMessage; VaultUnavailable naming `queue` and the error code (never the body) on failure."""
+    try:
+        sqs.send_message(QueueUrl=queue_url, MessageBody=body)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "Unknown")
+        raise VaultUnavailable(f"SQS SendMessage to the {queue} queue failed ({code})") from None
+    except BotoCoreError as exc:
+        raise VaultUnavailable(
+            f"SQS SendMessage to the {queue} queue failed ({type(exc).__name__})"
+        ) from None

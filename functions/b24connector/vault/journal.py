@@ -17,10 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from b24connector.vault.cipher import TokenCipher
-from b24connector.vault.clients import LazyClient, boto3_client
+from b24connector.vault.clients import LazyClient, boto3_client, send_to_queue
 from b24connector.vault.errors import TokenDecryptError, VaultUnavailable
 
 if TYPE_CHECKING:
@@ -132,13 +130,4 @@ class SqsLifecycleQueue:
         """Seal and send one job; VaultUnavailable when KMS or SQS would not take it."""
         if not self.queue_url:
             raise VaultUnavailable("LIFECYCLE_QUEUE_URL is not configured")
-        body = self.codec.encode(job)
-        try:
-            self._sqs().send_message(QueueUrl=self.queue_url, MessageBody=body)
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "Unknown")
-            raise VaultUnavailable(f"SQS SendMessage to the lifecycle queue failed ({code})") from None
-        except BotoCoreError as exc:
-            raise VaultUnavailable(
-                f"SQS SendMessage to the lifecycle queue failed ({type(exc).__name__})"
-            ) from None
+        send_to_queue(self._sqs(), self.queue_url, self.codec.encode(job), queue="lifecycle")

@@ -14,11 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from b24connector.vault.cipher import SealedTokens, TokenMetadata
-from b24connector.vault.clients import LazyClient, boto3_client
-from b24connector.vault.errors import VaultUnavailable
+from b24connector.vault.clients import LazyClient, boto3_client, send_to_queue
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -104,15 +101,7 @@ class SqsRescueQueue:
 
     def send(self, message: RescueMessage) -> None:
         """Send one message; VaultUnavailable when SQS would not take it."""
-        try:
-            self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=message.to_json())
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "Unknown")
-            raise VaultUnavailable(f"SQS SendMessage to the rescue queue failed ({code})") from None
-        except BotoCoreError as exc:
-            raise VaultUnavailable(
-                f"SQS SendMessage to the rescue queue failed ({type(exc).__name__})"
-            ) from None
+        send_to_queue(self.sqs, self.queue_url, message.to_json(), queue="rescue")
 
 
 def new_rescue_message(base_version: int, sealed: SealedTokens) -> RescueMessage:
