@@ -31,6 +31,10 @@ from tests.security.harness import (
 THREADS = 10
 PROCESSES = 4
 THREADS_PER_PROCESS = 3
+# The production default (10 s) plus headroom: a dozen callers at once on a loaded 2-core CI machine can
+# keep the emulator's token endpoint busy past the rig's 3 s, and a timed-out refresh is another test's
+# subject (test_bitrix24_down_...), not these races'.
+CONCURRENT_TIMEOUT = "15"
 LEASE_FIELDS = {"last_refresh_attempt_at", "lease_owner", "lease_expires_at"}
 
 
@@ -80,7 +84,7 @@ def _every_caller_served(answers: list[Any]) -> None:
 def test_concurrent_lead_reads_on_an_expired_token_refresh_once_threads(
     rig_factory: Callable[..., Rig], backend: str, one_metric_flush_at_a_time: None
 ) -> None:
-    rig = rig_factory(backend=backend)
+    rig = rig_factory(backend=backend, HTTP_TIMEOUT_SECONDS=CONCURRENT_TIMEOUT)
     member_id = _installed(rig)
     assert "leads" in rig.leads(_page(rig, member_id))  # warm: the pair is decrypted and cached
     version = int(rig.portal()["version"]["N"])  # type: ignore[index]
@@ -114,7 +118,7 @@ def test_concurrent_lead_reads_on_an_expired_token_refresh_once_processes(
     rig_factory: Callable[..., Rig], backend: str
 ) -> None:
     # Given a portal whose access token expired, and PROCESSES cold containers (spawned interpreters)
-    rig = rig_factory(backend=backend)
+    rig = rig_factory(backend=backend, HTTP_TIMEOUT_SECONDS=CONCURRENT_TIMEOUT)
     member_id = _installed(rig)
     rig.emulator.reset()
     rig.emulator.expire_access_tokens()
