@@ -43,6 +43,16 @@ class Settings:
     lifecycle_queue_url: str  # LifecycleQueue: install events and follow-up work, applied asynchronously
     events_url: str  # the stack's public POST /events URL, bound with event.bind (LifecycleFunction)
     bound_events: tuple[str, ...]  # events every portal must have bound to events_url
+    lead_events: tuple[str, ...]  # CRM lead events bound next to bound_events and published as Lead*
+    event_bus_name: str  # the stack's EventBridge bus the Portal*/Lead* events go to
+    lead_events_table: (
+        str  # LeadEventsTable: one item per accepted delivery (dedup key, TTL; its stream publishes)
+    )
+    lead_event_dedup_seconds: int  # how long a delivery's key suppresses its duplicates
+    lead_event_fields: tuple[
+        str, ...
+    ]  # lead fields added to LeadCreated/LeadUpdated ("" = none: no REST calls)
+    leads_function_name: str  # LeadsFunction, which reads those fields through the shared pacer
     allowed_portal_suffixes: tuple[str, ...]
     allowed_portal_hosts: tuple[str, ...]
     oauth_servers: tuple[str, ...]  # base URLs, e.g. https://oauth.bitrix.info; the first is the default
@@ -131,6 +141,28 @@ def _event_names(value: str) -> tuple[str, ...]:
     return names
 
 
+# The CRM lead events the connector can publish (docs/bitrix24-facts.md#f-events-8).
+LEAD_EVENT_NAMES = ("ONCRMLEADADD", "ONCRMLEADUPDATE", "ONCRMLEADDELETE")
+
+
+def _lead_event_names(value: str) -> tuple[str, ...]:
+    if value.strip().upper() == "NONE":
+        return ()  # an empty variable means the default, so "none" is how lead events are switched off
+    names = tuple(dict.fromkeys(name.upper() for name in _csv(value)))
+    unknown = [name for name in names if name not in LEAD_EVENT_NAMES]
+    if unknown:
+        raise ValueError(f"{unknown[0]!r} is not one of {', '.join(LEAD_EVENT_NAMES)}")
+    return names
+
+
+def _field_names(value: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(_csv(value)))
+    for name in names:
+        if not name.isascii() or not name.replace("_", "").isalnum() or len(name) > 64 or name[0].isdigit():
+            raise ValueError(f"{name!r} is not a lead field name")
+    return names
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Parse and validate the environment into Settings; raise ConfigError naming the bad variable."""
     read = _Reader(os.environ if env is None else env)
@@ -150,6 +182,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         events_url=read.get("EVENTS_URL", str, ""),
         # ONAPPUNINSTALL reaches an app only through event.bind (docs/bitrix24-facts.md#f-app-3).
         bound_events=read.get("BOUND_EVENTS", _event_names, "ONAPPUNINSTALL"),
+        # Bound with event.bind next to BOUND_EVENTS after every grant; "none" binds and publishes none.
+        lead_events=read.get("LEAD_EVENTS", _lead_event_names, ",".join(LEAD_EVENT_NAMES)),
+        event_bus_name=read.get("EVENT_BUS_NAME", str, ""),
+        lead_events_table=read.get("LEAD_EVENTS_TABLE", str, ""),
+        # Bitrix24 sends one event to every bound row (docs/bitrix24-facts.md#f-events-9); copies arrive
+        # within seconds. A day also absorbs a replayed capture.
+        lead_event_dedup_seconds=read.get("LEAD_EVENT_DEDUP_SECONDS", _positive(int), "86400"),
+        lead_event_fields=read.get("LEAD_EVENT_FIELDS", _field_names, ""),
+        leads_function_name=read.get("LEADS_FUNCTION_NAME", str, ""),
         allowed_portal_suffixes=read.get("ALLOWED_PORTAL_SUFFIXES", _csv, ",".join(DEFAULT_PORTAL_SUFFIXES)),
         allowed_portal_hosts=read.get("ALLOWED_PORTAL_HOSTS", _csv, ""),
         oauth_servers=read.get("OAUTH_SERVERS", _oauth_servers, ",".join(DEFAULT_OAUTH_SERVERS)),

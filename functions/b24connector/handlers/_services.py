@@ -130,5 +130,6 @@ def subscriber(conf: Settings) -> Subscriber:
         rest_client(conf),
         the_vault.portals,
         events_url=conf.events_url,
-        events=conf.bound_events,
+        # ONAPPUNINSTALL first: a portal that refuses the CRM events (no crm scope) still has it bound.
+        events=conf.bound_events + conf.lead_events,
     )

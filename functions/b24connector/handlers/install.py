@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.logging import correlation_paths
 
+from b24connector.events.lead_changes import is_lead_event, parse_lead_delivery
 from b24connector.handlers import _services, import_done
 from b24connector.install import (
     EVENT_UNINSTALL,
@@ -17,7 +18,7 @@ from b24connector.install import (
     parse_uninstall_event,
 )
 from b24connector.observability import count, logger, metrics
-from b24connector.problems import invalid
+from b24connector.problems import Problem, invalid
 from b24connector.settings import Settings, get_settings
 from b24connector.web.errors import serve
 from b24connector.web.http import Fields, HttpProblem, HttpRequest, HttpResponse, json_response
@@ -35,6 +36,8 @@ def _event(conf: Settings, form: Fields) -> HttpResponse:
     name = str(payload.get("event") or "").upper()
     if not name:
         raise invalid("event_missing", "The request names no event.")
+    if is_lead_event(name):
+        return _lead_event(conf, payload)
     use_case = _services.installer(conf)
     if name in JOURNALED_EVENTS:
         # Delivered once, never again: accepted durably first, verified and applied by LifecycleFunction.
@@ -56,6 +59,25 @@ def _event(conf: Settings, form: Fields) -> HttpResponse:
             return json_response(202, {"status": "accepted", "verification": "pending"})
         return json_response(200, {"status": "success"})
     raise invalid("event_unsupported", "This event is not handled here.")
+
+
+def _lead_event(conf: Settings, payload: dict[str, Any]) -> HttpResponse:
+    """ONCRMLEAD*: authenticated by the stored application token, recorded once, published from the stream."""
+    from b24connector.events import services  # noqa: PLC0415  (only deliveries of lead events need it)
+
+    delivery = parse_lead_delivery(payload)
+    try:
+        outcome = services.lead_desk(conf).accept(delivery)
+    except Problem:
+        count("LeadEventRefused")
+        logger.warning("lead event refused", extra={"member_id": delivery.member_id, "event": delivery.event})
+        raise
+    count(
+        {"accepted": "LeadEventAccepted", "duplicate": "LeadEventDuplicate"}.get(
+            outcome.value, "LeadEventIgnored"
+        )
+    )
+    return json_response(200, {"status": outcome.value})
 
 
 def _install_page(conf: Settings, request: HttpRequest, form: Fields) -> HttpResponse:

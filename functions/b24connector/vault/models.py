@@ -98,6 +98,8 @@ class PortalModel(Model):
     # When an ONAPPUNINSTALL that the stored application token could not prove was last checked with
     # Bitrix24: one such check per portal per minute, so forged events cannot drive OAuth calls.
     uninstall_check_at = NumberAttribute(null=True)
+    # Why the portal needs re-authorization (a Bitrix24 error code): PortalNeedsReauth's `reason`.
+    reauth_reason = UnicodeAttribute(null=True)
     created_at = NumberAttribute(null=True)
     updated_at = NumberAttribute(null=True)
     uninstalled_at = NumberAttribute(null=True)

@@ -542,7 +542,7 @@ class RefreshCoordinator:
             new = replace(new, member_id=member_id)
         elif new.member_id != member_id:
             # Storing it would bind another tenant's pair to this row; nothing sane can be done with it.
-            self._flag(member_id, version)
+            self._flag(member_id, version, "member_mismatch")
             _record(RefreshOutcome.NEEDS_REAUTH, member_id, version, path=path, error="member_mismatch")
             raise ReauthRequired(member_id, HEALTH_NEEDS_REAUTH)
         return self._commit(portal, new, material, path=path, remaining_ms=remaining_ms)
@@ -595,7 +595,7 @@ class RefreshCoordinator:
                 "token rescue could not be queued",
                 extra={"member_id": member_id, "version": version, "commit_error": error},
             )
-            self._flag(member_id, version)
+            self._flag(member_id, version, "rescue_failed")
             count(_METRIC[RefreshOutcome.NEEDS_REAUTH])
             _record(RefreshOutcome.RESCUE_FAILED, member_id, version, path=path, commit_error=error)
             raise TokenRescueFailed(f"refreshed pair of portal {member_id} could not be kept") from None
@@ -639,7 +639,7 @@ class RefreshCoordinator:
             return self._adopt_or_raise(portal, path=path, reason=exc.code)
         except _NothingToAdopt:
             pass
-        if self.store.mark_needs_reauth(member_id, portal.version):
+        if self.store.mark_needs_reauth(member_id, portal.version, reason=exc.code):
             _record(RefreshOutcome.NEEDS_REAUTH, member_id, portal.version, path=path, error=exc.code)
             raise ReauthRequired(member_id, HEALTH_NEEDS_REAUTH, reason=exc.code) from None
         self._release(member_id, owner)
@@ -780,9 +780,9 @@ class RefreshCoordinator:
         except VaultUnavailable:
             logger.warning("refresh lease not released; it will expire", extra={"member_id": member_id})
 
-    def _flag(self, member_id: str, version: int) -> None:
+    def _flag(self, member_id: str, version: int, reason: str) -> None:
         try:
-            self.store.mark_needs_reauth(member_id, version)
+            self.store.mark_needs_reauth(member_id, version, reason=reason)
         except VaultUnavailable:
             logger.error("portal could not be flagged needs_reauth", extra={"member_id": member_id})
 

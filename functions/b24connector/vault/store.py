@@ -461,17 +461,20 @@ class PortalStore:
             raise _unavailable("UpdateItem", exc) from None
         return Portal.of(item)
 
-    def mark_needs_reauth(self, member_id: str, expected_version: int) -> bool:
+    def mark_needs_reauth(self, member_id: str, expected_version: int, *, reason: str | None = None) -> bool:
         """Flag an active portal at `expected_version` as needing re-authorization; False if it moved.
 
         The version does not change: the stored pair is kept, so a rescued pair for this version can
-        still land and make the portal active again.
+        still land and make the portal active again. `reason` (a short error code) is what the
+        PortalNeedsReauth event reports.
         """
         m = self.model
+        code = "".join(ch for ch in (reason or "") if ch.isascii() and (ch.isalnum() or ch == "_"))[:64]
         try:
             m(member_id).update(
                 actions=[
                     m.health.set(HEALTH_NEEDS_REAUTH),
+                    m.reauth_reason.set(code or "unknown"),
                     m.updated_at.set(int(self._clock())),
                     m.due_shard.remove(),
                     m.refresh_due_at.remove(),
