@@ -121,7 +121,8 @@ def table_definitions(template: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """boto3 `create_table` kwargs (no TableName) per DynamoDB table, by logical ID.
 
     Besides KeySchema, AttributeDefinitions, BillingMode, GlobalSecondaryIndexes (and
-    ProvisionedThroughput for provisioned tables), a table with a TTL carries
+    ProvisionedThroughput for provisioned tables) and a StreamSpecification when the table has a stream,
+    a table with a TTL carries
     `TimeToLiveSpecification` ({"AttributeName", "Enabled"}) in the `update_time_to_live` shape:
     pop it before `create_table(TableName=..., **kwargs)` and apply it afterwards.
     """
@@ -155,6 +156,10 @@ def table_definitions(template: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         ttl = _literal(props.get("TimeToLiveSpecification"), f"{where}.TimeToLiveSpecification")
         if ttl and ttl.get("Enabled") in {True, "true", "True"}:
             kwargs["TimeToLiveSpecification"] = {"AttributeName": str(ttl["AttributeName"]), "Enabled": True}
+        stream = _literal(props.get("StreamSpecification"), f"{where}.StreamSpecification")
+        if stream:
+            # create_table's shape (CloudFormation's has no StreamEnabled: a specification means on).
+            kwargs["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": str(stream["StreamViewType"])}
         definitions[logical_id] = kwargs
     return definitions
 

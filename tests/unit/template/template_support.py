@@ -26,11 +26,13 @@ HANDLERS = {
     "LeadsFunction": "b24connector.handlers.leads.handler",
     "TokenRescueFunction": "b24connector.handlers.token_rescue.handler",
     "LifecycleFunction": "b24connector.handlers.lifecycle.handler",
+    "PublisherFunction": "b24connector.handlers.publisher.handler",
 }
 
 # Variables only one function sets, and why: EVENTS_URL names the HTTP API, whose routes depend on the
 # HTTP functions, so only a function outside the API may carry it (anything else is a dependency cycle).
-FUNCTION_ONLY_VARIABLES = {"EVENTS_URL": "LifecycleFunction"}
+# LEADS_FUNCTION_NAME likewise: LeadsFunction cannot name itself in the shared environment.
+FUNCTION_ONLY_VARIABLES = {"EVENTS_URL": "LifecycleFunction", "LEADS_FUNCTION_NAME": "PublisherFunction"}
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,7 @@ def test_a_template_must_be_a_mapping() -> None:
 
 def test_table_definitions_follow_the_contract(template: dict[str, Any]) -> None:
     definitions = table_definitions(template)
-    assert set(definitions) == {"PortalsTable", "StatesTable", "RateLimitTable"}
+    assert set(definitions) == {"PortalsTable", "StatesTable", "RateLimitTable", "LeadEventsTable"}
     assert definitions["PortalsTable"] == {
         "KeySchema": [{"AttributeName": "member_id", "KeyType": "HASH"}],
         "AttributeDefinitions": [
@@ -111,6 +111,15 @@ def test_table_definitions_follow_the_contract(template: dict[str, Any]) -> None
                 "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["version"]},
             },
         ],
+        # The outbox of lifecycle events (PublisherFunction).
+        "StreamSpecification": {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+    }
+    assert definitions["LeadEventsTable"] == {
+        "KeySchema": [{"AttributeName": "event_key", "KeyType": "HASH"}],
+        "AttributeDefinitions": [{"AttributeName": "event_key", "AttributeType": "S"}],
+        "BillingMode": "PAY_PER_REQUEST",
+        "TimeToLiveSpecification": {"AttributeName": "expires_at", "Enabled": True},
+        "StreamSpecification": {"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"},
     }
     assert definitions["StatesTable"] == {
         "KeySchema": [{"AttributeName": "state_hash", "KeyType": "HASH"}],

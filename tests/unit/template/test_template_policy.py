@@ -21,7 +21,9 @@ from tests.unit.template.template_support import (
 )
 
 TOKEN_PURPOSE = "bitrix24-oauth-tokens"
-TABLES = ("PortalsTable", "StatesTable", "RateLimitTable")
+TABLES = ("PortalsTable", "StatesTable", "RateLimitTable", "LeadEventsTable")
+# The only actions allowed on a table's stream (Lambda's stream poller, PublisherFunction).
+STREAM_ACTIONS = {"dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator", "dynamodb:ListStreams"}
 SQS_FUNCTIONS = {"RefreshWorkerFunction": "RefreshQueue", "TokenRescueFunction": "TokenRescueQueue"}
 # Who may touch token ciphertext with TokenKey, and how: the vault's cipher seals with a data key
 # (GenerateDataKey) and opens with Decrypt; Encrypt stays one release for code mid-deploy (decision 0002).
@@ -200,6 +202,9 @@ def test_dynamodb_permissions_name_only_our_tables_and_indexes(template: dict[st
             if index is not None:
                 assert index[1] in indexes[index[0]], resource
                 assert set(statement.actions) == {"dynamodb:Query"}, statement
+            elif isinstance(resource, dict) and resource.get("Fn::GetAtt", [None, None])[1] == "StreamArn":
+                assert resource["Fn::GetAtt"][0] in TABLES, resource
+                assert set(statement.actions) <= STREAM_ACTIONS, statement
             else:
                 assert resource in [getatt(t) for t in TABLES], resource
                 assert "dynamodb:Scan" not in statement.actions
@@ -517,7 +522,9 @@ def test_every_function_has_error_and_throttle_alarms(template: dict[str, Any]) 
             for a in _alarms(template).values()
             if a.get("Namespace") == "AWS/Lambda" and _dimension(a, "FunctionName") == {"Ref": function_id}
         }
-        assert metrics == {"Errors", "Throttles"}, function_id
+        # A stream-fed function also alarms on how long changes wait (IteratorAge).
+        streams = function_id == "PublisherFunction"
+        assert metrics == {"Errors", "Throttles"} | ({"IteratorAge"} if streams else set()), function_id
 
 
 def test_needs_reauth_alarm_watches_the_connector_metric(template: dict[str, Any]) -> None:
