@@ -192,15 +192,22 @@ def user_ready_fields(
 
 
 def bound_event_fields(
-    state: EmulatorState, event: str, data: list[tuple[str, str]], pair: IssuedPair, handler_id: int
+    state: EmulatorState,
+    event: str,
+    data: list[tuple[str, str]],
+    pair: IssuedPair,
+    handler_id: int,
+    *,
+    ts: int | None = None,
 ) -> list[tuple[str, str]]:
-    """A bound event (e.g. ONCRMLEADADD) as the b24phpsdk capture shows it: an access token, no refresh token."""
+    """A bound event (e.g. ONCRMLEADADD) as the b24phpsdk capture shows it: an access token, no refresh
+    token (docs/bitrix24-facts.md#f-events-7, #f-events-12); `ts` is the event's, shared by its copies."""
     config = state.config
     return [
         ("event", event),
         ("event_handler_id", str(handler_id)),
         *data,
-        ("ts", str(int(state.clock.now()))),
+        ("ts", str(int(state.clock.now()) if ts is None else ts)),
         ("auth[access_token]", pair.access.token),
         ("auth[expires]", str(int(pair.access.expires_at))),
         ("auth[expires_in]", str(config.access_lifetime_seconds)),

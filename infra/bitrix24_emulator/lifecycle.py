@@ -121,9 +121,12 @@ def bound_deliveries(
     if not state.installed or state.install_pending:
         return []  # no events until the install is finished (docs/bitrix24-facts.md F-APP-4, F-EVENTS-5)
     deliveries = []
+    # One `ts` per event: the portal stamps the event once and queues it for every bound row
+    # (docs/bitrix24-facts.md#f-events-12), so the copies carry the same ts.
+    ts = int(state.clock.now())
     for row in state.bindings.for_event(event):
         auth_user = row.user_id or actor_user_id
         pair, _ = state.issue_tokens("event", auth_user)
-        fields = installer.bound_event_fields(state, event, data, pair, row.binding_id)
+        fields = installer.bound_event_fields(state, event, data, pair, row.binding_id, ts=ts)
         deliveries.append(Delivery(event, row.handler, fields, row.binding_id, auth_user))
     return deliveries

@@ -38,6 +38,7 @@ _CREATED_TYPES = {
     "AWS::KMS::Alias",
     "AWS::SecretsManager::Secret",
     "AWS::SQS::Queue",
+    "AWS::Events::EventBus",
 }
 
 
@@ -143,6 +144,10 @@ class ResourceBuilder:
             return self._secret(logical_id, props)
         if kind == "AWS::SQS::Queue":
             return self._queue(logical_id, props)
+        if kind == "AWS::Events::EventBus":
+            name = self._name(logical_id, props, "Name")
+            arn = self._client("events").create_event_bus(Name=name)["EventBusArn"]
+            return Physical(name, {"Arn": arn, "Name": name})
         if kind == "AWS::Serverless::Function":
             name = self.function_names.get(logical_id, logical_id)
             arn = f"arn:aws:lambda:{self.region}:{ACCOUNT_ID}:function:{name}"

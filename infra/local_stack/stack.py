@@ -25,10 +25,13 @@ from local_stack.http_api import HttpApiFront
 from local_stack.lambda_api import LambdaApi
 from local_stack.resources import Physical, ResourceBuilder, aws_client
 from local_stack.runtime import FunctionRuntime, FunctionSpec, InvocationResult
+from local_stack.streams import StreamBinding, StreamPoller
 from local_stack.template import ACCOUNT_ID, FunctionDef, Resolver, Template, TemplateError
 
 _log = logging.getLogger("local_stack")
 _MOTO_START_TIMEOUT_SECONDS = 30.0
+# A drain alternates streams and queues until nothing moves; this bounds a function that keeps failing.
+_MAX_DRAIN_ROUNDS = 20
 _INFRA_DIR = Path(__file__).resolve().parents[1]
 
 
@@ -89,6 +92,7 @@ class StackInfo:
     kms_keys: dict[str, str] = field(default_factory=dict)
     kms_key_arn: str | None = None
     kms_aliases: dict[str, str] = field(default_factory=dict)
+    event_bus_name: str | None = None  # the stack's EventBridge bus (output EventBusName)
     pid: int = 0
     started_at: str = ""
     startup_seconds: float = 0.0
@@ -168,6 +172,7 @@ class LocalStack:
         self._servers: list[_Server] = []
         self._lambda_api: LambdaApi | None = None
         self._poller: SqsPoller | None = None
+        self._streams: StreamPoller | None = None
         self._resolver: Resolver | None = None
         self._started = False
         self._stopped = False
@@ -210,6 +215,8 @@ class LocalStack:
                     runtime.prewarm()
             if config.poll_queues and self._poller is not None:
                 self._poller.start_background(config.poll_interval_seconds)
+                if self._streams is not None:
+                    self._streams.start_background(config.poll_interval_seconds)
         except BaseException:
             self.stop()
             raise
@@ -311,6 +318,13 @@ class LocalStack:
             region=config.region,
             concurrency=config.workers_per_function,
         )
+        streams = [
+            StreamBinding(source, builder.ensure(source.table).attributes["StreamArn"])
+            for source in template.stream_sources
+        ]
+        self._streams = StreamPoller(
+            streams, aws_client("dynamodbstreams", aws_url, config.region), self._invoke_result, region=config.region
+        )
         self.info = self._describe(template, api.url, lam.url, aws_url)
 
     def _function_spec(
@@ -399,6 +413,7 @@ class LocalStack:
             kms_keys={k: v.ref for k, v in keys.items()},
             kms_key_arn=next((v.attributes["Arn"] for v in keys.values()), None),
             kms_aliases={k: v.ref for k, v in by_type.get("AWS::KMS::Alias", {}).items()},
+            event_bus_name=next((v.ref for v in by_type.get("AWS::Events::EventBus", {}).values()), None),
             pid=os.getpid(),
             started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
@@ -425,6 +440,8 @@ class LocalStack:
         first: list[tuple[str, Callable[[], None]]] = [(f"the {s.name} front", s.stop) for s in self._servers]
         if self._poller is not None:
             first.append(("the SQS poller", self._poller.stop))
+        if self._streams is not None:
+            first.append(("the stream poller", self._streams.stop))
         _in_parallel(first)
         second: list[tuple[str, Callable[[], None]]] = [
             (f"{name}'s workers", runtime.close) for name, runtime in self.runtimes.items()
@@ -559,11 +576,24 @@ class LocalStack:
         return outcome.json()
 
     def drain_queues(self) -> DrainReport:
-        """Feed every visible message of the SQS event sources to their functions, until none is visible."""
+        """Feed every visible message of the SQS event sources and every new record of the DynamoDB
+        streams to their functions, until nothing moves (a queue's work writes tables whose streams
+        publish, a stream's work may queue more)."""
         self._require_info()
         if self._poller is None:
             raise RuntimeError("the local stack is not running")
-        return self._poller.drain()
+        report = DrainReport()
+        for _ in range(_MAX_DRAIN_ROUNDS):
+            moved = 0
+            for poller in (self._streams, self._poller, self._streams):
+                if poller is None:
+                    continue
+                step = poller.drain()
+                report.batches.extend(step.batches)
+                moved += step.deleted
+            if not moved:
+                break
+        return report
 
     def run_schedule(self, function: str = "RefreshFunction", *, drain: bool = True) -> ScheduleRun:
         """Fire the function's schedule once (Scheduler-shaped event), then drain the queues."""

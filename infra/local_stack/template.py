@@ -45,6 +45,18 @@ class SqsSource:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamSource:
+    """A DynamoDB stream event source mapping: table's stream -> function."""
+
+    table: str  # logical ID
+    function: str
+    batch_size: int
+    report_batch_item_failures: bool
+    filters: tuple[dict[str, Any], ...] = ()  # FilterCriteria patterns (a record passes if any matches)
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Schedule:
     """An EventBridge Scheduler (ScheduleV2) or Schedule event on a function."""
 
@@ -63,6 +75,7 @@ class FunctionDef:
     properties: dict[str, Any]
     routes: list[Route] = field(default_factory=list)
     sqs_sources: list[SqsSource] = field(default_factory=list)
+    stream_sources: list[StreamSource] = field(default_factory=list)
     schedules: list[Schedule] = field(default_factory=list)
 
 
@@ -178,6 +191,24 @@ class Template:
                     enabled=bool(props.get("Enabled", True)),
                 )
             )
+        elif kind == "DynamoDB":
+            table = _logical_target(props.get("Stream"))
+            if table is None:
+                raise TemplateError(f"{fn.logical_id}.{name}: Stream must be a table's StreamArn in the template")
+            patterns = [
+                json.loads(f["Pattern"]) if isinstance(f.get("Pattern"), str) else f.get("Pattern")
+                for f in (props.get("FilterCriteria") or {}).get("Filters") or []
+            ]
+            fn.stream_sources.append(
+                StreamSource(
+                    table=table,
+                    function=fn.logical_id,
+                    batch_size=int(props.get("BatchSize", 100)),
+                    report_batch_item_failures="ReportBatchItemFailures" in (props.get("FunctionResponseTypes") or []),
+                    filters=tuple(p for p in patterns if isinstance(p, dict)),
+                    enabled=bool(props.get("Enabled", True)),
+                )
+            )
         elif kind in {"ScheduleV2", "Schedule"}:
             state = props.get("State")
             enabled = props.get("Enabled", True) if state is None else state == "ENABLED"
@@ -203,6 +234,11 @@ class Template:
     def sqs_sources(self) -> list[SqsSource]:
         """Every SQS event source of every function."""
         return [source for fn in self.functions.values() for source in fn.sqs_sources]
+
+    @property
+    def stream_sources(self) -> list[StreamSource]:
+        """Every DynamoDB stream event source of every function."""
+        return [source for fn in self.functions.values() for source in fn.stream_sources]
 
     def code_dir(self, fn: FunctionDef) -> Path:
         """The function's CodeUri as a directory (relative to the template, as SAM resolves it)."""

@@ -215,6 +215,24 @@ def test_lead_events_reach_only_bound_handlers_once(emu: Emulator, app: FakeApp)
     assert added["auth[access_token]"] not in json.dumps(admin(emu, "GET", "/events").json())
 
 
+def test_every_bound_row_gets_its_copy_with_the_same_ts(emu: Emulator, app: FakeApp) -> None:
+    # Given ONCRMLEADADD bound twice to one handler: by an administrator and by an employee (two rows,
+    # docs/bitrix24-facts.md#f-bind-7)
+    call(emu, "event.bind", _token(emu, 1), event="ONCRMLEADADD", handler=app.url)
+    call(emu, "event.bind", _token(emu, 2), event="ONCRMLEADADD", handler=app.url)
+
+    # When a lead is added
+    lead_id = call(emu, "crm.lead.add", _token(emu, 2), fields={"TITLE": "Twice"}).json()["result"]
+    assert emu.flush_events(10)
+
+    # Then each row delivers once: different event_handler_id, the same event, lead and ts (#f-events-9, #f-events-12)
+    first, second = app.forms("ONCRMLEADADD")
+    assert first["event_handler_id"] != second["event_handler_id"]
+    assert first["data[FIELDS][ID]"] == second["data[FIELDS][ID]"] == str(lead_id)
+    assert first["ts"] == second["ts"]
+    assert first["auth[application_token]"] == second["auth[application_token]"] == emu.application_token
+
+
 def test_a_binding_with_auth_type_carries_that_users_token(emu: Emulator, app: FakeApp) -> None:
     call(emu, "event.bind", _token(emu, 1), event="ONCRMLEADUPDATE", handler=app.url, auth_type=3)
     lead_id = emu.state.leads.ids()[0]
