@@ -69,7 +69,8 @@ class StreamPoller:
                 binding.iterators[shard["ShardId"]] = self.streams.get_shard_iterator(
                     StreamArn=binding.stream_arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
                 )["ShardIterator"]
-        for shard, iterator in list(binding.iterators.items()):
+        for shard, start in list(binding.iterators.items()):
+            iterator = start
             while iterator is not None and len(binding.pending) < binding.source.batch_size:
                 answer = self.streams.get_records(ShardIterator=iterator, Limit=1000)
                 iterator = answer.get("NextShardIterator")

@@ -52,6 +52,6 @@ def stream_publisher(conf: Settings) -> StreamPublisher:
     if conf.lead_event_fields and conf.leads_function_name:
         from b24connector.events.enrichment import LeadsFunctionFields  # noqa: PLC0415
 
-        # LeadsFunction answers within its own timeout (30 s); the read waits for it.
-        reader = LeadsFunctionFields(_client("lambda", read_timeout=35), conf.leads_function_name)
+        # LeadsFunction answers within its own timeout (120 s); the read waits for it.
+        reader = LeadsFunctionFields(_client("lambda", read_timeout=125), conf.leads_function_name)
     return StreamPublisher(bus(conf), fields=conf.lead_event_fields, reader=reader)
