@@ -15,7 +15,9 @@ Where it looks (per test, attributed to the test's node id):
 - exception texts of the product's exception classes (as they are built);
 - answers: HttpApi answers (`HttpResponse.to_event`), LeadsFunction and SQS-batch answers, and what the
   local stack's Lambda runtime returns (payload and log tail);
-- lifecycle journal messages (`JournalCodec.encode`: the SQS body, whose tokens must be sealed).
+- lifecycle journal messages (`JournalCodec.encode`: the SQS body, whose tokens must be sealed);
+- published events (`BusEvent.detail_json`: every detail PutEvents sends); the local stack's
+  subscriber queue is read back and checked by the demo journey.
 
 Library loggers keep the levels the product gives them in every runtime (`b24connector.observability`
 and `b24connector.bitrix24.transport` pin urllib3, botocore, boto3, requests and pynamodb at WARNING;
@@ -211,6 +213,7 @@ def _install_answer_and_exception_probes() -> None:
     # Importing these is cheap and has no side effect the suite depends on (Powertools reads the
     # POWERTOOLS_* variables already set above).
     import b24connector.credentials
+    import b24connector.events.catalogue
     import b24connector.leads
     import b24connector.portals
     import b24connector.problems
@@ -225,6 +228,8 @@ def _install_answer_and_exception_probes() -> None:
     _wrap_result(b24connector.refresh.BatchReport, "answer", "SQS batch answer")
     # Lifecycle journal messages (SQS bodies): tokens must be sealed, never in the clear facts
     _wrap_result(b24connector.vault.journal.JournalCodec, "encode", "lifecycle journal message")
+    # Every event detail put on the bus is built by detail_json (events.bus): no token, code, secret
+    _wrap_result(b24connector.events.catalogue.BusEvent, "detail_json", "published event detail")
     for cls in _product_exception_classes():
         if "__init__" in cls.__dict__ or all(
             not base.__module__.startswith("b24connector.") for base in cls.__mro__[1:]

@@ -10,6 +10,7 @@ sent to the on-failure destination): tests see the retry rather than a dead lett
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 from collections import deque
@@ -42,18 +43,37 @@ def matches(pattern: Any, value: Any) -> bool:
     return bool(pattern == value)
 
 
+def _json_binaries(value: Any) -> Any:
+    """Binary attribute values as Lambda's JSON event carries them (base64 text)."""
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, dict):
+        return {k: _json_binaries(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_binaries(v) for v in value]
+    return value
+
+
 def _lambda_record(record: dict[str, Any], stream_arn: str, region: str) -> dict[str, Any]:
-    change = dict(record.get("dynamodb") or {})
+    change = _json_binaries(dict(record.get("dynamodb") or {}))
     created = change.get("ApproximateCreationDateTime")
     if isinstance(created, datetime):
         change["ApproximateCreationDateTime"] = int(created.timestamp())
-    return {**record, "awsRegion": region, "eventVersion": "1.1", "dynamodb": change, "eventSourceARN": stream_arn}
+    return {
+        **record,
+        "awsRegion": region,
+        "eventVersion": "1.1",
+        "dynamodb": change,
+        "eventSourceARN": stream_arn,
+    }
 
 
 class StreamPoller:
     """Reads the bound streams and feeds their functions, on demand or in a background thread."""
 
-    def __init__(self, bindings: list[StreamBinding], streams_client: Any, invoke: Invoke, *, region: str) -> None:
+    def __init__(
+        self, bindings: list[StreamBinding], streams_client: Any, invoke: Invoke, *, region: str
+    ) -> None:
         self.bindings = bindings
         self.streams = streams_client
         self.invoke = invoke
@@ -76,7 +96,9 @@ class StreamPoller:
                 iterator = answer.get("NextShardIterator")
                 records = answer.get("Records") or []
                 filters = binding.source.filters
-                binding.pending.extend(r for r in records if not filters or any(matches(f, r) for f in filters))
+                binding.pending.extend(
+                    r for r in records if not filters or any(matches(f, r) for f in filters)
+                )
                 if not records:
                     break
             binding.iterators[shard] = iterator

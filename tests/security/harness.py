@@ -6,6 +6,7 @@ Every secret here is canary-marked (tests/leak_canary.py), so a leak anywhere fa
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import socket
@@ -25,6 +26,7 @@ from b24connector.handlers import (
     install,
     leads,
     lifecycle,
+    publisher,
     refresh_worker,
     token_rescue,
 )
@@ -52,6 +54,7 @@ HANDLERS: dict[str, Callable[[Any, Any], Any]] = {
     "RefreshWorkerFunction": refresh_worker.handler,
     "TokenRescueFunction": token_rescue.handler,
     "LifecycleFunction": lifecycle.handler,
+    "PublisherFunction": publisher.handler,
 }
 ROUTE_FUNCTION = {
     ("GET", "/authorize"): "AuthorizeFunction",
@@ -300,6 +303,7 @@ class Rig:
     backend: str = "moto"
     others: list[Emulator] = field(default_factory=list)
     api_url: str = ""  # where Bitrix24 reaches the HTTP routes (EVENTS_URL is `{api_url}/events`)
+    _stream_positions: dict[str, str] = field(default_factory=dict)
 
     # -- HTTP routes --
 
@@ -421,6 +425,49 @@ class Rig:
         found = [item for item in self.items() if item["member_id"]["S"] == wanted]
         return found[0] if found else None
 
+    def publish_changes(self) -> int:
+        """Run PublisherFunction over every new record of the PortalsTable and LeadEventsTable streams
+        (as the stream event sources would); the records handed over."""
+        streams = self.stack.client("dynamodbstreams")
+        dynamodb = self.stack.client("dynamodb")
+        handed = 0
+        for table in (self.stack.portals_table, self.stack.lead_events_table):
+            arn = dynamodb.describe_table(TableName=table)["Table"]["LatestStreamArn"]
+            position = self._stream_positions.get(arn)
+            if position is None:
+                (shard,) = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]
+                position = streams.get_shard_iterator(
+                    StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+                )["ShardIterator"]
+            answer = streams.get_records(ShardIterator=position)
+            self._stream_positions[arn] = answer["NextShardIterator"]
+            records = [
+                {**r, "eventSourceARN": arn, "dynamodb": _lambda_json({k: v for k, v in r["dynamodb"].items()
+                                                                       if k != "ApproximateCreationDateTime"})}
+                for r in answer.get("Records") or []
+            ]  # fmt: skip
+            if records:
+                result = invoke("PublisherFunction", {"Records": records})
+                assert result == {"batchItemFailures": []}, result
+                handed += len(records)
+        return handed
+
+    def subscribe(self) -> str:
+        """A subscriber's own rule on the stack's bus (source b24connector) with an SQS target; its URL."""
+        sqs, events = self.stack.client("sqs"), self.stack.client("events")
+        url = sqs.create_queue(QueueName=f"subscriber-{self.stack.event_bus_name}")["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        rule = f"all-{self.stack.event_bus_name}"
+        events.put_rule(
+            Name=rule,
+            EventBusName=self.stack.event_bus_name,
+            EventPattern=json.dumps({"source": ["b24connector"]}),
+        )
+        events.put_targets(
+            Rule=rule, EventBusName=self.stack.event_bus_name, Targets=[{"Id": "q", "Arn": arn}]
+        )
+        return str(url)
+
     def queue_bodies(self, queue_url: str, *, delete: bool = True) -> list[str]:
         """Every message body waiting in a queue (received, then deleted unless told otherwise)."""
         sqs = self.stack.client("sqs")
@@ -434,6 +481,17 @@ class Rig:
                 bodies.append(message["Body"])
                 if delete:
                     sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+
+def _lambda_json(value: Any) -> Any:
+    """Binary attribute values as Lambda's JSON event carries them (base64 text)."""
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, dict):
+        return {k: _lambda_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_lambda_json(v) for v in value]
+    return value
 
 
 def all_text(*values: Any) -> Iterator[str]:

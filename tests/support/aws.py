@@ -23,7 +23,12 @@ FAKE_CREDENTIALS = {
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_SESSION_TOKEN": "testing",
 }
-TABLE_LOGICAL_IDS = {"portals": "PortalsTable", "states": "StatesTable", "rate_limit": "RateLimitTable"}
+TABLE_LOGICAL_IDS = {
+    "portals": "PortalsTable",
+    "states": "StatesTable",
+    "rate_limit": "RateLimitTable",
+    "lead_events": "LeadEventsTable",
+}
 _counter = itertools.count(1)
 
 
@@ -55,6 +60,8 @@ class AwsStack:
     refresh_queue_url: str
     rescue_queue_url: str
     lifecycle_queue_url: str = ""
+    lead_events_table: str = ""
+    event_bus_name: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def aws_env(self) -> dict[str, str]:
@@ -81,6 +88,8 @@ class AwsStack:
             "REFRESH_QUEUE_URL": self.refresh_queue_url,
             "RESCUE_QUEUE_URL": self.rescue_queue_url,
             "LIFECYCLE_QUEUE_URL": self.lifecycle_queue_url,
+            "LEAD_EVENTS_TABLE": self.lead_events_table,
+            "EVENT_BUS_NAME": self.event_bus_name,
             **self.extra_env,
         }
 
@@ -148,6 +157,8 @@ def provision(
         cursor_secret_id=f"b24/cursor-key-{suffix}",
         refresh_queue_url="",
         rescue_queue_url="",
+        lead_events_table=f"lead-events-{suffix}",
+        event_bus_name=f"bus-{suffix}",
     )
     tables = template_tables()
     dynamodb = stack.client("dynamodb")
@@ -156,6 +167,7 @@ def provision(
         ("portals", stack.portals_table),
         ("states", stack.states_table),
         ("rate_limit", stack.rate_limit_table),
+        ("lead_events", stack.lead_events_table),
     ):
         # dynalite has no TTL API; TTL is checked in code anyway (DynamoDB deletes lazily).
         _create_table(dynamodb, name, tables[TABLE_LOGICAL_IDS[kind]], with_ttl=on_moto)
@@ -170,4 +182,5 @@ def provision(
     stack.refresh_queue_url = sqs.create_queue(QueueName=f"refresh-{suffix}")["QueueUrl"]
     stack.rescue_queue_url = sqs.create_queue(QueueName=f"rescue-{suffix}")["QueueUrl"]
     stack.lifecycle_queue_url = sqs.create_queue(QueueName=f"lifecycle-{suffix}")["QueueUrl"]
+    stack.client("events").create_event_bus(Name=stack.event_bus_name)
     return stack

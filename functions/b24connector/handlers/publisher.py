@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from boto3.dynamodb.types import TypeDeserializer
@@ -20,9 +21,25 @@ _deserializer = TypeDeserializer()
 
 
 def _image(raw: Any) -> dict[str, Any] | None:
+    """The image's attributes as Python values; binary ones (token ciphertext) are never even decoded."""
     if not isinstance(raw, dict):
         return None
-    return {name: _deserializer.deserialize(value) for name, value in raw.items()}
+    return {
+        name: _plain(_deserializer.deserialize(value))
+        for name, value in raw.items()
+        if isinstance(value, dict) and not {"B", "BS"} & set(value)
+    }
+
+
+def _plain(value: Any) -> Any:
+    """DynamoDB numbers (Decimal) as int or float; lists and maps element by element."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, list | set):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def _table_of(conf: Settings, source_arn: str) -> str:

@@ -130,3 +130,43 @@ def test_an_oversized_detail_drops_its_fields() -> None:
     big = catalogue.with_fields(event, {"COMMENTS": "x" * 300_000}, "ok")
     assert "fields" not in big.detail
     assert big.detail["fields_status"] == "too_large"
+
+
+def test_the_handler_never_decodes_binaries_and_reads_numbers_as_ints() -> None:
+    from b24connector.handlers.publisher import records_of
+    from b24connector.settings import load_settings
+
+    conf = load_settings(
+        {
+            "BITRIX24_CLIENT_ID": "c", "CLIENT_SECRET_ID": "s", "CURSOR_SECRET_ID": "k", "PORTALS_TABLE": "portals",
+            "STATES_TABLE": "st", "RATE_LIMIT_TABLE": "rl", "TOKEN_KEY_ID": "key", "REFRESH_QUEUE_URL": "q1",
+            "RESCUE_QUEUE_URL": "q2", "LIFECYCLE_QUEUE_URL": "q3", "LEAD_EVENTS_TABLE": "leads-out",
+        }
+    )  # fmt: skip
+    arn = "arn:aws:dynamodb:eu-central-1:123456789012:table/portals/stream/2026"
+    event = {
+        "Records": [
+            {
+                "eventName": "MODIFY",
+                "eventSourceARN": arn,
+                "dynamodb": {
+                    "SequenceNumber": "11",
+                    "NewImage": {
+                        "member_id": {"S": "m"},
+                        "version": {"N": "3"},
+                        "token_ciphertext": {"B": "c2VhbGVk"},
+                    },
+                    "OldImage": {"member_id": {"S": "m"}, "version": {"N": "2"}},
+                },
+            },
+            {
+                "eventName": "INSERT",
+                "eventSourceARN": arn.replace("portals", "leads-out"),
+                "dynamodb": {"SequenceNumber": "12"},
+            },
+        ]
+    }
+    first, second = records_of(conf, event)
+    assert (first.table, second.table) == ("portals", "leads")
+    assert first.new == {"member_id": "m", "version": 3}
+    assert first.old == {"member_id": "m", "version": 2}
