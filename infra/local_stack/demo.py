@@ -55,6 +55,7 @@ DEFAULT_LEADS = 10_000
 DEFAULT_PAGE_LIMIT = 2_000
 DEFAULT_LOG_FILE = REPO_ROOT / ".local" / "demo-functions.log"
 _HTTP_TIMEOUT = 30.0
+LEAD_EVENTS = ("ONCRMLEADADD", "ONCRMLEADUPDATE", "ONCRMLEADDELETE")  # the template's LeadEvents default
 _DAY = 86_400
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 _STEP_TITLES = (
@@ -63,6 +64,7 @@ _STEP_TITLES = (
     "Takeover: an employee's /authorize and forged ONAPPINSTALL change nothing",
     "At rest: the DynamoDB item holds ciphertext only, bound to its portal by the KMS context",
     "Read: LeadsFunction through boto3's Lambda client, every lead page by page via the cursor",
+    "Events: a lead added through REST arrives as LeadCreated at a subscriber's own rule -> SQS; forgeries publish nothing",
     "Lazy refresh: the access token expires, the next read refreshes it transparently",
     "Scheduled refresh: the refresh token ages past REFRESH_AFTER_DAYS; schedule -> queue -> worker",
     "Uninstall: forged ONAPPUNINSTALLs are refused; the administrator's arrives through the binding",
@@ -289,7 +291,10 @@ class StackClients:
         self.dynamodb: DynamoDBClient = boto3.client("dynamodb", endpoint_url=info.aws_endpoint_url, **kwargs)
         self.kms: KMSClient = boto3.client("kms", endpoint_url=info.aws_endpoint_url, **kwargs)
         self.lambda_: LambdaClient = boto3.client("lambda", endpoint_url=info.lambda_endpoint_url, **kwargs)
+        self.sqs = boto3.client("sqs", endpoint_url=info.aws_endpoint_url, **kwargs)
+        self.events = boto3.client("events", endpoint_url=info.aws_endpoint_url, **kwargs)
         self.known_tokens: set[str] = set()
+        self.subscriber_queue: str | None = None
 
     def close(self) -> None:
         """Close the HTTP session (the boto3 clients need no closing)."""
@@ -392,6 +397,36 @@ class StackClients:
         """POST a form to one of the stack's routes, as a portal does."""
         return self.http.post(f"{self.info.api_url}{path}", data=list(fields), timeout=_HTTP_TIMEOUT)
 
+    def subscribe(self) -> str:
+        """What a user's own function does: a rule on the stack's bus (source b24connector) -> an SQS queue."""
+        if self.subscriber_queue is None:
+            bus = require(self.info.event_bus_name, "the stack has no event bus")
+            url = self.sqs.create_queue(QueueName="demo-subscriber")["QueueUrl"]
+            arn = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+                "QueueArn"
+            ]
+            self.events.put_rule(
+                Name="demo-subscriber",
+                EventBusName=bus,
+                EventPattern=json.dumps({"source": ["b24connector"]}),
+            )
+            self.events.put_targets(
+                Rule="demo-subscriber", EventBusName=bus, Targets=[{"Id": "queue", "Arn": arn}]
+            )
+            self.subscriber_queue = url
+        return self.subscriber_queue
+
+    def received_events(self) -> list[dict[str, Any]]:
+        """Every event the subscriber's queue holds now (received and deleted)."""
+        url, events = self.subscribe(), []
+        while True:
+            messages = self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages") or []
+            if not messages:
+                return events
+            for message in messages:
+                events.append(json.loads(message["Body"]))
+                self.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+
     def refresh_after_days(self) -> int:
         """REFRESH_AFTER_DAYS as the refresh functions see it (settings default: 21)."""
         env = self.stack.runtimes["RefreshWorkerFunction"].spec.environment
@@ -434,17 +469,22 @@ def step_install(c: StackClients, detail: Detail) -> str:
     check(item["health"] == "active", f"health is {item['health']}")
     check(item.get("grant_role") == "admin", f"the grant's role is {item.get('grant_role')}")
     check(item.get("subscription_state") == "bound", f"subscription is {item.get('subscription_state')}")
-    check(item.get("subscribed_events") == ["ONAPPUNINSTALL"], f"subscribed {item.get('subscribed_events')}")
-    check(_bindings(c) == [("ONAPPUNINSTALL", events_url)], f"the portal's bindings are {_bindings(c)}")
+    bound = ["ONAPPUNINSTALL", *LEAD_EVENTS]
+    check(item.get("subscribed_events") == sorted(bound), f"subscribed {item.get('subscribed_events')}")
+    check(_bindings(c) == [(e, events_url) for e in bound], f"the portal's bindings are {_bindings(c)}")
     check(stats["oauth_app_info_requests"] >= 1, "the install tokens were not checked with app.info")
     detail(
         f"LifecycleFunction: {handled} jobs (grant: app.info + user.admin → stored; subscribe: event.get + "
         f"event.bind); record v{item['version']}, role {item['grant_role']}"
     )
-    detail(f"portal bindings: ONAPPUNINSTALL → {events_url}")
+    detail(f"portal bindings: {', '.join(bound)} → {events_url}")
+    connected = [e for e in c.received_events() if e["detail-type"] == "PortalConnected"]
+    check(len(connected) == 1, f"the subscriber received {len(connected)} PortalConnected")
+    check(connected[0]["detail"]["grant_role"] == "admin", f"PortalConnected says {connected[0]['detail']}")
+    detail("subscriber's rule → SQS: PortalConnected (grant_role admin)")
     return (
         f"ONAPPINSTALL 200 accepted → record v{item['version']} {item['health']} ({item['grant_role']}), "
-        f"ONAPPUNINSTALL bound with event.bind"
+        f"ONAPPUNINSTALL and the lead events bound with event.bind; PortalConnected published"
     )
 
 
@@ -642,8 +682,52 @@ def step_read(c: StackClients, detail: Detail, page_limit: int, facts: dict[str,
     )
 
 
+def step_events(c: StackClients, detail: Detail) -> str:
+    """6. A lead added through REST reaches the subscriber's own rule once; a forged delivery is refused."""
+    url = f"{c.info.api_url}/events"
+    pair = require(c.live_pair(1), "no live pair of the administrator")
+    added = c.http.post(
+        f"{c.info.bitrix24_portal_url}/rest/crm.lead.add",
+        json={"fields": {"TITLE": "Demo lead"}, "auth": pair[0]},
+        timeout=_HTTP_TIMEOUT,
+    ).json()
+    lead_id = int(require(added.get("result"), f"crm.lead.add answered {added}"))
+    c.admin("POST", "/events/flush", {"timeout": 10})
+    deliveries = [d for d in c.admin("GET", "/events")["deliveries"] if d["event"] == "ONCRMLEADADD"]
+    check(deliveries and deliveries[-1]["status"] == 200, f"ONCRMLEADADD answered {deliveries[-1:]}")
+    detail(
+        f"crm.lead.add (REST) → lead {lead_id}; the portal posts ONCRMLEADADD → {url}: 200 (recorded once)"
+    )
+    c.lifecycle()
+    received = c.received_events()
+    created = [e for e in received if e["detail-type"] == "LeadCreated"]
+    check(len(created) == 1, f"the subscriber received {len(created)} LeadCreated")
+    event = created[0]
+    check(event["detail"]["lead_id"] == lead_id, f"LeadCreated names lead {event['detail']['lead_id']}")
+    check(event["detail"]["member_id"] == c.member_id, "LeadCreated names another portal")
+    application_token = str(c.admin("GET", "/credentials")["application_token"])
+    c.remember_tokens()
+    leaked = [t for t in (*c.known_tokens, application_token) if t in json.dumps(received)]
+    check(not leaked, "a published event carries a token")
+    detail(f"subscriber's rule → SQS: {event['detail-type']} {json.dumps(event['detail'], sort_keys=True)}")
+    forged = [
+        ("event", "ONCRMLEADADD"),
+        ("data[FIELDS][ID]", "999999"),
+        ("ts", str(int(time.time()))),
+        ("auth[member_id]", c.member_id),
+        ("auth[application_token]", secrets.token_hex(16)),
+    ]
+    answer = c.post_form("/events", forged)
+    check(answer.status_code == 403, f"a forged ONCRMLEADADD answered {answer.status_code}")
+    c.lifecycle()
+    after = c.received_events()
+    check(after == [], f"the forged delivery published {len(after)} events")
+    detail("forged ONCRMLEADADD (random application_token): 403, nothing recorded, nothing published")
+    return f"LeadCreated for lead {lead_id} at the subscriber's queue, no token in it; forged delivery 403, nothing published"
+
+
 def step_lazy_refresh(c: StackClients, detail: Detail, facts: dict[str, Any]) -> str:
-    """6. Expire the access token in the emulator; the next read refreshes once and answers."""
+    """7. Expire the access token in the emulator; the next read refreshes once and answers."""
     version = int(c.item()["version"])
     expired = c.admin("POST", "/tokens/expire", {"member_id": c.member_id})["expired"]
     check(expired >= 1, "the emulator expired no access token")
@@ -669,7 +753,7 @@ def step_lazy_refresh(c: StackClients, detail: Detail, facts: dict[str, Any]) ->
 
 
 def step_scheduled_refresh(c: StackClients, detail: Detail, facts: dict[str, Any]) -> str:
-    """7. Make the portal due, fire the schedule, let the worker drain the queue."""
+    """8. Make the portal due, fire the schedule, let the worker drain the queue."""
     days = c.refresh_after_days()
     item = c.item()
     version = int(item["version"])
@@ -726,7 +810,7 @@ def _forget_uninstall_check(c: StackClients) -> None:
 
 
 def step_uninstall(c: StackClients, detail: Detail) -> str:
-    """8. Forged ONAPPUNINSTALLs are checked with Bitrix24 and refused; the administrator's is applied."""
+    """9. Forged ONAPPUNINSTALLs are checked with Bitrix24 and refused; the administrator's is applied."""
     url = f"{c.info.api_url}/events"
     before = c.item()
     # A random token, and the real one (newer install pages show it to every employee in the app frame).
@@ -759,6 +843,10 @@ def step_uninstall(c: StackClients, detail: Detail) -> str:
     answer = c.invoke_leads({"member_id": c.member_id, "limit": 1})
     code = (answer.get("error") or {}).get("code")
     check(code == "REAUTH_REQUIRED", f"a read after the uninstall answered {answer}")
+    gone = [e for e in c.received_events() if e["detail-type"] == "PortalUninstalled"]
+    check(len(gone) == 1, f"the subscriber received {len(gone)} PortalUninstalled")
+    check(gone[0]["detail"]["clean"] is False, f"PortalUninstalled says {gone[0]['detail']}")
+    detail("subscriber's rule → SQS: PortalUninstalled (clean false)")
     detail(
         f"administrator removes the app → ONAPPUNINSTALL through the binding → {url}: 202 → app.info says gone"
     )
@@ -769,7 +857,7 @@ def step_uninstall(c: StackClients, detail: Detail) -> str:
 
 
 def step_legacy_ui(c: StackClients, detail: Detail) -> str:
-    """9. A UI app on a portal whose install page has no APPLICATION_TOKEN; its uninstall is confirmed."""
+    """10. A UI app on a portal whose install page has no APPLICATION_TOKEN; its uninstall is confirmed."""
     c.admin("POST", "/config", {"app_mode": "ui"})
     c.admin("POST", "/install", {"user_id": 1})
     page = c.admin("POST", "/send-install", {"url": f"{c.info.api_url}/install", "kind": "page"})
@@ -869,6 +957,7 @@ def run_demo(
     """Run every step against a running stack; stops at the first step that does not hold."""
     emit = out or (lambda line: None)
     clients = StackClients(stack)
+    clients.subscribe()  # the user's own rule -> queue, before anything happens on the portal
     result = DemoResult()
     facts = result.facts
     steps: list[Callable[[Detail], str]] = [
@@ -877,6 +966,7 @@ def run_demo(
         lambda d: step_takeover(clients, d),
         lambda d: step_at_rest(clients, d),
         lambda d: step_read(clients, d, page_limit, facts),
+        lambda d: step_events(clients, d),
         lambda d: step_lazy_refresh(clients, d, facts),
         lambda d: step_scheduled_refresh(clients, d, facts),
         lambda d: step_uninstall(clients, d),

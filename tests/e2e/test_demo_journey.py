@@ -64,6 +64,6 @@ def test_demo_summary_marks_a_failed_journey(stack: LocalStack) -> None:
     assert "ResourceNotFoundException" in result.steps[0].evidence
     summary = result.summary()
     assert "1 ✗ Install" in summary
-    assert "8 ✗ Uninstall" in summary
+    assert "9 ✗ Uninstall" in summary
     assert "not run" in summary
     assert f"0 of {TOTAL_STEPS} steps held" in summary
