@@ -35,6 +35,7 @@ _RESOURCE_PARAMETER = {
     "lambda": "FunctionName",
     "logs": "LogGroupName",
     "sns": "TopicArn",
+    "events": "EventBusName",  # PutEvents: the one bus every entry names (local_stack.aws_calls)
 }
 
 
@@ -309,8 +310,13 @@ class RequestBuilder:
             props = self.stack.props(mapping)
             function = self.stack.logical_from(raw.get("FunctionName"))
             source = str(props.get("EventSourceArn", ""))
+            if function is not None and ":dynamodb:" in source and "/stream/" in source:
+                out += self._stream_mapping(self.role_of_function(function), function, source, props)
+                continue
             if function is None or ":sqs:" not in source:
-                raise StackError(f"{mapping}: only SQS event sources of template functions are modelled")
+                raise StackError(
+                    f"{mapping}: only SQS and DynamoDB stream sources of template functions are modelled"
+                )
             role = self.role_of_function(function)
             for action in ("ReceiveMessage", "DeleteMessage", "GetQueueAttributes"):
                 out.append(self._request(role, function, f"sqs:{action}", source, {}, origin))
@@ -318,6 +324,36 @@ class RequestBuilder:
             key = self._key_of(queue, "KmsMasterKeyId") if queue else None
             if key is not None:
                 out += self._kms(role, function, key, ["Decrypt"], {"aws:sqs:arn": source}, "sqs", origin)
+        return out
+
+    def _stream_mapping(
+        self, role: Role, function: str, source: str, props: Mapping[str, Any]
+    ) -> list[Request]:
+        # The DynamoDB stream poller reads with the execution role (DescribeStream, GetRecords,
+        # GetShardIterator, ListStreams) and sends a failed batch's record to the on-failure destination:
+        # https://docs.aws.amazon.com/lambda/latest/dg/with-ddb.html#events-dynamodb-permissions and
+        # https://docs.aws.amazon.com/lambda/latest/dg/services-dynamodb-errors.html
+        origin = "Lambda DynamoDB stream event source (with-ddb.html)"
+        out = [
+            self._request(role, function, f"dynamodb:{action}", source, {}, origin)
+            for action in ("DescribeStream", "GetRecords", "GetShardIterator")
+        ]
+        # ListStreams has no resource-level permissions (IAM: resource "*").
+        out.append(self._request(role, function, "dynamodb:ListStreams", "*", {}, origin))
+        table = self.stack.logical_for(source)
+        key = self._key_of(table, "KMSMasterKeyId", nested="SSESpecification") if table else None
+        if table is not None and key is not None:
+            # Stream records of a table under a customer managed key are decrypted like its items.
+            ctx = {"aws:dynamodb:tableName": self.stack.name(table), "aws:dynamodb:subscriberId": ACCOUNT_ID}
+            out += self._kms(role, function, key, ["Decrypt"], ctx, "dynamodb", origin)
+        failure = ((props.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
+        if failure and ":sqs:" in str(failure):
+            out += self._send_to_queue(
+                role,
+                function,
+                str(failure),
+                "Lambda stream on-failure destination (services-dynamodb-errors.html)",
+            )
         return out
 
     def _schedules(self) -> list[Request]:

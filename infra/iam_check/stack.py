@@ -36,7 +36,10 @@ _NAME_PROPERTY = {
     "AWS::IAM::Role": "RoleName",
     "AWS::Scheduler::Schedule": "Name",
     "AWS::KMS::Alias": "AliasName",
+    "AWS::Events::EventBus": "Name",
 }
+# The label CloudFormation would give a table's stream (any fixed value: policies name it by GetAtt).
+STREAM_LABEL = "2026-01-01T00:00:00.000"
 
 
 class StackError(ValueError):
@@ -110,7 +113,11 @@ class Stack:
         )
         self._by_value: dict[str, str] = {}
         for logical_id in self.resources:
-            for value in (self._ref(logical_id), self._get_att(logical_id, "Arn")):
+            for value in (
+                self._ref(logical_id),
+                self._get_att(logical_id, "Arn"),
+                self._get_att(logical_id, "StreamArn"),
+            ):
                 if value and not value.startswith(f"{logical_id}."):
                     self._by_value.setdefault(value, logical_id)
 
@@ -164,9 +171,13 @@ class Stack:
                 "AWS::Scheduler::Schedule": lambda: (
                     f"arn:aws:scheduler:{r}:{a}:schedule/default/{self.name(logical_id)}"
                 ),
+                "AWS::Events::EventBus": lambda: f"arn:aws:events:{r}:{a}:event-bus/{self.name(logical_id)}",
             }
             if kind in arns:
                 return arns[kind]()
+        streams = "StreamSpecification" in (self.resources[logical_id].get("Properties") or {})
+        if kind == "AWS::DynamoDB::Table" and attribute == "StreamArn" and streams:
+            return f"arn:aws:dynamodb:{r}:{a}:table/{self.name(logical_id)}/stream/{STREAM_LABEL}"
         if kind == "AWS::SQS::Queue" and attribute == "QueueName":
             return self.name(logical_id)
         if kind == "AWS::SQS::Queue" and attribute == "QueueUrl":

@@ -104,6 +104,13 @@ def _record(params: Mapping[str, Any], model: Any, context: Mapping[str, Any] | 
     for name in CONTEXT_PARAMETERS:
         if isinstance(params.get(name), Mapping):
             kept[name] = {str(k): str(v) for k, v in params[name].items()}
+    # PutEvents names its bus in each entry: recorded as EventBusName when every entry names the same one.
+    entries = params.get("Entries")
+    if isinstance(entries, list):
+        buses = {str(e.get("EventBusName", "default")) for e in entries if isinstance(e, Mapping)}
+        if len(buses) == 1:
+            kept["EventBusName"] = bus = buses.pop()
+            env["EventBusName"] = _env_matches(bus)
     for name in _NESTED_TABLES:
         if isinstance(params.get(name), Mapping):
             tables = sorted(str(table) for table in params[name])
