@@ -1,4 +1,4 @@
-"""`python -m tests.bench [--smoke] [--only export,coldstart,aws,refresh,pacing,realistic,million] [--runs N]`.
+"""`python -m tests.bench [--smoke] [--only export,coldstart,aws,refresh,pacing,realistic,events,million] [--runs N]`.
 
 `million` runs only when named in --only (several minutes at the portal's real 2 requests/s).
 """
@@ -36,7 +36,7 @@ FULL = Plan(
     sizes=[1_000, 10_000, 100_000], runs=3, coldstart_runs=5, portals=20_000, due=1_000, pacing_invocations=20
 )
 SMOKE = Plan(sizes=[1_000], runs=1, coldstart_runs=1, portals=200, due=20, pacing_invocations=4, smoke=True)
-SECTIONS = ("export", "coldstart", "aws", "refresh", "pacing", "realistic")
+SECTIONS = ("export", "coldstart", "aws", "refresh", "pacing", "realistic", "events")
 # Run only when asked for with --only (minutes of wall time at the portal's real request rate).
 OPT_IN = ("million",)
 
@@ -125,7 +125,16 @@ def _million(plan: Plan) -> Section:
     return section
 
 
+def _events(plan: Plan) -> Section:
+    from tests.bench import events
+
+    section = Section("events", "8. Lead events: a 10,000-lead import through the bus")
+    events.run(section, smoke=plan.smoke)
+    return section
+
+
 RUNNERS: dict[str, Callable[[Plan], Section]] = {
+    "events": _events,
     "realistic": _realistic,
     "million": _million,
     "export": _export,
