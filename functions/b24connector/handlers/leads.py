@@ -6,6 +6,7 @@ import time
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from b24connector.changes import ChangesReader, is_change_query, parse_changes_request
 from b24connector.handlers import _services, import_done
 from b24connector.leads import (
     UPSTREAM_ERROR,
@@ -22,6 +23,8 @@ from b24connector.settings import Settings, get_settings
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
+    from b24connector.bitrix24.rest import RestClient
+
 # Leave this much of the invocation for answering: the reader stops starting requests after it.
 ANSWER_RESERVE_SECONDS = 3.0
 # Tokens the shared pacer reserves per DynamoDB write (see reader()).
@@ -29,18 +32,15 @@ PACING_LEASE_SIZE = 1
 
 
 @cache
-def reader(conf: Settings) -> LeadsReader:
-    """The leads use case, wired once per container."""
-    # Imported on the first invocation: the REST client and the secret reader load requests and the
-    # Powertools parameters utility, which invalid requests and other handlers never need.
-    from b24connector import credentials  # noqa: PLC0415
-    from b24connector.bitrix24.listing import FastLister  # noqa: PLC0415
+def rest_client(conf: Settings) -> RestClient:
+    """The paced REST client the leads reader and the change query share (one pacer per container)."""
+    # Imported on the first invocation: the REST client loads requests, which invalid requests and
+    # other handlers never need.
     from b24connector.bitrix24.pacing import LocalTokenBucket, Pacer  # noqa: PLC0415
     from b24connector.bitrix24.rest import RestClient  # noqa: PLC0415
     from b24connector.bitrix24.transport import shared_session  # noqa: PLC0415
     from b24connector.vault.rate_limit import DynamoTokenBucket  # noqa: PLC0415
 
-    store = _services.vault(conf).portals
     pacer: Pacer
     if conf.rate_limit_shared:
         # Concurrent instances share the portal's request budget through the RateLimitTable. One token
@@ -53,16 +53,51 @@ def reader(conf: Settings) -> LeadsReader:
         )
     else:
         pacer = LocalTokenBucket(conf.rate_limit_per_second, conf.rate_limit_burst)
-    rest = RestClient.from_settings(conf, session=shared_session(), pacer=pacer)
+    return RestClient.from_settings(conf, session=shared_session(), pacer=pacer)
+
+
+@cache
+def reader(conf: Settings) -> LeadsReader:
+    """The leads use case, wired once per container."""
+    # Imported on the first invocation: the secret reader loads the Powertools parameters utility.
+    from b24connector import credentials  # noqa: PLC0415
+    from b24connector.bitrix24.listing import FastLister  # noqa: PLC0415
+
+    store = _services.vault(conf).portals
     return LeadsReader(
         VaultPortalOpener(store, _services.coordinator(conf)),
-        FastLister(rest),
+        FastLister(rest_client(conf)),
         CursorCodec(lambda: credentials.cursor_signing_key(conf)),
     )
 
 
+@cache
+def changes_reader(conf: Settings) -> ChangesReader:
+    """The change query (changed_since / checkpoint), on the reader's REST client and shared pacing."""
+    return ChangesReader(
+        VaultPortalOpener(_services.vault(conf).portals, _services.coordinator(conf)), rest_client(conf)
+    )
+
+
+def read_changes(event: Any, deadline: float) -> dict[str, Any]:
+    """A change query (docs/bitrix24-facts.md#f-events-14); expected failures become error answers."""
+    conf = get_settings()
+    try:
+        request = parse_changes_request(event, _services.portal_policy(conf).normalize)
+        answer = changes_reader(conf).read(request, deadline=deadline)
+    except LeadsError as exc:
+        logger.info("changes refused", extra={"code": exc.code})
+        count(f"Changes{exc.code.title().replace('_', '')}")
+        return exc.answer()
+    count("ChangesServed", answer["count"])
+    logger.info("changes served", extra={"count": answer["count"], "more": answer["more"]})
+    return answer
+
+
 def read_leads(event: Any, deadline: float) -> dict[str, Any]:
     """Validate the request and read one page; expected failures become the contract's error answer."""
+    if is_change_query(event):
+        return read_changes(event, deadline)
     conf = get_settings()
     try:
         request = parse_request(event, _services.portal_policy(conf).normalize)
