@@ -418,7 +418,8 @@ class StackClients:
 
     def received_events(self) -> list[dict[str, Any]]:
         """Every event the subscriber's queue holds now (received and deleted)."""
-        url, events = self.subscribe(), []
+        url = self.subscribe()
+        events: list[dict[str, Any]] = []
         while True:
             messages = self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages") or []
             if not messages:
@@ -694,7 +695,7 @@ def step_events(c: StackClients, detail: Detail) -> str:
     lead_id = int(require(added.get("result"), f"crm.lead.add answered {added}"))
     c.admin("POST", "/events/flush", {"timeout": 10})
     deliveries = [d for d in c.admin("GET", "/events")["deliveries"] if d["event"] == "ONCRMLEADADD"]
-    check(deliveries and deliveries[-1]["status"] == 200, f"ONCRMLEADADD answered {deliveries[-1:]}")
+    check(bool(deliveries) and deliveries[-1]["status"] == 200, f"ONCRMLEADADD answered {deliveries[-1:]}")
     detail(
         f"crm.lead.add (REST) → lead {lead_id}; the portal posts ONCRMLEADADD → {url}: 200 (recorded once)"
     )

@@ -25,7 +25,7 @@ def _image(raw: Any) -> dict[str, Any] | None:
     if not isinstance(raw, dict):
         return None
     return {
-        name: _plain(_deserializer.deserialize(value))
+        name: _plain(_deserializer.deserialize(value))  # type: ignore[arg-type]
         for name, value in raw.items()
         if isinstance(value, dict) and not {"B", "BS"} & set(value)
     }
