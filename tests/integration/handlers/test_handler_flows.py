@@ -159,13 +159,19 @@ def test_api_only_install_is_journaled_applied_and_subscribed_then_uninstalled_t
         "admin",
         "bound",
     )
-    assert item["subscribed_events"]["L"] == [{"S": "ONAPPUNINSTALL"}]
+    # ONAPPUNINSTALL and the default LEAD_EVENTS (the record keeps them sorted)
+    assert item["subscribed_events"]["L"] == [
+        {"S": e} for e in ("ONAPPUNINSTALL", "ONCRMLEADADD", "ONCRMLEADDELETE", "ONCRMLEADUPDATE")
+    ]
     assert (
         item["application_token_hash"]["S"] == hashlib.sha256(emulator.application_token.encode()).hexdigest()
     )
     assert emulator.application_token not in repr(item)
     bindings = emulator.events()["bindings"]
-    assert [(b["event"], b["handler"]) for b in bindings] == [("ONAPPUNINSTALL", connector.events_url())]
+    assert [(b["event"], b["handler"]) for b in bindings] == [
+        (e, connector.events_url())
+        for e in ("ONAPPUNINSTALL", "ONCRMLEADADD", "ONCRMLEADUPDATE", "ONCRMLEADDELETE")
+    ]
     # When the administrator removes the app, Bitrix24 delivers ONAPPUNINSTALL through the binding
     removed = emulator.uninstall(clean=False)
     # Then it is accepted for confirmation (a token alone proves nothing: employees can read it) ...

@@ -381,7 +381,13 @@ def _raw_post(
         (lambda p: _raw_post(p, b"a=" + b"x" * 9_000_000), 413, "body_too_large"),
         (lambda p: http_event("GET", p), 405, "method_not_allowed"),
         (lambda p: _raw_post(p, b"event=ONAPPINSTALL&event=ONAPPUNINSTALL"), 400, "event_duplicate"),
-        (lambda p: _raw_post(p, b"event=ONCRMLEADADD&auth%5Bmember_id%5D=x"), 400, "event_unsupported"),
+        (lambda p: _raw_post(p, b"event=ONCRMDEALADD&auth%5Bmember_id%5D=x"), 400, "event_unsupported"),
+        # A lead event without its application token never reaches storage.
+        (
+            lambda p: _raw_post(p, b"event=ONCRMLEADADD&auth%5Bmember_id%5D=x"),
+            400,
+            "application_token_invalid",
+        ),
         (lambda p: _raw_post(p, b"event=ONAPPINSTALL"), 400, "auth_missing"),
         (
             lambda p: _raw_post(p, b"event=ONAPPUNINSTALL&auth%5Bmember_id%5D=m"),
