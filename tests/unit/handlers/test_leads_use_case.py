@@ -18,6 +18,7 @@ from b24connector.bitrix24.errors import (
     QueryLimitExceeded,
     ServerError,
 )
+from b24connector.bitrix24.list_query import ListQuery
 from b24connector.bitrix24.listing import ListHead
 from b24connector.leads import (
     MAX_LIMIT,
@@ -90,12 +91,13 @@ class FakeLister:
                 continue
             yield row
 
-    def iter_list(self, portal: Any, method: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
-        return self._iter(portal, method, parallel=False, **kwargs)
+    def iter_list(self, portal: Any, query: ListQuery) -> Iterator[dict[str, Any]]:
+        return self._iter(portal, query.method, parallel=False, **_keywords(query))
 
-    def read_head(self, portal: Any, method: str, **kwargs: Any) -> ListHead:
+    def read_head(self, portal: Any, query: ListQuery) -> ListHead:
         """Like FastLister.read_head: one batch (at most 2,450 rows, at most `limit`) and the top ID."""
-        self.calls.append({"portal": portal, "method": method, "head": True, **kwargs})
+        kwargs = _keywords(query)
+        self.calls.append({"portal": portal, "method": query.method, "head": True, **kwargs})
         if self.error is not None:
             raise self.error
         after = kwargs.get("after_id", 0)
@@ -107,8 +109,19 @@ class FakeLister:
         top = None if exhausted else int(matching[-1]["ID"])
         return ListHead(head, top, exhausted, density, last)
 
-    def iter_list_parallel(self, portal: Any, method: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
-        return self._iter(portal, method, parallel=True, **kwargs)
+    def iter_list_parallel(self, portal: Any, query: ListQuery) -> Iterator[dict[str, Any]]:
+        return self._iter(portal, query.method, parallel=True, **_keywords(query))
+
+
+def _keywords(query: ListQuery) -> dict[str, Any]:
+    """The query as the keywords the fake records and matches on."""
+    return {
+        "select": query.select,
+        "filter": query.filter,
+        "after_id": query.after_id,
+        "before_id": query.before_id,
+        "limit": query.limit,
+    }
 
 
 class FakePortals:
