@@ -317,6 +317,24 @@ def test_a_bounded_cursor_round_trip() -> None:
     assert json.loads(base64.urlsafe_b64decode(cursor.partition(".")[0] + "==="))["v"] == 2
 
 
+# Signed under b"k" * 32 by the codec as it was before the leads package (commit 9c8e01c): cursors
+# callers hold must keep working across the restructure (same payload formats, same MAC label).
+_EARLIER_CURSORS = {
+    "eyJhIjo0MjAwLCJtIjoiYTIyM2M2YjM3MTBmODVkZjIyZTkzNzdkNmM0Zjc1NTMiLCJxIjoiQUFFQ0F3UUZCZ2NJQ1FvTERBME9EdyIsInYiOjF9"
+    ".OvlzQdYTG43h7cSxDzcQq06hRnQ3L_IKNPnnWU3BiN4": None,
+    "eyJhIjo0MjAwLCJiIjo5MDAxLCJtIjoiYTIyM2M2YjM3MTBmODVkZjIyZTkzNzdkNmM0Zjc1NTMiLCJxIjoiQUFFQ0F3UUZCZ2NJQ1FvTERBME9EdyIsInYiOjJ9"
+    ".EwLl7_S0Vz7GPmV4040rMcWv-sU8wAH-RxiGP0zmQ5o": 9001,
+}
+
+
+@pytest.mark.parametrize(("cursor", "before_id"), list(_EARLIER_CURSORS.items()))
+def test_cursors_issued_before_the_restructure_still_decode(cursor: str, before_id: int | None) -> None:
+    codec = CursorCodec(lambda: b"k" * 32)
+    expected = CursorPosition("a223c6b3710f85df22e9377d6c4f7553", bytes(range(16)), 4200, before_id)
+    assert codec.decode(cursor) == expected
+    assert codec.encode(expected) == cursor
+
+
 @pytest.mark.parametrize(
     "mangle",
     [
