@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from b24connector.bitrix24.errors import Bitrix24Error
+from b24connector.identifiers import is_member_id
 from b24connector.leads import LeadsError, PortalOpener, error_for
 from b24connector.numbers import ascii_int
 from b24connector.vault.errors import VaultError
@@ -38,7 +39,6 @@ MAX_CHANGES_LIMIT = 5_000
 DEFAULT_CHANGES_LIMIT = 500
 PAGE = 50  # crm.lead.list with start=-1 answers at most 50 rows (docs/bitrix24-facts.md#f-list-1)
 _ALLOWED = frozenset({"member_id", "domain", "changed_since", "checkpoint", "select", "limit"})
-_MEMBER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _FIELD = re.compile(r"(?:[A-Za-z][A-Za-z0-9_]{0,63}|\*|UF_\*)\Z")
 # A date-time as the portal writes DATE_MODIFY (2021-11-26T18:56:13+02:00), or without a zone.
 _ISO = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:[+-]\d{2}:\d{2}|Z)?\Z")
@@ -135,7 +135,7 @@ def _portal_key(payload: Mapping[str, Any], normalize: Callable[[str], str]) -> 
         raise _invalid("give exactly one of member_id or domain")
     if "member_id" in payload:
         member_id = payload["member_id"]
-        if not isinstance(member_id, str) or not _MEMBER_ID.match(member_id):
+        if not is_member_id(member_id):
             raise _invalid("member_id must be a string of 1-64 letters, digits, '_' or '-'")
         return member_id, None
     domain = payload["domain"]

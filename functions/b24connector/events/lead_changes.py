@@ -25,13 +25,13 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from b24connector.events.outbox import OutboxItem
+from b24connector.identifiers import is_member_id
 from b24connector.numbers import ascii_int
 from b24connector.problems import forbidden, invalid, unavailable
 from b24connector.settings import LEAD_EVENT_NAMES
 from b24connector.vault.errors import VaultUnavailable
-from b24connector.vault.store import hash_secret
+from b24connector.vault.hashing import hash_secret
 
-_MEMBER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _OPAQUE = re.compile(r"[\x21-\x7e]{1,512}\Z")
 _MAX_TS = 2**40  # far beyond any plausible Unix time; keeps the key bounded
 
@@ -85,7 +85,7 @@ def parse_lead_delivery(payload: Mapping[str, Any]) -> LeadDelivery:
     if not isinstance(auth, Mapping):
         raise invalid("auth_missing", "The event has no auth block.")
     member_id = auth.get("member_id")
-    if not isinstance(member_id, str) or not _MEMBER_ID.match(member_id):
+    if not is_member_id(member_id):
         raise invalid("member_id_invalid", "Field auth[member_id] is missing or malformed.")
     token = auth.get("application_token")
     if not isinstance(token, str) or not _OPAQUE.match(token):

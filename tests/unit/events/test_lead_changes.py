@@ -11,7 +11,7 @@ from b24connector.events.lead_changes import LeadDeliveryDesk, LeadOutcome, pars
 from b24connector.events.outbox import OutboxItem
 from b24connector.problems import Problem, ProblemKind
 from b24connector.vault.errors import VaultUnavailable
-from b24connector.vault.store import hash_secret
+from b24connector.vault.hashing import hash_secret
 
 APP_TOKEN = "51856fefc120afa4b628cc82d3935cce"
 
