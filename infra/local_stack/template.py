@@ -194,7 +194,9 @@ class Template:
         elif kind == "DynamoDB":
             table = _logical_target(props.get("Stream"))
             if table is None:
-                raise TemplateError(f"{fn.logical_id}.{name}: Stream must be a table's StreamArn in the template")
+                raise TemplateError(
+                    f"{fn.logical_id}.{name}: Stream must be a table's StreamArn in the template"
+                )
             patterns = [
                 json.loads(f["Pattern"]) if isinstance(f.get("Pattern"), str) else f.get("Pattern")
                 for f in (props.get("FilterCriteria") or {}).get("Filters") or []
@@ -204,7 +206,8 @@ class Template:
                     table=table,
                     function=fn.logical_id,
                     batch_size=int(props.get("BatchSize", 100)),
-                    report_batch_item_failures="ReportBatchItemFailures" in (props.get("FunctionResponseTypes") or []),
+                    report_batch_item_failures="ReportBatchItemFailures"
+                    in (props.get("FunctionResponseTypes") or []),
                     filters=tuple(p for p in patterns if isinstance(p, dict)),
                     enabled=bool(props.get("Enabled", True)),
                 )

@@ -159,7 +159,10 @@ def table_definitions(template: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         stream = _literal(props.get("StreamSpecification"), f"{where}.StreamSpecification")
         if stream:
             # create_table's shape (CloudFormation's has no StreamEnabled: a specification means on).
-            kwargs["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": str(stream["StreamViewType"])}
+            kwargs["StreamSpecification"] = {
+                "StreamEnabled": True,
+                "StreamViewType": str(stream["StreamViewType"]),
+            }
         definitions[logical_id] = kwargs
     return definitions
 
