@@ -155,6 +155,16 @@ class ListHead:
     last: int  # the next read starts after this ID
 
 
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    """A planned read of whole ID windows: its rows, where the next read starts and the density seen."""
+
+    rows: list[Row]
+    last: int  # the next read starts after this ID
+    exhausted: bool  # nothing matches after `last` (below the read's upper bound)
+    density: float  # rows per ID over the IDs this read walked: the plan for the next read
+
+
 @dataclass(slots=True)
 class _Progress:
     last: int
@@ -432,6 +442,70 @@ class FastLister:
             for page in self.iter_window(portal, spec, select_, rest, limit=limit - produced):
                 yield from emit(page)
 
+    def read_windows(
+        self,
+        portal: PortalContext,
+        method: str,
+        *,
+        select: Sequence[str] = (),
+        filter: Mapping[str, Any] | None = None,
+        after_id: int = 0,
+        before_id: int | None = None,
+        top: int | None = None,
+        density: float = 1.0,
+        batches: int = 1,
+        limit: int | None = None,
+        entity_type_id: int = 1,
+    ) -> ListPage:
+        """At most `batches` ID windows of about one batch each, planned from an earlier read, read at once.
+
+        No head request: `top` (the highest matching ID an earlier read saw) and `density` come from
+        that read, so every request is a whole window and all of them run in one round. A bounded read
+        (`before_id`) plans up to its bound; an open one up to `top` and then reads one open window above
+        it, so rows created since `top` was seen are not lost. Rows come in ID order, at most `limit`.
+        """
+        spec = list_spec(method, entity_type_id=entity_type_id)
+        select_ = _select_with_id(spec, select)
+        window = make_window(spec, filter, after_id, before_id)
+        end = window.before - 1 if window.before is not None else top if top is not None else window.after
+        size = window_span(density)
+        stop = max(window.after, min(end, window.after + max(1, batches) * size))
+        windows = [
+            Window(low, min(low + size, stop) + 1, window.base_filter)
+            for low in range(window.after, stop, size)
+        ]
+        tail = window.before is None and stop >= end
+        if tail:
+            windows.append(Window(stop, None, window.base_filter))
+        rows: list[Row] = []
+
+        def emit(page: list[Row]) -> Iterator[Row]:
+            for row in page:
+                if limit is not None and len(rows) >= limit:
+                    return
+                rows.append(row)
+                yield row
+
+        for _ in self._run_windows(
+            portal,
+            spec,
+            select_,
+            windows,
+            workers=len(windows),
+            emit=emit,
+            done=lambda: limit is not None and len(rows) >= limit,
+            window_limit=limit,
+        ):
+            pass
+        span = stop - window.after
+        seen = sum(1 for row in rows if spec.id_of(row) <= stop)
+        walked = max(seen, 1) / span if span > 0 else density
+        if limit is not None and len(rows) >= limit:
+            return ListPage(rows, spec.id_of(rows[-1]), False, walked)
+        exhausted = tail or (window.before is not None and stop >= window.before - 1)
+        last = max(stop, spec.id_of(rows[-1])) if rows else stop
+        return ListPage(rows, last, exhausted, walked)
+
     @staticmethod
     def _top_of(spec: ListSpec, result: BatchResult | None) -> int | None:
         if result is None or "top" in result.errors:
@@ -449,13 +523,14 @@ class FastLister:
         workers: int,
         emit: Callable[[list[Row]], Iterator[Row]],
         done: Callable[[], bool],
+        window_limit: int | None = None,
     ) -> Iterator[Row]:
         # Imported here: only the parallel path pays for concurrent.futures at cold start.
         from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
 
         def read(window: Window) -> list[Row]:
             rows: list[Row] = []
-            for page in self.iter_window(portal, spec, select, window):
+            for page in self.iter_window(portal, spec, select, window, limit=window_limit):
                 rows.extend(page)
             return rows
 
@@ -498,6 +573,13 @@ def _max_id_params(spec: ListSpec, window: Window) -> dict[str, Any]:
 _WINDOW_FILL = 0.98
 
 
+def window_span(density: float) -> int:
+    """IDs in a window expected to hold a little under one batch (2,500 rows) at `density` rows per ID."""
+    batch_rows = PAGE_SIZE * MAX_CHAIN
+    # At density 1 a window of 2,500 IDs holds exactly 2,500 rows; sparser ranges get wider windows.
+    return max(batch_rows, math.floor(batch_rows * _WINDOW_FILL / max(density, 1e-6)))
+
+
 def _split(
     after: int, top: int, density: float, base_filter: Mapping[str, Any], wanted: int | None
 ) -> tuple[list[Window], int]:
@@ -507,9 +589,7 @@ def _split(
     a limited read must not fetch windows past its limit. Returns the windows and the last ID they cover.
     """
     density = max(density, 1e-6)
-    batch_rows = PAGE_SIZE * MAX_CHAIN
-    # At density 1 a window of 2,500 IDs holds exactly 2,500 rows; sparser ranges get wider windows.
-    size = max(batch_rows, math.floor(batch_rows * _WINDOW_FILL / density))
+    size = window_span(density)
     end = top if wanted is None else min(top, after + math.ceil(wanted / density))
     windows = [Window(low, min(low + size, end) + 1, base_filter) for low in range(after, end, size)]
     return windows, end
