@@ -15,6 +15,11 @@ Contract (ARCHITECTURE.md section 2). Choices made here:
 - `split: K` (optional, additive) answers one batch of leads and, besides `next_cursor`, up to K signed
   `split_cursors` that cut the rest of the ID range into consecutive parts (each but the last carrying
   its upper bound inside the signature), so a caller can read them on K concurrent invocations.
+- A large page (more than one batch) is whole ID windows of about one batch each: `limit // 2,500`
+  requests, ~2,450 rows each, so a page of `limit=20_000` answers ~19,600 rows. The cursor carries the
+  highest ID and the ID density the previous page saw (signed, advisory: they shape the windows, never
+  which rows match), so a following page plans its windows without a head request and reads them all
+  in one round.
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ from b24connector.vault.refresh import RefreshCoordinator
 from b24connector.vault.store import PortalStore
 
 if TYPE_CHECKING:
-    from b24connector.bitrix24.listing import ListHead
+    from b24connector.bitrix24.listing import ListHead, ListPage
 
 LEAD_METHOD = "crm.lead.list"
 DEFAULT_LIMIT = 1000
@@ -81,8 +86,8 @@ MAX_CURSOR_CHARS = 1_024
 # URL-encoded (up to ~5x bigger), so this bounds a batch body near 4.2 MB (rest.MAX_REQUEST_BYTES is 8 MiB).
 MAX_QUERY_BYTES = 16 * 1024
 MAX_SPLIT = 16
-# A split part is never planned below one batch of rows: smaller parts cost requests, not time.
-MIN_SPLIT_ROWS = 2_450
+# One batch request: 50 chained pages of 50 rows. A planned page reads limit // BATCH_ROWS of them.
+BATCH_ROWS = 2_500
 
 _ALLOWED_KEYS = frozenset({"member_id", "domain", "select", "filter", "order", "limit", "cursor", "split"})
 _MEMBER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
@@ -311,6 +316,14 @@ def _cursor_text(value: object) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadPlan:
+    """What an earlier read saw: the highest matching ID and rows per ID (plans the next page's windows)."""
+
+    top: int
+    density: float
+
+
+@dataclass(frozen=True, slots=True)
 class CursorPosition:
     """Where the next page starts: after `last_id` (and below `before_id`), for this tenant and query only."""
 
@@ -318,6 +331,7 @@ class CursorPosition:
     query_digest: bytes
     last_id: int
     before_id: int | None = None
+    plan: ReadPlan | None = None  # advisory: lets the next page skip its head request
 
 
 def _b64(data: bytes) -> str:
@@ -349,6 +363,9 @@ class CursorCodec:
         }
         if position.before_id is not None:
             payload.update(v=_BOUNDED_CURSOR_VERSION, b=position.before_id)
+        if position.plan is not None:
+            # Optional keys, ignored by readers that predate them: they only shape the next read.
+            payload.update(t=position.plan.top, d=_density_ppm(position.plan.density))
         body = _b64(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("ascii"))
         return f"{body}.{_b64(self._mac(body))}"
 
@@ -365,22 +382,35 @@ class CursorCodec:
             payload = json.loads(_unb64(body))
             member_id, digest, last_id = payload["m"], _unb64(payload["q"]), payload["a"]
             version, before_id = payload.get("v"), payload.get("b")
+            top, ppm = payload.get("t"), payload.get("d")
         except (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError):
             raise rejected from None
         bounded = version == _BOUNDED_CURSOR_VERSION
+        planned = top is not None or ppm is not None
         if (
             version not in (_CURSOR_VERSION, _BOUNDED_CURSOR_VERSION)
             or not isinstance(member_id, str)
             or not _is_position(last_id)
             or (bounded and not _is_position(before_id))
             or (not bounded and before_id is not None)
+            or (planned and not (_is_position(top) and _is_ppm(ppm)))
         ):
             raise rejected
-        return CursorPosition(member_id, digest, last_id, before_id if bounded else None)
+        plan = ReadPlan(top, ppm / 1_000_000) if planned else None
+        return CursorPosition(member_id, digest, last_id, before_id if bounded else None, plan)
 
 
 def _is_position(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _density_ppm(density: float) -> int:
+    """Rows per million IDs, 1..1,000,000: an integer keeps the cursor free of floats."""
+    return min(1_000_000, max(1, round(density * 1_000_000)))
+
+
+def _is_ppm(value: object) -> bool:
+    return _is_position(value) and 1 <= value <= 1_000_000  # type: ignore[operator]
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -429,6 +459,23 @@ class LeadLister(Protocol):
         limit: int | None = None,
     ) -> ListHead:
         """One request: the first batch of rows, the highest matching ID and the ID density."""
+        ...
+
+    def read_windows(
+        self,
+        portal: Any,
+        method: str,
+        *,
+        select: Sequence[str] = (),
+        filter: Mapping[str, Any] | None = None,  # Bitrix24's own parameter name
+        after_id: int = 0,
+        before_id: int | None = None,
+        top: int | None = None,
+        density: float = 1.0,
+        batches: int = 1,
+        limit: int | None = None,
+    ) -> ListPage:
+        """Up to `batches` whole ID windows planned from `top` and `density`, read in one round."""
         ...
 
 
@@ -549,12 +596,17 @@ def split_points(last: int, top: int, density: float, parts: int) -> list[int]:
     """Increasing IDs from `last` that cut (last, top] into at most `parts` ranges of similar row counts.
 
     Part i holds the IDs in (points[i], points[i + 1]]; the last part is everything above points[-1].
-    Ranges are never planned below MIN_SPLIT_ROWS expected rows (each part costs a first batch).
+    Every cut falls on a whole window of the lister's plan (about one batch of rows), so each part is
+    read with whole batches and none ends in a part-filled request; a part holds at least one window.
     """
+    # Imported here: the split path is the only one that plans parts (the lister loads at first read).
+    from b24connector.bitrix24.listing import window_span  # noqa: PLC0415
+
     span = top - last
-    expected = span * max(min(density, 1.0), 0.0)
-    count = max(1, min(parts, math.ceil(expected / MIN_SPLIT_ROWS), span))
-    return [last + (span * i) // count for i in range(count)]
+    size = window_span(density)
+    windows = max(1, math.ceil(span / size))
+    count = max(1, min(parts, windows, span))
+    return [last + size * ((windows * i) // count) for i in range(count)]
 
 
 # Which Bitrix24 errors tell the caller to have the portal connected again: docs/bitrix24-errors.md.
@@ -728,11 +780,18 @@ class LeadsReader:
         before_id = position.before_id if position is not None else None
         if request.split is not None:
             return self._read_split(portal, request, digest, (after_id, before_id), request.split)
-        leads, more = self._collect(portal, request, after_id, before_id)
+        plan = None
+        if request.limit > self._parallel_from:
+            plan = position.plan if position is not None else None
+            leads, last, plan = self._collect_windows(portal, request, after_id, before_id, plan)
+        else:
+            leads, more = self._collect(portal, request, after_id, before_id)
+            last = _row_id(leads[-1]) if more and leads else None
         next_cursor = None
-        if more and leads:
-            last = _row_id(leads[-1])
-            next_cursor = self._cursors.encode(CursorPosition(portal.member_id, digest, last, before_id))
+        if last is not None and leads:
+            next_cursor = self._cursors.encode(
+                CursorPosition(portal.member_id, digest, last, before_id, plan)
+            )
         return LeadsPage(leads, next_cursor)
 
     def _read_split(
@@ -768,17 +827,76 @@ class LeadsReader:
             return LeadsPage(rows, None, [])
         last = _row_id(rows[-1]) if cut else head.last
 
-        def cursor(low: int, high: int | None) -> str:
-            return self._cursors.encode(CursorPosition(portal.member_id, digest, low, high))
+        def cursor(low: int, high: int | None, plan: ReadPlan | None) -> str:
+            return self._cursors.encode(CursorPosition(portal.member_id, digest, low, high, plan))
 
-        next_cursor = cursor(last, before_id)
+        plan = None if head.top is None else ReadPlan(head.top, head.density)
+        next_cursor = cursor(last, before_id, plan)
         if head.top is None or head.top <= last:
             return LeadsPage(rows, next_cursor, [])  # nothing known to split: follow next_cursor
         points = split_points(last, head.top, head.density, split)
-        parts = [cursor(low, high + 1) for low, high in itertools.pairwise(points)]
+        parts = [cursor(low, high + 1, plan) for low, high in itertools.pairwise(points)]
         # The last part stays open above the highest ID seen: leads created meanwhile are not lost.
-        parts.append(cursor(points[-1], before_id))
+        parts.append(cursor(points[-1], before_id, plan))
         return LeadsPage(rows, next_cursor, parts)
+
+    def _collect_windows(
+        self,
+        portal: OpenPortal,
+        request: LeadsRequest,
+        after_id: int,
+        before_id: int | None,
+        plan: ReadPlan | None,
+    ) -> tuple[list[dict[str, Any]], int | None, ReadPlan | None]:
+        """(rows, where the next page starts or None at the end, its plan): limit // BATCH_ROWS whole windows.
+
+        Without a plan the first request is a head (one batch plus the highest ID), the rest of the page
+        windows sized from it; with one, every request is a window and all run in one round. The page
+        ends on a window boundary, not at `limit`: a part-filled window would cost a request for a few
+        rows and the next page's first request would overlap it.
+        """
+        batches = max(1, request.limit // BATCH_ROWS)
+        query: dict[str, Any] = {"select": request.select, "filter": request.filter, "before_id": before_id}
+        rows: list[dict[str, Any]] = []
+        last: int | None = after_id
+        try:
+            if plan is None:
+                head = self._lister.read_head(
+                    portal.context, LEAD_METHOD, after_id=after_id, limit=request.limit, **query
+                )
+                rows.extend(head.rows)
+                last = None if head.exhausted else head.last
+                if head.top is not None:
+                    plan = ReadPlan(head.top, head.density)
+                batches -= 1
+            while last is not None and plan is not None and batches > 0 and len(rows) < request.limit:
+                page = self._lister.read_windows(
+                    portal.context,
+                    LEAD_METHOD,
+                    after_id=last,
+                    top=plan.top,
+                    density=plan.density,
+                    batches=batches,
+                    limit=request.limit - len(rows),
+                    **query,
+                )
+                rows.extend(page.rows)
+                last = None if page.exhausted else page.last
+                plan = ReadPlan(plan.top, page.density)
+                if rows:
+                    break  # windows without a single row: plan wider ones from what they showed
+        except (Bitrix24Error, VaultError) as exc:
+            if not (rows and _resumable(exc)):
+                raise error_for(exc) from None
+            last = _row_id(rows[-1])
+        answer = _AnswerRows(self._max_answer_bytes)
+        for row in rows:
+            if not answer.add(row):
+                break
+        answer.close()
+        if answer.full:
+            last = _row_id(answer.rows[-1])
+        return answer.rows, last, plan
 
     def _collect(
         self, portal: OpenPortal, request: LeadsRequest, after_id: int, before_id: int | None
