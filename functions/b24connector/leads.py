@@ -830,11 +830,14 @@ class LeadsReader:
         def cursor(low: int, high: int | None, plan: ReadPlan | None) -> str:
             return self._cursors.encode(CursorPosition(portal.member_id, digest, low, high, plan))
 
-        plan = None if head.top is None else ReadPlan(head.top, head.density)
+        # The density as the cursors will carry it (to the ppm): the parts' windows are planned from the
+        # cursor, and must fall on the same grid as the cuts, or each part ends in a sliver of a window.
+        density = _density_ppm(head.density) / 1_000_000
+        plan = None if head.top is None else ReadPlan(head.top, density)
         next_cursor = cursor(last, before_id, plan)
         if head.top is None or head.top <= last:
             return LeadsPage(rows, next_cursor, [])  # nothing known to split: follow next_cursor
-        points = split_points(last, head.top, head.density, split)
+        points = split_points(last, head.top, density, split)
         parts = [cursor(low, high + 1, plan) for low, high in itertools.pairwise(points)]
         # The last part stays open above the highest ID seen: leads created meanwhile are not lost.
         parts.append(cursor(points[-1], before_id, plan))

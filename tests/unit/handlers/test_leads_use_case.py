@@ -18,7 +18,7 @@ from b24connector.bitrix24.errors import (
     QueryLimitExceeded,
     ServerError,
 )
-from b24connector.bitrix24.listing import ListHead, ListPage, window_span
+from b24connector.bitrix24.listing import FastLister, ListHead, ListPage, window_span
 from b24connector.leads import (
     BATCH_ROWS,
     MAX_LIMIT,
@@ -739,3 +739,29 @@ def test_chunked_sizing_cuts_exactly_where_row_by_row_sizing_would(cap: int) -> 
         assert [row["ID"] for row in page.leads] == expected
         assert len(json.dumps(page.leads, separators=(", ", ": "))) <= cap
         assert page.next_cursor is not None or len(expected) == len(rows)
+
+
+def test_a_split_export_over_the_real_lister_costs_one_request_per_window() -> None:
+    # Given 100,000 leads with one ID in ten missing, behind the real FastLister (fake transport)
+    from tests.unit.bitrix24.fakes import FakeCrm, FakeTime, make_client, make_portal
+    from tests.unit.bitrix24.test_fast_list import with_gaps
+
+    ids = with_gaps(100_000)
+    crm, clock = FakeCrm(ids), FakeTime()
+    lister = FastLister(make_client(crm.transport, clock), sleep=clock.sleep, rand=lambda: 0.5)
+
+    class OnePortal:
+        def open(self, *, member_id: str | None, domain: str | None, deadline: float | None) -> OpenPortal:
+            return OpenPortal("m1", make_portal())
+
+    service = LeadsReader(OnePortal(), lister, CursorCodec(lambda: KEY))
+    # When the first page splits 16 ways and every part is read to its end
+    first = service.read(request(member_id="m1", limit=MAX_LIMIT, split=16))
+    assert first.split_cursors is not None
+    seen = [row["ID"] for row in first.leads]
+    for part in first.split_cursors:
+        seen += _follow(service, part, member_id="m1", limit=MAX_LIMIT)
+    # Then every lead came once, in order, for one head, one request per window and the open tail:
+    # the parts are cut on the windows' own grid, so none ends in a sliver of a window
+    assert seen == [str(i) for i in ids]
+    assert crm.requests <= -(-len(ids) // 2_450) + 2
