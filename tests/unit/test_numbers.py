@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from b24connector.bitrix24.errors import MalformedTokenPayload
@@ -37,3 +39,20 @@ def test_token_payloads_with_such_numbers_are_malformed(field: str, value: objec
     payload = {"access_token": "a" * 8, "refresh_token": "r" * 8, "member_id": "m", "expires_in": 3600}
     with pytest.raises(MalformedTokenPayload):
         TokenSet.from_payload({**payload, field: value}, now=1_000)
+
+
+@pytest.mark.parametrize(
+    "value", ["0", "7", "0042", "12345", "9" * 16, "9" * 17, "9" * 15 + "²", "12 ", " 12", "1_000", "-0"]
+)
+def test_the_id_string_fast_path_answers_as_the_full_check(value: str) -> None:
+    # The fast path (plain ASCII digit strings) must agree with the general rule for every string.
+    match = re.fullmatch(r"-?[0-9]{1,16}", value.strip())
+    expected = int(value) if match and 0 <= int(value) <= MAX_SAFE_INTEGER else None
+    assert ascii_int(value) == expected
+
+
+def test_the_fast_path_keeps_the_bounds() -> None:
+    assert ascii_int("9" * 16) is None  # 16 digits, above 2**53 - 1
+    assert ascii_int("5", minimum=6) is None
+    assert ascii_int("5", maximum=4) is None
+    assert ascii_int("5", minimum=5, maximum=5) == 5

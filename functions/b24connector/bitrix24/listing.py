@@ -315,11 +315,18 @@ class FastLister:
         if tail:
             windows.append(Window(stop, None, window.base_filter))
         out = _Emitter(query.limit)
+        # Every window starts at once, one request each: the shared pacer can reserve them in one write.
+        self.client.expect_requests(portal, len(windows))
         rows = list(
             self._run_windows(portal, read, windows, workers=len(windows), out=out, window_limit=query.limit)
         )
         span = stop - window.after
-        seen = sum(1 for row in rows if spec.id_of(row) <= stop)
+        # Rows come in ascending ID order: only the open tail window's rows lie above `stop`, so count
+        # those from the end instead of reading every row's ID again.
+        above = 0
+        while above < len(rows) and spec.id_of(rows[-1 - above]) > stop:
+            above += 1
+        seen = len(rows) - above
         walked = max(seen, 1) / span if span > 0 else density
         if out.done():
             return ListPage(rows, spec.id_of(rows[-1]), False, walked)

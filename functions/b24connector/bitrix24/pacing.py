@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from b24connector.bitrix24.errors import QueryLimitExceeded
 
@@ -17,6 +17,15 @@ class Pacer(Protocol):
 
     def acquire(self, key: str, deadline: float | None) -> None:
         """Block until a request may be sent; raise QueryLimitExceeded if that is after `deadline` (monotonic)."""
+        ...
+
+
+@runtime_checkable
+class PlanningPacer(Protocol):
+    """A Pacer that can be told how many requests are about to start at once (to reserve them together)."""
+
+    def expect(self, key: str, requests: int) -> None:
+        """The next `requests` acquires for `key` come together (a planned read's windows)."""
         ...
 
 

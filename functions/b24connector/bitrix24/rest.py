@@ -46,7 +46,7 @@ from b24connector.bitrix24.errors import (
     UnknownAuthError,
     UnsafeEndpoint,
 )
-from b24connector.bitrix24.pacing import LocalTokenBucket, Pacer
+from b24connector.bitrix24.pacing import LocalTokenBucket, Pacer, PlanningPacer
 from b24connector.bitrix24.transport import (
     DEFAULT_TIMEOUT,
     BodyDeadline,
@@ -283,6 +283,11 @@ class RestClient:
         return f"RestClient(policy={self.policy!r}, pacer={self.pacer!r}, timeout={self._timeout!r})"
 
     # --- public API -------------------------------------------------------------------------------
+
+    def expect_requests(self, portal: PortalContext, requests: int) -> None:
+        """Tell the pacer that `requests` requests to `portal` start now together (it may reserve them at once)."""
+        if requests > 1 and isinstance(self.pacer, PlanningPacer):
+            self.pacer.expect(portal.pacing_key, requests)
 
     def call(
         self, portal: PortalContext, method: str, params: Mapping[str, Any] | None = None

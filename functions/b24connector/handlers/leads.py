@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 # Leave this much of the invocation for answering: the reader stops starting requests after it.
 ANSWER_RESERVE_SECONDS = 3.0
-# Tokens the shared pacer reserves per DynamoDB write (see reader()).
+# Tokens the shared pacer reserves per DynamoDB write on speculation (see reader()).
 PACING_LEASE_SIZE = 1
 
 
@@ -43,9 +43,11 @@ def reader(conf: Settings) -> LeadsReader:
     store = _services.vault(conf).portals
     pacer: Pacer
     if conf.rate_limit_shared:
-        # Concurrent instances share the portal's request budget through the RateLimitTable. One token
-        # per write: a lease's unused tokens die with the invocation, and a parallel export runs many
-        # short invocations (5 parts x 8 requests wasted ~6 of the 47 usable tokens with leases of 5).
+        # Concurrent instances share the portal's request budget through the RateLimitTable. No
+        # speculative leases: their unused tokens die with the invocation, and a parallel export runs
+        # many short invocations (5 parts x 8 requests wasted ~6 of the 47 usable tokens with leases of
+        # 5). A planned read announces its windows (FastLister.read_windows -> expect()), so a round
+        # of N windows still costs one write, not N, and no token is reserved that is not used.
         pacer = DynamoTokenBucket.from_settings(
             conf,
             lease_size=PACING_LEASE_SIZE,

@@ -30,6 +30,11 @@ that others are waiting for. Trade-offs, both bounded:
   tokens (50 -> 47 with the defaults) so the portal's own bucket never overflows;
 - tokens leased but not used when an invocation ends are lost (at most lease_size - 1 per instance,
   and only while the bucket had burst to spare).
+A caller that knows how many requests it is about to start at once (a planned read of N ID windows)
+says so with `expect(key, N)`: the first of them reserves all N in one write, whatever `lease_size`
+(still only while the bucket has them all to spare now; otherwise one at a time as above). Nothing
+is speculative there, so nothing is wasted: LeadsFunction keeps `lease_size` 1 and still pays one
+write per invocation's round of windows instead of one per request.
 If DynamoDB fails (throttled after botocore's retries, unreachable), the process paces itself with a
 small local bucket instead of failing the read; the REST client's 503 backoff covers the rest.
 """
@@ -91,13 +96,14 @@ def _reason(exc: Exception) -> str:
 class _Lease:
     """Tokens reserved by this process for one key: their slot times (Unix seconds), oldest first."""
 
-    __slots__ = ("demand", "lock", "slots", "tat")
+    __slots__ = ("demand", "expected", "lock", "slots", "tat")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.slots: deque[float] = deque()
         self.tat: float | None = None  # last tat this process saw (an estimate of the shared state)
         self.demand: deque[float] = deque()  # when this process asked lately (the lease follows demand)
+        self.expected = 0  # acquires announced by expect() and not yet reserved
 
     def note_demand(self, now: float, window: float) -> int:
         """Record one request at `now`; how many were asked for within the last `window` seconds."""
@@ -191,13 +197,19 @@ class DynamoTokenBucket:
 
     # --- Pacer ------------------------------------------------------------------------------------
 
+    def expect(self, key: str, requests: int) -> None:
+        """The next `requests` acquires for `key` start together: reserve them with one write if the bucket has them."""
+        lease = self._lease(key)
+        with lease.lock:
+            lease.expected = max(0, requests)
+
     def acquire(self, key: str, deadline: float | None) -> None:
         """Take one token for `key`, sleeping until its slot; QueryLimitExceeded if that is after `deadline`."""
         wall_deadline = None if deadline is None else self._clock() + (deadline - self._monotonic())
         lease = self._lease(key)
         failure: str | None = None
         with lease.lock:
-            demand = lease.note_demand(self._clock(), self.lease_seconds)
+            demand = max(lease.note_demand(self._clock(), self.lease_seconds), lease.expected)
             slot = self._leased_slot(lease, wall_deadline)
             if slot is None:
                 try:
@@ -205,6 +217,7 @@ class DynamoTokenBucket:
                 except (ClientError, BotoCoreError, _BrokenAnswer) as exc:
                     failure = _reason(exc)
                 else:
+                    lease.expected = max(0, lease.expected - len(slots))
                     slot = slots.popleft()
                     lease.slots.extend(slots)
         if slot is None:
@@ -238,10 +251,14 @@ class DynamoTokenBucket:
             raise _too_late()
         return lease.slots.popleft()
 
-    def _lease_size(self, available: float) -> int:
-        """Tokens to take in one write: several while burst is to spare, else exactly one."""
+    def _lease_size(self, available: float, wanted: int = 0) -> int:
+        """Tokens to take in one write: several while burst is to spare, else exactly one.
+
+        `wanted` is announced demand (expect()): those requests start now, so up to that many are
+        taken even above `lease_size`, which only caps speculative leases (tokens that might go unused).
+        """
         spare = math.floor(available) - self.lease_size  # leave a lease's worth for other instances
-        return max(1, min(self.lease_size, spare))
+        return max(1, min(max(self.lease_size, wanted), spare))
 
     def _available(self, tat: float | None, now: float) -> float:
         """Tokens in the bucket at `now` if the shared state is `tat` (None: unknown, guess full)."""
@@ -265,7 +282,7 @@ class DynamoTokenBucket:
         interval = 1.0 / self.rate
         now = self._clock()
         # Guess from what this process saw last; a wrong guess costs one conditional failure.
-        count = min(demand, self._lease_size(self._available(lease.tat, now)))
+        count = min(demand, self._lease_size(self._available(lease.tat, now), lease.expected))
         full = lease.tat is None or lease.tat < now
         for attempt in range(_MAX_ATTEMPTS):
             now = self._clock()
@@ -282,7 +299,7 @@ class DynamoTokenBucket:
                     before = after - count * interval
             except _Conflict as conflict:
                 self.conflicts += 1
-                count, full = self._after_conflict(conflict.tat, now, latest, count)
+                count, full = self._after_conflict(conflict.tat, now, latest, count, lease.expected)
                 if attempt:
                     # Someone else flipped the bucket between our reads: step aside a little.
                     self._sleep(self._rand() * 0.01 * attempt)
@@ -302,7 +319,7 @@ class DynamoTokenBucket:
         return min(wall_deadline, now + MAX_WAIT_SECONDS)
 
     def _after_conflict(
-        self, current: float | None, now: float, latest: float, count: int
+        self, current: float | None, now: float, latest: float, count: int, wanted: int = 0
     ) -> tuple[int, bool]:
         """(tokens to ask for, whether the bucket is full) given the state a failed condition showed."""
         if current is None or current < now:
@@ -310,7 +327,7 @@ class DynamoTokenBucket:
         if current <= latest:
             return count, False
         if count > 1:
-            return min(count, self._lease_size(self._available(current, now))), False
+            return min(count, self._lease_size(self._available(current, now), wanted)), False
         raise _too_late()
 
     def _update(self, **kwargs: Any) -> float:

@@ -222,6 +222,74 @@ def test_unused_leased_tokens_expire(stack: AwsStack) -> None:
     assert stored_tat(stack, "portal-a") == pytest.approx(START + 5.0 + 1 / 2.0)
 
 
+def test_announced_requests_are_reserved_with_one_write(stack: AwsStack) -> None:
+    # Given LeadsFunction's pacer (no speculative leases) about to start a planned read of 8 windows
+    clock = VirtualClock()
+    pacer = bucket(stack, clock, lease_size=1)
+    pacer.expect("portal-a", 8)
+
+    # When the 8 requests acquire their tokens
+    for _ in range(8):
+        pacer.acquire("portal-a", None)
+
+    # Then one write reserved exactly 8 tokens, none waited, none is left over for later requests
+    assert (pacer.writes, pacer.conflicts) == (1, 0)
+    assert clock.slept == []
+    assert stored_tat(stack, "portal-a") == pytest.approx(START + 8 / 2.0)
+    pacer.acquire("portal-a", None)
+    assert pacer.writes == 2  # the ninth (unannounced) request reserves its own token
+    assert stored_tat(stack, "portal-a") == pytest.approx(START + 9 / 2.0)
+
+
+def test_announced_requests_beyond_the_spare_burst_are_paced_one_at_a_time(stack: AwsStack) -> None:
+    # Given a bucket with 7 usable tokens left (another instance took the rest)
+    clock = VirtualClock()
+    drainer = bucket(stack, clock, lease_size=1)
+    drainer.expect("portal-a", drainer.capacity - 7)
+    for _ in range(drainer.capacity - 7):
+        drainer.acquire("portal-a", None)
+    assert drainer.writes == 1
+
+    # When an instance announces and sends 10 requests at once
+    pacer = bucket(stack, clock, lease_size=1)
+    pacer.expect("portal-a", 10)
+    for _ in range(10):
+        pacer.acquire("portal-a", None)
+
+    # Then it leased only what was spare now (7, less the one token left for other instances) and
+    # waited for the rest at the refill rate: the shared budget holds (47 + 2/s)
+    assert stored_tat(stack, "portal-a") == pytest.approx(START + (drainer.capacity + 3) / 2.0)
+    assert clock.now - START == pytest.approx(3 / 2.0)
+    assert pacer.writes >= 4  # one lease, then one write per token still to come
+
+
+def test_announced_requests_from_many_threads_never_exceed_the_budget(stack: AwsStack) -> None:
+    # Given 16 instances' worth of threads, each announcing 3 windows (48 > the 47 usable tokens)
+    clock = VirtualClock()
+    pacers = [bucket(stack, clock, lease_size=1) for _ in range(16)]
+    granted: list[float] = []
+    lock = threading.Lock()
+
+    def window(pacer: DynamoTokenBucket) -> None:
+        pacer.acquire("portal-a", None)
+        with lock:
+            granted.append(clock.time())
+
+    threads = []
+    for pacer in pacers:
+        pacer.expect("portal-a", 3)
+        threads += [threading.Thread(target=window, args=(pacer,)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # Then all 48 were granted within capacity + 2/s, with about one write per instance
+    assert len(granted) == 48
+    assert stored_tat(stack, "portal-a") == pytest.approx(START + 48 / 2.0)
+    assert sum(p.writes - p.conflicts for p in pacers) <= 16 + 2
+
+
 def test_concurrent_threads_never_exceed_the_budget(stack: AwsStack) -> None:
     # Given four threads of one instance sharing the pacer (the parallel list windows)
     clock = VirtualClock()

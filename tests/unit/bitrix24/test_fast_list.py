@@ -460,6 +460,53 @@ def test_read_windows_reads_whole_batches_in_one_round_without_a_head(fake_time:
     assert page.density == pytest.approx(0.9, abs=0.02)
 
 
+class RecordingPacer:
+    """A pacer that never waits and records what it was told and asked (a PlanningPacer)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, int]] = []
+
+    def acquire(self, key: str, deadline: float | None) -> None:
+        self.calls.append(("acquire", key, 1))
+
+    def expect(self, key: str, requests: int) -> None:
+        self.calls.append(("expect", key, requests))
+
+
+def test_read_windows_announces_its_windows_to_the_pacer_before_the_first_request(
+    fake_time: FakeTime,
+) -> None:
+    # Given a pacer that can reserve announced requests together (the shared DynamoDB bucket)
+    crm = FakeCrm(dense(30_000))
+    pacer = RecordingPacer()
+    lister = FastLister(make_client(crm.transport, fake_time, pacer=pacer), sleep=fake_time.sleep)
+    # When a planned read of three windows runs
+    lister.read_windows(
+        make_portal(pacing_key="member-1"),
+        ListQuery("crm.lead.list", after_id=0, before_id=7_501),
+        top=30_000,
+        density=1.0,
+        batches=8,
+    )
+    # Then the pacer heard of all three before the first acquire, and each request then acquired once
+    assert pacer.calls == [("expect", "member-1", 3)] + [("acquire", "member-1", 1)] * 3
+    assert crm.requests == 3
+
+
+def test_a_single_request_is_not_announced(fake_time: FakeTime) -> None:
+    crm = FakeCrm(dense(3_000))
+    pacer = RecordingPacer()
+    lister = FastLister(make_client(crm.transport, fake_time, pacer=pacer), sleep=fake_time.sleep)
+    lister.read_windows(
+        make_portal(),
+        ListQuery("crm.lead.list", after_id=0, before_id=2_001),
+        top=3_000,
+        density=1.0,
+        batches=8,
+    )
+    assert [call[0] for call in pacer.calls] == ["acquire"]
+
+
 def test_read_windows_stops_at_the_bound_of_a_part(fake_time: FakeTime) -> None:
     crm = FakeCrm(dense(30_000))
     page = lister_for(crm, fake_time).read_windows(
