@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from b24connector import wiring
 from b24connector.authorization import AuthorizationFlow
-from b24connector.handlers import _services
 from b24connector.settings import get_settings
 from b24connector.vault.store import StateStore, hash_secret
 from tests.security.conftest import BACKENDS
@@ -97,16 +97,16 @@ class FrozenClock:
 def _frozen_flow(monkeypatch: pytest.MonkeyPatch, clock: FrozenClock) -> int:
     """Wire the real flow (real tables, OAuth client, vault) with `clock`; returns the TTL."""
     conf = get_settings()
-    vault = _services.vault(conf)
+    vault = wiring.vault(conf)
     states = StateStore(vault.states.model, ttl_seconds=conf.state_ttl_seconds, clock=clock)
     flow = AuthorizationFlow(
-        _services.portal_policy(conf),
+        wiring.portal_policy(conf),
         states,
-        _services.oauth_client(conf),
-        _services.installer(conf),
+        wiring.oauth_client(conf),
+        wiring.installer(conf),
         ttl_seconds=conf.state_ttl_seconds,
     )
-    monkeypatch.setattr(_services, "authorization_flow", lambda _conf: flow)
+    monkeypatch.setattr(wiring, "authorization_flow", lambda _conf: flow)
     return conf.state_ttl_seconds
 
 
