@@ -189,12 +189,10 @@ class Outcome(StrEnum):
 
     STORED = "stored"  # a new grant is the portal's grant
     KEPT = "kept"  # an install page of a user who does not outrank the stored grant: nothing changed
-    REPLAYED = "replayed"  # the same pair again
     REFUSED = "refused"  # a lower-ranked pair tried to replace an active grant: nothing changed
     REJOURNALED = "rejournaled"  # a late event's pair was renewed and journaled again to be applied
     UNINSTALLED = "uninstalled"
     UNINSTALL_QUEUED = "uninstall_queued"  # unproven: Bitrix24 is asked first, asynchronously
-    UNINSTALL_REJECTED = "uninstall_rejected"  # Bitrix24 says the app is still installed
 
 
 @dataclass(frozen=True, slots=True)

@@ -210,6 +210,10 @@ class EmulatorConfig:
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        self._validate_ranges()
+
+    def _validate_ranges(self) -> None:
+        """Raise ValueError when a bounded setting is outside its range."""
         if not 0 <= self.deleted_ratio < 1:
             raise ValueError("deleted_ratio must be in [0, 1)")
         if self.leads < 0:

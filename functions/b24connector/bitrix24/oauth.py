@@ -7,10 +7,7 @@ of URLs; `error` is checked even on HTTP 200 (`wrong_client`); a code exchange i
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import re
-import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -90,14 +87,6 @@ class AppInfo:
     status: str
     scope: str
     user_id: int | None
-
-
-def make_pkce_pair() -> tuple[str, str]:
-    """A (code_verifier, S256 code_challenge) pair per RFC 7636."""
-    verifier = secrets.token_urlsafe(48)  # 64 chars, within the 43..128 range
-    digest = hashlib.sha256(verifier.encode("ascii")).digest()
-    challenge = base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-    return verifier, challenge
 
 
 def _parse_server(base_url: str, *, local_mode: bool) -> tuple[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import secrets
 import ssl
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -26,7 +27,7 @@ from b24connector.bitrix24.errors import (
     PaymentRequired,
     UnsafeEndpoint,
 )
-from b24connector.bitrix24.oauth import AppInfo, OAuthClient, make_pkce_pair, parse_app_info
+from b24connector.bitrix24.oauth import AppInfo, OAuthClient, parse_app_info
 from b24connector.settings import load_settings
 from tests.unit.bitrix24.fakes import FakeTransport, Reply, session_with
 from tests.unit.bitrix24.test_token_parsing import REFRESH_RESPONSE
@@ -81,6 +82,13 @@ def test_authorize_url_points_at_the_portal_with_client_id_and_state() -> None:
     parts = urlsplit(url)
     assert (parts.scheme, parts.netloc, parts.path) == ("https", "acme.bitrix24.com", "/oauth/authorize/")
     assert parse_qs(parts.query) == {"client_id": [CLIENT_ID], "state": ["st&ate=1"]}
+
+
+def make_pkce_pair() -> tuple[str, str]:
+    """A (code_verifier, S256 code_challenge) pair per RFC 7636."""
+    verifier = secrets.token_urlsafe(48)  # 64 chars, within the 43..128 range
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 def test_pkce_parameters_only_when_a_challenge_is_given() -> None:
