@@ -80,7 +80,7 @@ RUNTIME_SETTINGS = frozenset(
 
 
 def _random_client_id() -> str:
-    # Local apps look like local.<14 hex>.<8 digits> (see the fact sheet, section 1).
+    # Local apps look like local.<14 hex>.<8 digits> (docs/bitrix24-facts.md#f-oauth-1).
     return f"local.{secrets.token_hex(7)}.{secrets.randbelow(10**8):08d}"
 
 

@@ -1,6 +1,6 @@
 """Client of the Bitrix24 OAuth server: authorize URL, code exchange, refresh and app.info.
 
-Bitrix24 quirks handled here (fact sheet 1, 2): the authorize page lives on the user's own portal while
+Bitrix24 quirks handled here (docs/bitrix24-facts.md#f-oauth-1, #f-oauth-4): the authorize page lives on the user's own portal while
 the token endpoint lives on a regional OAuth server chosen from an allow-list; form POSTs keep secrets out
 of URLs; `error` is checked even on HTTP 200 (`wrong_client`); a code exchange is never retried.
 """
@@ -56,7 +56,7 @@ _SERVER_PATHS = ("", "/", "/rest", "/rest/")
 MAX_OAUTH_ANSWER_BYTES = 64 * 1024
 _MIN_CALL_SECONDS = 0.05  # below this a token call cannot complete: it is not started
 
-# OAuth-server `error` codes (fact sheet 2.8), lower-cased, to the exception class they mean.
+# OAuth-server `error` codes (docs/bitrix24-facts.md#f-oauth-6, #f-oauth-6a), lower-cased, to the exception class they mean.
 _OAUTH_ERRORS: dict[str, type[Bitrix24Error]] = {
     "invalid_grant": InvalidGrant,
     "bad_verification_code": InvalidGrant,
@@ -192,7 +192,7 @@ class OAuthClient:
         return [f"{scheme}://{netloc}" for scheme, netloc in self._servers]
 
     def authorize_url(self, portal_host: str, state: str, *, code_challenge: str | None = None) -> str:
-        """The portal's consent URL (fact sheet 1); `portal_host` must come from PortalPolicy.normalize."""
+        """The portal's consent URL (docs/bitrix24-facts.md#f-oauth-1); `portal_host` must come from PortalPolicy.normalize."""
         host = portal_host.lower()
         if not _HOST_PORT.match(host):
             raise UnsafeEndpoint("UNSAFE_PORTAL_HOST", "portal host is not a normalized host[:port]")
@@ -341,7 +341,7 @@ def _as_bool(value: object) -> bool:
 
 
 def parse_app_info(data: Mapping[str, Any]) -> AppInfo:
-    """Parse the OAuth server's app.info answer (TEAM.md shape) into AppInfo."""
+    """Parse the OAuth server's app.info answer (docs/bitrix24-facts.md#f-oauth-8) into AppInfo."""
     result = data.get("result")
     install = result.get("install") if isinstance(result, dict) else None
     if not isinstance(result, dict) or not isinstance(install, dict):

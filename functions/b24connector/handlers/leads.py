@@ -1,4 +1,4 @@
-"""LeadsFunction (direct invoke): one page of a portal's leads, per ARCHITECTURE.md section 2."""
+"""LeadsFunction (direct invoke): one page of a portal's leads, per docs/architecture.md#leadsfunction-payload."""
 
 from __future__ import annotations
 

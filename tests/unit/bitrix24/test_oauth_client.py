@@ -39,7 +39,7 @@ REFRESH_TOKEN = "4f9k4jpmg13usmybzuqknt2v9fh0q6rl"
 ACCESS = "s6p6eclrvim6da22ft9ch94ekreb52lv"
 SERVERS = ("https://oauth.bitrix.info", "https://oauth.bitrix24.tech")
 
-# TEAM.md: the OAuth server's app.info answer as b24pysdk parses it.
+# docs/bitrix24-facts.md#f-oauth-8: the OAuth server's app.info answer as b24pysdk parses it.
 APP_INFO = {
     "result": {
         "scope": "crm,user",
