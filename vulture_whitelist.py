@@ -32,7 +32,7 @@ _.reset  # wiring.reset(): a cold start in the security harness (every builder f
 _.kms_calls  # vault/cipher.py: the "a warm read makes no KMS call" invariant is counted through it
 _.known_codes  # bitrix24/envelope.py: the error-table test compares docs/bitrix24-errors.md with it
 
-# Owned by the leads restructure (R1): test-only, the lead removes them when it merges.
+# Left by the leads restructure (merged): test-only, for the lead to delete or move into tests/.
 _.max_id  # bitrix24/listing.py FastLister.max_id: used only by tests
 
 # Owned by the refresh restructure (R2): dead or test-only, the lead removes them when it merges.

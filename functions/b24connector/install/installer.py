@@ -33,9 +33,9 @@ from b24connector.observability import count, logger
 from b24connector.portals import InvalidPortal, PortalPolicy
 from b24connector.problems import forbidden, unavailable
 from b24connector.vault.errors import GrantRefused, VaultUnavailable
+from b24connector.vault.hashing import hash_secret
 from b24connector.vault.journal import JobSink
 from b24connector.vault.models import ROLE_ADMIN, ROLE_RANK, ROLE_SYSTEM, ROLE_USER
-from b24connector.vault.store import hash_secret
 
 if TYPE_CHECKING:
     # Annotations only: the OAuth client module loads requests, which the handler wires on first use.

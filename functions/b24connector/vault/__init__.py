@@ -28,6 +28,7 @@ from b24connector.vault.errors import (
 )
 from b24connector.vault.journal import JournalCodec, LifecycleJob, SqsLifecycleQueue
 from b24connector.vault.models import aws_region, bind_portal_model, bind_state_model
+from b24connector.vault.portal import Portal
 from b24connector.vault.refresh import (
     RefreshCoordinator,
     RefreshOutcome,
@@ -36,7 +37,8 @@ from b24connector.vault.refresh import (
     TokenRefresher,
 )
 from b24connector.vault.rescue import SqsRescueQueue
-from b24connector.vault.store import ConsumedState, Portal, PortalStore, StateStore, derive_pkce_verifier
+from b24connector.vault.states import ConsumedState, StateStore
+from b24connector.vault.store import PortalStore
 
 __all__ = [
     "ConsumedState",
@@ -67,7 +69,6 @@ __all__ = [
     "Vault",
     "VaultError",
     "VaultUnavailable",
-    "derive_pkce_verifier",
     "open_vault",
 ]
 

@@ -44,8 +44,9 @@ from b24connector.vault.errors import (
     VaultUnavailable,
 )
 from b24connector.vault.models import HEALTH_NEEDS_REAUTH
+from b24connector.vault.portal import Portal
 from b24connector.vault.rescue import RescueMessage, RescueSink, new_rescue_message
-from b24connector.vault.store import Portal, PortalStore
+from b24connector.vault.store import PortalStore
 
 RemainingMs = Callable[[], int]
 _HOUR = 3600

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from b24connector.identifiers import is_member_id
 from b24connector.vault.cipher import SealedTokens, TokenMetadata
 from b24connector.vault.clients import LazyClient, boto3_client, send_to_queue
 
@@ -61,7 +62,7 @@ class RescueMessage:
         if data.get("format") != RESCUE_FORMAT_VERSION:
             raise ValueError("unsupported token rescue message format")
         member_id, base_version = data.get("member_id"), data.get("base_version")
-        if not isinstance(member_id, str) or not member_id:
+        if not is_member_id(member_id):
             raise ValueError("rescue message has no member_id")
         if not isinstance(base_version, int) or isinstance(base_version, bool) or base_version < 0:
             raise ValueError("rescue message has no valid base_version")
