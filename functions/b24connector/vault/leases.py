@@ -6,9 +6,9 @@ older row can never overwrite a newer chain; the lease is a conditional update a
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from pynamodb.constants import ALL_OLD, ATTRIBUTES
 from pynamodb.exceptions import PynamoDBException
 
 from b24connector.vault.cipher import SealedTokens
@@ -94,6 +94,9 @@ class RefreshLeases:
         lease_now = self._clock()
         quiet_since = now - min_gap_seconds
         actions: list[Any] = [
+            # First, so that even a store applying SETs in order (moto) copies the values from before.
+            m.lease_prior_attempt_at.set(m.last_refresh_attempt_at | 0),
+            m.lease_prior_due_at.set(m.refresh_due_at),
             m.lease_owner.set(owner),
             m.lease_expires_at.set(lease_now + lease_seconds),
             m.last_refresh_attempt_at.set(lease_now),
@@ -109,16 +112,25 @@ class RefreshLeases:
             & (m.refresh_obtained_at.does_not_exist() | (m.refresh_obtained_at <= quiet_since))
             & (m.last_refresh_attempt_at.does_not_exist() | (m.last_refresh_attempt_at <= quiet_since))
         )
+        item = m(member_id)
         try:
-            # Model.update only asks for ALL_NEW, which loses the values an undo must put back.
-            data = m._get_connection().update_item(
-                member_id, actions=actions, condition=condition, return_values=ALL_OLD
-            )
+            item.update(actions=actions, condition=condition)
         except PynamoDBException as exc:
             if conditional_failure(exc):
                 return None
             raise unavailable("UpdateItem", exc) from None
-        return Portal.of(m.from_raw_data(data[ATTRIBUTES]))
+        prior_attempt = item.lease_prior_attempt_at
+        return dataclasses.replace(
+            Portal.of(item),
+            last_refresh_attempt_at=prior_attempt or None,
+            refresh_due_at=None if item.lease_prior_due_at is None else int(item.lease_prior_due_at),
+        )
+
+    def _lease_removal(self) -> list[Any]:
+        """The actions that end a lease: its owner, its expiry and what it replaced."""
+        m = self.model
+        fields = (m.lease_owner, m.lease_expires_at, m.lease_prior_attempt_at, m.lease_prior_due_at)
+        return [field.remove() for field in fields]
 
     def release_lease(self, member_id: str, owner: str, *, undo_attempt_of: Portal | None = None) -> bool:
         """Drop the lease if `owner` still holds it; False when it had expired and moved on.
@@ -128,7 +140,7 @@ class RefreshLeases:
         attempt that provably never reached the token endpoint, so it must not count as one.
         """
         m = self.model
-        actions: list[Any] = [m.lease_owner.remove(), m.lease_expires_at.remove()]
+        actions: list[Any] = [*self._lease_removal()]
         if undo_attempt_of is not None:
             previous = undo_attempt_of.last_refresh_attempt_at
             actions.append(
@@ -175,8 +187,7 @@ class RefreshLeases:
             m.due_shard.set(due_shard_of(member_id, self.due_index_shards)),
             m.refresh_due_at.set(obtained + self.refresh_after_seconds),
             m.updated_at.set(now),
-            m.lease_owner.remove(),
-            m.lease_expires_at.remove(),
+            *self._lease_removal(),
         ]
         if domain is not None:
             actions += [m.domain.set(domain.strip().lower()), m.client_endpoint.set(meta.client_endpoint)]
