@@ -298,7 +298,7 @@ def _tabulate(
                 "invocations",
                 "sum of invocation seconds (client-side)",
                 "worker CPU s",
-                "REST requests = pacing writes",
+                "REST requests",
                 "GB-s at 1024 MB",
             ],
             usage,
