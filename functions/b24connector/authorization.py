@@ -22,10 +22,10 @@ from b24connector.bitrix24.errors import (
     TransientError,
     UnsafeEndpoint,
 )
-from b24connector.bitrix24.tokens import TokenSet
 from b24connector.credentials import ClientSecretNotSet, SecretUnavailable
 from b24connector.portals import InvalidPortal, PortalPolicy
 from b24connector.problems import forbidden, invalid, unavailable, upstream_rejected
+from b24connector.tokens import TokenSet
 from b24connector.vault.errors import StateRefusal, StateRefused, VaultUnavailable
 
 _MEMBER_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")

@@ -43,10 +43,11 @@ from b24connector.bitrix24.errors import (
     TransientError,
     UnsafeEndpoint,
 )
-from b24connector.bitrix24.tokens import TokenSet
+from b24connector.bitrix24.tokens import parse_token_payload
 from b24connector.observability import count, logger
 from b24connector.portals import InvalidPortal, PortalPolicy
 from b24connector.problems import Problem, forbidden, invalid, unavailable
+from b24connector.tokens import TokenSet
 from b24connector.vault.errors import GrantRefused, ReauthRequired, VaultError, VaultUnavailable
 from b24connector.vault.journal import JOB_GRANT, JOB_SUBSCRIBE, JOB_UNINSTALL, JobSink, LifecycleJob
 from b24connector.vault.models import ROLE_ADMIN, ROLE_RANK, ROLE_SYSTEM, ROLE_USER
@@ -244,7 +245,7 @@ def _lifetime(value: str | None, name: str) -> int:
 
 def _tokens(payload: Mapping[str, object], now: float) -> TokenSet:
     try:
-        return TokenSet.from_payload(payload, now=now)
+        return parse_token_payload(payload, now=now)
     except MalformedTokenPayload:
         raise invalid("tokens_invalid", "The install data has no usable tokens.") from None
 

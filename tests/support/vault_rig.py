@@ -17,8 +17,8 @@ from typing import Any
 import requests
 
 from b24connector.bitrix24.oauth import OAuthClient
-from b24connector.bitrix24.tokens import TokenSet
 from b24connector.settings import Settings, load_settings
+from b24connector.tokens import TokenSet
 from b24connector.vault.cipher import TokenCipher
 from b24connector.vault.endpoints import EndpointGuard
 from b24connector.vault.models import aws_region, bind_portal_model

@@ -36,7 +36,7 @@ from b24connector.bitrix24.errors import (
     UnsafeEndpoint,
     redact,
 )
-from b24connector.bitrix24.tokens import TokenSet
+from b24connector.bitrix24.tokens import parse_token_payload
 from b24connector.bitrix24.transport import (
     DEFAULT_TIMEOUT,
     BodyDeadline,
@@ -49,6 +49,7 @@ from b24connector.bitrix24.transport import (
 )
 from b24connector.numbers import ascii_int
 from b24connector.portals import is_loopback_host
+from b24connector.tokens import TokenSet
 
 if TYPE_CHECKING:
     from b24connector.settings import Settings
@@ -248,7 +249,7 @@ class OAuthClient:
             form["code_verifier"] = code_verifier
         secrets_sent = [secret, code] + ([code_verifier] if code_verifier else [])
         data = self._post(f"{self.resolve_server(server_hint)}/oauth/token/", form, secrets_sent, deadline)
-        return TokenSet.from_payload(data, now=self._clock())
+        return parse_token_payload(data, now=self._clock())
 
     def refresh(
         self, refresh_token: str, *, server_hint: str | None = None, deadline: float | None = None
@@ -270,7 +271,7 @@ class OAuthClient:
         data = self._post(
             f"{self.resolve_server(server_hint)}/oauth/token/", form, [secret, refresh_token], deadline
         )
-        return TokenSet.from_payload(data, now=self._clock())
+        return parse_token_payload(data, now=self._clock())
 
     def app_info(
         self, access_token: str, *, server_hint: str | None = None, deadline: float | None = None

@@ -21,9 +21,9 @@ if TYPE_CHECKING:
     from b24connector.authorization import AuthorizationFlow
     from b24connector.bitrix24.oauth import OAuthClient
     from b24connector.bitrix24.rest import RestClient
-    from b24connector.bitrix24.tokens import TokenSet
     from b24connector.install import Installer
     from b24connector.subscriptions import Subscriber
+    from b24connector.tokens import TokenSet
 
 
 @cache

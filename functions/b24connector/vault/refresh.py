@@ -24,10 +24,10 @@ from b24connector.bitrix24.errors import (
     PaymentRequired,
     TransientError,
 )
-from b24connector.bitrix24.tokens import TokenSet
 from b24connector.credentials import SecretUnavailable
 from b24connector.observability import count, logger
 from b24connector.settings import Settings
+from b24connector.tokens import TokenSet
 from b24connector.vault.cipher import DataKey, SealedTokens, TokenMetadata
 from b24connector.vault.endpoints import EndpointChange, EndpointGuard
 from b24connector.vault.errors import (

@@ -17,7 +17,7 @@ from typing import Any
 from pynamodb.constants import ALL_OLD, ATTRIBUTES
 from pynamodb.exceptions import PynamoDBException
 
-from b24connector.bitrix24.tokens import TokenSet
+from b24connector.tokens import TokenSet
 from b24connector.vault.cipher import SealedTokens, TokenCipher, TokenMetadata
 from b24connector.vault.errors import (
     GrantRefused,

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from b24connector.bitrix24.tokens import TokenSet
+from b24connector.tokens import TokenSet
 from b24connector.vault.errors import (
     ReauthRequired,
     RefreshUnavailable,

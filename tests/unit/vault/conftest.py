@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from moto import mock_aws
 
-from b24connector.bitrix24.tokens import TokenSet
 from b24connector.portals import PortalPolicy
 from b24connector.settings import DEFAULT_OAUTH_SERVERS, DEFAULT_PORTAL_SUFFIXES
+from b24connector.tokens import TokenSet
 from b24connector.vault.cipher import TokenCipher
 from b24connector.vault.endpoints import EndpointGuard
 from b24connector.vault.models import bind_portal_model, bind_state_model

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from b24connector.bitrix24.tokens import TokenSet
 from b24connector.portals import PortalPolicy
 from b24connector.settings import DEFAULT_OAUTH_SERVERS, DEFAULT_PORTAL_SUFFIXES
+from b24connector.tokens import TokenSet
 from b24connector.vault.endpoints import EndpointGuard
 from b24connector.vault.errors import VaultUnavailable
 from b24connector.vault.refresh import RefreshCoordinator, RefreshOutcome, RefreshPolicy, RescueOutcome

@@ -17,8 +17,8 @@ from b24connector.bitrix24.errors import (
     OAuthTransientError,
     PaymentRequired,
 )
-from b24connector.bitrix24.tokens import TokenSet
 from b24connector.credentials import ClientSecretNotSet, SecretUnavailable
+from b24connector.tokens import TokenSet
 from b24connector.vault.cipher import TokenCipher
 from b24connector.vault.errors import (
     NotEnoughTime,
