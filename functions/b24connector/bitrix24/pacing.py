@@ -1,4 +1,8 @@
-"""Client-side request pacing so we stay inside the portal's leaky bucket (fact sheet 6) instead of hitting 503."""
+"""Client-side request pacing, so we stay inside the portal's leaky bucket instead of hitting 503.
+
+The bucket is docs/bitrix24-facts.md#f-limit-1. LocalTokenBucket paces one process; the bucket every
+instance shares is b24connector.shared_pacing.DynamoTokenBucket (the same Pacer protocol).
+"""
 
 from __future__ import annotations
 
@@ -18,13 +22,6 @@ class Pacer(Protocol):
     def acquire(self, key: str, deadline: float | None) -> None:
         """Block until a request may be sent; raise QueryLimitExceeded if that is after `deadline` (monotonic)."""
         ...
-
-
-class NoPacing:
-    """A Pacer that never waits (tests, or when the server-side bucket is known to be empty)."""
-
-    def acquire(self, key: str, deadline: float | None) -> None:
-        """Return at once."""
 
 
 class LocalTokenBucket:

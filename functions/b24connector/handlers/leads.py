@@ -38,7 +38,7 @@ def reader(conf: Settings) -> LeadsReader:
     from b24connector.bitrix24.pacing import LocalTokenBucket, Pacer  # noqa: PLC0415
     from b24connector.bitrix24.rest import RestClient  # noqa: PLC0415
     from b24connector.bitrix24.transport import shared_session  # noqa: PLC0415
-    from b24connector.vault.rate_limit import DynamoTokenBucket  # noqa: PLC0415
+    from b24connector.shared_pacing import DynamoTokenBucket  # noqa: PLC0415
 
     store = _services.vault(conf).portals
     pacer: Pacer

@@ -14,7 +14,7 @@ import pytest
 
 from b24connector.bitrix24.errors import OAuthTransientError, TransientError
 from b24connector.bitrix24.oauth import OAuthClient
-from b24connector.bitrix24.pacing import NoPacing
+from tests.support.pacing import NoPacing
 from b24connector.bitrix24.rest import PortalContext, RestClient
 from b24connector.bitrix24.transport import new_session
 from b24connector.portals import PortalPolicy

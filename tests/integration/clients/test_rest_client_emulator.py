@@ -16,7 +16,7 @@ from b24connector.bitrix24.errors import (
     ServerError,
 )
 from b24connector.bitrix24.oauth import OAuthClient
-from b24connector.bitrix24.pacing import NoPacing
+from tests.support.pacing import NoPacing
 from b24connector.bitrix24.rest import PortalContext, RestClient
 from b24connector.bitrix24.transport import new_session
 from bitrix24_emulator import Emulator

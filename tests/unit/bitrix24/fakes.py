@@ -20,7 +20,7 @@ import requests
 from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
-from b24connector.bitrix24.pacing import NoPacing
+from tests.support.pacing import NoPacing
 from b24connector.bitrix24.rest import PortalContext, RestClient
 from b24connector.portals import PortalPolicy
 from b24connector.settings import DEFAULT_PORTAL_SUFFIXES
