@@ -53,7 +53,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from b24connector.bitrix24.errors import QueryLimitExceeded
-from b24connector.bitrix24.pacing import LocalTokenBucket, Pacer
+from b24connector.bitrix24.pacing import LocalTokenBucket
 from b24connector.vault.models import aws_region
 
 if TYPE_CHECKING:

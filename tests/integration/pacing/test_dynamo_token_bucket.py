@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from b24connector.bitrix24.errors import QueryLimitExceeded
-from b24connector.bitrix24.pacing import LocalTokenBucket
 from b24connector.shared_pacing import BUCKET_PREFIX, DynamoTokenBucket
 from tests.support.aws import AwsStack
 
