@@ -51,6 +51,7 @@ from b24connector.bitrix24.errors import (
 )
 from b24connector.numbers import MAX_SAFE_INTEGER, ascii_int
 from b24connector.observability import count, logger
+from b24connector.token_refresh.coordinator import RefreshCoordinator
 from b24connector.vault.errors import (
     PortalNotFound,
     ReauthRequired,
@@ -59,7 +60,6 @@ from b24connector.vault.errors import (
     TokenDecryptError,
     VaultError,
 )
-from b24connector.vault.refresh import RefreshCoordinator
 from b24connector.vault.store import PortalStore
 
 if TYPE_CHECKING:

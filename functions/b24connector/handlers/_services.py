@@ -15,7 +15,11 @@ from typing import TYPE_CHECKING
 
 from b24connector.portals import PortalPolicy
 from b24connector.settings import Settings
-from b24connector.vault import RefreshCoordinator, Vault, open_vault
+from b24connector.token_refresh.coordinator import RefreshCoordinator
+from b24connector.token_refresh.policy import RefreshPolicy
+from b24connector.token_refresh.rescue import SqsRescueQueue
+from b24connector.vault import Vault, open_vault
+from b24connector.vault.endpoints import EndpointGuard
 
 if TYPE_CHECKING:
     from b24connector.authorization import AuthorizationFlow
@@ -45,7 +49,7 @@ def oauth_client(conf: Settings) -> OAuthClient:
 
 
 class OnDemandRefresher:
-    """The vault's TokenRefresher that builds the OAuth client on the first refresh it is asked for."""
+    """The coordinator's TokenRefresher that builds the OAuth client on the first refresh it is asked for."""
 
     def __init__(self, conf: Settings) -> None:
         self._conf = conf
@@ -64,8 +68,14 @@ def vault(conf: Settings) -> Vault:
 
 @cache
 def coordinator(conf: Settings) -> RefreshCoordinator:
-    """The refresh coordinator over the vault and the OAuth client (built when a refresh happens)."""
-    return open_vault(conf).coordinator(OnDemandRefresher(conf))
+    """The refresh coordinator over the vault, the rescue queue and the OAuth client (built on first refresh)."""
+    return RefreshCoordinator(
+        open_vault(conf).portals,
+        OnDemandRefresher(conf),
+        SqsRescueQueue(conf.rescue_queue_url),
+        endpoints=EndpointGuard.from_settings(conf),
+        policy=RefreshPolicy.from_settings(conf),
+    )
 
 
 @cache

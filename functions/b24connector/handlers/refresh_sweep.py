@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from b24connector.handlers import import_done
 from b24connector.observability import count, logger, metrics
-from b24connector.refresh import RefreshSweep, SqsBatchSender
 from b24connector.settings import Settings, get_settings
+from b24connector.token_refresh.scheduled import RefreshSweep, SqsBatchSender
 from b24connector.vault import open_vault
 from b24connector.vault.clients import boto3_client
 

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 from b24connector.handlers import _services, import_done
 from b24connector.observability import count, logger, metrics
 from b24connector.problems import safe_traceback
-from b24connector.refresh import RefreshWorker
 from b24connector.settings import Settings, get_settings
+from b24connector.token_refresh.scheduled import RefreshWorker
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext

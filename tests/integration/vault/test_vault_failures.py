@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 
+from b24connector.token_refresh.lease_holder import TokenRefresher
+from b24connector.token_refresh.outcomes import RescueOutcome
 from b24connector.tokens import TokenSet
 from b24connector.vault.errors import (
     ReauthRequired,
@@ -36,7 +38,6 @@ from b24connector.vault.errors import (
     VaultUnavailable,
 )
 from b24connector.vault.models import HEALTH_ACTIVE, HEALTH_NEEDS_REAUTH, bind_state_model
-from b24connector.vault.refresh import RescueOutcome, TokenRefresher
 from b24connector.vault.store import StateStore
 from tests.integration.vault.conftest import BACKENDS, Scene
 from tests.support.vault_fakes import FakeClock
