@@ -807,7 +807,7 @@ class RestRoleProbe:
 
     def is_admin(self, client_endpoint: str, domain: str, access_token: str) -> bool:
         """True when the portal says the token's user is an administrator."""
-        from b24connector.bitrix24.rest import PortalContext  # noqa: PLC0415  (loads requests)
+        from b24connector.bitrix24.portal_context import PortalContext  # noqa: PLC0415
 
         answer = self._rest.call(PortalContext(client_endpoint, access_token, domain=domain), "user.admin")
         result = answer.result

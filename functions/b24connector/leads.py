@@ -503,7 +503,7 @@ class VaultPortalOpener:
             self._record_move(portal_id, domain, client_endpoint)
 
         # Imported on the first read, not with the handler: the REST client loads requests.
-        from b24connector.bitrix24.rest import PortalContext  # noqa: PLC0415
+        from b24connector.bitrix24.portal_context import PortalContext  # noqa: PLC0415
 
         access_token = tokens.access_token
         if tokens.access_expired():

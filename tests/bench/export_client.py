@@ -212,7 +212,8 @@ def _rss_kb() -> int:
 def _ours(job: dict[str, Any], parallel: bool) -> Callable[[], Rows]:
     from b24connector.bitrix24.listing import FastLister
     from b24connector.bitrix24.pacing import LocalTokenBucket
-    from b24connector.bitrix24.rest import PortalContext, RestClient
+    from b24connector.bitrix24.portal_context import PortalContext
+    from b24connector.bitrix24.rest import RestClient
     from b24connector.portals import PortalPolicy
 
     policy = PortalPolicy((), (job["domain"],), local_mode=True)

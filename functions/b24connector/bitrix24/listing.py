@@ -29,8 +29,10 @@ from b24connector.numbers import MAX_SAFE_INTEGER, ascii_int
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
+    from b24connector.bitrix24.portal_context import PortalContext
+
     # Annotations only: the REST client module loads requests, which the caller brings anyway.
-    from b24connector.bitrix24.rest import PortalContext, RestClient
+    from b24connector.bitrix24.rest import RestClient
 
 PAGE_SIZE = 50
 MAX_CHAIN = 50

@@ -13,7 +13,8 @@ import time
 
 from b24connector.bitrix24.errors import Bitrix24Error
 from b24connector.bitrix24.pacing import LocalTokenBucket, Pacer
-from b24connector.bitrix24.rest import PortalContext, RestClient
+from b24connector.bitrix24.portal_context import PortalContext
+from b24connector.bitrix24.rest import RestClient
 from b24connector.portals import PortalPolicy
 from b24connector.shared_pacing import DynamoTokenBucket
 
