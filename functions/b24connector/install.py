@@ -43,6 +43,7 @@ from b24connector.bitrix24.errors import (
     TransientError,
     UnsafeEndpoint,
 )
+from b24connector.bitrix24.portal_context import PortalContext
 from b24connector.bitrix24.tokens import parse_token_payload
 from b24connector.observability import count, logger
 from b24connector.portals import InvalidPortal, PortalPolicy
@@ -807,8 +808,6 @@ class RestRoleProbe:
 
     def is_admin(self, client_endpoint: str, domain: str, access_token: str) -> bool:
         """True when the portal says the token's user is an administrator."""
-        from b24connector.bitrix24.portal_context import PortalContext  # noqa: PLC0415
-
         answer = self._rest.call(PortalContext(client_endpoint, access_token, domain=domain), "user.admin")
         result = answer.result
         if isinstance(result, str):

@@ -49,6 +49,7 @@ from b24connector.bitrix24.errors import (
     TransientError,
     UnknownAuthError,
 )
+from b24connector.bitrix24.portal_context import PortalContext
 from b24connector.numbers import MAX_SAFE_INTEGER, ascii_int
 from b24connector.observability import count, logger
 from b24connector.token_refresh.coordinator import RefreshCoordinator
@@ -501,9 +502,6 @@ class VaultPortalOpener:
 
         def moved(domain: str, client_endpoint: str) -> None:
             self._record_move(portal_id, domain, client_endpoint)
-
-        # Imported on the first read, not with the handler: the REST client loads requests.
-        from b24connector.bitrix24.portal_context import PortalContext  # noqa: PLC0415
 
         access_token = tokens.access_token
         if tokens.access_expired():

@@ -170,8 +170,8 @@ class OAuthClient:
         self._timeout = timeout
         self.local_mode = local_mode
         self._clock = clock
-        # One call, answer included, never takes longer than this: the vault's refresh lease
-        # (2 x HTTP_TIMEOUT_SECONDS + 10 s, vault/refresh.py RefreshPolicy) always outlives it.
+        # One call, answer included, never takes longer than this: the refresh lease
+        # (2 x HTTP_TIMEOUT_SECONDS + 10 s, token_refresh/policy.py RefreshPolicy) always outlives it.
         self.total_timeout = total_timeout if total_timeout is not None else timeout[1]
         self._max_answer_bytes = max_answer_bytes
         self._monotonic = monotonic
