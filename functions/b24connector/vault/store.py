@@ -89,13 +89,6 @@ def _int_or_none(value: float | None) -> int | None:
     return None if value is None else int(value)
 
 
-def _application_token_hash(item: PortalModel) -> str | None:
-    if item.application_token_hash:
-        return item.application_token_hash
-    # A record from before hashing: verify against its plaintext until the next grant rewrites it.
-    return hash_secret(item.legacy_application_token) if item.legacy_application_token else None
-
-
 @dataclass(frozen=True, slots=True)
 class Portal:
     """A read-only snapshot of a portal record. Token blob and application_token hash stay out of repr."""
@@ -192,7 +185,7 @@ class Portal:
             created_at=_int_or_none(item.created_at),
             updated_at=_int_or_none(item.updated_at),
             uninstalled_at=_int_or_none(item.uninstalled_at),
-            application_token_hash=_application_token_hash(item),
+            application_token_hash=item.application_token_hash,
             token_ciphertext=item.token_ciphertext,
             grant_role=item.grant_role if item.grant_role in ROLE_RANK else ROLE_USER,
             subscription_state=item.subscription_state,
@@ -325,7 +318,7 @@ class PortalStore:
                 # A reinstall gets a new application token: an uninstalled record's verifier is stale.
                 application_token_hash=new_verifier
                 or (
-                    _application_token_hash(existing)
+                    existing.application_token_hash
                     if existing is not None and existing.health != HEALTH_UNINSTALLED
                     else None
                 ),
@@ -433,7 +426,6 @@ class PortalStore:
                 m.status,
                 m.user_id,
                 m.application_token_hash,
-                m.legacy_application_token,
                 m.access_expires_at,
                 m.refresh_obtained_at,
                 m.last_refresh_attempt_at,
