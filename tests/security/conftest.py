@@ -63,7 +63,7 @@ def rig_factory(
             "LOCAL_MODE": "true",
             "ALLOWED_PORTAL_HOSTS": ",".join(e.portal_domain for e in emulators),
             "OAUTH_SERVERS": ",".join([*(e.oauth_url for e in emulators), *extra_oauth_servers]),
-            "HTTP_TIMEOUT_SECONDS": "3",
+            "HTTP_TIMEOUT_SECONDS": "10",  # production default: a loaded CI machine must not time out
             "EVENTS_URL": f"{front.url}/events",
             **env,
         }

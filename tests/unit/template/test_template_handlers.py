@@ -83,14 +83,8 @@ def test_template_handlers_are_the_contracted_ones(template: dict[str, Any]) -> 
 
 
 @pytest.mark.parametrize("function_id", sorted(HANDLERS))
-def test_handler_imports_and_is_callable(
-    request: pytest.FixtureRequest, import_results: dict[str, dict[str, Any]], function_id: str
-) -> None:
+def test_handler_imports_and_is_callable(import_results: dict[str, dict[str, Any]], function_id: str) -> None:
     handler = HANDLERS[function_id]
-    if not _module_file(handler).exists():
-        # Only while a teammate's handler module has not landed; once the file exists it must import.
-        request.applymarker(
-            pytest.mark.xfail(reason="handler module lands with the handlers work", strict=False)
-        )
+    assert _module_file(handler).exists(), f"{function_id}: no module for {handler}"
     result = import_results[handler]
     assert result["ok"], f"{function_id}: {handler}: {result['error']}"
