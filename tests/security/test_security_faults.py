@@ -230,7 +230,7 @@ def test_a_commit_that_keeps_failing_is_retried_then_rescued_and_applied(
     assert page.get("count") == 5, page
     assert rig.emulator.stats()["token_requests"] == 1
     botocore_attempts = client.meta.config.retries["total_max_attempts"]
-    coordinator_attempts = _services.vault(get_settings()).policy.commit_attempts
+    coordinator_attempts = _services.coordinator(get_settings()).policy.commit_attempts
     assert botocore_attempts > 1
     assert coordinator_attempts > 1
     assert fault.seen == botocore_attempts * coordinator_attempts
