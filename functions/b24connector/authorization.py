@@ -1,4 +1,5 @@
-"""The full OAuth protocol (fact sheet 1-2): send the browser to the portal, take the code back once.
+"""The full OAuth protocol (docs/bitrix24-facts.md F-OAUTH-1 to F-OAUTH-5): send the browser to the
+portal, take the code back once.
 
 CSRF and mix-up defences: a random `state` (stored hashed, single use, short-lived) bound to a random
 browser nonce in a host-only cookie and to the portal the user named; the code is exchanged exactly
@@ -8,13 +9,12 @@ same portal (`member_id`, `client_endpoint` host) as the callback before anythin
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from b24connector import pkce
 from b24connector.bitrix24.errors import (
     InvalidClient,
     MalformedTokenPayload,
@@ -23,12 +23,12 @@ from b24connector.bitrix24.errors import (
     UnsafeEndpoint,
 )
 from b24connector.credentials import ClientSecretNotSet, SecretUnavailable
+from b24connector.identifiers import is_member_id
 from b24connector.portals import InvalidPortal, PortalPolicy
 from b24connector.problems import forbidden, invalid, unavailable, upstream_rejected
 from b24connector.tokens import TokenSet
 from b24connector.vault.errors import StateRefusal, StateRefused, VaultUnavailable
 
-_MEMBER_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 _MAX_PARAM = 512
 # What the callback page says for each refused state (the reason code goes along as X-Reason-Code).
 _REFUSAL_MESSAGES = {
@@ -101,7 +101,7 @@ class AuthorizationStart:
 
 @dataclass(frozen=True, slots=True)
 class CallbackParams:
-    """What Bitrix24 appends to the redirect URI (fact sheet 1)."""
+    """What Bitrix24 appends to the redirect URI (docs/bitrix24-facts.md F-OAUTH-3)."""
 
     code: str
     state: str
@@ -120,12 +120,6 @@ class Connected:
 
     domain: str
     member_id: str
-
-
-def pkce_challenge(verifier: str) -> str:
-    """The S256 code_challenge of a verifier (RFC 7636)."""
-    digest = hashlib.sha256(verifier.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 class AuthorizationFlow:
@@ -147,8 +141,8 @@ class AuthorizationFlow:
         self._server = server
         self._grants = grants
         self._ttl = ttl_seconds
-        # PKCE is UNVERIFIED for Bitrix24 (fact sheet 1), so it is a setting; the verifier is derived
-        # from the state and nonce (vault.derive_pkce_verifier), never stored.
+        # PKCE is a setting (docs/bitrix24-facts.md F-OAUTH-1 documents no PKCE); the verifier is
+        # derived from the state and nonce under its own key (b24connector.pkce), never stored.
         self._pkce_verifier = pkce_verifier
         self._token_urlsafe = token_urlsafe
 
@@ -159,7 +153,7 @@ class AuthorizationFlow:
         portal = self._normalize(raw_domain, "domain_invalid")
         state = self._token_urlsafe(32)
         nonce = self._token_urlsafe(32)
-        challenge = pkce_challenge(self._pkce_verifier(state, nonce)) if self._pkce_verifier else None
+        challenge = pkce.challenge(self._pkce_verifier(state, nonce)) if self._pkce_verifier else None
         try:
             self._states.save(state, nonce, portal)
         except VaultUnavailable:
@@ -177,7 +171,7 @@ class AuthorizationFlow:
         ):
             _check_param(value, name)
         domain = self._normalize(params.domain, "domain_invalid")
-        if not set(params.member_id) <= _MEMBER_ID_CHARS:
+        if not is_member_id(params.member_id):
             raise invalid("member_id_invalid", "The portal identifier is malformed.")
         try:
             server = self._server.resolve_server(params.server_domain)

@@ -1,4 +1,4 @@
-"""Secrets Manager values (client secret, cursor signing key) through Powertools with a bounded cache age."""
+"""Secrets Manager values (client secret, cursor signing key, PKCE key) through Powertools with a bounded cache age."""
 
 from __future__ import annotations
 
@@ -55,3 +55,11 @@ def cursor_signing_key(settings: Settings | None = None) -> bytes:
     """The key that signs lead-list cursors, cached for SECRET_MAX_AGE_SECONDS."""
     conf = settings or get_settings()
     return _read_secret(conf.cursor_secret_id, conf.secret_max_age_seconds).encode("utf-8")
+
+
+def pkce_key(settings: Settings | None = None) -> bytes:
+    """The key PKCE verifiers are derived from (its own secret, not the cursor key), cached likewise."""
+    conf = settings or get_settings()
+    if not conf.pkce_secret_id:
+        raise SecretUnavailable("no PKCE key is configured (PKCE_SECRET_ID)")
+    return _read_secret(conf.pkce_secret_id, conf.secret_max_age_seconds).encode("utf-8")

@@ -45,20 +45,20 @@ from b24connector.bitrix24.errors import (
 )
 from b24connector.bitrix24.portal_context import PortalContext
 from b24connector.bitrix24.tokens import parse_token_payload
+from b24connector.identifiers import MEMBER_ID
 from b24connector.observability import count, logger
 from b24connector.portals import InvalidPortal, PortalPolicy
 from b24connector.problems import Problem, forbidden, invalid, unavailable
 from b24connector.tokens import TokenSet
 from b24connector.vault.errors import GrantRefused, ReauthRequired, VaultError, VaultUnavailable
+from b24connector.vault.hashing import hash_secret
 from b24connector.vault.journal import JOB_GRANT, JOB_SUBSCRIBE, JOB_UNINSTALL, JobSink, LifecycleJob
 from b24connector.vault.models import ROLE_ADMIN, ROLE_RANK, ROLE_SYSTEM, ROLE_USER
-from b24connector.vault.store import hash_secret
 
 if TYPE_CHECKING:
     # Annotations only: the OAuth client module loads requests, which the handler wires on first use.
     from b24connector.bitrix24.oauth import AppInfo
 
-_MEMBER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _OPAQUE = re.compile(r"[\x21-\x7e]{1,512}\Z")  # tokens: printable ASCII without spaces
 _DIGITS = re.compile(r"[0-9]{1,12}\Z")  # ASCII digits only: str.isdigit() also takes "²" and "٣"
 _SCOPE = re.compile(r"[\w,. -]{1,500}\Z", re.ASCII)
@@ -270,7 +270,7 @@ def parse_install_page(
     """The install page POST: DOMAIN etc. in the query, AUTH_ID/REFRESH_ID/... in the form body."""
     domain = _normalize(policy, _required(query, "DOMAIN", re.compile(r".{1,300}\Z")))
     _check_placement_options(form.get("PLACEMENT_OPTIONS"))
-    member_id = _required(form, "member_id", _MEMBER_ID)
+    member_id = _required(form, "member_id", MEMBER_ID)
     access_token = _required(form, "AUTH_ID")
     refresh_token = _required(form, "REFRESH_ID")
     lifetime = _lifetime(_required(form, "AUTH_EXPIRES", re.compile(r".{1,32}\Z")), "AUTH_EXPIRES")
@@ -306,7 +306,7 @@ def _block(payload: Mapping[str, Any], name: str) -> Mapping[str, Any]:
 
 def _pair(block: Mapping[str, Any], prefix: str, now: float, *, need_app_token: bool) -> dict[str, Any]:
     """The token fields of one event block, checked: ASCII digits only, bounded numbers."""
-    _required(block, "member_id", _MEMBER_ID)
+    _required(block, "member_id", MEMBER_ID)
     _required(block, "access_token")
     _required(block, "refresh_token")
     fields: dict[str, Any] = {
@@ -380,7 +380,7 @@ def parse_install_event(payload: Mapping[str, Any], policy: PortalPolicy, *, now
 def parse_uninstall_event(payload: Mapping[str, Any]) -> UninstallNotice:
     """ONAPPUNINSTALL: `auth[member_id]`, `auth[application_token]`, `data[CLEAN]`."""
     auth = _block(payload, "auth")
-    member_id = _required(auth, "member_id", _MEMBER_ID)
+    member_id = _required(auth, "member_id", MEMBER_ID)
     token = _required(auth, "application_token")
     data = payload.get("data")
     clean_raw = data.get("CLEAN") if isinstance(data, dict) else None

@@ -53,6 +53,7 @@ class Settings:
     due_index_shards: int
     state_ttl_seconds: int
     pkce_enabled: bool
+    pkce_secret_id: str  # Secrets Manager name or ARN of the PKCE verifier key; required with PKCE on
     success_redirect_url: str
     install_finish_script_url: str
     rate_limit_per_second: float
@@ -169,6 +170,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         due_index_shards=read.get("DUE_INDEX_SHARDS", _positive(int), "16"),
         state_ttl_seconds=read.get("STATE_TTL_SECONDS", _positive(int), "600"),
         pkce_enabled=read.get("PKCE_ENABLED", _bool, "false"),
+        pkce_secret_id=read.get("PKCE_SECRET_ID", str, "").strip(),
         success_redirect_url=read.get("SUCCESS_REDIRECT_URL", str, ""),
         install_finish_script_url=read.get(
             "INSTALL_FINISH_SCRIPT_URL", _nonempty, "//api.bitrix24.com/api/v1/"
@@ -182,6 +184,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     )
     if settings.state_ttl_seconds > 600:
         raise ConfigError("environment variable STATE_TTL_SECONDS is invalid: at most 600 seconds")
+    if settings.pkce_enabled and not settings.pkce_secret_id:
+        # PKCE derives its verifier under its own key (b24connector/pkce.py), never the cursor key.
+        raise ConfigError(
+            "environment variable PKCE_SECRET_ID is invalid: required when PKCE_ENABLED is true"
+        )
     if settings.app_env == "prod" and settings.local_mode:
         # LOCAL_MODE allows plain http to loopback hosts: a production stack must never run with it.
         raise ConfigError("environment variable LOCAL_MODE is invalid: never true when APP_ENV is prod")

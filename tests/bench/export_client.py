@@ -210,6 +210,7 @@ def _rss_kb() -> int:
 
 
 def _ours(job: dict[str, Any], parallel: bool) -> Callable[[], Rows]:
+    from b24connector.bitrix24.list_query import ListQuery
     from b24connector.bitrix24.listing import FastLister
     from b24connector.bitrix24.pacing import LocalTokenBucket
     from b24connector.bitrix24.portal_context import PortalContext
@@ -223,10 +224,10 @@ def _ours(job: dict[str, Any], parallel: bool) -> Callable[[], Rows]:
     def run() -> Rows:
         if parallel:
             rows = lister.iter_list_parallel(
-                portal, "crm.lead.list", select=job["select"], workers=job["workers"]
+                portal, ListQuery("crm.lead.list", select=job["select"]), workers=job["workers"]
             )
         else:
-            rows = lister.iter_list(portal, "crm.lead.list", select=job["select"])
+            rows = lister.iter_list(portal, ListQuery("crm.lead.list", select=job["select"]))
         return list(rows)
 
     return run

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from b24connector.vault.store import hash_secret
+from b24connector.vault.hashing import hash_secret
 from bitrix24_emulator.installer import install_page_request, user_ready_fields
 from tests.leak_canary import canary_value, find_canaries
 from tests.security.harness import Rig, header, query_of

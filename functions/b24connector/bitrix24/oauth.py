@@ -1,16 +1,14 @@
 """Client of the Bitrix24 OAuth server: authorize URL, code exchange, refresh and app.info.
 
-Bitrix24 quirks handled here (fact sheet 1, 2): the authorize page lives on the user's own portal while
-the token endpoint lives on a regional OAuth server chosen from an allow-list; form POSTs keep secrets out
-of URLs; `error` is checked even on HTTP 200 (`wrong_client`); a code exchange is never retried.
+Bitrix24 quirks handled here (docs/bitrix24-facts.md F-OAUTH-1 to F-OAUTH-10): the authorize page
+lives on the user's own portal while the token endpoint lives on a regional OAuth server chosen from
+an allow-list; form POSTs keep secrets out of URLs; `error` is checked even on HTTP 200
+(`wrong_client`); a code exchange is never retried.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import re
-import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -60,7 +58,7 @@ _SERVER_PATHS = ("", "/", "/rest", "/rest/")
 MAX_OAUTH_ANSWER_BYTES = 64 * 1024
 _MIN_CALL_SECONDS = 0.05  # below this a token call cannot complete: it is not started
 
-# OAuth-server `error` codes (fact sheet 2.8), lower-cased, to the exception class they mean.
+# OAuth-server `error` codes (docs/bitrix24-facts.md F-OAUTH-6, F-OAUTH-7), lower-cased, to the exception class they mean.
 _OAUTH_ERRORS: dict[str, type[Bitrix24Error]] = {
     "invalid_grant": InvalidGrant,
     "bad_verification_code": InvalidGrant,
@@ -91,14 +89,6 @@ class AppInfo:
     status: str
     scope: str
     user_id: int | None
-
-
-def make_pkce_pair() -> tuple[str, str]:
-    """A (code_verifier, S256 code_challenge) pair per RFC 7636."""
-    verifier = secrets.token_urlsafe(48)  # 64 chars, within the 43..128 range
-    digest = hashlib.sha256(verifier.encode("ascii")).digest()
-    challenge = base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-    return verifier, challenge
 
 
 def _parse_server(base_url: str, *, local_mode: bool) -> tuple[str, str]:
@@ -204,7 +194,7 @@ class OAuthClient:
         return [f"{scheme}://{netloc}" for scheme, netloc in self._servers]
 
     def authorize_url(self, portal_host: str, state: str, *, code_challenge: str | None = None) -> str:
-        """The portal's consent URL (fact sheet 1); `portal_host` must come from PortalPolicy.normalize."""
+        """The portal's consent URL (F-OAUTH-1 in docs/bitrix24-facts.md); `portal_host` must come from PortalPolicy.normalize."""
         host = portal_host.lower()
         if not _HOST_PORT.match(host):
             raise UnsafeEndpoint("UNSAFE_PORTAL_HOST", "portal host is not a normalized host[:port]")

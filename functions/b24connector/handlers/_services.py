@@ -108,23 +108,17 @@ def installer(conf: Settings) -> Installer:
 @cache
 def authorization_flow(conf: Settings) -> AuthorizationFlow:
     """The authorization use case (GET /authorize, GET /callback)."""
-    from b24connector import credentials  # noqa: PLC0415
+    from b24connector import credentials, pkce  # noqa: PLC0415
     from b24connector.authorization import AuthorizationFlow  # noqa: PLC0415
-    from b24connector.vault import derive_pkce_verifier  # noqa: PLC0415
 
-    pkce = None
-    if conf.pkce_enabled:
-
-        def pkce(state: str, nonce: str) -> str:
-            return derive_pkce_verifier(credentials.cursor_signing_key(conf), state, nonce)
-
+    verifier = pkce.verifier_source(lambda: credentials.pkce_key(conf)) if conf.pkce_enabled else None
     return AuthorizationFlow(
         portal_policy(conf),
         vault(conf).states,
         oauth_client(conf),
         installer(conf),
         ttl_seconds=conf.state_ttl_seconds,
-        pkce_verifier=pkce,
+        pkce_verifier=verifier,
     )
 
 

@@ -40,7 +40,8 @@ from b24connector.vault.errors import (
     RefreshUnavailable,
     RefreshUnsettled,
 )
-from b24connector.vault.store import Portal, PortalStore
+from b24connector.vault.portal import Portal
+from b24connector.vault.store import PortalStore
 
 
 class RefreshCoordinator:

@@ -42,7 +42,8 @@ from b24connector.vault.errors import (
     VaultUnavailable,
 )
 from b24connector.vault.models import HEALTH_NEEDS_REAUTH
-from b24connector.vault.store import Portal, PortalStore
+from b24connector.vault.portal import Portal
+from b24connector.vault.store import PortalStore
 
 _COMMIT_RESERVE_SECONDS = 2.0  # of a lease, kept after the token call for sealing and the commit
 

@@ -14,7 +14,8 @@ from b24connector.tokens import TokenSet
 from b24connector.vault.cipher import TokenMetadata
 from b24connector.vault.endpoints import EndpointChange, EndpointGuard
 from b24connector.vault.errors import VaultUnavailable
-from b24connector.vault.store import Portal, PortalStore
+from b24connector.vault.portal import Portal
+from b24connector.vault.store import PortalStore
 
 
 def judge_endpoints(

@@ -18,12 +18,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
+from b24connector.identifiers import is_member_id
 from b24connector.token_refresh.outcomes import RESCUE, BatchReport, RescueOutcome, record
 from b24connector.token_refresh.renames import as_stored, judge_endpoints, judged_metadata, report_endpoints
 from b24connector.vault.cipher import SealedTokens, TokenMetadata
 from b24connector.vault.clients import LazyClient, boto3_client, send_to_queue
 from b24connector.vault.endpoints import EndpointChange, EndpointGuard
-from b24connector.vault.store import Portal, PortalStore
+from b24connector.vault.portal import Portal
+from b24connector.vault.store import PortalStore
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -69,7 +71,7 @@ class RescueMessage:
         if data.get("format") != RESCUE_FORMAT_VERSION:
             raise ValueError("unsupported token rescue message format")
         member_id, base_version = data.get("member_id"), data.get("base_version")
-        if not isinstance(member_id, str) or not member_id:
+        if not is_member_id(member_id):
             raise ValueError("rescue message has no member_id")
         if not isinstance(base_version, int) or isinstance(base_version, bool) or base_version < 0:
             raise ValueError("rescue message has no valid base_version")

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from b24connector.identifiers import is_member_id
 from b24connector.token_refresh.lease_holder import LeaseHolder
 from b24connector.token_refresh.outcomes import SCHEDULED, BatchReport, RefreshOutcome, RemainingMs, record
 from b24connector.vault.errors import (
@@ -43,7 +44,7 @@ from b24connector.vault.errors import (
     RefreshUnavailable,
     VaultError,
 )
-from b24connector.vault.store import Portal
+from b24connector.vault.portal import Portal
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -208,7 +209,7 @@ class RefreshRequest:
         if not isinstance(data, dict):
             raise ValueError("not an object")
         member_id, version = data.get("member_id"), data.get("version")
-        if not isinstance(member_id, str) or not member_id or len(member_id) > 64:
+        if not is_member_id(member_id):
             raise ValueError("member_id missing")
         if isinstance(version, bool) or not isinstance(version, int) or version < 0:
             raise ValueError("version missing")

@@ -30,7 +30,9 @@ from b24connector.vault.errors import (
 )
 from b24connector.vault.journal import JournalCodec, LifecycleJob, SqsLifecycleQueue
 from b24connector.vault.models import aws_region, bind_portal_model, bind_state_model
-from b24connector.vault.store import ConsumedState, Portal, PortalStore, StateStore, derive_pkce_verifier
+from b24connector.vault.portal import Portal
+from b24connector.vault.states import ConsumedState, StateStore
+from b24connector.vault.store import PortalStore
 
 __all__ = [
     "ConsumedState",
@@ -56,7 +58,6 @@ __all__ = [
     "Vault",
     "VaultError",
     "VaultUnavailable",
-    "derive_pkce_verifier",
     "open_vault",
 ]
 

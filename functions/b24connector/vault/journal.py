@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from b24connector.identifiers import is_member_id
 from b24connector.vault.cipher import TokenCipher
 from b24connector.vault.clients import LazyClient, boto3_client, send_to_queue
 from b24connector.vault.errors import TokenDecryptError, VaultUnavailable
@@ -90,7 +91,7 @@ class JournalCodec:
         if data.get("format") != JOURNAL_FORMAT_VERSION:
             raise ValueError("unsupported lifecycle journal format")
         member_id, kind, facts = data.get("member_id"), data.get("job"), data.get("facts", {})
-        if not isinstance(member_id, str) or not isinstance(kind, str) or not isinstance(facts, Mapping):
+        if not is_member_id(member_id) or not isinstance(kind, str) or not isinstance(facts, Mapping):
             raise ValueError("lifecycle journal message is malformed")
         secrets: dict[str, str] = {}
         if "sealed_b64" in data:

@@ -87,6 +87,10 @@ class PortalModel(Model):
     refresh_due_at = NumberAttribute(null=True)
     lease_owner = UnicodeAttribute(null=True)
     lease_expires_at = NumberAttribute(null=True)
+    # What a scheduled lease replaced (0: no attempt before), so an attempt that never reached the token
+    # endpoint can be undone from the record itself (vault.leases.take_due_lease).
+    lease_prior_attempt_at = NumberAttribute(null=True)
+    lease_prior_due_at = NumberAttribute(null=True)
     grant_digests = ListAttribute[str](null=True)
     grant_role = UnicodeAttribute(null=True)  # ROLE_SYSTEM / ROLE_ADMIN / ROLE_USER
     subscription_state = UnicodeAttribute(null=True)  # SUBSCRIPTION_*

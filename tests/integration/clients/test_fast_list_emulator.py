@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from b24connector.bitrix24.errors import OperationTimeLimit
+from b24connector.bitrix24.list_query import ListQuery
 from b24connector.bitrix24.listing import FastLister
 from b24connector.bitrix24.pacing import LocalTokenBucket
 from b24connector.bitrix24.portal_context import PortalContext
@@ -58,7 +59,10 @@ def test_ten_thousand_leads_in_at_most_five_requests(
     started = time.perf_counter()
     read = lister.iter_list if variant == "sequential" else lister.iter_list_parallel
     rows = list(
-        read(portal, method, select=["ID", "TITLE"] if method == "crm.lead.list" else ["id", "title"])
+        read(
+            portal,
+            ListQuery(method, select=["ID", "TITLE"] if method == "crm.lead.list" else ["id", "title"]),
+        )
     )
     elapsed = time.perf_counter() - started
     stats = fresh.stats()
@@ -76,10 +80,14 @@ def test_filters_and_windows_over_http(
     ids = fresh.state.leads.ids()
     low, high = ids[100], ids[4_000]
     rows = list(
-        lister.iter_list(portal_for(), "crm.lead.list", select=["ID"], filter={">=ID": low, "<ID": high})
+        lister.iter_list(
+            portal_for(), ListQuery("crm.lead.list", select=["ID"], filter={">=ID": low, "<ID": high})
+        )
     )
     assert ids_of(rows) == [i for i in ids if low <= i < high]
-    limited = list(lister.iter_list_parallel(portal_for(), "crm.item.list", after_id=ids[10], limit=3_000))
+    limited = list(
+        lister.iter_list_parallel(portal_for(), ListQuery("crm.item.list", after_id=ids[10], limit=3_000))
+    )
     assert ids_of(limited) == ids[11:3_011]
 
 
@@ -89,10 +97,10 @@ def test_an_operating_block_mid_export_is_reported_with_its_reset(
     # A real 429 (or a blocked batch sub-call) carries no `time` block: the reset comes from the
     # `operating_reset_at` of an earlier successful answer, so read one page first.
     portal = portal_for()
-    assert len(list(lister.iter_list(portal, "crm.lead.list", limit=50))) == 50
+    assert len(list(lister.iter_list(portal, ListQuery("crm.lead.list", limit=50)))) == 50
     fresh.add_operating("crm.lead.list", 500)
     with pytest.raises(OperationTimeLimit) as caught:
-        list(lister.iter_list(portal, "crm.lead.list"))
+        list(lister.iter_list(portal, ListQuery("crm.lead.list")))
     assert caught.value.reset_at is not None
 
 
@@ -115,7 +123,7 @@ def test_one_hundred_thousand_leads(
     big_emu.reset()
     started = time.perf_counter()
     read = lister.iter_list if variant == "sequential" else lister.iter_list_parallel
-    rows = list(read(portal, "crm.lead.list", select=["ID", "TITLE", "STATUS_ID", "DATE_MODIFY"]))
+    rows = list(read(portal, ListQuery("crm.lead.list", select=["ID", "TITLE", "STATUS_ID", "DATE_MODIFY"])))
     elapsed = time.perf_counter() - started
     stats = big_emu.stats()
     report(capsys, f"crm.lead.list {variant} 100k", stats, elapsed)

@@ -10,7 +10,7 @@ import pytest
 
 from b24connector.bitrix24.tokens import parse_token_payload
 from b24connector.tokens import TokenSet
-from b24connector.vault.store import Portal
+from b24connector.vault.portal import Portal
 from bitrix24_emulator.config import EmulatorConfig
 from bitrix24_emulator.emulator import Emulator
 from tests.support.aws import AwsStack

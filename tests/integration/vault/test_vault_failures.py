@@ -38,7 +38,7 @@ from b24connector.vault.errors import (
     VaultUnavailable,
 )
 from b24connector.vault.models import HEALTH_ACTIVE, HEALTH_NEEDS_REAUTH, bind_state_model
-from b24connector.vault.store import StateStore
+from b24connector.vault.states import StateStore
 from tests.integration.vault.conftest import BACKENDS, Scene
 from tests.support.vault_fakes import FakeClock
 from tests.support.vault_rig import Rig, access_token_works, process_context, refresher_process

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from b24connector.bitrix24.errors import OperationTimeLimit, QueryLimitExceeded, ServerError, TransientError
-from b24connector.bitrix24.listing import FastLister, Window, list_spec, make_window
+from b24connector.bitrix24.list_query import ListQuery, Window, list_spec, make_window
+from b24connector.bitrix24.listing import FastLister
 from tests.unit.bitrix24.fakes import FakeCrm, FakeTime, Reply, make_client, make_portal, php_parse
 
 
@@ -40,7 +41,11 @@ def with_gaps(n: int, seed: int = 7, ratio: float = 0.1) -> list[int]:
 
 def test_first_batch_chains_fifty_pages_through_result_references(fake_time: FakeTime) -> None:
     crm = FakeCrm(dense(10))
-    list(lister_for(crm, fake_time).iter_list(make_portal(), "crm.lead.list", select=["TITLE"], after_id=3))
+    list(
+        lister_for(crm, fake_time).iter_list(
+            make_portal(), ListQuery("crm.lead.list", select=["TITLE"], after_id=3)
+        )
+    )
     [commands] = crm.batches
     assert list(commands) == [f"c{k}" for k in range(50)]
     first = php_parse(commands["c0"].partition("?")[2])
@@ -61,7 +66,9 @@ def test_first_batch_chains_fifty_pages_through_result_references(fake_time: Fak
 
 def test_item_list_chain_uses_items_path_and_entity_type(fake_time: FakeTime) -> None:
     crm = FakeCrm(dense(10))
-    rows = list(lister_for(crm, fake_time).iter_list(make_portal(), "crm.item.list", select=["title"]))
+    rows = list(
+        lister_for(crm, fake_time).iter_list(make_portal(), ListQuery("crm.item.list", select=["title"]))
+    )
     assert ids_of(rows) == dense(10)
     commands = crm.batches[0]
     first = php_parse(commands["c0"].partition("?")[2])
@@ -97,7 +104,11 @@ def test_sequential_export_reads_every_id_once_without_counting(
     fake_time: FakeTime, ids: list[int], requests: int
 ) -> None:
     crm = FakeCrm(ids)
-    rows = list(lister_for(crm, fake_time).iter_list(make_portal(), "crm.lead.list", select=["ID", "TITLE"]))
+    rows = list(
+        lister_for(crm, fake_time).iter_list(
+            make_portal(), ListQuery("crm.lead.list", select=["ID", "TITLE"])
+        )
+    )
     assert ids_of(rows) == ids
     assert crm.count_pages == 0
     assert crm.requests == requests
@@ -107,7 +118,7 @@ def test_short_page_cuts_the_chain_even_though_the_server_restarts_it(fake_time:
     # Given 120 leads: page c2 is short, so c3's reference points at a missing row, the server
     # substitutes "" and the dropped condition makes c3..c49 restart from the first lead
     crm = FakeCrm(dense(120))
-    rows = list(lister_for(crm, fake_time).iter_list(make_portal(), "crm.lead.list"))
+    rows = list(lister_for(crm, fake_time).iter_list(make_portal(), ListQuery("crm.lead.list")))
     # Then the client stops at c2 and yields every lead exactly once
     assert crm.junk_rows > 0
     assert ids_of(rows) == dense(120)
@@ -117,7 +128,7 @@ def test_short_page_cuts_the_chain_even_though_the_server_restarts_it(fake_time:
 @pytest.mark.parametrize("method", ["crm.lead.list", "crm.item.list"])
 def test_short_page_cut_for_both_methods(fake_time: FakeTime, method: str) -> None:
     crm = FakeCrm(with_gaps(3_000))
-    rows = list(lister_for(crm, fake_time).iter_list(make_portal(), method))
+    rows = list(lister_for(crm, fake_time).iter_list(make_portal(), ListQuery(method)))
     assert ids_of(rows) == crm.ids
     assert crm.requests == 2
 
@@ -130,7 +141,7 @@ def test_rows_outside_the_window_are_refused(fake_time: FakeTime) -> None:
     with pytest.raises(TransientError, match="OUT_OF_WINDOW"):
         list(
             FastLister(make_client(crm.transport, fake_time), transient_retries=0).iter_list(
-                make_portal(), "crm.lead.list"
+                make_portal(), ListQuery("crm.lead.list")
             )
         )
 
@@ -144,7 +155,7 @@ def test_malformed_pages_are_transient_errors(fake_time: FakeTime, page: Any) ->
     crm.replies.append(Reply(payload={"result": {"result": {"c0": page}, "result_error": []}}))
     lister = FastLister(make_client(crm.transport, fake_time), transient_retries=0)
     with pytest.raises(TransientError):
-        list(lister.iter_list(make_portal(), "crm.lead.list"))
+        list(lister.iter_list(make_portal(), ListQuery("crm.lead.list")))
 
 
 # --- windows, filters and limits ---------------------------------------------------------------------
@@ -153,7 +164,9 @@ def test_malformed_pages_are_transient_errors(fake_time: FakeTime, page: Any) ->
 def test_before_id_bounds_the_chain_and_saves_the_probe(fake_time: FakeTime) -> None:
     crm = FakeCrm(dense(10_000))
     rows = list(
-        lister_for(crm, fake_time).iter_list(make_portal(), "crm.lead.list", after_id=100, before_id=2_601)
+        lister_for(crm, fake_time).iter_list(
+            make_portal(), ListQuery("crm.lead.list", after_id=100, before_id=2_601)
+        )
     )
     assert ids_of(rows) == list(range(101, 2_601))
     assert crm.requests == 1  # 2,500 IDs fit one batch exactly; the bound says nothing is left
@@ -161,7 +174,7 @@ def test_before_id_bounds_the_chain_and_saves_the_probe(fake_time: FakeTime) -> 
 
 def test_chain_length_follows_the_window(fake_time: FakeTime) -> None:
     crm = FakeCrm(dense(1_000))
-    list(lister_for(crm, fake_time).iter_list(make_portal(), "crm.lead.list", before_id=121))
+    list(lister_for(crm, fake_time).iter_list(make_portal(), ListQuery("crm.lead.list", before_id=121)))
     assert len(crm.batches[0]) == 3  # IDs 1..120 need at most three pages
 
 
@@ -169,7 +182,7 @@ def test_id_conditions_in_the_filter_fold_into_the_window(fake_time: FakeTime) -
     crm = FakeCrm(dense(500))
     rows = list(
         lister_for(crm, fake_time).iter_list(
-            make_portal(), "crm.lead.list", filter={">=ID": 101, "<=ID": 200, "STATUS_ID": "NEW"}
+            make_portal(), ListQuery("crm.lead.list", filter={">=ID": 101, "<=ID": 200, "STATUS_ID": "NEW"})
         )
     )
     assert ids_of(rows) == list(range(101, 201))
@@ -187,7 +200,7 @@ def test_make_window_keeps_the_tightest_bounds() -> None:
 
 def test_limit_stops_early_and_sizes_the_chain(fake_time: FakeTime) -> None:
     crm = FakeCrm(dense(10_000))
-    rows = list(lister_for(crm, fake_time).iter_list(make_portal(), "crm.lead.list", limit=120))
+    rows = list(lister_for(crm, fake_time).iter_list(make_portal(), ListQuery("crm.lead.list", limit=120)))
     assert ids_of(rows) == list(range(1, 121))
     assert len(crm.batches[0]) == 3
     assert crm.requests == 1
@@ -196,9 +209,11 @@ def test_limit_stops_early_and_sizes_the_chain(fake_time: FakeTime) -> None:
 def test_max_id_is_one_descending_uncounted_call(fake_time: FakeTime) -> None:
     crm = FakeCrm(with_gaps(1_000))
     lister = lister_for(crm, fake_time)
-    assert lister.max_id(make_portal(), "crm.lead.list") == crm.ids[-1]
-    assert lister.max_id(make_portal(), "crm.item.list", before_id=100) == max(i for i in crm.ids if i < 100)
-    assert lister.max_id(make_portal(), "crm.lead.list", after_id=10**9) is None
+    assert lister.max_id(make_portal(), ListQuery("crm.lead.list")) == crm.ids[-1]
+    assert lister.max_id(make_portal(), ListQuery("crm.item.list", before_id=100)) == max(
+        i for i in crm.ids if i < 100
+    )
+    assert lister.max_id(make_portal(), ListQuery("crm.lead.list", after_id=10**9)) is None
     assert crm.requests == 3
     assert crm.count_pages == 0
 
@@ -213,7 +228,7 @@ def test_operation_limit_in_a_sub_call_waits_and_resumes(fake_time: FakeTime) ->
     lister.client._remember_reset(
         "acme.bitrix24.com", "crm.lead.list", {"operating_reset_at": fake_time.now + 5}
     )
-    rows = list(lister.iter_list(make_portal(), "crm.lead.list"))
+    rows = list(lister.iter_list(make_portal(), ListQuery("crm.lead.list")))
     assert ids_of(rows) == dense(6_000)
     assert fake_time.sleeps == [pytest.approx(5.5)]
     # the second batch resumes right after the last good page
@@ -228,7 +243,7 @@ def test_operation_limit_without_budget_raises_with_reset_at(fake_time: FakeTime
         "acme.bitrix24.com", "crm.lead.list", {"operating_reset_at": fake_time.now + 600}
     )
     with pytest.raises(OperationTimeLimit) as caught:
-        list(lister.iter_list(make_portal(), "crm.lead.list"))
+        list(lister.iter_list(make_portal(), ListQuery("crm.lead.list")))
     assert caught.value.reset_at == fake_time.now + 600
 
 
@@ -236,7 +251,7 @@ def test_other_sub_call_errors_raise(fake_time: FakeTime) -> None:
     crm = FakeCrm(dense(100))
     crm.sub_errors[(1, "c0")] = {"error": "", "error_description": "Access denied."}
     with pytest.raises(Exception, match="Access denied"):
-        list(lister_for(crm, fake_time).iter_list(make_portal(), "crm.lead.list"))
+        list(lister_for(crm, fake_time).iter_list(make_portal(), ListQuery("crm.lead.list")))
 
 
 def test_transient_batch_failures_are_retried_a_few_times(fake_time: FakeTime) -> None:
@@ -244,7 +259,7 @@ def test_transient_batch_failures_are_retried_a_few_times(fake_time: FakeTime) -
     crm.replies.extend(
         [Reply(502, body=b"<html>bad gateway</html>"), Reply(500, {"error": "INTERNAL_SERVER_ERROR"})]
     )
-    rows = list(lister_for(crm, fake_time).iter_list(make_portal(), "crm.lead.list"))
+    rows = list(lister_for(crm, fake_time).iter_list(make_portal(), ListQuery("crm.lead.list")))
     assert ids_of(rows) == dense(100)
     assert crm.requests == 3
     assert len(fake_time.sleeps) == 2
@@ -254,7 +269,7 @@ def test_transient_retries_are_bounded(fake_time: FakeTime) -> None:
     crm = FakeCrm(dense(100))
     crm.replies.extend([Reply(502, body=b"<html></html>")] * 3)
     with pytest.raises(ServerError):
-        list(lister_for(crm, fake_time).iter_list(make_portal(), "crm.lead.list"))
+        list(lister_for(crm, fake_time).iter_list(make_portal(), ListQuery("crm.lead.list")))
     assert crm.requests == 3
 
 
@@ -263,7 +278,7 @@ def test_query_limit_is_not_retried_twice(fake_time: FakeTime) -> None:
     crm.replies.extend([Reply(503, {"error": "QUERY_LIMIT_EXCEEDED"})] * 5)
     client = make_client(crm.transport, fake_time, max_query_limit_retries=1)
     with pytest.raises(QueryLimitExceeded):
-        list(FastLister(client, sleep=fake_time.sleep).iter_list(make_portal(), "crm.lead.list"))
+        list(FastLister(client, sleep=fake_time.sleep).iter_list(make_portal(), ListQuery("crm.lead.list")))
     assert crm.requests == 2  # the REST client's own bounded backoff only
 
 
@@ -293,7 +308,9 @@ def test_parallel_export_matches_sequential_order_and_request_budget(
 ) -> None:
     crm = FakeCrm(ids)
     rows = list(
-        lister_for(crm, fake_time).iter_list_parallel(make_portal(), method, select=["TITLE"], workers=4)
+        lister_for(crm, fake_time).iter_list_parallel(
+            make_portal(), ListQuery(method, select=["TITLE"]), workers=4
+        )
     )
     assert ids_of(rows) == ids
     assert crm.count_pages == 0
@@ -302,7 +319,7 @@ def test_parallel_export_matches_sequential_order_and_request_budget(
 
 def test_parallel_first_request_carries_the_max_id_query(fake_time: FakeTime) -> None:
     crm = FakeCrm(dense(10_000))
-    list(lister_for(crm, fake_time).iter_list_parallel(make_portal(), "crm.lead.list"))
+    list(lister_for(crm, fake_time).iter_list_parallel(make_portal(), ListQuery("crm.lead.list")))
     first = crm.batches[0]
     assert len(first) == 50
     assert list(first)[-1] == "top"
@@ -315,7 +332,9 @@ def test_parallel_respects_limit_and_filters(fake_time: FakeTime) -> None:
     crm = FakeCrm(dense(30_000))
     rows = list(
         lister_for(crm, fake_time).iter_list_parallel(
-            make_portal(), "crm.lead.list", filter={">ID": 1_000, "<ID": 25_001}, limit=7_000, workers=2
+            make_portal(),
+            ListQuery("crm.lead.list", filter={">ID": 1_000, "<ID": 25_001}, limit=7_000),
+            workers=2,
         )
     )
     assert ids_of(rows) == list(range(1_001, 8_001))
@@ -325,13 +344,17 @@ def test_parallel_propagates_window_failures(fake_time: FakeTime) -> None:
     crm = FakeCrm(dense(20_000))
     crm.sub_errors[(3, "c0")] = {"error": "ACCESS_DENIED", "error_description": "nope"}
     with pytest.raises(Exception, match="ACCESS_DENIED"):
-        list(lister_for(crm, fake_time).iter_list_parallel(make_portal(), "crm.lead.list", workers=2))
+        list(
+            lister_for(crm, fake_time).iter_list_parallel(
+                make_portal(), ListQuery("crm.lead.list"), workers=2
+            )
+        )
 
 
 def test_parallel_falls_back_to_sequential_without_a_top(fake_time: FakeTime) -> None:
     crm = FakeCrm(dense(3_000))
     crm.sub_errors[(1, "top")] = {"error": "OPERATION_TIME_LIMIT", "error_description": "blocked"}
-    rows = list(lister_for(crm, fake_time).iter_list_parallel(make_portal(), "crm.lead.list"))
+    rows = list(lister_for(crm, fake_time).iter_list_parallel(make_portal(), ListQuery("crm.lead.list")))
     assert ids_of(rows) == dense(3_000)
     assert crm.requests == 2
     assert "top" not in crm.batches[1]
@@ -367,7 +390,9 @@ def test_parallel_reads_only_the_windows_its_limit_needs(
     crm = FakeCrm(ids)
     # When a limited parallel read runs (4 workers would keep 8 windows in flight)
     rows = list(
-        lister_for(crm, fake_time).iter_list_parallel(make_portal(), "crm.lead.list", limit=limit, workers=4)
+        lister_for(crm, fake_time).iter_list_parallel(
+            make_portal(), ListQuery("crm.lead.list", limit=limit), workers=4
+        )
     )
     # Then it answers exactly the first `limit` rows in order
     assert ids_of(rows) == ids[:limit]
@@ -383,7 +408,9 @@ def test_parallel_limit_finishes_sequentially_when_the_range_thins_out(fake_time
     crm = FakeCrm(ids)
     # When 10,000 rows are asked for: the planned windows hold fewer rows than expected
     rows = list(
-        lister_for(crm, fake_time).iter_list_parallel(make_portal(), "crm.lead.list", limit=10_000, workers=4)
+        lister_for(crm, fake_time).iter_list_parallel(
+            make_portal(), ListQuery("crm.lead.list", limit=10_000), workers=4
+        )
     )
     # Then the rest is read after the windows, still in order, and nothing past the limit is answered
     assert ids_of(rows) == ids[:10_000]
@@ -393,18 +420,20 @@ def test_parallel_limit_finishes_sequentially_when_the_range_thins_out(fake_time
 def test_read_head_is_one_request_with_rows_top_and_density(fake_time: FakeTime) -> None:
     crm = FakeCrm(list(range(2, 20_002, 2)))  # every other ID
     lister = lister_for(crm, fake_time)
-    head = lister.read_head(make_portal(), "crm.lead.list", after_id=100, before_id=15_001, limit=1_000)
+    head = lister.read_head(
+        make_portal(), ListQuery("crm.lead.list", after_id=100, before_id=15_001, limit=1_000)
+    )
     assert ids_of(head.rows) == list(range(102, 2_102, 2))
     assert (head.top, head.last, head.exhausted) == (15_000, 2_100, False)
     assert head.density == pytest.approx(0.5)
     assert crm.requests == 1
-    end = lister.read_head(make_portal(), "crm.lead.list", after_id=19_900)
+    end = lister.read_head(make_portal(), ListQuery("crm.lead.list", after_id=19_900))
     assert (len(end.rows), end.top, end.exhausted) == (50, None, True)
 
 
 def test_read_head_answers_at_most_its_limit(fake_time: FakeTime) -> None:
     crm = FakeCrm(dense(1_000))
-    head = lister_for(crm, fake_time).read_head(make_portal(), "crm.lead.list", limit=7)
+    head = lister_for(crm, fake_time).read_head(make_portal(), ListQuery("crm.lead.list", limit=7))
     # A whole page came back; the head keeps 7 rows and continues after the 7th
     assert ids_of(head.rows) == list(range(1, 8))
     assert (head.last, head.exhausted, head.top) == (7, False, 1_000)

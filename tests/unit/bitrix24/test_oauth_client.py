@@ -12,6 +12,7 @@ import pytest
 import requests
 from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError, ProtocolError, SSLError
 
+from b24connector import pkce
 from b24connector.bitrix24.errors import (
     Bitrix24Error,
     ExpiredToken,
@@ -26,7 +27,7 @@ from b24connector.bitrix24.errors import (
     PaymentRequired,
     UnsafeEndpoint,
 )
-from b24connector.bitrix24.oauth import AppInfo, OAuthClient, make_pkce_pair, parse_app_info
+from b24connector.bitrix24.oauth import AppInfo, OAuthClient, parse_app_info
 from b24connector.settings import load_settings
 from tests.unit.bitrix24.fakes import FakeTransport, Reply, session_with
 from tests.unit.bitrix24.test_token_parsing import REFRESH_RESPONSE
@@ -85,7 +86,8 @@ def test_authorize_url_points_at_the_portal_with_client_id_and_state() -> None:
 
 def test_pkce_parameters_only_when_a_challenge_is_given() -> None:
     client = make_oauth(FakeTransport())
-    verifier, challenge = make_pkce_pair()
+    verifier = pkce.derive_verifier(b"k" * 32, "state", "nonce")
+    challenge = pkce.challenge(verifier)
     query = parse_qs(urlsplit(client.authorize_url("acme.bitrix24.com", "s", code_challenge=challenge)).query)
     assert query["code_challenge"] == [challenge]
     assert query["code_challenge_method"] == ["S256"]
@@ -93,7 +95,7 @@ def test_pkce_parameters_only_when_a_challenge_is_given() -> None:
     assert 43 <= len(verifier) <= 128
     expected = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
     assert challenge == expected
-    assert make_pkce_pair()[0] != verifier
+    assert pkce.derive_verifier(b"k" * 32, "state", "other-nonce") != verifier
 
 
 def test_local_mode_uses_http_for_a_loopback_portal_only() -> None:

@@ -6,7 +6,8 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from b24connector.authorization import AuthorizationFlow, CallbackParams, pkce_challenge
+from b24connector import pkce
+from b24connector.authorization import AuthorizationFlow, CallbackParams
 from b24connector.bitrix24.errors import InvalidClient, MalformedTokenPayload, OAuthTransientError
 from b24connector.install import Installer
 from b24connector.portals import PortalPolicy
@@ -340,13 +341,13 @@ def test_pkce_sends_the_challenge_and_the_derived_verifier() -> None:
     query = parse_qs(urlparse(start.redirect_url).query)
     state = query["state"][0]
     verifier = f"verifier-{state[:8]}-{start.browser_nonce[:8]}-" + "x" * 30
-    assert query["code_challenge"] == [pkce_challenge(verifier)]
+    assert query["code_challenge"] == [pkce.challenge(verifier)]
     world.flow.complete(world.callback(state), start.browser_nonce)
     assert world.oauth.exchanges[0]["verifier"] == verifier
 
 
 def test_pkce_challenge_matches_rfc7636_example() -> None:
     assert (
-        pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk")
+        pkce.challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk")
         == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
     )

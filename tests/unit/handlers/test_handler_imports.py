@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from b24connector import authorization, credentials, pkce
 from b24connector.handlers import _services, leads
 from b24connector.settings import ConfigError, get_settings, load_settings
 from b24connector.tokens import TokenSet
@@ -89,3 +90,29 @@ def test_leads_paces_through_the_shared_bucket_unless_rate_limit_shared_is_off(
     get_settings.cache_clear()
     with pytest.raises(ConfigError, match="RATE_LIMIT_SHARED"):
         load_settings({**ENV, "RATE_LIMIT_SHARED": "maybe"})
+
+
+def test_pkce_derives_its_verifier_from_its_own_key_never_the_cursor_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # PKCE on needs its own secret: the cursor key may rotate while an authorization is in flight.
+    with pytest.raises(ConfigError, match="PKCE_SECRET_ID"):
+        load_settings({**ENV, "PKCE_ENABLED": "true"})
+    conf = load_settings({**ENV, "PKCE_ENABLED": "true", "PKCE_SECRET_ID": "b24/pkce-key"})
+    read: list[str] = []
+
+    def read_secret(secret_id: str, max_age: int) -> str:
+        read.append(secret_id)
+        return f"key-of-{secret_id}"
+
+    monkeypatch.setattr(credentials, "_read_secret", read_secret)
+    built: list[Any] = []
+    monkeypatch.setattr(authorization, "AuthorizationFlow", lambda *args, **kwargs: built.append(kwargs))
+    _services.authorization_flow.__wrapped__(conf)
+    verifier = built[-1]["pkce_verifier"]
+    assert verifier("state", "nonce") == pkce.derive_verifier(b"key-of-b24/pkce-key", "state", "nonce")
+    assert read == ["b24/pkce-key"]
+    # PKCE off: no verifier, and no key is read.
+    _services.authorization_flow.__wrapped__(load_settings(ENV))
+    assert built[-1]["pkce_verifier"] is None
+    assert read == ["b24/pkce-key"]

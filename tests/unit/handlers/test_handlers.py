@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from b24connector.authorization import AuthorizationFlow
+from b24connector.bitrix24.list_query import ListQuery
 from b24connector.handlers import (
     _services,
     authorize,
@@ -440,8 +441,8 @@ class _Lister:
     def __init__(self) -> None:
         self.rows = [{"ID": str(i), "TITLE": f"L{i}"} for i in range(1, 6)]
 
-    def iter_list(self, portal: Any, method: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
-        yield from (r for r in self.rows if int(r["ID"]) > kwargs["after_id"])
+    def iter_list(self, portal: Any, query: ListQuery) -> Iterator[dict[str, Any]]:
+        yield from (r for r in self.rows if int(r["ID"]) > query.after_id)
 
     iter_list_parallel = iter_list
 

@@ -250,10 +250,13 @@ def test_secrets_are_readable_only_where_needed(template: dict[str, Any], templa
                 assert statement.actions == ["secretsmanager:GetSecretValue"]
                 for resource in statement.resources:
                     readers.setdefault(resource["Ref"], set()).add(function_id)
-    assert set(readers) == {"ClientSecret", "CursorSigningSecret"}
-    # PKCE derives its verifier from the cursor key at /authorize and again at /callback.
-    pkce = {"AuthorizeFunction", "CallbackFunction"} if template_variant == "pkce-on" else set()
-    assert readers["CursorSigningSecret"] == {"LeadsFunction"} | pkce
+    # PKCE derives its verifier from its own key at /authorize and again at /callback; the cursor key
+    # is LeadsFunction's alone, so rotating it never breaks an authorization in flight.
+    pkce_on = template_variant == "pkce-on"
+    assert set(readers) == {"ClientSecret", "CursorSigningSecret"} | ({"PkceKeySecret"} if pkce_on else set())
+    assert readers["CursorSigningSecret"] == {"LeadsFunction"}
+    if pkce_on:
+        assert readers["PkceKeySecret"] == {"AuthorizeFunction", "CallbackFunction"}
     assert readers["ClientSecret"] == CLIENT_SECRET_READERS
 
 
@@ -351,12 +354,18 @@ def test_table_deletion_protection_is_opt_in_after_the_first_deploy(template: di
 
 def test_secrets_are_cmk_encrypted_retained_and_never_in_the_template(template: dict[str, Any]) -> None:
     secrets = resources_of_type(template, "AWS::SecretsManager::Secret")
-    assert set(secrets) == {"ClientSecret", "CursorSigningSecret"}
+    assert set(secrets) == {"ClientSecret", "CursorSigningSecret", "PkceKeySecret"}
     for secret in secrets.values():
         assert secret["Properties"]["KmsKeyId"] == getatt("DataKey")
-        _outlives_the_stack(secret)
-    assert "SecretString" not in secrets["CursorSigningSecret"]["Properties"]
-    assert secrets["CursorSigningSecret"]["Properties"]["GenerateSecretString"]["PasswordLength"] == 64
+    for logical_id in ("ClientSecret", "CursorSigningSecret"):
+        _outlives_the_stack(secrets[logical_id])
+    # A PKCE verifier lives STATE_TTL_SECONDS at most: its key exists only with PKCE on, and nothing
+    # needs it after the stack (or PKCE) is gone.
+    assert secrets["PkceKeySecret"]["Condition"] == "PkceOn"
+    assert "DeletionPolicy" not in secrets["PkceKeySecret"]
+    for logical_id in ("CursorSigningSecret", "PkceKeySecret"):
+        assert "SecretString" not in secrets[logical_id]["Properties"]
+        assert secrets[logical_id]["Properties"]["GenerateSecretString"]["PasswordLength"] == 64
 
 
 def test_the_client_secret_starts_as_the_marker_every_function_refuses(template: dict[str, Any]) -> None:
@@ -637,13 +646,15 @@ def test_pkce_follows_its_parameter_with_the_grants_it_needs(
     assert env["PKCE_ENABLED"] == {"Ref": "PkceEnabled"}
     assert template["Parameters"]["PkceEnabled"]["Default"] == "false"
     pkce_on = template_variant == "pkce-on"
+    assert env["PKCE_SECRET_ID"] == ({"Ref": "PkceKeySecret"} if pkce_on else "")
     for role_id in ("AuthorizeRole", "CallbackRole"):
         statements = role_statements(template, role_id)
         reads_key = any(
-            "secretsmanager:GetSecretValue" in s.actions and {"Ref": "CursorSigningSecret"} in s.resources
+            "secretsmanager:GetSecretValue" in s.actions and {"Ref": "PkceKeySecret"} in s.resources
             for s in statements
         )
         assert reads_key == pkce_on, role_id
+        assert not any({"Ref": "CursorSigningSecret"} in s.resources for s in statements), role_id
         (data_key,) = [s for s in statements if s.sid == "DataKeyViaOurServices"]
         services = [
             v["Fn::Sub"] for v in as_list(data_key.body["Condition"]["StringEquals"]["kms:ViaService"])

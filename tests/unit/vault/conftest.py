@@ -18,7 +18,9 @@ from b24connector.tokens import TokenSet
 from b24connector.vault.cipher import TokenCipher
 from b24connector.vault.endpoints import EndpointGuard
 from b24connector.vault.models import bind_portal_model, bind_state_model
-from b24connector.vault.store import Portal, PortalStore, StateStore
+from b24connector.vault.portal import Portal
+from b24connector.vault.states import StateStore
+from b24connector.vault.store import PortalStore
 from tests.support.aws import AwsStack, provision
 from tests.support.fake_oauth import FactSheetOAuthServer
 from tests.support.vault_fakes import FakeClock, RecordingRescueSink

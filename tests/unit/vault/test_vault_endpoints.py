@@ -16,7 +16,7 @@ from b24connector.token_refresh.rescue import new_rescue_message
 from b24connector.tokens import TokenSet
 from b24connector.vault.endpoints import EndpointGuard
 from b24connector.vault.errors import VaultUnavailable
-from b24connector.vault.store import Portal
+from b24connector.vault.portal import Portal
 from tests.support.fake_oauth import FactSheetOAuthServer
 from tests.unit.vault.conftest import UnitVault
 

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from b24connector.pkce import derive_verifier as derive_pkce_verifier
 from b24connector.vault.errors import StateRefusal, StateRefused, VaultError, VaultUnavailable
-from b24connector.vault.store import derive_pkce_verifier, hash_secret
+from b24connector.vault.hashing import hash_secret
 from tests.unit.vault.conftest import UnitVault
 
 

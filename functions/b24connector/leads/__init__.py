@@ -1,0 +1,72 @@
+"""Read one page of a portal's leads for another Lambda: validation, signed cursors, the fast list.
+
+The contract is docs/leads-client.md (request and answer schemas in docs/). One module per job:
+
+- `request`: the payload's validation into a LeadsRequest, and its fast-list query (ListQuery);
+- `cursor`: the signed cursor codec (where the next page starts, bound to tenant and query);
+- `answer`: rows kept under the answer size, and the success answer (LeadsPage);
+- `errors`: the error answer (LeadsError) and the one map from Bitrix24 and vault failures to it;
+- `portals`: portal access (VaultPortalOpener: vault, token renewal, renames);
+- `split`: cutting the rest of an ID range into parts for the `split` option;
+- `reader`: the use case (LeadsReader) that ties them together.
+
+ID range conditions in `filter` (`>ID`, `>=ID`, `<ID`, `<=ID`) are folded into the ID window by the
+lister; the cursor only ever moves the lower bound up, and it is bound to a hash of the query, so a
+caller cannot edit it to read outside its filter or another tenant's rows.
+"""
+
+from __future__ import annotations
+
+from b24connector.leads.answer import MAX_ANSWER_BYTES, LeadsPage, row_bytes
+from b24connector.leads.cursor import CursorCodec, CursorPosition
+from b24connector.leads.errors import (
+    INVALID_REQUEST,
+    PORTAL_NOT_FOUND,
+    RATE_LIMITED,
+    REAUTH_REQUIRED,
+    UPSTREAM_ERROR,
+    LeadsError,
+    error_for,
+)
+from b24connector.leads.portals import OpenPortal, PortalOpener, VaultPortalOpener
+from b24connector.leads.reader import PARALLEL_FROM, LeadLister, LeadsReader
+from b24connector.leads.request import (
+    DEFAULT_LIMIT,
+    LEAD_METHOD,
+    MAX_LIMIT,
+    MAX_QUERY_BYTES,
+    MAX_SPLIT,
+    LeadsRequest,
+    parse_request,
+)
+from b24connector.leads.split import MIN_SPLIT_ROWS, split_points
+
+__all__ = [
+    "DEFAULT_LIMIT",
+    "INVALID_REQUEST",
+    "LEAD_METHOD",
+    "MAX_ANSWER_BYTES",
+    "MAX_LIMIT",
+    "MAX_QUERY_BYTES",
+    "MAX_SPLIT",
+    "MIN_SPLIT_ROWS",
+    "PARALLEL_FROM",
+    "PORTAL_NOT_FOUND",
+    "RATE_LIMITED",
+    "REAUTH_REQUIRED",
+    "UPSTREAM_ERROR",
+    "CursorCodec",
+    "CursorPosition",
+    "LeadLister",
+    "LeadsError",
+    "LeadsPage",
+    "LeadsReader",
+    "LeadsRequest",
+    "OpenPortal",
+    "PortalOpener",
+    "VaultPortalOpener",
+    "error_for",
+    "parse_request",
+    "row_bytes",
+    "split_points",
+]

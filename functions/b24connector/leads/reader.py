@@ -1,0 +1,156 @@
+"""The use case: one validated request in, one page of leads (with its cursors) out."""
+
+from __future__ import annotations
+
+import hmac
+import itertools
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Protocol
+
+from b24connector.bitrix24.errors import Bitrix24Error
+from b24connector.leads.answer import MAX_ANSWER_BYTES, AnswerRows, LeadsPage, row_id
+from b24connector.leads.cursor import CursorCodec, CursorPosition
+from b24connector.leads.errors import LeadsError, error_for, invalid, resumable
+from b24connector.leads.portals import OpenPortal, PortalOpener
+from b24connector.leads.request import LeadsRequest
+from b24connector.leads.split import split_points
+from b24connector.vault.errors import VaultError
+
+if TYPE_CHECKING:
+    from b24connector.bitrix24.list_query import ListQuery
+    from b24connector.bitrix24.listing import ListHead
+
+# Above this many rows the ID range is read on a few threads; below it two sequential batches win.
+PARALLEL_FROM = 5_000
+
+
+class LeadLister(Protocol):
+    """The fast list reader (bitrix24.listing.FastLister) as this use case needs it."""
+
+    def iter_list(self, portal: Any, query: ListQuery) -> Iterator[dict[str, Any]]:
+        """Rows in ascending ID order, sequentially."""
+        ...
+
+    def iter_list_parallel(self, portal: Any, query: ListQuery) -> Iterator[dict[str, Any]]:
+        """Rows in ascending ID order, ID windows read on a few threads."""
+        ...
+
+    def read_head(self, portal: Any, query: ListQuery) -> ListHead:
+        """One request: the first batch of rows, the highest matching ID and the ID density."""
+        ...
+
+
+class LeadsReader:
+    """Serves LeadsFunction: one validated request in, one page out.
+
+    A page ends at `limit` rows or when the answer would pass MAX_ANSWER_BYTES, whichever comes
+    first. When a transient failure or the time budget stops a read after some rows, those rows are
+    answered with a cursor instead of an error; the next call continues from there.
+    """
+
+    def __init__(
+        self,
+        portals: PortalOpener,
+        lister: LeadLister,
+        cursors: CursorCodec,
+        *,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
+        parallel_from: int = PARALLEL_FROM,
+    ) -> None:
+        self._portals = portals
+        self._lister = lister
+        self._cursors = cursors
+        self._max_answer_bytes = max_answer_bytes
+        self._parallel_from = parallel_from
+
+    def read(self, request: LeadsRequest, *, deadline: float | None = None) -> LeadsPage:
+        """Read up to `request.limit` leads after the cursor; raise LeadsError for expected failures."""
+        # Check the cursor's signature before any I/O, so forged cursors cost nothing.
+        position = self._cursors.decode(request.cursor) if request.cursor else None
+        try:
+            portal = self._portals.open(member_id=request.member_id, domain=request.domain, deadline=deadline)
+        except VaultError as exc:
+            raise error_for(exc) from None
+        digest = request.query_digest()
+        if position is not None and (
+            position.member_id != portal.member_id or not hmac.compare_digest(position.query_digest, digest)
+        ):
+            raise invalid("cursor is not valid for this request")
+        bounds = (0, None) if position is None else (position.last_id, position.before_id)
+        if request.split is not None:
+            return self._read_split(portal, request, digest, bounds, request.split)
+        after_id, before_id = bounds
+        leads, more = self._collect(portal, request, after_id, before_id)
+        next_cursor = None
+        if more and leads:
+            last = row_id(leads[-1])
+            next_cursor = self._cursors.encode(CursorPosition(portal.member_id, digest, last, before_id))
+        return LeadsPage(leads, next_cursor)
+
+    def _read_split(
+        self,
+        portal: OpenPortal,
+        request: LeadsRequest,
+        digest: bytes,
+        bounds: tuple[int, int | None],
+        split: int,
+    ) -> LeadsPage:
+        """One batch of leads, `next_cursor` for the rest, and the rest cut into `split` signed parts.
+
+        Each part but the last carries its upper bound inside the signature, so a caller can read the
+        parts on concurrent invocations without any reading past its part.
+        """
+        after_id, before_id = bounds
+        try:
+            head = self._lister.read_head(
+                portal.context, request.list_query(after_id, before_id, request.limit)
+            )
+        except (Bitrix24Error, VaultError) as exc:
+            raise error_for(exc) from None
+        answer = AnswerRows(self._max_answer_bytes)
+        for row in head.rows:
+            if not answer.add(row):
+                break
+        answer.close()
+        rows = answer.rows
+        cut = len(rows) < len(head.rows)
+        if head.exhausted and not cut:
+            return LeadsPage(rows, None, [])
+        last = row_id(rows[-1]) if cut else head.last
+
+        def cursor(low: int, high: int | None) -> str:
+            return self._cursors.encode(CursorPosition(portal.member_id, digest, low, high))
+
+        next_cursor = cursor(last, before_id)
+        if head.top is None or head.top <= last:
+            return LeadsPage(rows, next_cursor, [])  # nothing known to split: follow next_cursor
+        points = split_points(last, head.top, head.density, split)
+        parts = [cursor(low, high + 1) for low, high in itertools.pairwise(points)]
+        # The last part stays open above the highest ID seen: leads created meanwhile are not lost.
+        parts.append(cursor(points[-1], before_id))
+        return LeadsPage(rows, next_cursor, parts)
+
+    def _collect(
+        self, portal: OpenPortal, request: LeadsRequest, after_id: int, before_id: int | None
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """(rows, whether more may follow). One extra row is asked for to know if the list ended."""
+        iterate = (
+            self._lister.iter_list_parallel if request.limit > self._parallel_from else self._lister.iter_list
+        )
+        answer = AnswerRows(self._max_answer_bytes)
+        try:
+            for row in iterate(portal.context, request.list_query(after_id, before_id, request.limit + 1)):
+                if len(answer) == request.limit:
+                    answer.close()
+                    return answer.rows, True
+                if not answer.add(row):
+                    return answer.rows, True
+        except LeadsError:
+            raise
+        except (Bitrix24Error, VaultError) as exc:
+            answer.close()
+            if answer.rows and resumable(exc):
+                return answer.rows, True
+            raise error_for(exc) from None
+        answer.close()
+        return answer.rows, answer.full
