@@ -48,10 +48,14 @@ format: $(STAMP) ## format and autofix
 	$(VENV)/bin/ruff format functions client infra tests
 	$(VENV)/bin/ruff check --fix functions client infra tests
 
-lint: $(STAMP) ## ruff + mypy
+# The layer contract (import-linter, [tool.importlinter] in pyproject.toml) and the dead-code check
+# (vulture with the reviewed vulture_whitelist.py) run from the tools virtualenv.
+lint: $(STAMP) $(TOOLS_STAMP) ## ruff (incl. complexity <= 12) + mypy + layer contract + dead code
 	$(VENV)/bin/ruff check functions client infra tests
 	$(VENV)/bin/ruff format --check functions client infra tests
 	$(VENV)/bin/mypy
+	$(TOOLS)/bin/lint-imports --no-cache
+	$(TOOLS)/bin/vulture functions client/src vulture_whitelist.py
 
 # All three run offline: checkov with skip-download (.checkov.yaml) and no update check; sam validate
 # needs a region but no credentials.

@@ -449,26 +449,9 @@ def cold_start() -> None:
     """Forget every per-container cache (wiring, decrypted tokens, secrets): the next call is a cold start."""
     from aws_lambda_powertools.utilities import parameters
 
-    from b24connector import vault
-    from b24connector.handlers import _services, refresh_sweep
+    from b24connector import wiring
 
-    for cached in (
-        vault._vault_for,
-        _services.portal_policy,
-        _services.oauth_client,
-        _services.coordinator,
-        _services.rest_client,
-        _services.installer,
-        _services.authorization_flow,
-        _services.subscriber,
-        lifecycle.worker,
-        lifecycle.codec,
-        leads.reader,
-        refresh_worker.worker,
-        refresh_sweep.sweep,
-        token_rescue.rescue_worker,
-    ):
-        cached.cache_clear()
+    wiring.reset()
     parameters.clear_caches()
 
 

@@ -36,6 +36,7 @@ from b24connector.bitrix24.list_query import (
     page_params,
     plan_windows,
     select_with_id,
+    window_span,
 )
 
 if TYPE_CHECKING:
@@ -58,6 +59,16 @@ class ListHead:
     exhausted: bool  # nothing matches after these rows
     density: float  # rows per ID over the IDs the batch walked (1.0 when it walked none)
     last: int  # the next read starts after this ID
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    """A planned read of whole ID windows: its rows, where the next read starts and the density seen."""
+
+    rows: list[Row]
+    last: int  # the next read starts after this ID
+    exhausted: bool  # nothing matches after `last` (below the read's upper bound)
+    density: float  # rows per ID over the IDs this read walked: the plan for the next read
 
 
 @dataclass(slots=True)
@@ -283,6 +294,41 @@ class FastLister:
             for page in self.iter_window(portal, rest, limit=wanted):
                 yield from out.emit(page)
 
+    def read_windows(
+        self, portal: PortalContext, query: ListQuery, *, top: int | None, density: float, batches: int
+    ) -> ListPage:
+        """At most `batches` ID windows of about one batch each, planned from an earlier read, read at once.
+
+        No head request: `top` (the highest matching ID an earlier read saw) and `density` come from
+        that read, so every request is a whole window and all of them run in one round. A bounded read
+        (`before_id`) plans up to its bound; an open one up to `top` and then reads one open window above
+        it, so rows created since `top` was seen are not lost. Rows come in ID order, at most `query.limit`.
+        """
+        read = _Read.of(query)
+        spec, window = read.spec, read.window
+        end = window.before - 1 if window.before is not None else top if top is not None else window.after
+        size = window_span(density)
+        stop = max(window.after, min(end, window.after + max(1, batches) * size))
+        windows = [
+            Window(low, min(low + size, stop) + 1, window.base_filter)
+            for low in range(window.after, stop, size)
+        ]
+        tail = window.before is None and stop >= end
+        if tail:
+            windows.append(Window(stop, None, window.base_filter))
+        out = _Emitter(query.limit)
+        rows = list(
+            self._run_windows(portal, read, windows, workers=len(windows), out=out, window_limit=query.limit)
+        )
+        span = stop - window.after
+        seen = sum(1 for row in rows if spec.id_of(row) <= stop)
+        walked = max(seen, 1) / span if span > 0 else density
+        if out.done():
+            return ListPage(rows, spec.id_of(rows[-1]), False, walked)
+        exhausted = tail or (window.before is not None and stop >= window.before - 1)
+        last = max(stop, spec.id_of(rows[-1])) if rows else stop
+        return ListPage(rows, last, exhausted, walked)
+
     @staticmethod
     def _top_of(spec: ListSpec, result: BatchResult | None) -> int | None:
         if result is None or "top" in result.errors:
@@ -291,14 +337,21 @@ class FastLister:
         return spec.id_of(rows[0]) if rows else None
 
     def _run_windows(
-        self, portal: PortalContext, read: _Read, windows: list[Window], *, workers: int, out: _Emitter
+        self,
+        portal: PortalContext,
+        read: _Read,
+        windows: list[Window],
+        *,
+        workers: int,
+        out: _Emitter,
+        window_limit: int | None = None,
     ) -> Iterator[Row]:
         # Imported here: only the parallel path pays for concurrent.futures at cold start.
         from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
 
         def read_window(window: Window) -> list[Row]:
             rows: list[Row] = []
-            for page in self.iter_window(portal, read.within(window)):
+            for page in self.iter_window(portal, read.within(window), limit=window_limit):
                 rows.extend(page)
             return rows
 

@@ -343,7 +343,7 @@ def _as_bool(value: object) -> bool:
 
 
 def parse_app_info(data: Mapping[str, Any]) -> AppInfo:
-    """Parse the OAuth server's app.info answer (TEAM.md shape) into AppInfo."""
+    """Parse the OAuth server's app.info answer (docs/bitrix24-facts.md#f-oauth-8) into AppInfo."""
     result = data.get("result")
     install = result.get("install") if isinstance(result, dict) else None
     if not isinstance(result, dict) or not isinstance(install, dict):

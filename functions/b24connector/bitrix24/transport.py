@@ -119,11 +119,6 @@ def shared_session() -> requests.Session:
         return _session
 
 
-def decode_json(response: requests.Response) -> Any:
-    """The decoded JSON body, or None when the body is not JSON (HTML error pages, empty bodies)."""
-    return decode_body(response.content)
-
-
 def decode_body(body: bytes) -> Any:
     """The decoded JSON of a body read with read_body, or None when it is not JSON."""
     if not body:

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.logging import correlation_paths
 
-from b24connector.handlers import _services, import_done
+from b24connector import wiring
+from b24connector.handlers import import_done
 from b24connector.install import (
     EVENT_UNINSTALL,
     JOURNALED_EVENTS,
@@ -35,10 +36,10 @@ def _event(conf: Settings, form: Fields) -> HttpResponse:
     name = str(payload.get("event") or "").upper()
     if not name:
         raise invalid("event_missing", "The request names no event.")
-    use_case = _services.installer(conf)
+    use_case = wiring.installer(conf)
     if name in JOURNALED_EVENTS:
         # Delivered once, never again: accepted durably first, verified and applied by LifecycleFunction.
-        event = parse_install_event(payload, _services.portal_policy(conf), now=use_case.now())
+        event = parse_install_event(payload, wiring.portal_policy(conf), now=use_case.now())
         use_case.accept(event)
         count("InstallEventAccepted")
         logger.info("install event accepted", extra={"member_id": event.member_id, "event": name})
@@ -59,9 +60,9 @@ def _event(conf: Settings, form: Fields) -> HttpResponse:
 
 
 def _install_page(conf: Settings, request: HttpRequest, form: Fields) -> HttpResponse:
-    use_case = _services.installer(conf)
+    use_case = wiring.installer(conf)
     grant = parse_install_page(
-        request.query.single_values(), form.single_values(), _services.portal_policy(conf), now=use_case.now()
+        request.query.single_values(), form.single_values(), wiring.portal_policy(conf), now=use_case.now()
     )
     installed = use_case.install_page(grant)
     count(

@@ -1,72 +1,30 @@
-"""LeadsFunction (direct invoke): one page of a portal's leads, per ARCHITECTURE.md section 2."""
+"""LeadsFunction (direct invoke): one page of a portal's leads, per docs/architecture.md#leadsfunction-payload."""
 
 from __future__ import annotations
 
 import time
-from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from b24connector.handlers import _services, import_done
-from b24connector.leads import (
-    UPSTREAM_ERROR,
-    CursorCodec,
-    LeadsError,
-    LeadsReader,
-    VaultPortalOpener,
-    parse_request,
-)
+from b24connector import wiring
+from b24connector.handlers import import_done
+from b24connector.leads import UPSTREAM_ERROR, LeadsError, parse_request
 from b24connector.observability import count, logger, metrics
 from b24connector.problems import safe_traceback
-from b24connector.settings import Settings, get_settings
+from b24connector.settings import get_settings
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
 # Leave this much of the invocation for answering: the reader stops starting requests after it.
 ANSWER_RESERVE_SECONDS = 3.0
-# Tokens the shared pacer reserves per DynamoDB write (see reader()).
-PACING_LEASE_SIZE = 1
-
-
-@cache
-def reader(conf: Settings) -> LeadsReader:
-    """The leads use case, wired once per container."""
-    # Imported on the first invocation: the REST client and the secret reader load requests and the
-    # Powertools parameters utility, which invalid requests and other handlers never need.
-    from b24connector import credentials  # noqa: PLC0415
-    from b24connector.bitrix24.listing import FastLister  # noqa: PLC0415
-    from b24connector.bitrix24.pacing import LocalTokenBucket, Pacer  # noqa: PLC0415
-    from b24connector.bitrix24.rest import RestClient  # noqa: PLC0415
-    from b24connector.bitrix24.transport import shared_session  # noqa: PLC0415
-    from b24connector.shared_pacing import DynamoTokenBucket  # noqa: PLC0415
-
-    store = _services.vault(conf).portals
-    pacer: Pacer
-    if conf.rate_limit_shared:
-        # Concurrent instances share the portal's request budget through the RateLimitTable. One token
-        # per write: a lease's unused tokens die with the invocation, and a parallel export runs many
-        # short invocations (5 parts x 8 requests wasted ~6 of the 47 usable tokens with leases of 5).
-        pacer = DynamoTokenBucket.from_settings(
-            conf,
-            lease_size=PACING_LEASE_SIZE,
-            on_fallback=lambda reason: logger.warning("shared pacing off", extra={"reason": reason}),
-        )
-    else:
-        pacer = LocalTokenBucket(conf.rate_limit_per_second, conf.rate_limit_burst)
-    rest = RestClient.from_settings(conf, session=shared_session(), pacer=pacer)
-    return LeadsReader(
-        VaultPortalOpener(store, _services.coordinator(conf)),
-        FastLister(rest),
-        CursorCodec(lambda: credentials.cursor_signing_key(conf)),
-    )
 
 
 def read_leads(event: Any, deadline: float) -> dict[str, Any]:
     """Validate the request and read one page; expected failures become the contract's error answer."""
     conf = get_settings()
     try:
-        request = parse_request(event, _services.portal_policy(conf).normalize)
-        page = reader(conf).read(request, deadline=deadline)
+        request = parse_request(event, wiring.portal_policy(conf).normalize)
+        page = wiring.leads_reader(conf).read(request, deadline=deadline)
     except LeadsError as exc:
         logger.info("leads refused", extra={"code": exc.code})
         count(f"Leads{exc.code.title().replace('_', '')}")

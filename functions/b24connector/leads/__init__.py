@@ -18,7 +18,7 @@ caller cannot edit it to read outside its filter or another tenant's rows.
 from __future__ import annotations
 
 from b24connector.leads.answer import MAX_ANSWER_BYTES, LeadsPage, row_bytes
-from b24connector.leads.cursor import CursorCodec, CursorPosition
+from b24connector.leads.cursor import CursorCodec, CursorPosition, ReadPlan
 from b24connector.leads.errors import (
     INVALID_REQUEST,
     PORTAL_NOT_FOUND,
@@ -29,7 +29,7 @@ from b24connector.leads.errors import (
     error_for,
 )
 from b24connector.leads.portals import OpenPortal, PortalOpener, VaultPortalOpener
-from b24connector.leads.reader import PARALLEL_FROM, LeadLister, LeadsReader
+from b24connector.leads.reader import BATCH_ROWS, PARALLEL_FROM, LeadLister, LeadsReader
 from b24connector.leads.request import (
     DEFAULT_LIMIT,
     LEAD_METHOD,
@@ -39,9 +39,10 @@ from b24connector.leads.request import (
     LeadsRequest,
     parse_request,
 )
-from b24connector.leads.split import MIN_SPLIT_ROWS, split_points
+from b24connector.leads.split import split_points
 
 __all__ = [
+    "BATCH_ROWS",
     "DEFAULT_LIMIT",
     "INVALID_REQUEST",
     "LEAD_METHOD",
@@ -49,7 +50,6 @@ __all__ = [
     "MAX_LIMIT",
     "MAX_QUERY_BYTES",
     "MAX_SPLIT",
-    "MIN_SPLIT_ROWS",
     "PARALLEL_FROM",
     "PORTAL_NOT_FOUND",
     "RATE_LIMITED",
@@ -64,6 +64,7 @@ __all__ = [
     "LeadsRequest",
     "OpenPortal",
     "PortalOpener",
+    "ReadPlan",
     "VaultPortalOpener",
     "error_for",
     "parse_request",

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from b24connector.bitrix24.errors import Bitrix24Error
 from b24connector.leads.answer import MAX_ANSWER_BYTES, AnswerRows, LeadsPage, row_id
-from b24connector.leads.cursor import CursorCodec, CursorPosition
+from b24connector.leads.cursor import CursorCodec, CursorPosition, ReadPlan, density_ppm
 from b24connector.leads.errors import LeadsError, error_for, invalid, resumable
 from b24connector.leads.portals import OpenPortal, PortalOpener
 from b24connector.leads.request import LeadsRequest
@@ -18,10 +18,12 @@ from b24connector.vault.errors import VaultError
 
 if TYPE_CHECKING:
     from b24connector.bitrix24.list_query import ListQuery
-    from b24connector.bitrix24.listing import ListHead
+    from b24connector.bitrix24.listing import ListHead, ListPage
 
 # Above this many rows the ID range is read on a few threads; below it two sequential batches win.
 PARALLEL_FROM = 5_000
+# One batch request: 50 chained pages of 50 rows. A larger page reads limit // BATCH_ROWS of them.
+BATCH_ROWS = 2_500
 
 
 class LeadLister(Protocol):
@@ -39,6 +41,12 @@ class LeadLister(Protocol):
         """One request: the first batch of rows, the highest matching ID and the ID density."""
         ...
 
+    def read_windows(
+        self, portal: Any, query: ListQuery, *, top: int | None, density: float, batches: int
+    ) -> ListPage:
+        """Up to `batches` whole ID windows planned from `top` and `density`, read in one round."""
+        ...
+
 
 class LeadsReader:
     """Serves LeadsFunction: one validated request in, one page out.
@@ -46,6 +54,11 @@ class LeadsReader:
     A page ends at `limit` rows or when the answer would pass MAX_ANSWER_BYTES, whichever comes
     first. When a transient failure or the time budget stops a read after some rows, those rows are
     answered with a cursor instead of an error; the next call continues from there.
+
+    A page larger than PARALLEL_FROM is whole ID windows of about one batch each (`limit // 2,500`
+    requests, ~2,450 rows each: ~19,600 rows at `limit=20_000`). Its cursor carries the read plan
+    (highest ID, density), so the next page plans its windows without a head request and reads them
+    all in one round.
     """
 
     def __init__(
@@ -80,11 +93,19 @@ class LeadsReader:
         if request.split is not None:
             return self._read_split(portal, request, digest, bounds, request.split)
         after_id, before_id = bounds
-        leads, more = self._collect(portal, request, after_id, before_id)
+        plan = None
+        last: int | None
+        if request.limit > self._parallel_from:
+            plan = position.plan if position is not None else None
+            leads, last, plan = self._collect_windows(portal, request, after_id, before_id, plan)
+        else:
+            leads, more = self._collect(portal, request, after_id, before_id)
+            last = row_id(leads[-1]) if more and leads else None
         next_cursor = None
-        if more and leads:
-            last = row_id(leads[-1])
-            next_cursor = self._cursors.encode(CursorPosition(portal.member_id, digest, last, before_id))
+        if last is not None and leads:
+            next_cursor = self._cursors.encode(
+                CursorPosition(portal.member_id, digest, last, before_id, plan)
+            )
         return LeadsPage(leads, next_cursor)
 
     def _read_split(
@@ -118,17 +139,75 @@ class LeadsReader:
             return LeadsPage(rows, None, [])
         last = row_id(rows[-1]) if cut else head.last
 
-        def cursor(low: int, high: int | None) -> str:
-            return self._cursors.encode(CursorPosition(portal.member_id, digest, low, high))
+        def cursor(low: int, high: int | None, plan: ReadPlan | None) -> str:
+            return self._cursors.encode(CursorPosition(portal.member_id, digest, low, high, plan))
 
-        next_cursor = cursor(last, before_id)
+        # The density as the cursors will carry it (to the ppm): the parts' windows are planned from the
+        # cursor, and must fall on the same grid as the cuts, or each part ends in a sliver of a window.
+        density = density_ppm(head.density) / 1_000_000
+        plan = None if head.top is None else ReadPlan(head.top, density)
+        next_cursor = cursor(last, before_id, plan)
         if head.top is None or head.top <= last:
             return LeadsPage(rows, next_cursor, [])  # nothing known to split: follow next_cursor
-        points = split_points(last, head.top, head.density, split)
-        parts = [cursor(low, high + 1) for low, high in itertools.pairwise(points)]
+        points = split_points(last, head.top, density, split)
+        parts = [cursor(low, high + 1, plan) for low, high in itertools.pairwise(points)]
         # The last part stays open above the highest ID seen: leads created meanwhile are not lost.
-        parts.append(cursor(points[-1], before_id))
+        parts.append(cursor(points[-1], before_id, plan))
         return LeadsPage(rows, next_cursor, parts)
+
+    def _collect_windows(
+        self,
+        portal: OpenPortal,
+        request: LeadsRequest,
+        after_id: int,
+        before_id: int | None,
+        plan: ReadPlan | None,
+    ) -> tuple[list[dict[str, Any]], int | None, ReadPlan | None]:
+        """(rows, where the next page starts or None at the end, its plan): limit // BATCH_ROWS windows.
+
+        Without a plan the first request is a head (one batch plus the highest ID), the rest of the page
+        windows sized from it; with one, every request is a window and all run in one round. The page
+        ends on a window boundary, not at `limit`: a part-filled window would cost a request for a few
+        rows and the next page's first request would overlap it.
+        """
+        batches = max(1, request.limit // BATCH_ROWS)
+        rows: list[dict[str, Any]] = []
+        last: int | None = after_id
+        try:
+            if plan is None:
+                head = self._lister.read_head(
+                    portal.context, request.list_query(after_id, before_id, request.limit)
+                )
+                rows.extend(head.rows)
+                last = None if head.exhausted else head.last
+                if head.top is not None:
+                    plan = ReadPlan(head.top, head.density)
+                batches -= 1
+            while last is not None and plan is not None and batches > 0 and len(rows) < request.limit:
+                page = self._lister.read_windows(
+                    portal.context,
+                    request.list_query(last, before_id, request.limit - len(rows)),
+                    top=plan.top,
+                    density=plan.density,
+                    batches=batches,
+                )
+                rows.extend(page.rows)
+                last = None if page.exhausted else page.last
+                plan = ReadPlan(plan.top, page.density)
+                if rows:
+                    break  # windows without a single row: plan wider ones from what they showed
+        except (Bitrix24Error, VaultError) as exc:
+            if not (rows and resumable(exc)):
+                raise error_for(exc) from None
+            last = row_id(rows[-1])
+        answer = AnswerRows(self._max_answer_bytes)
+        for row in rows:
+            if not answer.add(row):
+                break
+        answer.close()
+        if answer.full:
+            last = row_id(answer.rows[-1])
+        return answer.rows, last, plan
 
     def _collect(
         self, portal: OpenPortal, request: LeadsRequest, after_id: int, before_id: int | None

@@ -4,7 +4,7 @@ This is where the race between workers ends. Every path into a refresh (coordina
 one, scheduled.py for the sweep's) first takes the portal's lease, a conditional write in
 vault.store.PortalStore (take_lease, take_due_lease), so only one worker at a time reaches
 LeaseHolder.spend. Refresh tokens are treated as single-use and rotating
-(docs/bitrix24-facts.md#f-oauth-11): a second refresh with the same token would fail with invalid_grant
+(docs/bitrix24-facts.md#f-oauth-12): a second refresh with the same token would fail with invalid_grant
 and lose the chain. So the answer is committed with a compare-and-set on `version`, and a pair that
 cannot be committed goes to the rescue queue (rescue.py) as ciphertext instead of being dropped.
 """

@@ -1,7 +1,7 @@
 """Rescue of refreshed pairs whose commit could not land: ciphertext to SQS, applied later by version.
 
 Bitrix24 has already spent the old refresh token when a commit fails (a refresh answer replaces the
-stored pair, docs/bitrix24-facts.md#f-oauth-11), so the new pair is the only live one: it must be kept.
+stored pair, docs/bitrix24-facts.md#f-oauth-12), so the new pair is the only live one: it must be kept.
 It travels only sealed (vault.cipher's envelope, bound to the tenant), never as plaintext.
 
 lease_holder.LeaseHolder queues a RescueMessage when its commit fails; TokenRescueFunction's

@@ -1,7 +1,7 @@
 """Scheduled token upkeep: the sweep finds due portals, the workers refresh each one once.
 
 A refresh token lives 180 days, and Bitrix24 asks apps not to refresh on a timer or "just in case"
-(docs/bitrix24-facts.md#f-oauth-12): the sweep queues only portals whose refresh is due (refresh after
+(docs/bitrix24-facts.md#f-oauth-11): the sweep queues only portals whose refresh is due (refresh after
 REFRESH_AFTER_DAYS, at most once per MIN_REFRESH_INTERVAL_HOURS).
 
 RefreshSweep (RefreshFunction) only reads the sparse due index (no Scan) and queues `{member_id,
@@ -386,7 +386,7 @@ def _skip(
         return RefreshOutcome.SKIPPED_NOT_DUE
     if portal.lease_held(now) or portal.lease_unsettled(now, settle):
         return RefreshOutcome.BUSY
-    # Bitrix24 may block apps that refresh too often (docs/bitrix24-facts.md#f-oauth-12): one refresh
+    # Bitrix24 may block apps that refresh too often (docs/bitrix24-facts.md#f-oauth-11): one refresh
     # per portal per gap.
     if any(
         t is not None and now - t < min_gap

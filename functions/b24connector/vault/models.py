@@ -22,7 +22,6 @@ from pynamodb.models import Model
 HEALTH_ACTIVE = "active"
 HEALTH_NEEDS_REAUTH = "needs_reauth"
 HEALTH_UNINSTALLED = "uninstalled"
-HEALTH_STATES = (HEALTH_ACTIVE, HEALTH_NEEDS_REAUTH, HEALTH_UNINSTALLED)
 
 # Whose pair a portal's grant is (docs/bitrix24-facts.md#f-app-9, #f-user-1): the system user of a Market
 # app (ONAPPUSERREADY), a portal administrator (REST user.admin said so) or any other employee. A grant

@@ -254,7 +254,7 @@ def test_oauth_server_app_info_shape(emu: Emulator, token: str) -> None:
         requests.get(f"{emu.server_endpoint}app.info", params={"auth": token}, timeout=5),
         requests.post(f"{emu.server_endpoint}app.info", data={"auth": token}, timeout=5),
     ):
-        # Then it answers the OAuth-server shape (TEAM.md), naming the install
+        # Then it answers the OAuth-server shape (docs/bitrix24-facts.md#f-oauth-8), naming the install
         assert answer.status_code == 200
         result = answer.json()["result"]
         assert set(result) == {"scope", "client_id", "expires", "user_id", "install"}

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from b24connector import vault as vault_package
-from b24connector.handlers import _services
+from b24connector import wiring
 from b24connector.settings import get_settings
 from bitrix24_emulator import Emulator
 from tests.integration.handlers.conftest import COOKIE, AwsCalls, Connector
@@ -586,7 +586,7 @@ def test_one_scheduled_refresh_makes_four_aws_calls(
     body = json.dumps({"member_id": emulator.member_id, "version": version})
     # A worker that has not seen this pair: the refresh token must be decrypted (KMS Decrypt).
     vault_package._vault_for.cache_clear()
-    _services.coordinator.cache_clear()
+    wiring.coordinator.cache_clear()
     aws_calls.clear()
     assert connector.invoke("RefreshWorkerFunction", _sqs_event([{**message, "Body": body}])) == {
         "batchItemFailures": []
@@ -648,8 +648,8 @@ def _sqs_event(messages: list[dict[str, Any]]) -> dict[str, Any]:
 
 def test_services_are_built_once_per_settings(connector: Connector) -> None:
     conf = get_settings()
-    assert _services.oauth_client(conf) is _services.oauth_client(conf)
-    assert _services.coordinator(conf) is _services.coordinator(conf)
+    assert wiring.oauth_client(conf) is wiring.oauth_client(conf)
+    assert wiring.coordinator(conf) is wiring.coordinator(conf)
 
 
 # --- AWS calls per invocation ----------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from b24connector import vault as vault_package
-from b24connector.handlers import _services
+from b24connector import wiring
 from b24connector.settings import get_settings
 from b24connector.vault.cipher import TokenCipher
 from b24connector.vault.errors import VaultUnavailable
@@ -187,7 +187,7 @@ def test_kms_failing_before_the_token_call_goes_back_to_the_queue_with_nothing_r
     # Given a due portal, a cold container (no decrypted pair cached) and KMS failing
     before = _install_due(connector, emulator)
     vault_package._vault_for.cache_clear()
-    _services.coordinator.cache_clear()
+    wiring.coordinator.cache_clear()
     emulator.reset()
 
     def kms_down(*_: Any, **__: Any) -> bytes:

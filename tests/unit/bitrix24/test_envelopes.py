@@ -25,7 +25,7 @@ from b24connector.bitrix24.errors import (
     TransientError,
     UnknownAuthError,
 )
-from b24connector.bitrix24.transport import decode_json
+from b24connector.bitrix24.transport import decode_body
 
 
 def envelope(code: str, description: str = "") -> dict[str, Any]:
@@ -124,7 +124,7 @@ def test_non_json_bodies_map_by_status(
     response = requests.Response()
     response.status_code = status
     response._content = b"" if body is None else body.encode()
-    error = error_of(status, decode_json(response))
+    error = error_of(status, decode_body(response.content))
     assert type(error) is error_class
     assert error is not None
     assert error.retryable is retryable

@@ -437,3 +437,59 @@ def test_read_head_answers_at_most_its_limit(fake_time: FakeTime) -> None:
     # A whole page came back; the head keeps 7 rows and continues after the 7th
     assert ids_of(head.rows) == list(range(1, 8))
     assert (head.last, head.exhausted, head.top) == (7, False, 1_000)
+
+
+# --- planned windows (a page after the first: no head request) ------------------------------------------
+
+
+def test_read_windows_reads_whole_batches_in_one_round_without_a_head(fake_time: FakeTime) -> None:
+    # Given 100,000 leads with one ID in ten missing, and a plan from an earlier read (density 0.9)
+    ids = with_gaps(100_000)
+    crm = FakeCrm(ids)
+    top = ids[-1]
+    # When eight windows are read after the 2,450th lead
+    page = lister_for(crm, fake_time).read_windows(
+        make_portal(), ListQuery("crm.lead.list", after_id=ids[2_449]), top=top, density=0.9, batches=8
+    )
+    # Then it is eight requests, none of them a head (no `top` query), each about one batch of rows
+    assert crm.requests == 8
+    assert all("top" not in batch for batch in crm.batches)
+    assert ids_of(page.rows) == [i for i in ids if ids[2_449] < i <= page.last]
+    assert 8 * 2_400 <= len(page.rows) <= 8 * 2_500
+    assert not page.exhausted
+    assert page.density == pytest.approx(0.9, abs=0.02)
+
+
+def test_read_windows_stops_at_the_bound_of_a_part(fake_time: FakeTime) -> None:
+    crm = FakeCrm(dense(30_000))
+    page = lister_for(crm, fake_time).read_windows(
+        make_portal(),
+        ListQuery("crm.lead.list", after_id=1_000, before_id=6_001),
+        top=30_000,
+        density=1.0,
+        batches=8,
+    )
+    assert ids_of(page.rows) == list(range(1_001, 6_001))
+    assert page.exhausted
+    assert crm.requests == 2  # 5,000 IDs: two windows of 2,500, not eight
+
+
+def test_an_open_read_ends_with_one_window_above_the_top_it_was_planned_with(fake_time: FakeTime) -> None:
+    # Given a plan made when the highest ID was 5,000, and leads created since (up to 5,100)
+    crm = FakeCrm(dense(5_100))
+    page = lister_for(crm, fake_time).read_windows(
+        make_portal(), ListQuery("crm.lead.list", after_id=2_500), top=5_000, density=1.0, batches=8
+    )
+    # Then the new leads are read too, by one open window, and the read is complete
+    assert ids_of(page.rows) == list(range(2_501, 5_101))
+    assert page.exhausted
+    assert crm.requests == 2
+
+
+def test_read_windows_answers_at_most_its_limit(fake_time: FakeTime) -> None:
+    crm = FakeCrm(dense(30_000))
+    page = lister_for(crm, fake_time).read_windows(
+        make_portal(), ListQuery("crm.lead.list", limit=6_000), top=30_000, density=1.0, batches=4
+    )
+    assert ids_of(page.rows) == list(range(1, 6_001))
+    assert (page.last, page.exhausted) == (6_000, False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import secrets
 import ssl
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -39,7 +40,7 @@ REFRESH_TOKEN = "4f9k4jpmg13usmybzuqknt2v9fh0q6rl"
 ACCESS = "s6p6eclrvim6da22ft9ch94ekreb52lv"
 SERVERS = ("https://oauth.bitrix.info", "https://oauth.bitrix24.tech")
 
-# TEAM.md: the OAuth server's app.info answer as b24pysdk parses it.
+# docs/bitrix24-facts.md#f-oauth-8: the OAuth server's app.info answer as b24pysdk parses it.
 APP_INFO = {
     "result": {
         "scope": "crm,user",
@@ -82,6 +83,13 @@ def test_authorize_url_points_at_the_portal_with_client_id_and_state() -> None:
     parts = urlsplit(url)
     assert (parts.scheme, parts.netloc, parts.path) == ("https", "acme.bitrix24.com", "/oauth/authorize/")
     assert parse_qs(parts.query) == {"client_id": [CLIENT_ID], "state": ["st&ate=1"]}
+
+
+def make_pkce_pair() -> tuple[str, str]:
+    """A (code_verifier, S256 code_challenge) pair per RFC 7636."""
+    verifier = secrets.token_urlsafe(48)  # 64 chars, within the 43..128 range
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 def test_pkce_parameters_only_when_a_challenge_is_given() -> None:

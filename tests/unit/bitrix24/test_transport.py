@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import pytest
-import requests
 
 from b24connector.bitrix24 import transport
 
@@ -38,7 +37,5 @@ def test_chatty_library_loggers_are_quiet(name: str) -> None:
         (b"[1, 2]", [1, 2]),
     ],
 )
-def test_decode_json(body: bytes, expected: object) -> None:
-    response = requests.Response()
-    response._content = body
-    assert transport.decode_json(response) == expected
+def test_decode_body(body: bytes, expected: object) -> None:
+    assert transport.decode_body(body) == expected

@@ -1,6 +1,6 @@
 """In-memory stand-ins behind the same interfaces as the vault and the OAuth client (unit tests only).
 
-They follow the fact sheet: codes are single-use, app.info answers the TEAM.md shape's facts, a state is
+They follow the fact sheet: codes are single-use, app.info answers the shape of docs/bitrix24-facts.md#f-oauth-8, a state is
 single-use and bound to a nonce, a replayed grant changes nothing.
 """
 

@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from b24connector import authorization, credentials, pkce
-from b24connector.handlers import _services, leads
+from b24connector import authorization, credentials, pkce, wiring
 from b24connector.settings import ConfigError, get_settings, load_settings
 from b24connector.tokens import TokenSet
 from tests.unit.handlers.test_handlers import ENV
@@ -58,8 +57,8 @@ def test_the_coordinator_builds_the_oauth_client_only_when_a_refresh_happens(
         assert settings is conf
         return Server()
 
-    monkeypatch.setattr(_services, "oauth_client", oauth_client)
-    refresher = _services.OnDemandRefresher(conf)
+    monkeypatch.setattr(wiring, "oauth_client", oauth_client)
+    refresher = wiring.OnDemandRefresher(conf)
     assert built == []
     with pytest.raises(RuntimeError, match="stop here"):
         refresher.refresh("r1", server_hint="https://oauth.bitrix24.tech")
@@ -84,9 +83,9 @@ def test_leads_paces_through_the_shared_bucket_unless_rate_limit_shared_is_off(
     conf = get_settings()
     assert conf.rate_limit_shared is (value != "false")
     # Wiring builds clients but calls nothing: no AWS or Bitrix24 request is made here.
-    built = leads.reader(conf)
+    built = wiring.leads_reader(conf)
     assert type(built._lister.client.pacer).__name__ == pacer_type  # type: ignore[attr-defined]
-    leads.reader.cache_clear()
+    wiring.leads_reader.cache_clear()
     get_settings.cache_clear()
     with pytest.raises(ConfigError, match="RATE_LIMIT_SHARED"):
         load_settings({**ENV, "RATE_LIMIT_SHARED": "maybe"})
@@ -108,11 +107,11 @@ def test_pkce_derives_its_verifier_from_its_own_key_never_the_cursor_key(
     monkeypatch.setattr(credentials, "_read_secret", read_secret)
     built: list[Any] = []
     monkeypatch.setattr(authorization, "AuthorizationFlow", lambda *args, **kwargs: built.append(kwargs))
-    _services.authorization_flow.__wrapped__(conf)
+    wiring.authorization_flow.__wrapped__(conf)
     verifier = built[-1]["pkce_verifier"]
     assert verifier("state", "nonce") == pkce.derive_verifier(b"key-of-b24/pkce-key", "state", "nonce")
     assert read == ["b24/pkce-key"]
     # PKCE off: no verifier, and no key is read.
-    _services.authorization_flow.__wrapped__(load_settings(ENV))
+    wiring.authorization_flow.__wrapped__(load_settings(ENV))
     assert built[-1]["pkce_verifier"] is None
     assert read == ["b24/pkce-key"]

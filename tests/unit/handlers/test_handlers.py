@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from b24connector import wiring
 from b24connector.authorization import AuthorizationFlow
 from b24connector.bitrix24.list_query import ListQuery
 from b24connector.handlers import (
-    _services,
     authorize,
     callback,
     install,
@@ -102,9 +102,9 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
     built = World()
-    monkeypatch.setattr(_services, "authorization_flow", lambda conf: built.flow)
-    monkeypatch.setattr(_services, "installer", lambda conf: built.installer)
-    monkeypatch.setattr(_services, "portal_policy", lambda conf: POLICY)
+    monkeypatch.setattr(wiring, "authorization_flow", lambda conf: built.flow)
+    monkeypatch.setattr(wiring, "installer", lambda conf: built.installer)
+    monkeypatch.setattr(wiring, "portal_policy", lambda conf: POLICY)
     yield built
     get_settings.cache_clear()
 
@@ -240,7 +240,7 @@ def test_an_unexpected_error_is_a_generic_500(world: World, monkeypatch: pytest.
     def broken(conf: Any) -> Any:
         raise RuntimeError("refresh_token=abc123secret")
 
-    monkeypatch.setattr(_services, "authorization_flow", broken)
+    monkeypatch.setattr(wiring, "authorization_flow", broken)
     answer = callback.handler(_callback_event(world, "s" * 43, "n" * 43), FakeContext())
     assert (answer["statusCode"], answer["headers"]["X-Reason-Code"]) == (500, "internal_error")
     assert "abc123secret" not in answer["body"]
@@ -450,8 +450,8 @@ class _Lister:
 @pytest.fixture
 def leads_world(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     service = LeadsReader(_Portals(), _Lister(), CursorCodec(lambda: b"k" * 32))
-    monkeypatch.setattr(leads, "reader", lambda conf: service)
-    monkeypatch.setattr(leads._services, "portal_policy", lambda conf: POLICY)
+    monkeypatch.setattr(wiring, "leads_reader", lambda conf: service)
+    monkeypatch.setattr(wiring, "portal_policy", lambda conf: POLICY)
 
 
 @pytest.mark.usefixtures("leads_world")
@@ -478,7 +478,7 @@ def test_leads_unexpected_errors_are_answered_without_internals(monkeypatch: pyt
         def read(self, request: Any, *, deadline: float | None = None) -> Any:
             raise KeyError("access_token=secret123")
 
-    monkeypatch.setattr(leads, "reader", lambda conf: Broken())
+    monkeypatch.setattr(wiring, "leads_reader", lambda conf: Broken())
     context = FakeContext()
     answer = leads.handler({"member_id": MEMBER}, context)
     assert answer["error"]["code"] == "UPSTREAM_ERROR"
@@ -508,7 +508,7 @@ def test_sweep_handler_takes_the_scheduler_event(
     world: World, monkeypatch: pytest.MonkeyPatch, event: Any
 ) -> None:
     sender = _Sender()
-    monkeypatch.setattr(refresh_sweep, "sweep", lambda conf: RefreshSweep(_Due(), sender))
+    monkeypatch.setattr(wiring, "refresh_sweep", lambda conf: RefreshSweep(_Due(), sender))
     answer = refresh_sweep.handler(event, FakeContext())
     assert answer == {"due": 12, "queued": 12, "failed": 0, "out_of_time": False}
     assert [len(b) for b in sender.batches] == [10, 2]
@@ -528,9 +528,9 @@ class _Coordinator:
 
 def test_worker_handler_reports_partial_failures(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
-        refresh_worker,
-        "worker",
-        lambda conf: RefreshWorker(_Coordinator(), on_error=refresh_worker.log_failure),
+        wiring,
+        "refresh_worker",
+        lambda conf: RefreshWorker(_Coordinator(), on_error=wiring.log_refresh_failure),
     )
     event = sqs_event([{"member_id": "ok", "version": 1}, {"member_id": "flaky", "version": 1}])
     answer = refresh_worker.handler(event, FakeContext())
@@ -541,9 +541,9 @@ def test_worker_handler_acknowledges_deferred_portals_and_counts_them(
     world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(
-        refresh_worker,
-        "worker",
-        lambda conf: RefreshWorker(_Coordinator(), on_error=refresh_worker.log_failure),
+        wiring,
+        "refresh_worker",
+        lambda conf: RefreshWorker(_Coordinator(), on_error=wiring.log_refresh_failure),
     )
     event = sqs_event(
         [
@@ -562,9 +562,9 @@ def test_worker_handler_acknowledges_deferred_portals_and_counts_them(
 
 def test_rescue_handler_keeps_failed_messages(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
-        token_rescue,
+        wiring,
         "rescue_worker",
-        lambda conf: RescueWorker(_Coordinator(), on_error=token_rescue.log_failure),
+        lambda conf: RescueWorker(_Coordinator(), on_error=wiring.log_rescue_failure),
     )
     event = sqs_event(["{}"], queue="TokenRescueQueue")
     answer = token_rescue.handler(event, FakeContext())
@@ -573,9 +573,9 @@ def test_rescue_handler_keeps_failed_messages(world: World, monkeypatch: pytest.
 
 def test_queue_handlers_accept_an_empty_batch(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
-        refresh_worker,
-        "worker",
-        lambda conf: RefreshWorker(_Coordinator(), on_error=refresh_worker.log_failure),
+        wiring,
+        "refresh_worker",
+        lambda conf: RefreshWorker(_Coordinator(), on_error=wiring.log_refresh_failure),
     )
     assert refresh_worker.handler({"Records": []}, FakeContext()) == {"batchItemFailures": []}
 

@@ -18,9 +18,10 @@ from b24connector.bitrix24.errors import (
     QueryLimitExceeded,
     ServerError,
 )
-from b24connector.bitrix24.list_query import ListQuery
-from b24connector.bitrix24.listing import ListHead
+from b24connector.bitrix24.list_query import ListQuery, window_span
+from b24connector.bitrix24.listing import FastLister, ListHead, ListPage
 from b24connector.leads import (
+    BATCH_ROWS,
     MAX_LIMIT,
     MAX_SPLIT,
     CursorCodec,
@@ -29,6 +30,7 @@ from b24connector.leads import (
     LeadsReader,
     LeadsRequest,
     OpenPortal,
+    ReadPlan,
     parse_request,
     row_bytes,
     split_points,
@@ -111,6 +113,27 @@ class FakeLister:
 
     def iter_list_parallel(self, portal: Any, query: ListQuery) -> Iterator[dict[str, Any]]:
         return self._iter(portal, query.method, parallel=True, **_keywords(query))
+
+    def read_windows(self, portal: Any, query: ListQuery, **plan: Any) -> ListPage:
+        """Like FastLister.read_windows: `batches` windows of window_span(density) IDs, an open tail."""
+        kwargs = {**_keywords(query), **plan}
+        self.calls.append({"portal": portal, "method": query.method, "windows": True, **kwargs})
+        after, before, top = kwargs["after_id"], kwargs.get("before_id"), kwargs["top"]
+        end = before - 1 if before is not None else top
+        stop = max(after, min(end, after + kwargs["batches"] * window_span(kwargs["density"])))
+        tail = before is None and stop >= end
+        matching = list(self._matching({**kwargs, "before_id": None if tail else stop + 1}))
+        limit = kwargs.get("limit")
+        rows = matching if limit is None else matching[:limit]
+        if self.fail_after is not None and len(rows) > self.fail_after:
+            assert self.error is not None
+            raise self.error
+        seen = max(len([r for r in rows if int(r["ID"]) <= stop]), 1)
+        density = seen / (stop - after) if stop > after else kwargs["density"]
+        if len(rows) < len(matching):
+            return ListPage(rows, int(rows[-1]["ID"]), False, density)
+        exhausted = tail or (before is not None and stop >= before - 1)
+        return ListPage(rows, max([stop] + [int(r["ID"]) for r in rows]), exhausted, density)
 
 
 def _keywords(query: ListQuery) -> dict[str, Any]:
@@ -408,11 +431,55 @@ def test_exact_fit_ends_without_a_cursor() -> None:
     assert page.next_cursor is None
 
 
-def test_large_limits_use_the_parallel_reader() -> None:
+def test_large_limits_read_whole_windows_and_small_ones_the_sequential_list() -> None:
     service, lister, _ = reader(leads(3))
     service.read(request(member_id="m1", limit=MAX_LIMIT))
     service.read(request(member_id="m1", limit=100))
-    assert [call["parallel"] for call in lister.calls] == [True, False]
+    assert [(call.get("head"), call.get("parallel")) for call in lister.calls] == [
+        (True, None),
+        (None, False),
+    ]
+
+
+def test_a_large_page_ends_on_a_window_and_the_next_one_needs_no_head() -> None:
+    # Given 100,000 leads with every tenth ID missing, read page by page at the largest limit
+    rows = [row for row in leads(111_112) if int(row["ID"]) % 10][:100_000]
+    service, lister, _ = reader(rows)
+    first = service.read(request(member_id="m1", limit=MAX_LIMIT))
+    # Then the first page is a head plus seven windows: whole batches, never more than the limit
+    assert [("head" in call, call.get("batches")) for call in lister.calls] == [(True, None), (False, 7)]
+    assert 8 * 2_400 <= len(first.leads) <= MAX_LIMIT
+    # And the cursor carries the plan: the next pages are eight windows each, without a head
+    seen = [row["ID"] for row in first.leads] + _follow(
+        service, first.next_cursor, member_id="m1", limit=MAX_LIMIT
+    )
+    assert seen == [row["ID"] for row in rows]
+    later = lister.calls[2:]
+    assert later
+    assert all(call.get("windows") and call["batches"] == MAX_LIMIT // BATCH_ROWS for call in later)
+    # five pages' worth of rows in six reads: nothing read twice, no part-filled page per limit
+    assert len(later) <= 5
+
+
+def test_a_plan_in_the_cursor_is_signed_and_old_cursors_still_work() -> None:
+    codec = CursorCodec(lambda: KEY)
+    planned = CursorPosition("m1", b"q" * 16, 10, 5_000, ReadPlan(9_000, 0.9))
+    decoded = codec.decode(codec.encode(planned))
+    assert decoded.plan == ReadPlan(9_000, 0.9)
+    assert codec.decode(codec.encode(CursorPosition("m1", b"q" * 16, 10))).plan is None
+    body = json.loads(base64.urlsafe_b64decode(codec.encode(planned).split(".")[0] + "=="))
+    assert (body["t"], body["d"]) == (9_000, 900_000)
+
+
+@pytest.mark.parametrize(
+    "plan", [{"t": -1, "d": 5}, {"t": 5, "d": 0}, {"t": 5, "d": 1_000_001}, {"t": 5}, {"d": 9}]
+)
+def test_a_malformed_plan_in_a_signed_cursor_is_rejected(plan: dict[str, Any]) -> None:
+    codec = CursorCodec(lambda: KEY)
+    payload = {"v": 1, "m": "m1", "q": "cXFxcXFxcXFxcXFxcXFxcQ", "a": 3, **plan}
+    body = base64.urlsafe_b64encode(json.dumps(payload).encode()).rstrip(b"=").decode()
+    with pytest.raises(LeadsError):
+        codec.decode(f"{body}.{base64.urlsafe_b64encode(codec._mac(body)).rstrip(b'=').decode()}")
 
 
 def test_the_filter_and_select_reach_the_lister() -> None:
@@ -671,8 +738,10 @@ def test_split_failures_are_the_contract_errors() -> None:
     ("last", "top", "density", "parts", "points"),
     [
         (0, 100_000, 1.0, 4, [0, 25_000, 50_000, 75_000]),
-        (1_000, 101_000, 0.5, 4, [1_000, 26_000, 51_000, 76_000]),
-        (0, 5_000, 1.0, 8, [0, 1_666, 3_333]),  # 5,000 rows: three parts of at least a batch
+        # windows of 4,900 IDs (2,450 rows at density 0.5): 21 of them, 5 + 5 + 5 + 6
+        (1_000, 101_000, 0.5, 4, [1_000, 25_500, 50_000, 74_500]),
+        (0, 5_000, 1.0, 8, [0, 2_500]),  # 5,000 rows: two parts of one whole window each
+        (0, 100_000, 0.9, 16, [2_722 * (37 * i // 16) for i in range(16)]),  # 37 windows: 2 or 3 a part
         (0, 100_000, 0.01, 8, [0]),  # 1,000 rows: one part
         (10, 13, 1.0, 16, [10]),
         (0, 100_000, 1.0, 1, [0]),
@@ -702,3 +771,29 @@ def test_chunked_sizing_cuts_exactly_where_row_by_row_sizing_would(cap: int) -> 
         assert [row["ID"] for row in page.leads] == expected
         assert len(json.dumps(page.leads, separators=(", ", ": "))) <= cap
         assert page.next_cursor is not None or len(expected) == len(rows)
+
+
+def test_a_split_export_over_the_real_lister_costs_one_request_per_window() -> None:
+    # Given 100,000 leads with one ID in ten missing, behind the real FastLister (fake transport)
+    from tests.unit.bitrix24.fakes import FakeCrm, FakeTime, make_client, make_portal
+    from tests.unit.bitrix24.test_fast_list import with_gaps
+
+    ids = with_gaps(100_000)
+    crm, clock = FakeCrm(ids), FakeTime()
+    lister = FastLister(make_client(crm.transport, clock), sleep=clock.sleep, rand=lambda: 0.5)
+
+    class OnePortal:
+        def open(self, *, member_id: str | None, domain: str | None, deadline: float | None) -> OpenPortal:
+            return OpenPortal("m1", make_portal())
+
+    service = LeadsReader(OnePortal(), lister, CursorCodec(lambda: KEY))
+    # When the first page splits 16 ways and every part is read to its end
+    first = service.read(request(member_id="m1", limit=MAX_LIMIT, split=16))
+    assert first.split_cursors is not None
+    seen = [row["ID"] for row in first.leads]
+    for part in first.split_cursors:
+        seen += _follow(service, part, member_id="m1", limit=MAX_LIMIT)
+    # Then every lead came once, in order, for one head, one request per window and the open tail:
+    # the parts are cut on the windows' own grid, so none ends in a sliver of a window
+    assert seen == [str(i) for i in ids]
+    assert crm.requests <= -(-len(ids) // 2_450) + 2

@@ -57,14 +57,6 @@ def test_identical_duplicates_are_tolerated() -> None:
     assert request.query.one("a") == "1"
 
 
-def test_missing_and_empty_fields_are_refused_by_name() -> None:
-    request = HttpRequest.from_event(http_event("GET", "/x", query=[("state", "")]))
-    for name in ("state", "code"):
-        with pytest.raises(HttpProblem) as caught:
-            request.query.require(name)
-        assert caught.value.reason == f"{name}_missing"
-
-
 def test_invalid_utf8_in_the_query_is_a_400() -> None:
     with pytest.raises(HttpProblem) as caught:
         HttpRequest.from_event(http_event("GET", "/x", query="domain=%FF%FE"))

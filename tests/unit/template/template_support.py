@@ -16,7 +16,7 @@ DEPLOY_TIME_VALUES = {"Bitrix24ClientId": "local.65f0c0c0c0c0c0.12345678"}
 REPO_ROOT = Path(__file__).resolve().parents[3]
 TEMPLATE_PATH = REPO_ROOT / "template.yaml"
 
-# The contract in TEAM.md / ARCHITECTURE.md: logical ID -> handler.
+# The contract in docs/architecture.md#functions-queues-tables: logical ID -> handler.
 HANDLERS = {
     "AuthorizeFunction": "b24connector.handlers.authorize.handler",
     "CallbackFunction": "b24connector.handlers.callback.handler",
