@@ -31,13 +31,8 @@ _.source_ip  # web/http.py HttpRequest.source_ip: API Gateway's requestContext.h
 _.reset  # wiring.reset(): a cold start in the security harness (every builder forgotten)
 _.kms_calls  # vault/cipher.py: the "a warm read makes no KMS call" invariant is counted through it
 _.known_codes  # bitrix24/envelope.py: the error-table test compares docs/bitrix24-errors.md with it
+_.writes  # shared_pacing.py DynamoTokenBucket: DynamoDB writes made, the cost the pacing tests bound
+_.conflicts  # shared_pacing.py DynamoTokenBucket: of those writes, the ones a condition refused
 
 # Left by the leads restructure (merged): test-only, for the lead to delete or move into tests/.
 _.max_id  # bitrix24/listing.py FastLister.max_id: used only by tests
-
-# Owned by the refresh restructure (R2): dead or test-only, the lead removes them when it merges.
-_.NoPacing  # bitrix24/pacing.py: used only by tests
-_.portal_pacer  # vault/rate_limit.py: a second parser of RATE_LIMIT_SHARED, used only by tests
-_.writes  # vault/rate_limit.py DynamoTokenBucket statistics, read only by tests
-_.conflicts  # vault/rate_limit.py DynamoTokenBucket statistics, read only by tests
-_.current_tokens  # vault/refresh.py RefreshCoordinator.current_tokens: used only by tests

@@ -20,7 +20,11 @@ from b24connector.observability import logger
 from b24connector.portals import PortalPolicy
 from b24connector.problems import safe_traceback
 from b24connector.settings import Settings
-from b24connector.vault import RefreshCoordinator, Vault, open_vault
+from b24connector.token_refresh.coordinator import RefreshCoordinator
+from b24connector.token_refresh.policy import RefreshPolicy
+from b24connector.token_refresh.rescue import SqsRescueQueue
+from b24connector.vault import Vault, open_vault
+from b24connector.vault.endpoints import EndpointGuard
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -28,12 +32,13 @@ if TYPE_CHECKING:
     from b24connector.authorization import AuthorizationFlow
     from b24connector.bitrix24.oauth import OAuthClient
     from b24connector.bitrix24.rest import RestClient
-    from b24connector.bitrix24.tokens import TokenSet
     from b24connector.install import Installer
     from b24connector.leads import LeadsReader
     from b24connector.lifecycle import LifecycleWorker
-    from b24connector.refresh import RefreshSweep, RefreshWorker, RescueWorker
     from b24connector.subscriptions import Subscriber
+    from b24connector.token_refresh.rescue import RescueWorker
+    from b24connector.token_refresh.scheduled import RefreshSweep, RefreshWorker
+    from b24connector.tokens import TokenSet
     from b24connector.vault.journal import JournalCodec
 
 # Tokens the shared pacer reserves per DynamoDB write on speculation (see leads_reader()).
@@ -50,7 +55,7 @@ def portal_policy(conf: Settings) -> PortalPolicy:
 
 
 def vault(conf: Settings) -> Vault:
-    """The token vault (stores, cipher with its decrypted-token cache, rescue queue)."""
+    """The token vault (stores, cipher with its decrypted-token cache, lifecycle journal)."""
     return open_vault(conf)
 
 
@@ -67,7 +72,7 @@ def oauth_client(conf: Settings) -> OAuthClient:
 
 
 class OnDemandRefresher:
-    """The vault's TokenRefresher that builds the OAuth client on the first refresh it is asked for."""
+    """The coordinator's TokenRefresher that builds the OAuth client on the first refresh it is asked for."""
 
     def __init__(self, conf: Settings) -> None:
         self._conf = conf
@@ -81,8 +86,14 @@ class OnDemandRefresher:
 
 @cache
 def coordinator(conf: Settings) -> RefreshCoordinator:
-    """The refresh coordinator over the vault and the OAuth client (built when a refresh happens)."""
-    return open_vault(conf).coordinator(OnDemandRefresher(conf))
+    """The refresh coordinator over the vault, the rescue queue and the OAuth client (built on first refresh)."""
+    return RefreshCoordinator(
+        open_vault(conf).portals,
+        OnDemandRefresher(conf),
+        SqsRescueQueue(conf.rescue_queue_url),
+        endpoints=EndpointGuard.from_settings(conf),
+        policy=RefreshPolicy.from_settings(conf),
+    )
 
 
 @cache
@@ -175,7 +186,7 @@ def leads_reader(conf: Settings) -> LeadsReader:
     from b24connector.bitrix24.rest import RestClient  # noqa: PLC0415
     from b24connector.bitrix24.transport import shared_session  # noqa: PLC0415
     from b24connector.leads import CursorCodec, LeadsReader, VaultPortalOpener  # noqa: PLC0415
-    from b24connector.vault.rate_limit import DynamoTokenBucket  # noqa: PLC0415
+    from b24connector.shared_pacing import DynamoTokenBucket  # noqa: PLC0415
 
     store = vault(conf).portals
     pacer: Pacer
@@ -203,7 +214,7 @@ def leads_reader(conf: Settings) -> LeadsReader:
 @cache
 def refresh_sweep(conf: Settings) -> RefreshSweep:
     """The scheduled sweep (RefreshFunction): queues every portal whose refresh token is due."""
-    from b24connector.refresh import RefreshSweep, SqsBatchSender  # noqa: PLC0415
+    from b24connector.token_refresh.scheduled import RefreshSweep, SqsBatchSender  # noqa: PLC0415
     from b24connector.vault.clients import boto3_client  # noqa: PLC0415
 
     sqs = boto3_client("sqs", max_attempts=4)
@@ -224,7 +235,7 @@ def log_rescue_failure(message_id: str, exc: BaseException) -> None:
 @cache
 def refresh_worker(conf: Settings) -> RefreshWorker:
     """The RefreshQueue use case (RefreshWorkerFunction): refresh each due portal once."""
-    from b24connector.refresh import RefreshWorker  # noqa: PLC0415
+    from b24connector.token_refresh.scheduled import RefreshWorker  # noqa: PLC0415
 
     return RefreshWorker(coordinator(conf), on_error=log_refresh_failure)
 
@@ -232,7 +243,7 @@ def refresh_worker(conf: Settings) -> RefreshWorker:
 @cache
 def rescue_worker(conf: Settings) -> RescueWorker:
     """The TokenRescueQueue use case (TokenRescueFunction): commit pairs whose first commit failed."""
-    from b24connector.refresh import RescueWorker  # noqa: PLC0415
+    from b24connector.token_refresh.rescue import RescueWorker  # noqa: PLC0415
 
     return RescueWorker(coordinator(conf), on_error=log_rescue_failure)
 

@@ -213,7 +213,8 @@ def _ours(job: dict[str, Any], parallel: bool) -> Callable[[], Rows]:
     from b24connector.bitrix24.list_query import ListQuery
     from b24connector.bitrix24.listing import FastLister
     from b24connector.bitrix24.pacing import LocalTokenBucket
-    from b24connector.bitrix24.rest import PortalContext, RestClient
+    from b24connector.bitrix24.portal_context import PortalContext
+    from b24connector.bitrix24.rest import RestClient
     from b24connector.portals import PortalPolicy
 
     policy = PortalPolicy((), (job["domain"],), local_mode=True)
@@ -222,7 +223,7 @@ def _ours(job: dict[str, Any], parallel: bool) -> Callable[[], Rows]:
     if job.get("pacing_table"):
         # Paced as LeadsFunction is: through the shared DynamoDB bucket, under the same portal key, so
         # a comparison with LeadsFunction measures LeadsFunction, not the pacer.
-        from b24connector.vault.rate_limit import DynamoTokenBucket
+        from b24connector.shared_pacing import DynamoTokenBucket
 
         pacer = DynamoTokenBucket(
             job["pacing_table"], job["rate"], job["burst"], lease_size=int(job.get("pacing_lease", 1))

@@ -43,7 +43,7 @@ def _seed(bench: BenchStack, facade: OAuthFacade, portals: int, due: int) -> dic
     adopted by the facade under its own member_id. The others are never decrypted or refreshed (they
     are not due), so they carry a placeholder blob: only the sweep's index reads touch them.
     """
-    from b24connector.bitrix24.tokens import TokenSet
+    from b24connector.bitrix24.tokens import parse_token_payload
     from b24connector.settings import load_settings
     from b24connector.vault import open_vault
     from b24connector.vault.models import HEALTH_ACTIVE, due_shard_of
@@ -86,7 +86,7 @@ def _seed(bench: BenchStack, facade: OAuthFacade, portals: int, due: int) -> dic
     def due_portal(i: int) -> str:
         member_id = f"due-{i:05d}"
         issued = emulator.issue_tokens()
-        tokens = TokenSet.from_payload(issued, now=obtained)
+        tokens = parse_token_payload(issued, now=obtained)
         tokens = dataclasses.replace(
             tokens, member_id=member_id, obtained_at=obtained, server_endpoint=server_endpoint
         )

@@ -157,23 +157,34 @@ def test_a_token_revoked_by_another_containers_refresh_is_not_reauth_required(
 ) -> None:
     from b24connector.bitrix24.oauth import OAuthClient
     from b24connector.bitrix24.rest import RestClient
+    from b24connector.token_refresh.coordinator import RefreshCoordinator
+    from b24connector.token_refresh.policy import RefreshPolicy
+    from b24connector.token_refresh.rescue import SqsRescueQueue
     from b24connector.vault import Vault
+    from b24connector.vault.endpoints import EndpointGuard
     from tests.security.harness import CLIENT_SECRET
+    from tests.support.vault_fakes import current_tokens
 
     member_id = _installed(rig)
     assert "leads" in rig.leads(_page(rig, member_id))  # this container caches the current pair
     conf = get_settings()
-    other_container = Vault.from_settings(conf).coordinator(
-        OAuthClient.from_settings(conf, lambda: CLIENT_SECRET)
+    other_vault = Vault.from_settings(conf)  # its own decrypted-token cache, like another container
+    other_container = RefreshCoordinator(
+        other_vault.portals,
+        OAuthClient.from_settings(conf, lambda: CLIENT_SECRET),
+        SqsRescueQueue(conf.rescue_queue_url),
+        endpoints=EndpointGuard.from_settings(conf),
+        policy=RefreshPolicy.from_settings(conf),
     )
-    stale = other_container.current_tokens(member_id).access_token
+    stale = current_tokens(other_vault.portals, member_id).access_token
     real_send = RestClient._send
     interleaved: list[bool] = []
 
     def send_after_the_other_container_refreshed(self: RestClient, *args: Any) -> Any:
         if not interleaved:
             # Our request is about to leave with the cached token; another container refreshes first
-            # (Bitrix24 revokes the access token issued with the spent refresh token: fact sheet 2.6).
+            # (Bitrix24 may revoke the access token issued with the spent refresh token:
+            # docs/bitrix24-facts.md#f-oauth-12).
             interleaved.append(True)
             other_container.fresh_access_token(member_id, stale)
         return real_send(self, *args)
@@ -219,7 +230,7 @@ def test_a_commit_that_keeps_failing_is_retried_then_rescued_and_applied(
     assert page.get("count") == 5, page
     assert rig.emulator.stats()["token_requests"] == 1
     botocore_attempts = client.meta.config.retries["total_max_attempts"]
-    coordinator_attempts = wiring.vault(get_settings()).policy.commit_attempts
+    coordinator_attempts = wiring.coordinator(get_settings()).policy.commit_attempts
     assert botocore_attempts > 1
     assert coordinator_attempts > 1
     assert fault.seen == botocore_attempts * coordinator_attempts

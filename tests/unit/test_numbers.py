@@ -7,7 +7,7 @@ import re
 import pytest
 
 from b24connector.bitrix24.errors import MalformedTokenPayload
-from b24connector.bitrix24.tokens import TokenSet
+from b24connector.bitrix24.tokens import parse_token_payload
 from b24connector.numbers import MAX_SAFE_INTEGER, ascii_int
 
 
@@ -38,7 +38,7 @@ def test_negative_numbers_only_when_asked_for() -> None:
 def test_token_payloads_with_such_numbers_are_malformed(field: str, value: object) -> None:
     payload = {"access_token": "a" * 8, "refresh_token": "r" * 8, "member_id": "m", "expires_in": 3600}
     with pytest.raises(MalformedTokenPayload):
-        TokenSet.from_payload({**payload, field: value}, now=1_000)
+        parse_token_payload({**payload, field: value}, now=1_000)
 
 
 @pytest.mark.parametrize(

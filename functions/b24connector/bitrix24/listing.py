@@ -42,8 +42,10 @@ from b24connector.bitrix24.list_query import (
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
+    from b24connector.bitrix24.portal_context import PortalContext
+
     # Annotations only: the REST client module loads requests, which the caller brings anyway.
-    from b24connector.bitrix24.rest import PortalContext, RestClient
+    from b24connector.bitrix24.rest import RestClient
 
 Commands = Mapping[str, tuple[str, Mapping[str, Any]]]
 

@@ -1,4 +1,8 @@
-"""Client-side request pacing so we stay inside the portal's leaky bucket (fact sheet 6) instead of hitting 503."""
+"""Client-side request pacing, so we stay inside the portal's leaky bucket instead of hitting 503.
+
+The bucket is docs/bitrix24-facts.md#f-limit-1. LocalTokenBucket paces one process; the bucket every
+instance shares is b24connector.shared_pacing.DynamoTokenBucket (the same Pacer protocol).
+"""
 
 from __future__ import annotations
 
@@ -27,13 +31,6 @@ class PlanningPacer(Protocol):
     def expect(self, key: str, requests: int) -> None:
         """The next `requests` acquires for `key` come together (a planned read's windows)."""
         ...
-
-
-class NoPacing:
-    """A Pacer that never waits (tests, or when the server-side bucket is known to be empty)."""
-
-    def acquire(self, key: str, deadline: float | None) -> None:
-        """Return at once."""
 
 
 class LocalTokenBucket:

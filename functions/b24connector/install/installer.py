@@ -14,7 +14,6 @@ from b24connector.bitrix24.errors import (
     TransientError,
     UnsafeEndpoint,
 )
-from b24connector.bitrix24.tokens import TokenSet
 from b24connector.install.jobs import event_job, subscribe_job, uninstall_job
 from b24connector.install.model import (
     EVENT_USER_READY,
@@ -32,6 +31,7 @@ from b24connector.install.model import (
 from b24connector.observability import count, logger
 from b24connector.portals import InvalidPortal, PortalPolicy
 from b24connector.problems import forbidden, unavailable
+from b24connector.tokens import TokenSet
 from b24connector.vault.errors import GrantRefused, VaultUnavailable
 from b24connector.vault.hashing import hash_secret
 from b24connector.vault.journal import JobSink

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from b24connector.bitrix24.tokens import TokenSet
 from b24connector.install.model import JOURNALED_EVENTS, InstallEvent, InstallGrant, UninstallNotice
+from b24connector.tokens import TokenSet
 from b24connector.vault.journal import JOB_GRANT, JOB_SUBSCRIBE, JOB_UNINSTALL, LifecycleJob
 
 

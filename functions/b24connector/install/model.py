@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
-from b24connector.bitrix24.tokens import TokenSet
 from b24connector.problems import Problem
+from b24connector.tokens import TokenSet
 from b24connector.vault.models import ROLE_USER
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ from typing import Any
 from b24connector.bitrix24.errors import (
     MalformedTokenPayload,
 )
-from b24connector.bitrix24.tokens import TokenSet
+from b24connector.bitrix24.tokens import parse_token_payload
 from b24connector.identifiers import MEMBER_ID
 from b24connector.install.model import (
     EVENT_INSTALL,
@@ -22,6 +22,7 @@ from b24connector.install.model import (
 )
 from b24connector.portals import InvalidPortal, PortalPolicy
 from b24connector.problems import invalid
+from b24connector.tokens import TokenSet
 
 _OPAQUE = re.compile(r"[\x21-\x7e]{1,512}\Z")  # tokens: printable ASCII without spaces
 
@@ -66,7 +67,7 @@ def _lifetime(value: str | None, name: str) -> int:
 
 def _tokens(payload: Mapping[str, object], now: float) -> TokenSet:
     try:
-        return TokenSet.from_payload(payload, now=now)
+        return parse_token_payload(payload, now=now)
     except MalformedTokenPayload:
         raise invalid("tokens_invalid", "The install data has no usable tokens.") from None
 

@@ -78,8 +78,6 @@ class PortalModel(Model):
     user_id = NumberAttribute(null=True)
     # SHA-256 hex of the app's application_token: enough to check ONAPPUNINSTALL, useless to forge it.
     application_token_hash = UnicodeAttribute(null=True)
-    # Records written before the hash existed hold the plaintext here; the next grant replaces it.
-    legacy_application_token = UnicodeAttribute(null=True, attr_name="application_token")
     token_ciphertext = BinaryAttribute(null=True, legacy_encoding=False)
     access_expires_at = NumberAttribute(null=True)
     refresh_obtained_at = NumberAttribute(null=True)

@@ -10,7 +10,8 @@ import pytest
 from b24connector.bitrix24.listing import FastLister
 from b24connector.bitrix24.oauth import OAuthClient
 from b24connector.bitrix24.pacing import LocalTokenBucket
-from b24connector.bitrix24.rest import PortalContext, RestClient
+from b24connector.bitrix24.portal_context import PortalContext
+from b24connector.bitrix24.rest import RestClient
 from b24connector.bitrix24.transport import new_session
 from b24connector.portals import PortalPolicy
 from b24connector.settings import DEFAULT_PORTAL_SUFFIXES

@@ -14,11 +14,12 @@ import pytest
 
 from b24connector.bitrix24.errors import OAuthTransientError, TransientError
 from b24connector.bitrix24.oauth import OAuthClient
-from b24connector.bitrix24.pacing import NoPacing
-from b24connector.bitrix24.rest import PortalContext, RestClient
+from b24connector.bitrix24.portal_context import PortalContext
+from b24connector.bitrix24.rest import RestClient
 from b24connector.bitrix24.transport import new_session
 from b24connector.portals import PortalPolicy
 from b24connector.settings import DEFAULT_PORTAL_SUFFIXES
+from tests.support.pacing import NoPacing
 
 ACCESS_TOKEN = "ydtj8pho532wydb5ixk78ol7uqlb7sch"
 

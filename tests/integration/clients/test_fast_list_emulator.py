@@ -13,7 +13,8 @@ from b24connector.bitrix24.errors import OperationTimeLimit
 from b24connector.bitrix24.list_query import ListQuery
 from b24connector.bitrix24.listing import FastLister
 from b24connector.bitrix24.pacing import LocalTokenBucket
-from b24connector.bitrix24.rest import PortalContext, RestClient
+from b24connector.bitrix24.portal_context import PortalContext
+from b24connector.bitrix24.rest import RestClient
 from b24connector.bitrix24.transport import new_session
 from bitrix24_emulator import Emulator, EmulatorConfig
 from tests.integration.clients.conftest import LEADS, make_policy

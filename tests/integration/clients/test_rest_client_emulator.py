@@ -16,11 +16,12 @@ from b24connector.bitrix24.errors import (
     ServerError,
 )
 from b24connector.bitrix24.oauth import OAuthClient
-from b24connector.bitrix24.pacing import NoPacing
-from b24connector.bitrix24.rest import PortalContext, RestClient
+from b24connector.bitrix24.portal_context import PortalContext
+from b24connector.bitrix24.rest import RestClient
 from b24connector.bitrix24.transport import new_session
 from bitrix24_emulator import Emulator
 from tests.integration.clients.conftest import make_policy
+from tests.support.pacing import NoPacing
 
 PortalFactory = Callable[..., PortalContext]
 

@@ -13,9 +13,10 @@ import time
 
 from b24connector.bitrix24.errors import Bitrix24Error
 from b24connector.bitrix24.pacing import LocalTokenBucket, Pacer
-from b24connector.bitrix24.rest import PortalContext, RestClient
+from b24connector.bitrix24.portal_context import PortalContext
+from b24connector.bitrix24.rest import RestClient
 from b24connector.portals import PortalPolicy
-from b24connector.vault.rate_limit import DynamoTokenBucket
+from b24connector.shared_pacing import DynamoTokenBucket
 
 
 def main() -> int:

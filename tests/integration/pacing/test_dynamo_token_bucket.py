@@ -13,13 +13,7 @@ from typing import Any
 import pytest
 
 from b24connector.bitrix24.errors import QueryLimitExceeded
-from b24connector.bitrix24.pacing import LocalTokenBucket
-from b24connector.vault.rate_limit import (
-    BUCKET_PREFIX,
-    DynamoTokenBucket,
-    portal_pacer,
-    shared_pacing_enabled,
-)
+from b24connector.shared_pacing import BUCKET_PREFIX, DynamoTokenBucket
 from tests.support.aws import AwsStack
 
 BACKENDS = ["moto", "dynalite"]
@@ -337,13 +331,7 @@ def test_dynamodb_failure_falls_back_to_local_pacing(aws_stack: AwsStack) -> Non
     assert sum(clock.slept) == pytest.approx(0.5)
 
 
-def test_portal_pacer_follows_the_setting(aws_stack: AwsStack) -> None:
-    settings = aws_stack.settings()
-
-    assert isinstance(portal_pacer(settings, env={}), DynamoTokenBucket)
-    assert isinstance(portal_pacer(settings, env={"RATE_LIMIT_SHARED": "false"}), LocalTokenBucket)
-    shared = portal_pacer(settings, env={"RATE_LIMIT_SHARED": "true"})
-    assert isinstance(shared, DynamoTokenBucket)
+def test_the_shared_bucket_follows_the_settings(aws_stack: AwsStack) -> None:
+    # Which pacer LeadsFunction picks (RATE_LIMIT_SHARED): tests/unit/handlers/test_handler_imports.py
+    shared = DynamoTokenBucket.from_settings(aws_stack.settings())
     assert (shared.table_name, shared.rate, shared.burst) == (aws_stack.rate_limit_table, 2.0, 50)
-    with pytest.raises(ValueError, match="RATE_LIMIT_SHARED"):
-        shared_pacing_enabled({"RATE_LIMIT_SHARED": "maybe"})

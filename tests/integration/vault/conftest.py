@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from b24connector.bitrix24.tokens import TokenSet
+from b24connector.bitrix24.tokens import parse_token_payload
+from b24connector.tokens import TokenSet
 from b24connector.vault.portal import Portal
 from bitrix24_emulator.config import EmulatorConfig
 from bitrix24_emulator.emulator import Emulator
@@ -63,7 +64,7 @@ def scene_factory(aws_stack_factory: Callable[..., AwsStack], emulator: Emulator
             LOCAL_MODE="true",
         )
         rig = Rig.from_env(stack.env(), emulator.client_secret, **policy)
-        grant = TokenSet.from_payload(emulator.issue_tokens())
+        grant = parse_token_payload(emulator.issue_tokens())
         portal = rig.worker().store.save_grant(grant, domain=emulator.portal_domain, role="admin")
         return Scene(stack, emulator, rig, grant, portal)
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from b24connector.bitrix24.tokens import TokenSet
+from b24connector.tokens import TokenSet
 from b24connector.vault.models import HEALTH_ACTIVE
 from tests.integration.vault.conftest import BACKENDS, Scene
 from tests.support.vault_rig import access_token_works, process_context, refresher_process, run_concurrently

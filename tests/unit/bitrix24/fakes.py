@@ -20,10 +20,11 @@ import requests
 from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
-from b24connector.bitrix24.pacing import NoPacing
-from b24connector.bitrix24.rest import PortalContext, RestClient
+from b24connector.bitrix24.portal_context import PortalContext
+from b24connector.bitrix24.rest import RestClient
 from b24connector.portals import PortalPolicy
 from b24connector.settings import DEFAULT_PORTAL_SUFFIXES
+from tests.support.pacing import NoPacing
 
 PORTAL = "acme.bitrix24.com"
 ENDPOINT = f"https://{PORTAL}/rest/"

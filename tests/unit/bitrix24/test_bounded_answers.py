@@ -23,7 +23,7 @@ from b24connector.bitrix24.oauth import MAX_OAUTH_ANSWER_BYTES, OAuthClient
 from b24connector.bitrix24.rest import MAX_ANSWER_BYTES
 from b24connector.leads import error_for
 from b24connector.settings import load_settings
-from b24connector.vault.refresh import RefreshPolicy
+from b24connector.token_refresh.policy import RefreshPolicy
 from tests.unit.bitrix24.fakes import ACCESS_TOKEN, FakeTime, FakeTransport, Reply, make_client, make_portal
 
 

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from b24connector.bitrix24.errors import QueryLimitExceeded
-from b24connector.bitrix24.pacing import LocalTokenBucket, NoPacing
+from b24connector.bitrix24.pacing import LocalTokenBucket
 from tests.unit.bitrix24.fakes import FakeTime
 
 
@@ -118,6 +118,5 @@ def test_bad_parameters() -> None:
         LocalTokenBucket(2, 0)
 
 
-def test_no_pacing_never_waits() -> None:
-    NoPacing().acquire("k", 0.0)
+def test_the_local_bucket_shows_its_figures() -> None:
     assert "rate=2.0, burst=50" in repr(LocalTokenBucket())

@@ -22,10 +22,11 @@ from b24connector.bitrix24.errors import (
     UnknownAuthError,
     UnsafeEndpoint,
 )
-from b24connector.bitrix24.pacing import NoPacing
-from b24connector.bitrix24.rest import PortalContext, RestClient, encode_commands
+from b24connector.bitrix24.portal_context import PortalContext
+from b24connector.bitrix24.rest import RestClient, encode_commands
 from b24connector.portals import PortalPolicy
 from b24connector.settings import DEFAULT_PORTAL_SUFFIXES, load_settings
+from tests.support.pacing import NoPacing
 from tests.unit.bitrix24.fakes import (
     ACCESS_TOKEN,
     ENDPOINT,

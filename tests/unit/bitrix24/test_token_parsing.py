@@ -1,4 +1,4 @@
-"""TokenSet.from_payload against the fact sheet's samples (2.4 token response, 3.3 ONAPPINSTALL auth)."""
+"""parse_token_payload against the documented samples (docs/bitrix24-facts.md#f-oauth-5 token answer, #f-app-8 ONAPPINSTALL auth)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from b24connector.bitrix24.errors import MalformedTokenPayload
-from b24connector.bitrix24.tokens import TokenSet
+from b24connector.bitrix24.tokens import parse_token_payload
 
 # Fact sheet 2.4, refresh response per [EN] settings/oauth/auto-renewal.md.
 REFRESH_RESPONSE: dict[str, Any] = {
@@ -42,7 +42,7 @@ INSTALL_AUTH: dict[str, Any] = {
 
 
 def test_refresh_response_is_parsed_with_its_own_expiry() -> None:
-    tokens = TokenSet.from_payload(REFRESH_RESPONSE, now=1_780_315_000)
+    tokens = parse_token_payload(REFRESH_RESPONSE, now=1_780_315_000)
     assert tokens.access_token == REFRESH_RESPONSE["access_token"]
     assert tokens.refresh_token == REFRESH_RESPONSE["refresh_token"]
     assert tokens.expires_at == 1780319382  # `expires` wins over now + expires_in
@@ -58,13 +58,13 @@ def test_refresh_response_is_parsed_with_its_own_expiry() -> None:
 def test_code_exchange_sample_without_expires_uses_expires_in() -> None:
     # Given the docs' code-exchange sample, which omits `expires` and `user_id`
     payload = {k: v for k, v in REFRESH_RESPONSE.items() if k not in {"expires", "user_id"}}
-    tokens = TokenSet.from_payload(payload, now=1_000_000)
+    tokens = parse_token_payload(payload, now=1_000_000)
     assert tokens.expires_at == 1_003_600
     assert tokens.user_id is None
 
 
 def test_install_auth_with_string_values() -> None:
-    tokens = TokenSet.from_payload(INSTALL_AUTH, now=1_655_824_000)
+    tokens = parse_token_payload(INSTALL_AUTH, now=1_655_824_000)
     assert tokens.expires_at == 1655827561
     assert tokens.user_id == 1
     assert tokens.client_endpoint == "https://some-domain.bitrix24.com/rest/"
@@ -73,7 +73,7 @@ def test_install_auth_with_string_values() -> None:
 
 def test_install_auth_doc_sample_without_expires() -> None:
     payload = {k: v for k, v in INSTALL_AUTH.items() if k not in {"expires", "user_id"}}
-    tokens = TokenSet.from_payload(payload, now=100)
+    tokens = parse_token_payload(payload, now=100)
     assert tokens.expires_at == 3700
 
 
@@ -86,7 +86,7 @@ def test_missing_required_fields_raise_a_typed_error(missing: str, blank: str | 
     else:
         payload[missing] = blank
     with pytest.raises(MalformedTokenPayload) as caught:
-        TokenSet.from_payload(payload)
+        parse_token_payload(payload)
     assert missing in str(caught.value)
     for secret in (REFRESH_RESPONSE["access_token"], REFRESH_RESPONSE["refresh_token"]):
         assert secret not in str(caught.value)
@@ -95,7 +95,7 @@ def test_missing_required_fields_raise_a_typed_error(missing: str, blank: str | 
 def test_missing_expiry_raises() -> None:
     payload = {k: v for k, v in REFRESH_RESPONSE.items() if k not in {"expires", "expires_in"}}
     with pytest.raises(MalformedTokenPayload):
-        TokenSet.from_payload(payload)
+        parse_token_payload(payload)
 
 
 @pytest.mark.parametrize(
@@ -106,11 +106,11 @@ def test_malformed_values_raise(field: str, value: object) -> None:
     payload = dict(REFRESH_RESPONSE)
     payload[field] = value
     with pytest.raises(MalformedTokenPayload):
-        TokenSet.from_payload(payload)
+        parse_token_payload(payload)
 
 
 def test_repr_and_str_hide_the_tokens() -> None:
-    tokens = TokenSet.from_payload(REFRESH_RESPONSE)
+    tokens = parse_token_payload(REFRESH_RESPONSE)
     for text in (repr(tokens), str(tokens), f"{tokens}", f"{tokens!r}"):
         assert REFRESH_RESPONSE["access_token"] not in text
         assert REFRESH_RESPONSE["refresh_token"] not in text
@@ -118,6 +118,6 @@ def test_repr_and_str_hide_the_tokens() -> None:
 
 
 def test_access_expired_uses_skew() -> None:
-    tokens = TokenSet.from_payload(REFRESH_RESPONSE)
+    tokens = parse_token_payload(REFRESH_RESPONSE)
     assert not tokens.access_expired(now=1780319382 - 31)
     assert tokens.access_expired(now=1780319382 - 30)

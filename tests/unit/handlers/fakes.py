@@ -19,7 +19,7 @@ from b24connector.bitrix24.errors import (
     UnsafeEndpoint,
 )
 from b24connector.bitrix24.oauth import AppInfo
-from b24connector.bitrix24.tokens import TokenSet
+from b24connector.tokens import TokenSet
 from b24connector.vault.errors import GrantRefused, StateRefusal, StateRefused, VaultUnavailable
 from b24connector.vault.journal import LifecycleJob
 from b24connector.vault.models import ROLE_RANK, ROLE_SYSTEM, ROLE_USER

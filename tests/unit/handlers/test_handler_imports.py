@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from b24connector import authorization, credentials, pkce, wiring
-from b24connector.bitrix24.tokens import TokenSet
 from b24connector.settings import ConfigError, get_settings, load_settings
+from b24connector.tokens import TokenSet
 from tests.unit.handlers.test_handlers import ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[3]

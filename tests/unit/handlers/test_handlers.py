@@ -29,9 +29,10 @@ from b24connector.install import Installer
 from b24connector.install import event_of as journal_event_of
 from b24connector.leads import CursorCodec, LeadsReader, OpenPortal
 from b24connector.portals import PortalPolicy
-from b24connector.refresh import RefreshSweep, RefreshWorker, RescueWorker
 from b24connector.settings import DEFAULT_PORTAL_SUFFIXES, get_settings
-from b24connector.vault.refresh import RefreshOutcome
+from b24connector.token_refresh.outcomes import RefreshOutcome
+from b24connector.token_refresh.rescue import RescueWorker
+from b24connector.token_refresh.scheduled import RefreshSweep, RefreshWorker
 from tests.support.emf import emf_counts
 from tests.unit.handlers.aws_events import FakeContext, form_post, http_event, scheduler_event, sqs_event
 from tests.unit.handlers.fakes import (

@@ -9,15 +9,10 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from b24connector.refresh import (
-    RefreshSweep,
-    RefreshWorker,
-    RescueWorker,
-    SqsBatchSender,
-    refresh_message,
-)
+from b24connector.token_refresh.outcomes import RefreshOutcome, RescueOutcome
+from b24connector.token_refresh.rescue import RescueWorker
+from b24connector.token_refresh.scheduled import RefreshSweep, RefreshWorker, SqsBatchSender, refresh_message
 from b24connector.vault.errors import TokenDecryptError, TokenRescueFailed, VaultUnavailable
-from b24connector.vault.refresh import RefreshOutcome, RescueOutcome
 from tests.unit.handlers.aws_events import sqs_event
 
 

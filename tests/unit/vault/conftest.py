@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from moto import mock_aws
 
-from b24connector.bitrix24.tokens import TokenSet
 from b24connector.portals import PortalPolicy
 from b24connector.settings import DEFAULT_OAUTH_SERVERS, DEFAULT_PORTAL_SUFFIXES
+from b24connector.token_refresh.coordinator import RefreshCoordinator
+from b24connector.token_refresh.lease_holder import TokenRefresher
+from b24connector.token_refresh.policy import RefreshPolicy
+from b24connector.tokens import TokenSet
 from b24connector.vault.cipher import TokenCipher
 from b24connector.vault.endpoints import EndpointGuard
 from b24connector.vault.models import bind_portal_model, bind_state_model
 from b24connector.vault.portal import Portal
-from b24connector.vault.refresh import RefreshCoordinator, RefreshPolicy
 from b24connector.vault.states import StateStore
 from b24connector.vault.store import PortalStore
 from tests.support.aws import AwsStack, provision
@@ -39,16 +41,22 @@ class UnitVault:
         default_factory=lambda: EndpointGuard(PortalPolicy(DEFAULT_PORTAL_SUFFIXES), DEFAULT_OAUTH_SERVERS)
     )
 
-    def coordinator(self, **policy: Any) -> RefreshCoordinator:
-        """A coordinator with a fake sleep (advancing the clock) and no jitter."""
+    def coordinator(
+        self,
+        *,
+        sleep: Callable[[float], None] | None = None,
+        refresher: TokenRefresher | None = None,
+        **policy: Any,
+    ) -> RefreshCoordinator:
+        """A coordinator with a fake sleep (advancing the clock, unless `sleep` is given) and no jitter."""
         return RefreshCoordinator(
             self.portals,
-            self.oauth,
+            refresher or self.oauth,
             self.rescue,
             endpoints=self.endpoints,
             policy=RefreshPolicy(**policy),
             clock=self.clock,
-            sleep=self.clock.sleep,
+            sleep=sleep or self.clock.sleep,
             jitter=lambda: 1.0,
         )
 

@@ -7,14 +7,16 @@ from typing import Any
 
 import pytest
 
-from b24connector.bitrix24.tokens import TokenSet
 from b24connector.portals import PortalPolicy
 from b24connector.settings import DEFAULT_OAUTH_SERVERS, DEFAULT_PORTAL_SUFFIXES
+from b24connector.token_refresh.coordinator import RefreshCoordinator
+from b24connector.token_refresh.outcomes import RefreshOutcome, RescueOutcome
+from b24connector.token_refresh.policy import RefreshPolicy
+from b24connector.token_refresh.rescue import new_rescue_message
+from b24connector.tokens import TokenSet
 from b24connector.vault.endpoints import EndpointGuard
 from b24connector.vault.errors import VaultUnavailable
 from b24connector.vault.portal import Portal
-from b24connector.vault.refresh import RefreshCoordinator, RefreshOutcome, RefreshPolicy, RescueOutcome
-from b24connector.vault.rescue import new_rescue_message
 from tests.support.fake_oauth import FactSheetOAuthServer
 from tests.unit.vault.conftest import UnitVault
 

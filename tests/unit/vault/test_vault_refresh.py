@@ -17,13 +17,15 @@ from b24connector.bitrix24.errors import (
     OAuthTransientError,
     PaymentRequired,
 )
-from b24connector.bitrix24.tokens import TokenSet
 from b24connector.credentials import ClientSecretNotSet, SecretUnavailable
+from b24connector.token_refresh.outcomes import RefreshOutcome, RescueOutcome
+from b24connector.token_refresh.rescue import RescueMessage
+from b24connector.tokens import TokenSet
 from b24connector.vault.cipher import TokenCipher
 from b24connector.vault.errors import (
+    GrantNeedsReauth,
     NotEnoughTime,
-    PortalNotFound,
-    ReauthRequired,
+    PortalNotStored,
     RefreshRejected,
     RefreshThrottled,
     RefreshTimeout,
@@ -34,8 +36,7 @@ from b24connector.vault.errors import (
     VaultUnavailable,
 )
 from b24connector.vault.models import HEALTH_ACTIVE, HEALTH_NEEDS_REAUTH
-from b24connector.vault.refresh import RefreshOutcome, RescueOutcome
-from b24connector.vault.rescue import RescueMessage
+from tests.support.vault_fakes import current_tokens
 from tests.unit.vault.conftest import UnitVault
 
 DAY = 86_400
@@ -97,7 +98,7 @@ def test_warm_read_after_commit_needs_no_kms_call(vault: UnitVault) -> None:
     coordinator.fresh_access_token("member-a", grant.access_token)
     calls = vault.cipher.kms_calls
     for _ in range(5):
-        coordinator.current_tokens("member-a")
+        current_tokens(vault.portals, "member-a")
     assert vault.cipher.kms_calls == calls
 
 
@@ -149,8 +150,7 @@ def test_stored_if_newer_waits_for_the_commit_of_a_refresh_in_flight(vault: Unit
         if sleeps == 2:
             vault.portals.commit_refresh("member-a", portal.version, vault.cipher.seal(winner_pair))
 
-    coordinator = vault.coordinator()
-    coordinator._sleep = sleep_then_commit
+    coordinator = vault.coordinator(sleep=sleep_then_commit)
     newer = coordinator.stored_if_newer("member-a", grant.access_token)
     assert newer is not None
     assert newer.access_token == winner_pair.access_token
@@ -193,8 +193,7 @@ def test_loser_of_the_lease_waits_and_uses_the_winners_pair(vault: UnitVault) ->
         if sleeps == 3:
             vault.portals.commit_refresh("member-a", portal.version, vault.cipher.seal(winner_pair))
 
-    coordinator = vault.coordinator()
-    coordinator._sleep = sleep_then_commit
+    coordinator = vault.coordinator(sleep=sleep_then_commit)
     # When the caller asks for a fresh pair
     fresh = coordinator.fresh_access_token("member-a", grant.access_token)
     # Then it made no token call of its own and got the winner's pair
@@ -260,8 +259,7 @@ def test_holder_that_released_without_commit_stops_the_waiters(vault: UnitVault)
         vault.clock.sleep(seconds)
         vault.portals.release_lease("member-a", "unlucky")
 
-    coordinator = vault.coordinator()
-    coordinator._sleep = sleep_then_release
+    coordinator = vault.coordinator(sleep=sleep_then_release)
     # Then the waiter does not hammer the token endpoint itself
     with pytest.raises(RefreshUnavailable):
         coordinator.fresh_access_token("member-a", grant.access_token)
@@ -282,16 +280,12 @@ def test_no_refresh_without_enough_invocation_time(vault: UnitVault, metrics_cap
 
 
 def test_unknown_and_inactive_portals(vault: UnitVault) -> None:
-    with pytest.raises(PortalNotFound):
+    with pytest.raises(PortalNotStored):
         vault.coordinator().fresh_access_token("nobody", "x")
-    with pytest.raises(PortalNotFound):
-        vault.coordinator().current_tokens("nobody")
     portal, grant = vault.install()
     vault.portals.mark_needs_reauth("member-a", portal.version)
-    with pytest.raises(ReauthRequired):
+    with pytest.raises(GrantNeedsReauth):
         vault.coordinator().fresh_access_token("member-a", grant.access_token)
-    with pytest.raises(ReauthRequired):
-        vault.coordinator().current_tokens("member-a")
 
 
 def test_a_portal_rejecting_every_pair_gets_one_lazy_refresh_per_interval(
@@ -303,7 +297,7 @@ def test_a_portal_rejecting_every_pair_gets_one_lazy_refresh_per_interval(
     outcomes: list[str | int] = []
     # When ten reads in a row each ask for a pair newer than the one the portal just rejected
     for _ in range(10):
-        rejected = coordinator.current_tokens("member-a").access_token
+        rejected = current_tokens(vault.portals, "member-a").access_token
         try:
             coordinator.fresh_access_token("member-a", rejected)
             outcomes.append("refreshed")
@@ -317,7 +311,7 @@ def test_a_portal_rejecting_every_pair_gets_one_lazy_refresh_per_interval(
     assert _metric(metrics_capture, "TokenRefreshThrottled") == 9
     # and once the interval has passed, the next read may refresh again
     vault.clock.advance(300)
-    coordinator.fresh_access_token("member-a", coordinator.current_tokens("member-a").access_token)
+    coordinator.fresh_access_token("member-a", current_tokens(vault.portals, "member-a").access_token)
     assert vault.oauth.token_requests == 2
 
 
@@ -358,7 +352,7 @@ def test_dead_grant_marks_needs_reauth(
 ) -> None:
     portal, grant = vault.install()
     vault.oauth.fail_next.append(error)
-    with pytest.raises(ReauthRequired):
+    with pytest.raises(GrantNeedsReauth):
         vault.coordinator().fresh_access_token("member-a", grant.access_token)
     stored = vault.portals.get("member-a", consistent=True)
     assert stored is not None
@@ -428,7 +422,7 @@ def test_pair_for_another_member_is_never_stored(vault: UnitVault) -> None:
     _portal, grant = vault.install()
     foreign = vault.oauth.grant("member-z")
     vault.oauth.refresh = lambda refresh_token, *, server_hint=None, **_: foreign  # type: ignore[method-assign]
-    with pytest.raises(ReauthRequired):
+    with pytest.raises(GrantNeedsReauth):
         vault.coordinator().fresh_access_token("member-a", grant.access_token)
     stored = vault.portals.get("member-a", consistent=True)
     assert stored is not None
@@ -516,7 +510,7 @@ def test_rescue_repairs_a_portal_flagged_meanwhile(vault: UnitVault, monkeypatch
     fresh = vault.coordinator().fresh_access_token("member-a", grant.access_token)
     monkeypatch.undo()
     vault.clock.advance(30 + 900 + 1)  # lease, then the whole rescue window
-    with pytest.raises(ReauthRequired):
+    with pytest.raises(GrantNeedsReauth):
         vault.coordinator().fresh_access_token("member-a", grant.access_token)
     # When the rescue lands
     assert vault.coordinator().apply_rescue(vault.rescue.messages[0].to_json()) is RescueOutcome.APPLIED
@@ -603,8 +597,7 @@ def test_kms_down_after_bitrix24_answered_loses_nothing(
             _kms_outage(monkeypatch, vault.cipher.kms)
             return answer
 
-    coordinator = vault.coordinator()
-    coordinator.refresher = SpendThenKmsDown()
+    coordinator = vault.coordinator(refresher=SpendThenKmsDown())
     # When a lazy refresh spends the refresh token
     fresh = coordinator.fresh_access_token("member-a", grant.access_token)
     monkeypatch.undo()

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from b24connector.vault.errors import ReauthRequired
+from b24connector.vault.errors import GrantNeedsReauth
 from b24connector.vault.models import HEALTH_ACTIVE, HEALTH_NEEDS_REAUTH, HEALTH_UNINSTALLED, due_shard_of
 from tests.unit.vault.conftest import UnitVault
 
@@ -58,42 +58,6 @@ def test_raw_items_hold_only_a_verifier_of_the_application_token(vault: UnitVaul
     assert APP_TOKEN_A not in haystack
     assert "application_token" not in item
     assert item["application_token_hash"] == {"S": APP_TOKEN_A_HASH}
-
-
-def test_a_legacy_plaintext_application_token_is_verified_and_replaced_by_the_next_grant(
-    vault: UnitVault,
-) -> None:
-    # Given a record written before hashing: plaintext under the old attribute name, no verifier
-    vault.install("member-a", "a.bitrix24.com")
-    dynamodb = vault.stack.client("dynamodb")
-    key = {"member_id": {"S": "member-a"}}
-    dynamodb.update_item(
-        TableName=vault.stack.portals_table,
-        Key=key,
-        UpdateExpression="SET application_token = :t REMOVE application_token_hash",
-        ExpressionAttributeValues={":t": {"S": "legacy-app-token"}},
-    )
-    # Then the snapshot offers the verifier of the stored plaintext
-    portal = vault.portals.get("member-a", consistent=True)
-    assert portal is not None
-    assert portal.application_token_hash == hashlib.sha256(b"legacy-app-token").hexdigest()
-    # And the next grant without an application_token keeps that verifier but drops the plaintext
-    vault.portals.save_grant(
-        vault.oauth.grant("member-a", "a.bitrix24.com"), domain="a.bitrix24.com", role="admin"
-    )
-    item = dynamodb.get_item(TableName=vault.stack.portals_table, Key=key, ConsistentRead=True)["Item"]
-    assert "application_token" not in item
-    assert item["application_token_hash"] == {"S": hashlib.sha256(b"legacy-app-token").hexdigest()}
-    # And a clean uninstall of a legacy record removes the plaintext too
-    dynamodb.update_item(
-        TableName=vault.stack.portals_table,
-        Key=key,
-        UpdateExpression="SET application_token = :t",
-        ExpressionAttributeValues={":t": {"S": "legacy-app-token"}},
-    )
-    vault.portals.mark_uninstalled("member-a", clean=True)
-    item = dynamodb.get_item(TableName=vault.stack.portals_table, Key=key, ConsistentRead=True)["Item"]
-    assert {"application_token", "application_token_hash"}.isdisjoint(item)
 
 
 def test_first_grant_is_version_1_and_active_with_due_index_fields(vault: UnitVault) -> None:
@@ -173,7 +137,7 @@ def test_uninstall_keeps_tenant_facts_but_drops_tokens(vault: UnitVault) -> None
     assert portal.domain == "a.bitrix24.com"
     assert portal.application_token_hash == APP_TOKEN_A_HASH
     assert portal.refresh_due_at is None
-    with pytest.raises(ReauthRequired):
+    with pytest.raises(GrantNeedsReauth):
         vault.portals.tokens(portal)
 
 

@@ -11,6 +11,7 @@ import pytest
 from aws_lambda_powertools.utilities import parameters
 
 from b24connector import credentials
+from b24connector.token_refresh.policy import RefreshPolicy
 from b24connector.vault import Vault, open_vault
 from b24connector.vault.models import OAuthStateModel, PortalModel, bind_portal_model
 from tests.support.aws import AwsStack, template_tables
@@ -82,9 +83,9 @@ def test_vault_from_settings_uses_the_configured_names(mocked_aws: AwsStack) -> 
     assert vault.portals.model.Meta.table_name == mocked_aws.portals_table
     assert vault.states.model.Meta.table_name == mocked_aws.states_table
     assert vault.cipher.key_id == mocked_aws.token_key_id
-    assert vault.rescue_queue.queue_url == mocked_aws.rescue_queue_url
     assert vault.states.ttl_seconds == 600
-    assert vault.policy.lease_seconds > vault.policy.max_wait_seconds
+    policy = RefreshPolicy.from_settings(mocked_aws.settings())
+    assert policy.lease_seconds > policy.max_wait_seconds
     assert open_vault(mocked_aws.settings()) is open_vault(mocked_aws.settings())
 
 

@@ -1,9 +1,15 @@
-"""Scheduled token upkeep: the sweep finds due portals, workers refresh them, rescues get applied.
+"""Scheduled token upkeep: the sweep finds due portals, the workers refresh each one once.
 
-The sweep only reads the sparse due index (no Scan) and queues `{member_id, version}`; it never calls
-Bitrix24. The worker hands each message to the vault's RefreshCoordinator, which enforces everything
-that makes a refresh safe (version check, lease, at most one refresh per portal per
-MIN_REFRESH_INTERVAL_HOURS). SQS partial batch failures send back only messages worth retrying:
+A refresh token lives 180 days, and Bitrix24 asks apps not to refresh on a timer or "just in case"
+(docs/bitrix24-facts.md#f-oauth-11): the sweep queues only portals whose refresh is due (refresh after
+REFRESH_AFTER_DAYS, at most once per MIN_REFRESH_INTERVAL_HOURS).
+
+RefreshSweep (RefreshFunction) only reads the sparse due index (no Scan) and queues `{member_id,
+version}`; it never calls Bitrix24. RefreshWorker (RefreshWorkerFunction) hands each message to the
+coordinator's refresh_if_due, which is ScheduledRefresh below: one conditional write
+(PortalStore.take_due_lease) checks the version, the due time and the interval and takes the lease, and
+lease_holder.LeaseHolder spends the token. SQS partial batch failures send back only messages worth
+retrying:
 
 - infrastructure failures before any token call (DynamoDB, KMS, Secrets Manager), a token request
   that provably never reached Bitrix24 (refused, DNS, TLS handshake), too little time: retried by SQS
@@ -18,21 +24,32 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from b24connector.identifiers import is_member_id
-from b24connector.vault.errors import VaultError
-from b24connector.vault.refresh import RefreshOutcome
+from b24connector.token_refresh.lease_holder import LeaseHolder
+from b24connector.token_refresh.outcomes import SCHEDULED, BatchReport, RefreshOutcome, RemainingMs, record
+from b24connector.vault.errors import (
+    GrantNeedsReauth,
+    NotEnoughTime,
+    PortalNotStored,
+    RefreshDeferred,
+    RefreshRejected,
+    RefreshUnavailable,
+    VaultError,
+)
+from b24connector.vault.portal import Portal
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
-RemainingMs = Callable[[], int]
+_HOUR = 3600
 SQS_BATCH_SIZE = 10
 DEFAULT_MAX_PER_SWEEP = 10_000
 # Stop queueing while this much invocation time is left: a SendMessageBatch plus the final log line.
@@ -169,7 +186,7 @@ class RefreshSweep:
 
 
 class Refresher(Protocol):
-    """The vault's RefreshCoordinator as the workers need it."""
+    """What the worker needs (coordinator.RefreshCoordinator fits; its refresh_if_due is ScheduledRefresh's)."""
 
     def refresh_if_due(
         self, member_id: str, expected_version: int, *, remaining_ms: RemainingMs | None = None
@@ -199,27 +216,6 @@ class RefreshRequest:
         return cls(member_id, version)
 
 
-@dataclass(slots=True)
-class BatchReport:
-    """What a batch of messages came to: message ids to retry, and counts by outcome."""
-
-    retry: list[str] = field(default_factory=list)
-    outcomes: dict[str, int] = field(default_factory=dict)
-
-    def count(self, outcome: str) -> None:
-        """Count one message under `outcome`."""
-        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-
-    @property
-    def deferred(self) -> int:
-        """Messages acknowledged because their portal's refresh was deferred past the minimum interval."""
-        return self.outcomes.get(RefreshOutcome.DEFERRED.value, 0)
-
-    def answer(self) -> dict[str, Any]:
-        """The SQS partial batch response."""
-        return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in self.retry]}
-
-
 class RefreshWorker:
     """Refreshes the portals of one SQS batch through the coordinator."""
 
@@ -230,10 +226,10 @@ class RefreshWorker:
     def handle(self, records: Sequence[Mapping[str, Any]], remaining_ms: RemainingMs) -> BatchReport:
         """Process every record; retryable failures go back to the queue, the rest (deferred too) are final."""
         report = BatchReport()
-        for record in records:
-            message_id = str(record.get("messageId", ""))
+        for message in records:
+            message_id = str(message.get("messageId", ""))
             try:
-                request = RefreshRequest.parse(str(record.get("body", "")))
+                request = RefreshRequest.parse(str(message.get("body", "")))
             except ValueError:
                 # A malformed message will never parse; retrying it only delays the DLQ alarm.
                 report.count("malformed")
@@ -262,32 +258,139 @@ class RefreshWorker:
         return report
 
 
-class RescueApplier(Protocol):
-    """The vault's RefreshCoordinator as the rescue worker needs it."""
+# --- the refresh of one due portal ----------------------------------------------------------------
 
-    def apply_rescue(self, body: str | bytes | Mapping[str, Any]) -> object:
-        """Commit one rescued pair on its base version (or drop it as stale)."""
-        ...
+_OUTCOME_OF: dict[type[Exception], RefreshOutcome] = {
+    NotEnoughTime: RefreshOutcome.NOT_ENOUGH_TIME,
+    RefreshUnavailable: RefreshOutcome.TRANSIENT_FAILURE,
+    RefreshDeferred: RefreshOutcome.DEFERRED,
+    RefreshRejected: RefreshOutcome.CLIENT_REJECTED,
+    GrantNeedsReauth: RefreshOutcome.NEEDS_REAUTH,
+    PortalNotStored: RefreshOutcome.MISSING,
+}
 
 
-class RescueWorker:
-    """Applies TokenRescueQueue messages; any failure keeps the message (it holds the only live pair)."""
+class ScheduledRefresh:
+    """Refreshes one portal the sweep found due, unless anything says it should not be touched now."""
 
-    def __init__(self, coordinator: RescueApplier, *, on_error: Callable[[str, BaseException], None]) -> None:
-        self._coordinator = coordinator
-        self._on_error = on_error
+    def __init__(self, holder: LeaseHolder, *, clock: Callable[[], float] = time.time) -> None:
+        self._holder = holder
+        self._store = holder.store
+        self._policy = holder.policy
+        self._clock = clock
 
-    def handle(self, records: Sequence[Mapping[str, Any]]) -> BatchReport:
-        """Apply each message; failures are retried and finally land in the DLQ for an operator."""
-        report = BatchReport()
-        for record in records:
-            message_id = str(record.get("messageId", ""))
-            try:
-                outcome = self._coordinator.apply_rescue(str(record.get("body", "")))
-            except Exception as exc:
-                self._on_error(message_id, exc)
-                report.count(type(exc).__name__)
-                report.retry.append(message_id)
-                continue
-            report.count(str(getattr(outcome, "value", outcome)))
-        return report
+    def refresh_if_due(
+        self, member_id: str, expected_version: int, *, remaining_ms: RemainingMs | None = None
+    ) -> RefreshOutcome:
+        """Refresh a portal the sweep found due, unless anything says it should not be touched now.
+
+        Taking the lease records the attempt and moves the due time out by MIN_REFRESH_INTERVAL_HOURS
+        before the token endpoint is called, so a worker that dies mid-call cannot cause a second spend
+        of the (single-use) refresh token. How a failure ends decides what happens next:
+
+        - DynamoDB or KMS failing before the token call (VaultUnavailable raised; a lease already
+          taken is released with its attempt undone), too little time (NOT_ENOUGH_TIME): nothing was
+          recorded; the message is worth another delivery.
+        - The token request provably never reached Bitrix24 (connection refused, DNS, TLS handshake,
+          connect timeout; or the client secret could not be read): the attempt record is undone and
+          the outcome is TRANSIENT_FAILURE, so the queue's redelivery refreshes soon.
+        - The request may have reached Bitrix24 (read timeout, 5xx, a broken answer): the refresh
+          token may be spent, so nothing retries it before the interval is over. The outcome is
+          DEFERRED (final: redelivering could only end in SKIPPED_RECENT); the sweep after the interval
+          tries again, and if the token was spent that attempt flags the portal needs_reauth (metric).
+        """
+        now = self._clock()
+        min_gap = self._policy.min_refresh_interval_hours * _HOUR
+        left = self._policy.budget_short(remaining_ms)
+        if left is not None:
+            # A portal that would be skipped anyway keeps its skip outcome, as when the read came first.
+            skipped = self._skip_of(member_id, expected_version, now, min_gap)
+            if skipped is not None:
+                return skipped
+            record(RefreshOutcome.NOT_ENOUGH_TIME, member_id, expected_version, path=SCHEDULED, left_ms=left)
+            return RefreshOutcome.NOT_ENOUGH_TIME
+        try:
+            return self._refresh(member_id, expected_version, now, min_gap, remaining_ms)
+        except (
+            NotEnoughTime,
+            RefreshUnavailable,
+            RefreshDeferred,
+            RefreshRejected,
+            GrantNeedsReauth,
+            PortalNotStored,
+        ) as exc:
+            # Already logged and counted where it happened; the sweep only needs the outcome.
+            return _OUTCOME_OF[type(exc)]
+
+    def _refresh(
+        self,
+        member_id: str,
+        expected_version: int,
+        now: float,
+        min_gap: float,
+        remaining_ms: RemainingMs | None,
+    ) -> RefreshOutcome:
+        owner = uuid.uuid4().hex
+        # One conditional write checks everything _skip does and takes the lease; only a refusal costs a
+        # read (to name the skip), so a refresh is UpdateItem, Decrypt, GenerateDataKey, the token call
+        # and the commit.
+        lease_until = self._clock() + self._policy.lease_seconds
+        portal = self._store.take_due_lease(
+            member_id,
+            expected_version,
+            owner,
+            lease_seconds=self._policy.lease_seconds,
+            now=now,
+            min_gap_seconds=min_gap,
+            settle_seconds=self._policy.rescue_window_seconds,
+        )
+        if portal is None:
+            skipped = self._skip_of(member_id, expected_version, now, min_gap)
+            if skipped is not None:
+                return skipped
+            # Every check passes on the re-read: another writer moved the record in between.
+            record(RefreshOutcome.BUSY, member_id, expected_version, path=SCHEDULED)
+            return RefreshOutcome.BUSY
+        try:
+            stored = self._store.tokens(portal)
+        except BaseException:
+            # Nothing reached the token endpoint: the attempt must not count (as before the lease).
+            self._holder.release(member_id, owner, undo_attempt=portal)
+            raise
+        return self._holder.spend(
+            portal, stored, owner, remaining_ms, lease_until=lease_until, path=SCHEDULED
+        )[0]
+
+    def _skip_of(
+        self, member_id: str, expected_version: int, now: float, min_gap: float
+    ) -> RefreshOutcome | None:
+        """Read the record once: the skip outcome it calls for (recorded), or None when none applies."""
+        portal = self._store.get(member_id, consistent=True)
+        if portal is None:
+            record(RefreshOutcome.MISSING, member_id, None, path=SCHEDULED)
+            return RefreshOutcome.MISSING
+        skip = _skip(portal, expected_version, now, min_gap, self._policy.rescue_window_seconds)
+        if skip is not None:
+            record(skip, member_id, portal.version, path=SCHEDULED)
+        return skip
+
+
+def _skip(
+    portal: Portal, expected_version: int, now: float, min_gap: float, settle: float
+) -> RefreshOutcome | None:
+    if portal.version != expected_version:
+        return RefreshOutcome.SKIPPED_VERSION_MOVED
+    if not portal.is_active:
+        return RefreshOutcome.SKIPPED_INACTIVE
+    if portal.refresh_due_at is None or portal.refresh_due_at > now:
+        return RefreshOutcome.SKIPPED_NOT_DUE
+    if portal.lease_held(now) or portal.lease_unsettled(now, settle):
+        return RefreshOutcome.BUSY
+    # Bitrix24 may block apps that refresh too often (docs/bitrix24-facts.md#f-oauth-11): one refresh
+    # per portal per gap.
+    if any(
+        t is not None and now - t < min_gap
+        for t in (portal.refresh_obtained_at, portal.last_refresh_attempt_at)
+    ):
+        return RefreshOutcome.SKIPPED_RECENT
+    return None

@@ -1,8 +1,12 @@
 """Per-portal request pacing shared by every Lambda instance: a token bucket item in the RateLimitTable.
 
-Why it exists: Bitrix24 meters a portal with one leaky bucket (fact sheet 6: 2 requests/s drain, 50
-deep) no matter how many of our Lambda instances talk to it, and instances share no memory. A process
-local bucket lets N concurrent instances send N times the budget and collect 503 QUERY_LIMIT_EXCEEDED.
+A Pacer (bitrix24.pacing) for the REST client; LeadsFunction uses it unless RATE_LIMIT_SHARED is false
+(settings.rate_limit_shared), in which case each process paces itself with bitrix24.pacing.LocalTokenBucket.
+
+Why it exists: Bitrix24 meters a portal with one leaky bucket (docs/bitrix24-facts.md#f-limit-1: 2
+requests/s drain, 50 deep on most plans) no matter how many of our Lambda instances talk to it, and
+instances share no memory. A process-local bucket lets N concurrent instances send N times the budget
+and collect 503 QUERY_LIMIT_EXCEEDED.
 
 The bucket is stored in GCRA form (the "theoretical arrival time" formulation of a token bucket): one
 item per portal, `bucket_id` = "portal#<key>", attribute `tat` = the Unix time at which the bucket is
@@ -42,7 +46,6 @@ small local bucket instead of failing the read; the REST client's 503 backoff co
 from __future__ import annotations
 
 import math
-import os
 import random
 import threading
 import time
@@ -55,7 +58,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from b24connector.bitrix24.errors import QueryLimitExceeded
-from b24connector.bitrix24.pacing import LocalTokenBucket, Pacer
+from b24connector.bitrix24.pacing import LocalTokenBucket
 from b24connector.vault.models import aws_region
 
 if TYPE_CHECKING:
@@ -71,7 +74,6 @@ _TTL_AFTER_FULL_SECONDS = 3600
 _MAX_ATTEMPTS = 6
 _CONDITION_FAILED = "ConditionalCheckFailedException"
 _MAX_KEYS = 1024
-SHARED_PACING_ENV = "RATE_LIMIT_SHARED"
 
 
 class _Conflict(Exception):
@@ -390,25 +392,3 @@ def _too_late() -> QueryLimitExceeded:
     return QueryLimitExceeded(
         "CLIENT_RATE_LIMIT", "the request budget ends before the shared pacing allows another request"
     )
-
-
-def shared_pacing_enabled(env: Mapping[str, str] | None = None) -> bool:
-    """RATE_LIMIT_SHARED (default true): pace portal requests through the RateLimitTable."""
-    raw = (os.environ if env is None else env).get(SHARED_PACING_ENV, "true").strip().lower()
-    if raw in {"1", "true", "yes", "on", ""}:
-        return True
-    if raw in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError(f"environment variable {SHARED_PACING_ENV} is invalid: expected true or false")
-
-
-def portal_pacer(
-    settings: Settings,
-    *,
-    env: Mapping[str, str] | None = None,
-    on_fallback: Callable[[str], None] | None = None,
-) -> Pacer:
-    """The pacer LeadsFunction uses: the shared DynamoDB bucket, or a per-process one when switched off."""
-    if shared_pacing_enabled(env):
-        return DynamoTokenBucket.from_settings(settings, on_fallback=on_fallback)
-    return LocalTokenBucket(settings.rate_limit_per_second, settings.rate_limit_burst)
