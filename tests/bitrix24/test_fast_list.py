@@ -10,7 +10,7 @@ import pytest
 from b24connector.bitrix24.errors import OperationTimeLimit, QueryLimitExceeded, ServerError, TransientError
 from b24connector.bitrix24.list_query import ListQuery, Window, list_spec, make_window
 from b24connector.bitrix24.listing import FastLister
-from tests.bitrix24.fakes import FakeCrm, FakeTime, Reply, make_client, make_portal, php_parse
+from tests.bitrix24.fakes import FakeCrm, FakeTime, Reply, make_client, make_portal, php_parse, time_block
 
 
 def lister_for(crm: FakeCrm, fake_time: FakeTime) -> FastLister:
@@ -221,13 +221,18 @@ def test_max_id_is_one_descending_uncounted_call(fake_time: FakeTime) -> None:
 # --- errors inside a chain ---------------------------------------------------------------------------
 
 
+def _blocked_until(lister: FastLister, crm: FakeCrm, reset_at: float) -> None:
+    """A call whose answer says crm.lead.list is blocked until reset_at, as Bitrix24's time block does."""
+    crm.replies.append(Reply(payload={"result": [], "time": time_block(0, reset_at)}))
+    lister.client.call(make_portal(), "crm.lead.list")
+
+
 def test_operation_limit_in_a_sub_call_waits_and_resumes(fake_time: FakeTime) -> None:
     crm = FakeCrm(dense(6_000))
-    crm.sub_errors[(1, "c10")] = {"error": "OPERATION_TIME_LIMIT", "error_description": "blocked"}
+    # request 1 tells the client when crm.lead.list is unblocked; request 2 is the chain's first batch
+    crm.sub_errors[(2, "c10")] = {"error": "OPERATION_TIME_LIMIT", "error_description": "blocked"}
     lister = lister_for(crm, fake_time)
-    lister.client._remember_reset(
-        "acme.bitrix24.com", "crm.lead.list", {"operating_reset_at": fake_time.now + 5}
-    )
+    _blocked_until(lister, crm, fake_time.now + 5)
     rows = list(lister.iter_list(make_portal(), ListQuery("crm.lead.list")))
     assert ids_of(rows) == dense(6_000)
     assert fake_time.sleeps == [pytest.approx(5.5)]
@@ -237,11 +242,10 @@ def test_operation_limit_in_a_sub_call_waits_and_resumes(fake_time: FakeTime) ->
 
 def test_operation_limit_without_budget_raises_with_reset_at(fake_time: FakeTime) -> None:
     crm = FakeCrm(dense(6_000))
-    crm.sub_errors[(1, "c0")] = {"error": "OPERATION_TIME_LIMIT", "error_description": "blocked"}
+    # request 1 tells the client when crm.lead.list is unblocked; request 2 is the chain's first batch
+    crm.sub_errors[(2, "c0")] = {"error": "OPERATION_TIME_LIMIT", "error_description": "blocked"}
     lister = lister_for(crm, fake_time)
-    lister.client._remember_reset(
-        "acme.bitrix24.com", "crm.lead.list", {"operating_reset_at": fake_time.now + 600}
-    )
+    _blocked_until(lister, crm, fake_time.now + 600)
     with pytest.raises(OperationTimeLimit) as caught:
         list(lister.iter_list(make_portal(), ListQuery("crm.lead.list")))
     assert caught.value.reset_at == fake_time.now + 600

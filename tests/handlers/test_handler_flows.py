@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import requests
 
-from b24connector import vault as vault_package
 from b24connector import wiring
 from b24connector.settings import get_settings
 from bitrix24_emulator import Emulator
@@ -549,8 +548,7 @@ def test_one_scheduled_refresh_makes_four_aws_calls(
     message = {"MessageId": "m-1", "ReceiptHandle": "r-1", "MD5OfBody": "0" * 32}
     body = json.dumps({"member_id": emulator.member_id, "version": version})
     # A worker that has not seen this pair: the refresh token must be decrypted (KMS Decrypt).
-    vault_package._vault_for.cache_clear()
-    wiring.coordinator.cache_clear()
+    wiring.reset()  # a cold container: nothing built, no decrypted pair cached
     aws_calls.clear()
     assert connector.invoke("RefreshWorkerFunction", _sqs_event([{**message, "Body": body}])) == {
         "batchItemFailures": []

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from b24connector import vault as vault_package
 from b24connector import wiring
 from b24connector.settings import get_settings
 from b24connector.vault.cipher import TokenCipher
@@ -188,8 +187,7 @@ def test_kms_failing_before_the_token_call_goes_back_to_the_queue_with_nothing_r
 ) -> None:
     # Given a due portal, a cold container (no decrypted pair cached) and KMS failing
     before = _install_due(connector, emulator)
-    vault_package._vault_for.cache_clear()
-    wiring.coordinator.cache_clear()
+    wiring.reset()  # a cold container: nothing built, no decrypted pair cached
     emulator.reset()
 
     def kms_down(*_: Any, **__: Any) -> bytes:
