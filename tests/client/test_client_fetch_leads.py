@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import b24connector_client as client
-from b24connector.leads import CursorCodec, LeadsError, LeadsReader, parse_request
+from b24connector.leads import CursorCodec, LeadsReader, LeadsRefusal, parse_request
 from b24connector_client import fetch_leads, fetch_leads_page, parse_answer
 from tests.leads.test_leads_reader import KEY, FakeLister, FakePortals
 
@@ -141,9 +141,9 @@ class ReaderLambda:
             calls = len(self.payloads)
         try:
             if self.fail_cursor_calls_after is not None and calls > self.fail_cursor_calls_after:
-                raise LeadsError("RATE_LIMITED", "slow down")
+                raise LeadsRefusal("RATE_LIMITED", "slow down")
             answer = self.reader.read(parse_request(payload, str.lower)).answer()
-        except LeadsError as exc:
+        except LeadsRefusal as exc:
             answer = exc.answer()
         return {"StatusCode": 200, "Payload": io.BytesIO(json.dumps(answer).encode())}
 

@@ -28,8 +28,8 @@ from b24connector.leads import (
     MAX_SPLIT,
     CursorCodec,
     CursorPosition,
-    LeadsError,
     LeadsReader,
+    LeadsRefusal,
     LeadsRequest,
     OpenPortal,
     ReadPlan,
@@ -40,8 +40,8 @@ from b24connector.leads import (
 from b24connector.leads.cursor import MAC_LABEL
 from b24connector.portals import InvalidPortal
 from b24connector.vault.errors import (
-    PortalNotFound,
-    ReauthRequired,
+    GrantNeedsReauth,
+    PortalNotStored,
     RefreshThrottled,
     RefreshUnavailable,
     RefreshUnsettled,
@@ -171,7 +171,7 @@ class FakePortals:
         for mid, dom in self.by_member.items():
             if member_id == mid or domain == dom:
                 return OpenPortal(mid, context=f"ctx:{mid}")
-        raise PortalNotFound("no such portal")
+        raise PortalNotStored("no such portal")
 
 
 def leads(n: int, start: int = 1, **extra: str) -> list[dict[str, Any]]:
@@ -242,7 +242,7 @@ def request(**payload: Any) -> LeadsRequest:
     ],
 )
 def test_malformed_requests_are_invalid_request(payload: object) -> None:
-    with pytest.raises(LeadsError) as caught:
+    with pytest.raises(LeadsRefusal) as caught:
         parse_request(payload, normalize)
     assert caught.value.code == "INVALID_REQUEST"
     assert caught.value.answer()["error"]["code"] == "INVALID_REQUEST"
@@ -288,7 +288,7 @@ def test_every_documented_filter_operator_is_accepted_and_passed_on(key: str) ->
 
 
 def test_null_filter_values_are_refused_with_a_clear_message() -> None:
-    with pytest.raises(LeadsError) as caught:
+    with pytest.raises(LeadsRefusal) as caught:
         request(member_id="m1", filter={"STATUS_ID": None})
     assert caught.value.code == "INVALID_REQUEST"
     assert "null" in caught.value.message
@@ -338,7 +338,7 @@ def _tamper(cursor: str, **changes: Any) -> str:
 def test_edited_cursors_are_rejected(mangle: Any) -> None:
     codec = CursorCodec(lambda: KEY)
     cursor = codec.encode(CursorPosition("m1", b"q" * 16, 42))
-    with pytest.raises(LeadsError) as caught:
+    with pytest.raises(LeadsRefusal) as caught:
         codec.decode(mangle(cursor))
     assert caught.value.code == "INVALID_REQUEST"
 
@@ -380,7 +380,7 @@ def test_cursors_issued_before_the_restructure_still_decode(cursor: str, before_
 def test_the_upper_bound_of_a_part_cannot_be_edited(mangle: Any) -> None:
     codec = CursorCodec(lambda: KEY)
     cursor = codec.encode(CursorPosition("m1", b"q" * 16, 42, before_id=5_001))
-    with pytest.raises(LeadsError) as caught:
+    with pytest.raises(LeadsRefusal) as caught:
         codec.decode(mangle(cursor))
     assert caught.value.code == "INVALID_REQUEST"
 
@@ -399,13 +399,13 @@ def test_correctly_signed_but_inconsistent_cursors_are_rejected(payload: dict[st
     codec = CursorCodec(lambda: KEY)
     body = base64.urlsafe_b64encode(json.dumps(payload).encode()).rstrip(b"=").decode()
     mac = _signed(body)
-    with pytest.raises(LeadsError):
+    with pytest.raises(LeadsRefusal):
         codec.decode(f"{body}.{mac}")
 
 
 def test_a_cursor_signed_with_another_key_is_rejected() -> None:
     cursor = CursorCodec(lambda: b"other-key").encode(CursorPosition("m1", b"q" * 16, 1))
-    with pytest.raises(LeadsError):
+    with pytest.raises(LeadsRefusal):
         CursorCodec(lambda: KEY).decode(cursor)
 
 
@@ -489,7 +489,7 @@ def test_a_malformed_plan_in_a_signed_cursor_is_rejected(plan: dict[str, Any]) -
     codec = CursorCodec(lambda: KEY)
     payload = {"v": 1, "m": "m1", "q": "cXFxcXFxcXFxcXFxcXFxcQ", "a": 3, **plan}
     body = base64.urlsafe_b64encode(json.dumps(payload).encode()).rstrip(b"=").decode()
-    with pytest.raises(LeadsError):
+    with pytest.raises(LeadsRefusal):
         codec.decode(f"{body}.{_signed(body)}")
 
 
@@ -509,7 +509,7 @@ def test_cursor_of_another_tenant_is_rejected() -> None:
     service, _, _ = reader(leads(30))
     first = service.read(request(member_id="m1", limit=10))
     assert first.next_cursor
-    with pytest.raises(LeadsError) as caught:
+    with pytest.raises(LeadsRefusal) as caught:
         service.read(request(member_id="m2", limit=10, cursor=first.next_cursor))
     assert caught.value.code == "INVALID_REQUEST"
 
@@ -518,14 +518,14 @@ def test_cursor_of_another_filter_is_rejected() -> None:
     service, lister, _ = reader(leads(30))
     first = service.read(request(member_id="m1", limit=10, filter={"<ID": 25}))
     assert first.next_cursor
-    with pytest.raises(LeadsError):
+    with pytest.raises(LeadsRefusal):
         service.read(request(member_id="m1", limit=10, filter={"<ID": 99}, cursor=first.next_cursor))
     assert len(lister.calls) == 1
 
 
 def test_a_forged_cursor_costs_no_portal_lookup() -> None:
     service, lister, portals = reader(leads(3))
-    with pytest.raises(LeadsError):
+    with pytest.raises(LeadsRefusal):
         service.read(request(member_id="m1", cursor="Zm9v.YmFy"))
     assert portals.opened == []
     assert lister.calls == []
@@ -555,7 +555,7 @@ def test_answers_stop_before_the_size_cap() -> None:
 
 def test_a_single_oversized_lead_is_an_upstream_error() -> None:
     service, _, _ = reader(leads(1, NOTE="x" * 5000), max_answer_bytes=1000)
-    with pytest.raises(LeadsError) as caught:
+    with pytest.raises(LeadsRefusal) as caught:
         service.read(request(member_id="m1"))
     assert caught.value.code == "UPSTREAM_ERROR"
 
@@ -566,8 +566,8 @@ def test_a_single_oversized_lead_is_an_upstream_error() -> None:
 @pytest.mark.parametrize(
     ("error", "code"),
     [
-        (PortalNotFound("x"), "PORTAL_NOT_FOUND"),
-        (ReauthRequired("m1", "uninstalled"), "REAUTH_REQUIRED"),
+        (PortalNotStored("x"), "PORTAL_NOT_FOUND"),
+        (GrantNeedsReauth("m1", "uninstalled"), "REAUTH_REQUIRED"),
         (RefreshUnavailable("later"), "UPSTREAM_ERROR"),
         (RefreshThrottled("m1", 42), "RATE_LIMITED"),
         (RefreshUnsettled("m1", 600), "UPSTREAM_ERROR"),
@@ -575,7 +575,7 @@ def test_a_single_oversized_lead_is_an_upstream_error() -> None:
 )
 def test_portal_failures(error: Exception, code: str) -> None:
     service = LeadsReader(FakePortals({}, error=error), FakeLister([]), CursorCodec(lambda: KEY))
-    with pytest.raises(LeadsError) as caught:
+    with pytest.raises(LeadsRefusal) as caught:
         service.read(request(member_id="m1"))
     assert caught.value.code == code
     retry_after = getattr(error, "retry_after", None)
@@ -585,7 +585,7 @@ def test_portal_failures(error: Exception, code: str) -> None:
 
 def test_unknown_portal() -> None:
     service, _, _ = reader([])
-    with pytest.raises(LeadsError) as caught:
+    with pytest.raises(LeadsRefusal) as caught:
         service.read(request(member_id="nobody"))
     assert caught.value.code == "PORTAL_NOT_FOUND"
 
@@ -594,7 +594,7 @@ def test_unknown_portal() -> None:
     ("error", "code"),
     [
         (InvalidGrant("invalid_grant"), "REAUTH_REQUIRED"),
-        (ReauthRequired("m1", "needs_reauth"), "REAUTH_REQUIRED"),
+        (GrantNeedsReauth("m1", "needs_reauth"), "REAUTH_REQUIRED"),
         (QueryLimitExceeded("QUERY_LIMIT_EXCEEDED", http_status=503), "RATE_LIMITED"),
         (OperationTimeLimit("OPERATION_TIME_LIMIT", http_status=429), "RATE_LIMITED"),
         (ServerError("INTERNAL_SERVER_ERROR", http_status=500), "UPSTREAM_ERROR"),
@@ -604,7 +604,7 @@ def test_unknown_portal() -> None:
 def test_reader_failures_before_any_row(error: Exception, code: str) -> None:
     lister = FakeLister(leads(5), fail_after=0, error=error)
     service = LeadsReader(FakePortals({"m1": "one.bitrix24.com"}), lister, CursorCodec(lambda: KEY))
-    with pytest.raises(LeadsError) as caught:
+    with pytest.raises(LeadsRefusal) as caught:
         service.read(request(member_id="m1"))
     assert caught.value.code == code
 
@@ -624,7 +624,7 @@ def test_transient_failures_after_some_rows_answer_them_with_a_cursor(error: Bit
 def test_permanent_failures_after_some_rows_are_still_errors() -> None:
     lister = FakeLister(leads(20), fail_after=7, error=InvalidGrant("invalid_grant"))
     service = LeadsReader(FakePortals({"m1": "one.bitrix24.com"}), lister, CursorCodec(lambda: KEY))
-    with pytest.raises(LeadsError) as caught:
+    with pytest.raises(LeadsRefusal) as caught:
         service.read(request(member_id="m1", limit=20))
     assert caught.value.code == "REAUTH_REQUIRED"
 
@@ -639,7 +639,7 @@ class RawLister(FakeLister):
 def test_rows_without_an_id_are_an_upstream_error() -> None:
     portals = FakePortals({"m1": "one.bitrix24.com"})
     service = LeadsReader(portals, RawLister([{"TITLE": "no id"}]), CursorCodec(lambda: KEY))
-    with pytest.raises(LeadsError) as caught:
+    with pytest.raises(LeadsRefusal) as caught:
         service.read(request(member_id="m1"))
     assert caught.value.code == "UPSTREAM_ERROR"
 
@@ -705,7 +705,7 @@ def test_a_part_is_bound_to_its_tenant_and_query() -> None:
     assert page.split_cursors
     part = page.split_cursors[0]
     for other in ({"member_id": "m2"}, {"member_id": "m1", "filter": {"<ID": 20_001}}):
-        with pytest.raises(LeadsError) as caught:
+        with pytest.raises(LeadsRefusal) as caught:
             service.read(request(**other, cursor=part))
         assert caught.value.code == "INVALID_REQUEST"
 
@@ -740,7 +740,7 @@ def test_split_honours_a_small_limit_and_the_size_cap() -> None:
 def test_split_failures_are_the_contract_errors() -> None:
     lister = FakeLister(leads(5), error=QueryLimitExceeded("QUERY_LIMIT_EXCEEDED", http_status=503))
     service = LeadsReader(FakePortals({"m1": "one.bitrix24.com"}), lister, CursorCodec(lambda: KEY))
-    with pytest.raises(LeadsError) as caught:
+    with pytest.raises(LeadsRefusal) as caught:
         service.read(request(member_id="m1", split=2))
     assert caught.value.code == "RATE_LIMITED"
 

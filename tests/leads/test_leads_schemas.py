@@ -10,7 +10,7 @@ import pytest
 
 import b24connector_client
 from b24connector import leads as leads_module
-from b24connector.leads import MAX_LIMIT, MAX_SPLIT, LeadsError, parse_request
+from b24connector.leads import MAX_LIMIT, MAX_SPLIT, LeadsRefusal, parse_request
 from tests.leads.test_leads_reader import leads, normalize, reader, request
 from tests.support.servers import REPO_ROOT
 
@@ -30,7 +30,7 @@ ANSWER = _validator("answer")
 def _accepted_by_the_function(payload: object) -> bool:
     try:
         parse_request(payload, normalize)
-    except LeadsError:
+    except LeadsRefusal:
         return False
     return True
 
@@ -130,7 +130,7 @@ def test_answers_of_every_kind_match_the_answer_schema() -> None:
     first = service.read(request(member_id="m1", limit=50)).answer()
     last = service.read(request(member_id="m1", limit=50, cursor=first["next_cursor"])).answer()
     split = service.read(request(member_id="m1", limit=10, split=3)).answer()
-    errors = [LeadsError(code, "why").answer() for code in _error_codes()]
+    errors = [LeadsRefusal(code, "why").answer() for code in _error_codes()]
 
     # Then every one of them is a valid answer
     for answer in [first, last, split, *errors]:

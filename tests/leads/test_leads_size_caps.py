@@ -21,8 +21,8 @@ from b24connector.bitrix24.rest import MAX_REQUEST_BYTES
 from b24connector.leads import (
     MAX_QUERY_BYTES,
     CursorCodec,
-    LeadsError,
     LeadsReader,
+    LeadsRefusal,
     OpenPortal,
     error_for,
     parse_request,
@@ -70,7 +70,7 @@ def _read(payload: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
     try:
         try:
             answer = reader.read(parse_request(payload, _normalize)).answer()
-        except LeadsError as exc:
+        except LeadsRefusal as exc:
             answer = exc.answer()
         peak = tracemalloc.get_traced_memory()[1]
     finally:

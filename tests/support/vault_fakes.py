@@ -6,7 +6,7 @@ import threading
 
 from b24connector.token_refresh.rescue import RescueMessage
 from b24connector.tokens import TokenSet
-from b24connector.vault.errors import PortalNotFound, ReauthRequired, VaultUnavailable
+from b24connector.vault.errors import GrantNeedsReauth, PortalNotStored, VaultUnavailable
 from b24connector.vault.store import PortalStore
 
 
@@ -14,9 +14,9 @@ def current_tokens(store: PortalStore, member_id: str) -> TokenSet:
     """The stored pair of an active portal, read as a container would (no KMS call once it saw the version)."""
     portal = store.get(member_id)
     if portal is None:
-        raise PortalNotFound(f"no portal {member_id}")
+        raise PortalNotStored(f"no portal {member_id}")
     if not portal.is_active:
-        raise ReauthRequired(member_id, portal.health)
+        raise GrantNeedsReauth(member_id, portal.health)
     return store.tokens(portal)
 
 

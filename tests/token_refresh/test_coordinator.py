@@ -23,9 +23,9 @@ from b24connector.token_refresh.rescue import RescueMessage
 from b24connector.tokens import TokenSet
 from b24connector.vault.cipher import TokenCipher
 from b24connector.vault.errors import (
+    GrantNeedsReauth,
     NotEnoughTime,
-    PortalNotFound,
-    ReauthRequired,
+    PortalNotStored,
     RefreshRejected,
     RefreshThrottled,
     RefreshTimeout,
@@ -280,11 +280,11 @@ def test_no_refresh_without_enough_invocation_time(vault: UnitVault, metrics_cap
 
 
 def test_unknown_and_inactive_portals(vault: UnitVault) -> None:
-    with pytest.raises(PortalNotFound):
+    with pytest.raises(PortalNotStored):
         vault.coordinator().fresh_access_token("nobody", "x")
     portal, grant = vault.install()
     vault.portals.mark_needs_reauth("member-a", portal.version)
-    with pytest.raises(ReauthRequired):
+    with pytest.raises(GrantNeedsReauth):
         vault.coordinator().fresh_access_token("member-a", grant.access_token)
 
 
@@ -352,7 +352,7 @@ def test_dead_grant_marks_needs_reauth(
 ) -> None:
     portal, grant = vault.install()
     vault.oauth.fail_next.append(error)
-    with pytest.raises(ReauthRequired):
+    with pytest.raises(GrantNeedsReauth):
         vault.coordinator().fresh_access_token("member-a", grant.access_token)
     stored = vault.portals.get("member-a", consistent=True)
     assert stored is not None
@@ -422,7 +422,7 @@ def test_pair_for_another_member_is_never_stored(vault: UnitVault) -> None:
     _portal, grant = vault.install()
     foreign = vault.oauth.grant("member-z")
     vault.oauth.refresh = lambda refresh_token, *, server_hint=None, **_: foreign  # type: ignore[method-assign]
-    with pytest.raises(ReauthRequired):
+    with pytest.raises(GrantNeedsReauth):
         vault.coordinator().fresh_access_token("member-a", grant.access_token)
     stored = vault.portals.get("member-a", consistent=True)
     assert stored is not None
@@ -510,7 +510,7 @@ def test_rescue_repairs_a_portal_flagged_meanwhile(vault: UnitVault, monkeypatch
     fresh = vault.coordinator().fresh_access_token("member-a", grant.access_token)
     monkeypatch.undo()
     vault.clock.advance(30 + 900 + 1)  # lease, then the whole rescue window
-    with pytest.raises(ReauthRequired):
+    with pytest.raises(GrantNeedsReauth):
         vault.coordinator().fresh_access_token("member-a", grant.access_token)
     # When the rescue lands
     assert vault.coordinator().apply_rescue(vault.rescue.messages[0].to_json()) is RescueOutcome.APPLIED

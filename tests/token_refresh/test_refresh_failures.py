@@ -29,7 +29,7 @@ from b24connector.token_refresh.lease_holder import TokenRefresher
 from b24connector.token_refresh.outcomes import RescueOutcome
 from b24connector.tokens import TokenSet
 from b24connector.vault.errors import (
-    ReauthRequired,
+    GrantNeedsReauth,
     RefreshUnavailable,
     RefreshUnsettled,
     StateRefusal,
@@ -255,7 +255,7 @@ def test_worker_dying_after_bitrix24_answered_ends_in_needs_reauth(
     # When the next worker needs a fresh pair (after the dead lease and the rescue window are over)
     worker, clock = _next_worker(scene, dead_until)
     _unsettled_until_the_window_ends(scene, worker, clock, dead_until)
-    with pytest.raises(ReauthRequired):
+    with pytest.raises(GrantNeedsReauth):
         worker.coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
     # Then Bitrix24 refused the spent token and the portal is flagged, visibly, for re-authorization
     assert clock() > dead_until
@@ -275,7 +275,7 @@ def test_answer_lost_after_issue_is_transient_then_needs_reauth(
         scene.rig.worker().coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
     stored = scene.stored()
     assert (stored.version, stored.health, stored.lease_owner) == (scene.portal.version, HEALTH_ACTIVE, None)
-    with pytest.raises(ReauthRequired):
+    with pytest.raises(GrantNeedsReauth):
         scene.rig.worker().coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
     assert scene.stored().health == HEALTH_NEEDS_REAUTH
     assert _metric(metrics_capture, "TokenRefreshTransientFailure") == 1

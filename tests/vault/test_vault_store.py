@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from b24connector.vault.errors import ReauthRequired
+from b24connector.vault.errors import GrantNeedsReauth
 from b24connector.vault.models import HEALTH_ACTIVE, HEALTH_NEEDS_REAUTH, HEALTH_UNINSTALLED, due_shard_of
 from tests.support.vault_unit import UnitVault
 
@@ -137,7 +137,7 @@ def test_uninstall_keeps_tenant_facts_but_drops_tokens(vault: UnitVault) -> None
     assert portal.domain == "a.bitrix24.com"
     assert portal.application_token_hash == APP_TOKEN_A_HASH
     assert portal.refresh_due_at is None
-    with pytest.raises(ReauthRequired):
+    with pytest.raises(GrantNeedsReauth):
         vault.portals.tokens(portal)
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from b24connector import wiring
 from b24connector.handlers import import_done
-from b24connector.leads import UPSTREAM_ERROR, LeadsError, parse_request
+from b24connector.leads import UPSTREAM_ERROR, LeadsRefusal, parse_request
 from b24connector.observability import count, logger, metrics
 from b24connector.problems import safe_traceback
 from b24connector.settings import get_settings
@@ -25,7 +25,7 @@ def read_leads(event: Any, deadline: float) -> dict[str, Any]:
     try:
         request = parse_request(event, wiring.portal_policy(conf).normalize)
         page = wiring.leads_reader(conf).read(request, deadline=deadline)
-    except LeadsError as exc:
+    except LeadsRefusal as exc:
         logger.info("leads refused", extra={"code": exc.code})
         count(f"Leads{exc.code.title().replace('_', '')}")
         return exc.answer()
@@ -47,7 +47,7 @@ def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     except Exception as exc:
         # Unexpected (a bug, or AWS failing in a way no layer mapped): logged without its text.
         logger.error("leads failed", extra=safe_traceback(exc))
-        return LeadsError(UPSTREAM_ERROR, f"internal failure (request {context.aws_request_id})").answer()
+        return LeadsRefusal(UPSTREAM_ERROR, f"internal failure (request {context.aws_request_id})").answer()
 
 
 # Last statement: the import is complete (see b24connector.handlers).

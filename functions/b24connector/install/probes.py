@@ -15,7 +15,7 @@ from b24connector.bitrix24.errors import (
 )
 from b24connector.bitrix24.portal_context import PortalContext
 from b24connector.install.model import InstallVerifier
-from b24connector.vault.errors import ReauthRequired, VaultError
+from b24connector.vault.errors import GrantNeedsReauth, VaultError
 
 # What the OAuth server says when the app is gone from the portal (docs/bitrix24-facts.md#f-oauth-9).
 _REMOVED_CODES = frozenset({"NOT_INSTALLED", "ERROR_OAUTH", "APPLICATION_NOT_FOUND"})
@@ -60,7 +60,7 @@ class StoredGrantRemovalProbe:
         # (leased, committed). A refresh answering NOT_INSTALLED is itself the confirmation.
         try:
             fresh = self._coordinator.fresh_access_token(member_id, tokens.access_token)
-        except ReauthRequired as dead:
+        except GrantNeedsReauth as dead:
             return dead.reason is not None and dead.reason.upper() in _REMOVED_CODES
         except VaultError as exc:
             if exc.retryable:

@@ -4,8 +4,8 @@ The contract is docs/leads-client.md (request and answer schemas in docs/). One 
 
 - `request`: the payload's validation into a LeadsRequest, and its fast-list query (ListQuery);
 - `cursor`: the signed cursor codec (where the next page starts, bound to tenant and query);
-- `answer`: rows kept under the answer size, and the success answer (LeadsPage);
-- `errors`: the error answer (LeadsError) and the one map from Bitrix24 and vault failures to it;
+- `answer`: rows kept under the answer size, and the success answer (PageAnswer);
+- `errors`: the error answer (LeadsRefusal) and the one map from Bitrix24 and vault failures to it;
 - `portals`: portal access (VaultPortalOpener: vault, token renewal, renames);
 - `split`: cutting the rest of an ID range into parts for the `split` option;
 - `reader`: the use case (LeadsReader) that ties them together.
@@ -17,7 +17,7 @@ caller cannot edit it to read outside its filter or another tenant's rows.
 
 from __future__ import annotations
 
-from b24connector.leads.answer import MAX_ANSWER_BYTES, LeadsPage, row_bytes
+from b24connector.leads.answer import MAX_ANSWER_BYTES, PageAnswer, row_bytes
 from b24connector.leads.cursor import CursorCodec, CursorPosition, ReadPlan
 from b24connector.leads.errors import (
     INVALID_REQUEST,
@@ -25,7 +25,7 @@ from b24connector.leads.errors import (
     RATE_LIMITED,
     REAUTH_REQUIRED,
     UPSTREAM_ERROR,
-    LeadsError,
+    LeadsRefusal,
     error_for,
 )
 from b24connector.leads.portals import OpenPortal, PortalOpener, VaultPortalOpener
@@ -58,11 +58,11 @@ __all__ = [
     "CursorCodec",
     "CursorPosition",
     "LeadLister",
-    "LeadsError",
-    "LeadsPage",
     "LeadsReader",
+    "LeadsRefusal",
     "LeadsRequest",
     "OpenPortal",
+    "PageAnswer",
     "PortalOpener",
     "ReadPlan",
     "VaultPortalOpener",

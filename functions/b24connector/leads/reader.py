@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from b24connector.bitrix24.errors import Bitrix24Error
-from b24connector.leads.answer import MAX_ANSWER_BYTES, AnswerRows, LeadsPage, row_id
+from b24connector.leads.answer import MAX_ANSWER_BYTES, AnswerRows, PageAnswer, row_id
 from b24connector.leads.cursor import CursorCodec, CursorPosition, ReadPlan, density_ppm
-from b24connector.leads.errors import LeadsError, error_for, invalid, resumable
+from b24connector.leads.errors import LeadsRefusal, error_for, invalid, resumable
 from b24connector.leads.portals import OpenPortal, PortalOpener
 from b24connector.leads.request import LeadsRequest
 from b24connector.leads.split import split_points
@@ -76,8 +76,8 @@ class LeadsReader:
         self._max_answer_bytes = max_answer_bytes
         self._parallel_from = parallel_from
 
-    def read(self, request: LeadsRequest, *, deadline: float | None = None) -> LeadsPage:
-        """Read up to `request.limit` leads after the cursor; raise LeadsError for expected failures."""
+    def read(self, request: LeadsRequest, *, deadline: float | None = None) -> PageAnswer:
+        """Read up to `request.limit` leads after the cursor; raise LeadsRefusal for expected failures."""
         # Check the cursor's signature before any I/O, so forged cursors cost nothing.
         position = self._cursors.decode(request.cursor) if request.cursor else None
         try:
@@ -106,7 +106,7 @@ class LeadsReader:
             next_cursor = self._cursors.encode(
                 CursorPosition(portal.member_id, digest, last, before_id, plan)
             )
-        return LeadsPage(leads, next_cursor)
+        return PageAnswer(leads, next_cursor)
 
     def _read_split(
         self,
@@ -115,7 +115,7 @@ class LeadsReader:
         digest: bytes,
         bounds: tuple[int, int | None],
         split: int,
-    ) -> LeadsPage:
+    ) -> PageAnswer:
         """One batch of leads, `next_cursor` for the rest, and the rest cut into `split` signed parts.
 
         Each part but the last carries its upper bound inside the signature, so a caller can read the
@@ -136,7 +136,7 @@ class LeadsReader:
         rows = answer.rows
         cut = len(rows) < len(head.rows)
         if head.exhausted and not cut:
-            return LeadsPage(rows, None, [])
+            return PageAnswer(rows, None, [])
         last = row_id(rows[-1]) if cut else head.last
 
         def cursor(low: int, high: int | None, plan: ReadPlan | None) -> str:
@@ -148,12 +148,12 @@ class LeadsReader:
         plan = None if head.top is None else ReadPlan(head.top, density)
         next_cursor = cursor(last, before_id, plan)
         if head.top is None or head.top <= last:
-            return LeadsPage(rows, next_cursor, [])  # nothing known to split: follow next_cursor
+            return PageAnswer(rows, next_cursor, [])  # nothing known to split: follow next_cursor
         points = split_points(last, head.top, density, split)
         parts = [cursor(low, high + 1, plan) for low, high in itertools.pairwise(points)]
         # The last part stays open above the highest ID seen: leads created meanwhile are not lost.
         parts.append(cursor(points[-1], before_id, plan))
-        return LeadsPage(rows, next_cursor, parts)
+        return PageAnswer(rows, next_cursor, parts)
 
     def _collect_windows(
         self,
@@ -224,7 +224,7 @@ class LeadsReader:
                     return answer.rows, True
                 if not answer.add(row):
                     return answer.rows, True
-        except LeadsError:
+        except LeadsRefusal:
             raise
         except (Bitrix24Error, VaultError) as exc:
             answer.close()

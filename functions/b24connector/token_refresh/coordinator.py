@@ -32,9 +32,9 @@ from b24connector.token_refresh.scheduled import ScheduledRefresh
 from b24connector.tokens import TokenSet
 from b24connector.vault.endpoints import EndpointGuard
 from b24connector.vault.errors import (
+    GrantNeedsReauth,
     NotEnoughTime,
-    PortalNotFound,
-    ReauthRequired,
+    PortalNotStored,
     RefreshThrottled,
     RefreshTimeout,
     RefreshUnavailable,
@@ -134,7 +134,7 @@ class RefreshCoordinator:
         RefreshThrottled, not a refresh per read. A lease that lapsed without being released means the
         outcome of its refresh is unknown (its pair may be in the rescue queue): RefreshUnsettled until
         the rescue lands or `rescue_window_seconds` have passed, never a second spend of the refresh
-        token. Raises PortalNotFound, ReauthRequired, RefreshTimeout, RefreshThrottled, RefreshUnsettled,
+        token. Raises PortalNotStored, GrantNeedsReauth, RefreshTimeout, RefreshThrottled, RefreshUnsettled,
         RefreshUnavailable, RefreshRejected, NotEnoughTime or TokenRescueFailed.
         """
         deadline = self._wait_deadline(remaining_ms)
@@ -170,9 +170,9 @@ class RefreshCoordinator:
     def _active_portal(self, member_id: str) -> Portal:
         portal = self.store.get(member_id, consistent=True)
         if portal is None:
-            raise PortalNotFound(f"no portal {member_id}")
+            raise PortalNotStored(f"no portal {member_id}")
         if not portal.is_active:
-            raise ReauthRequired(member_id, portal.health)
+            raise GrantNeedsReauth(member_id, portal.health)
         return portal
 
     def _try_refresh(

@@ -33,8 +33,8 @@ from b24connector.tokens import TokenSet
 from b24connector.vault.cipher import DataKey, SealedTokens
 from b24connector.vault.endpoints import EndpointGuard
 from b24connector.vault.errors import (
-    PortalNotFound,
-    ReauthRequired,
+    GrantNeedsReauth,
+    PortalNotStored,
     RefreshDeferred,
     RefreshRejected,
     RefreshUnavailable,
@@ -133,7 +133,7 @@ class LeaseHolder:
             # Storing it would bind another tenant's pair to this row; nothing sane can be done with it.
             self.flag(member_id, version)
             record(RefreshOutcome.NEEDS_REAUTH, member_id, version, path=path, error="member_mismatch")
-            raise ReauthRequired(member_id, HEALTH_NEEDS_REAUTH)
+            raise GrantNeedsReauth(member_id, HEALTH_NEEDS_REAUTH)
         return self._commit(portal, new, material, path=path, remaining_ms=remaining_ms)
 
     def _call_token_endpoint(
@@ -269,7 +269,7 @@ class LeaseHolder:
             pass
         if self.store.mark_needs_reauth(member_id, portal.version):
             record(RefreshOutcome.NEEDS_REAUTH, member_id, portal.version, path=path, error=exc.code)
-            raise ReauthRequired(member_id, HEALTH_NEEDS_REAUTH, reason=exc.code) from None
+            raise GrantNeedsReauth(member_id, HEALTH_NEEDS_REAUTH, reason=exc.code) from None
         self.release(member_id, owner)
         # Flagging lost a race: whatever moved the record decides (adopt, or it is inactive now).
         try:
@@ -277,17 +277,17 @@ class LeaseHolder:
         except _NothingToAdopt:
             current = self.store.get(member_id, consistent=True)
             record(RefreshOutcome.NEEDS_REAUTH, member_id, portal.version, path=path, error=exc.code)
-            raise ReauthRequired(member_id, current.health if current else "missing") from None
+            raise GrantNeedsReauth(member_id, current.health if current else "missing") from None
 
     def adopt_or_raise(self, portal: Portal, *, path: str, reason: str) -> tuple[RefreshOutcome, TokenSet]:
-        """Use a newer stored pair if one landed; ReauthRequired if the portal became inactive."""
+        """Use a newer stored pair if one landed; GrantNeedsReauth if the portal became inactive."""
         current = self.store.get(portal.member_id, consistent=True)
         if current is None:
-            raise PortalNotFound(f"no portal {portal.member_id}")
+            raise PortalNotStored(f"no portal {portal.member_id}")
         if current.version == portal.version:
             raise _NothingToAdopt
         if not current.is_active:
-            raise ReauthRequired(portal.member_id, current.health)
+            raise GrantNeedsReauth(portal.member_id, current.health)
         tokens = self.store.tokens(current)
         record(RefreshOutcome.ADOPTED, portal.member_id, current.version, path=path, reason=reason)
         return RefreshOutcome.ADOPTED, tokens

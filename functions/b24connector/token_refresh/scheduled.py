@@ -36,9 +36,9 @@ from b24connector.identifiers import is_member_id
 from b24connector.token_refresh.lease_holder import LeaseHolder
 from b24connector.token_refresh.outcomes import SCHEDULED, BatchReport, RefreshOutcome, RemainingMs, record
 from b24connector.vault.errors import (
+    GrantNeedsReauth,
     NotEnoughTime,
-    PortalNotFound,
-    ReauthRequired,
+    PortalNotStored,
     RefreshDeferred,
     RefreshRejected,
     RefreshUnavailable,
@@ -265,8 +265,8 @@ _OUTCOME_OF: dict[type[Exception], RefreshOutcome] = {
     RefreshUnavailable: RefreshOutcome.TRANSIENT_FAILURE,
     RefreshDeferred: RefreshOutcome.DEFERRED,
     RefreshRejected: RefreshOutcome.CLIENT_REJECTED,
-    ReauthRequired: RefreshOutcome.NEEDS_REAUTH,
-    PortalNotFound: RefreshOutcome.MISSING,
+    GrantNeedsReauth: RefreshOutcome.NEEDS_REAUTH,
+    PortalNotStored: RefreshOutcome.MISSING,
 }
 
 
@@ -316,8 +316,8 @@ class ScheduledRefresh:
             RefreshUnavailable,
             RefreshDeferred,
             RefreshRejected,
-            ReauthRequired,
-            PortalNotFound,
+            GrantNeedsReauth,
+            PortalNotStored,
         ) as exc:
             # Already logged and counted where it happened; the sweep only needs the outcome.
             return _OUTCOME_OF[type(exc)]

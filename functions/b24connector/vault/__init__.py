@@ -11,10 +11,10 @@ from functools import cache
 from b24connector.settings import Settings, get_settings
 from b24connector.vault.cipher import TokenCipher
 from b24connector.vault.errors import (
+    GrantNeedsReauth,
     GrantRefused,
     NotEnoughTime,
-    PortalNotFound,
-    ReauthRequired,
+    PortalNotStored,
     RefreshDeferred,
     RefreshRejected,
     RefreshThrottled,
@@ -36,13 +36,13 @@ from b24connector.vault.store import PortalStore
 
 __all__ = [
     "ConsumedState",
+    "GrantNeedsReauth",
     "GrantRefused",
     "LifecycleJob",
     "NotEnoughTime",
     "Portal",
-    "PortalNotFound",
+    "PortalNotStored",
     "PortalStore",
-    "ReauthRequired",
     "RefreshDeferred",
     "RefreshRejected",
     "RefreshThrottled",

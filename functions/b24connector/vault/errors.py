@@ -11,11 +11,11 @@ class VaultError(Exception):
     retryable = False
 
 
-class PortalNotFound(VaultError):
+class PortalNotStored(VaultError):
     """No portal record for that member_id or domain."""
 
 
-class ReauthRequired(VaultError):
+class GrantNeedsReauth(VaultError):
     """The portal is not active (needs_reauth or uninstalled): only a new install/authorization helps."""
 
     def __init__(self, member_id: str, health: str, *, reason: str | None = None) -> None:

@@ -17,7 +17,7 @@ from pynamodb.exceptions import PynamoDBException
 from b24connector.tokens import TokenSet
 from b24connector.vault.cipher import SealedTokens, TokenCipher
 from b24connector.vault.dynamo import Clock, conditional_failure, unavailable
-from b24connector.vault.errors import GrantRefused, ReauthRequired, VaultUnavailable
+from b24connector.vault.errors import GrantNeedsReauth, GrantRefused, VaultUnavailable
 from b24connector.vault.hashing import grant_digest, hash_secret
 from b24connector.vault.leases import RefreshLeases
 from b24connector.vault.models import (
@@ -139,10 +139,10 @@ class PortalStore(RefreshLeases):
         return max(items, key=lambda p: (p.is_active, p.updated_at or 0))
 
     def tokens(self, portal: Portal) -> TokenSet:
-        """Decrypt the portal's stored pair (cached per version); ReauthRequired when none is stored."""
+        """Decrypt the portal's stored pair (cached per version); GrantNeedsReauth when none is stored."""
         sealed = portal.sealed()
         if sealed is None:
-            raise ReauthRequired(portal.member_id, portal.health)
+            raise GrantNeedsReauth(portal.member_id, portal.health)
         return self.cipher.open(sealed, version=portal.version)
 
     def due_portals(self, now: float, limit: int) -> Iterator[tuple[str, int]]:
