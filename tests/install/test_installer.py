@@ -576,7 +576,11 @@ def test_an_uninstall_of_an_uninstalled_portal_changes_nothing() -> None:
 
 
 # The real token too: an employee can read it from the app frame, so it proves nothing by itself
-@pytest.mark.parametrize("token", [APP_TOKEN, "0" * 32, APP_TOKEN[:-1], APP_TOKEN_HASH])
+@pytest.mark.parametrize(
+    "token",
+    [APP_TOKEN, "0" * 32, APP_TOKEN[:-1], APP_TOKEN_HASH],
+    ids=["real-token", "random", "token-prefix", "stored-verifier"],
+)
 def test_an_unproven_uninstall_changes_nothing_and_is_checked_with_bitrix24(token: str) -> None:
     # Given an installed portal (the stored verifier itself is not the token: it is hashed again)
     world = World()
