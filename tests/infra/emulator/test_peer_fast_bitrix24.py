@@ -6,6 +6,7 @@ import asyncio
 import json
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -57,10 +58,13 @@ def _client(emu: Emulator, tokens: OAuthTokens) -> Bitrix:
 
 
 def _get_all(bitrix: Bitrix, params: dict[str, Any]) -> list[dict[str, Any]]:
-    with warnings.catch_warnings():
+    # In a thread of its own: fast_bitrix24's sync wrapper returns a Task instead of the rows when the
+    # calling thread has a running event loop, and a browser test earlier in the session (Playwright's
+    # sync API) can leave one in the main thread. A fresh thread has no loop, so the wrapper runs its own.
+    with warnings.catch_warnings(), ThreadPoolExecutor(1) as thread:
         # fast_bitrix24's sync wrapper still calls asyncio.get_event_loop().
         warnings.simplefilter("ignore", DeprecationWarning)
-        result = bitrix.get_all("crm.lead.list", params)
+        result = thread.submit(bitrix.get_all, "crm.lead.list", params).result()
     assert isinstance(result, list)
     return result
 
