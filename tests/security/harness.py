@@ -36,8 +36,8 @@ from local_stack.runtime import InvocationResult
 from local_stack.template import Route
 from tests.leak_canary import canary_value
 from tests.support.aws import AwsStack
+from tests.support.aws_events import FakeContext, http_event, sqs_event
 from tests.support.lifecycle import drain_queue
-from tests.unit.handlers.aws_events import FakeContext, http_event, sqs_event
 
 CLIENT_ID = "local.test.app"  # what tests.support.aws.AwsStack.env() configures
 CLIENT_SECRET = canary_value("clientsecret", 50)

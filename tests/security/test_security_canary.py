@@ -17,8 +17,9 @@ from bitrix24_emulator import Clock, EmulatorConfig
 from bitrix24_emulator.state import EmulatorState
 from bitrix24_emulator.tokens import new_secret
 from tests.leak_canary import CANARY_ENV, CANARY_PREFIX, STATIC_CANARIES, canary_value, find_canaries
+from tests.support.servers import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 LEAKING_TESTS = {
     "test_debug_log": 'logging.getLogger("app.deep").debug("got %s", TOKEN)',
     "test_log_extra": 'logging.getLogger("app").info("refreshed", extra={"pair": {"a": TOKEN}})',

@@ -561,6 +561,6 @@ def _outage_counted(metrics: dict[str, float]) -> bool:
 
 
 def _sqs(bodies: list[str]) -> dict[str, Any]:
-    from tests.unit.handlers.aws_events import sqs_event
+    from tests.support.aws_events import sqs_event
 
     return sqs_event(bodies)

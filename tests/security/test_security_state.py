@@ -9,7 +9,6 @@ import hmac
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,8 +20,9 @@ from b24connector.vault.hashing import hash_secret
 from b24connector.vault.states import StateStore
 from tests.security.conftest import BACKENDS
 from tests.security.harness import COOKIE, Rig, header
+from tests.support.servers import REPO_ROOT
 
-PACKAGE = Path(__file__).resolve().parents[2] / "functions" / "b24connector"
+PACKAGE = REPO_ROOT / "functions" / "b24connector"
 RACERS = 8
 
 

@@ -68,7 +68,7 @@ if TYPE_CHECKING:
 
 MAX_BATCH_COMMANDS = 50
 # A lead filter is repeated, URL-encoded, in each of a batch's 50 chained commands: a query at
-# leads.MAX_QUERY_BYTES builds bodies of about 4.2 MB at worst (tests/unit/handlers/test_leads_size_caps.py).
+# leads.MAX_QUERY_BYTES builds bodies of about 4.2 MB at worst (tests/leads/test_leads_size_caps.py).
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 # A batch of 50 pages of 50 leads with every field weighs ~3 MiB in the emulator (about 1.2 KB a row);
 # real portals with many user fields and long comments stay far below 6.7 KB a row, which this allows.
