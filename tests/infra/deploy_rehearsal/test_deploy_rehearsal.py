@@ -25,6 +25,7 @@ def test_expectations_come_from_the_template_not_a_list() -> None:
     # Resource references must resolve; parameters may legitimately be empty (AllowedPortalHosts).
     assert {"CLIENT_SECRET_ID", "PORTALS_TABLE", "TOKEN_KEY_ID"} <= set(expected["referenced_variables"])
     assert "ALLOWED_PORTAL_HOSTS" not in expected["referenced_variables"]
+    assert "PKCE_SECRET_ID" not in expected["referenced_variables"]  # Fn::If: "" while PKCE is off
 
 
 def test_a_template_with_another_function_is_expected_whole(tmp_path: Path) -> None:
