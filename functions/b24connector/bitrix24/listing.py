@@ -306,16 +306,7 @@ class FastLister:
         """
         read = _Read.of(query)
         spec, window = read.spec, read.window
-        end = window.before - 1 if window.before is not None else top if top is not None else window.after
-        size = window_span(density)
-        stop = max(window.after, min(end, window.after + max(1, batches) * size))
-        windows = [
-            Window(low, min(low + size, stop) + 1, window.base_filter)
-            for low in range(window.after, stop, size)
-        ]
-        tail = window.before is None and stop >= end
-        if tail:
-            windows.append(Window(stop, None, window.base_filter))
+        windows, stop, tail = _plan_windows(window, top=top, density=density, batches=batches)
         out = _Emitter(query.limit)
         # Every window starts at once, one request each: the shared pacer can reserve them in one write.
         self.client.expect_requests(portal, len(windows))
@@ -323,12 +314,7 @@ class FastLister:
             self._run_windows(portal, read, windows, workers=len(windows), out=out, window_limit=query.limit)
         )
         span = stop - window.after
-        # Rows come in ascending ID order: only the open tail window's rows lie above `stop`, so count
-        # those from the end instead of reading every row's ID again.
-        above = 0
-        while above < len(rows) and spec.id_of(rows[-1 - above]) > stop:
-            above += 1
-        seen = len(rows) - above
+        seen = _rows_up_to(rows, spec, stop)
         walked = max(seen, 1) / span if span > 0 else density
         if out.done():
             return ListPage(rows, spec.id_of(rows[-1]), False, walked)
@@ -414,3 +400,27 @@ class _Emitter:
     def wanted(self) -> int | None:
         """Rows still wanted (None: no limit)."""
         return None if self._limit is None else self._limit - self._produced
+
+
+def _plan_windows(
+    window: Window, *, top: int | None, density: float, batches: int
+) -> tuple[list[Window], int, bool]:
+    """The whole windows of a planned read, the ID they stop at, and whether an open tail window follows."""
+    end = window.before - 1 if window.before is not None else top if top is not None else window.after
+    size = window_span(density)
+    stop = max(window.after, min(end, window.after + max(1, batches) * size))
+    windows = [
+        Window(low, min(low + size, stop) + 1, window.base_filter) for low in range(window.after, stop, size)
+    ]
+    tail = window.before is None and stop >= end
+    if tail:
+        windows.append(Window(stop, None, window.base_filter))
+    return windows, stop, tail
+
+
+def _rows_up_to(rows: list[dict[str, Any]], spec: ListSpec, stop: int) -> int:
+    """How many of `rows` (ascending IDs) lie at or below `stop`, counting only the open tail from the end."""
+    above = 0
+    while above < len(rows) and spec.id_of(rows[-1 - above]) > stop:
+        above += 1
+    return len(rows) - above

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import itertools
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from b24connector.bitrix24.errors import Bitrix24Error
@@ -46,6 +47,15 @@ class LeadLister(Protocol):
     ) -> ListPage:
         """Up to `batches` whole ID windows planned from `top` and `density`, read in one round."""
         ...
+
+
+@dataclass
+class _Gathered:
+    """The rows of a page read so far, where the next read starts (None: the list ended), and its plan."""
+
+    rows: list[dict[str, Any]]
+    last: int | None
+    plan: ReadPlan | None
 
 
 class LeadsReader:
@@ -92,13 +102,25 @@ class LeadsReader:
         bounds = (0, None) if position is None else (position.last_id, position.before_id)
         if request.split is not None:
             return self._read_split(portal, request, digest, bounds, request.split)
+        return self._read_page(
+            portal, request, digest, bounds, position.plan if position is not None else None
+        )
+
+    def _read_page(
+        self,
+        portal: OpenPortal,
+        request: LeadsRequest,
+        digest: bytes,
+        bounds: tuple[int, int | None],
+        plan: ReadPlan | None,
+    ) -> PageAnswer:
+        """One page after `bounds[0]`: whole windows for a large page, rows one batch after another else."""
         after_id, before_id = bounds
-        plan = None
         last: int | None
         if request.limit > self._parallel_from:
-            plan = position.plan if position is not None else None
             leads, last, plan = self._collect_windows(portal, request, after_id, before_id, plan)
         else:
+            plan = None
             leads, more = self._collect(portal, request, after_id, before_id)
             last = row_id(leads[-1]) if more and leads else None
         next_cursor = None
@@ -170,44 +192,55 @@ class LeadsReader:
         ends on a window boundary, not at `limit`: a part-filled window would cost a request for a few
         rows and the next page's first request would overlap it.
         """
-        batches = max(1, request.limit // BATCH_ROWS)
-        rows: list[dict[str, Any]] = []
-        last: int | None = after_id
+        gathered = _Gathered(rows=[], last=after_id, plan=plan)
         try:
-            if plan is None:
-                head = self._lister.read_head(
-                    portal.context, request.list_query(after_id, before_id, request.limit)
-                )
-                rows.extend(head.rows)
-                last = None if head.exhausted else head.last
-                if head.top is not None:
-                    plan = ReadPlan(head.top, head.density)
-                batches -= 1
-            while last is not None and plan is not None and batches > 0 and len(rows) < request.limit:
-                page = self._lister.read_windows(
-                    portal.context,
-                    request.list_query(last, before_id, request.limit - len(rows)),
-                    top=plan.top,
-                    density=plan.density,
-                    batches=batches,
-                )
-                rows.extend(page.rows)
-                last = None if page.exhausted else page.last
-                plan = ReadPlan(plan.top, page.density)
-                if rows:
-                    break  # windows without a single row: plan wider ones from what they showed
+            self._gather_windows(portal, request, before_id, gathered)
         except (Bitrix24Error, VaultError) as exc:
-            if not (rows and resumable(exc)):
+            if not (gathered.rows and resumable(exc)):
                 raise error_for(exc) from None
-            last = row_id(rows[-1])
+            gathered.last = row_id(gathered.rows[-1])
         answer = AnswerRows(self._max_answer_bytes)
-        for row in rows:
+        for row in gathered.rows:
             if not answer.add(row):
                 break
         answer.close()
-        if answer.full:
-            last = row_id(answer.rows[-1])
-        return answer.rows, last, plan
+        last = row_id(answer.rows[-1]) if answer.full else gathered.last
+        return answer.rows, last, gathered.plan
+
+    def _gather_windows(
+        self, portal: OpenPortal, request: LeadsRequest, before_id: int | None, gathered: _Gathered
+    ) -> None:
+        """Read a page's windows into `gathered` (kept as far as it got when a read fails midway)."""
+        batches = max(1, request.limit // BATCH_ROWS)
+        rows = gathered.rows
+        if gathered.plan is None:
+            head = self._lister.read_head(
+                portal.context, request.list_query(gathered.last or 0, before_id, request.limit)
+            )
+            rows.extend(head.rows)
+            gathered.last = None if head.exhausted else head.last
+            if head.top is not None:
+                gathered.plan = ReadPlan(head.top, head.density)
+            batches -= 1
+        while (
+            gathered.last is not None
+            and gathered.plan is not None
+            and batches > 0
+            and len(rows) < request.limit
+        ):
+            plan = gathered.plan
+            page = self._lister.read_windows(
+                portal.context,
+                request.list_query(gathered.last, before_id, request.limit - len(rows)),
+                top=plan.top,
+                density=plan.density,
+                batches=batches,
+            )
+            rows.extend(page.rows)
+            gathered.last = None if page.exhausted else page.last
+            gathered.plan = ReadPlan(plan.top, page.density)
+            if rows:
+                break  # windows without a single row: plan wider ones from what they showed
 
     def _collect(
         self, portal: OpenPortal, request: LeadsRequest, after_id: int, before_id: int | None
