@@ -33,6 +33,3 @@ _.kms_calls  # vault/cipher.py: the "a warm read makes no KMS call" invariant is
 _.known_codes  # bitrix24/envelope.py: the error-table test compares docs/bitrix24-errors.md with it
 _.writes  # shared_pacing.py DynamoTokenBucket: DynamoDB writes made, the cost the pacing tests bound
 _.conflicts  # shared_pacing.py DynamoTokenBucket: of those writes, the ones a condition refused
-
-# Left by the leads restructure (merged): test-only, for the lead to delete or move into tests/.
-_.max_id  # bitrix24/listing.py FastLister.max_id: used only by tests

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from b24connector.bitrix24.errors import OperationTimeLimit, QueryLimitExceeded, ServerError, TransientError
-from b24connector.bitrix24.list_query import ListQuery, Window, list_spec, make_window
+from b24connector.bitrix24.list_query import ListQuery, Window, list_spec, make_window, max_id_params
 from b24connector.bitrix24.listing import FastLister
 from tests.bitrix24.fakes import FakeCrm, FakeTime, Reply, make_client, make_portal, php_parse, time_block
 
@@ -206,14 +206,20 @@ def test_limit_stops_early_and_sizes_the_chain(fake_time: FakeTime) -> None:
     assert crm.requests == 1
 
 
+def _max_id(lister: FastLister, query: ListQuery) -> int | None:
+    """The top query the head batch carries, sent on its own (as read_head's `top` command)."""
+    spec = query.spec()
+    response = lister.client.call(make_portal(), spec.method, max_id_params(spec, query.window(spec)))
+    rows = spec.rows_of(response.result)
+    return spec.id_of(rows[0]) if rows else None
+
+
 def test_max_id_is_one_descending_uncounted_call(fake_time: FakeTime) -> None:
     crm = FakeCrm(with_gaps(1_000))
     lister = lister_for(crm, fake_time)
-    assert lister.max_id(make_portal(), ListQuery("crm.lead.list")) == crm.ids[-1]
-    assert lister.max_id(make_portal(), ListQuery("crm.item.list", before_id=100)) == max(
-        i for i in crm.ids if i < 100
-    )
-    assert lister.max_id(make_portal(), ListQuery("crm.lead.list", after_id=10**9)) is None
+    assert _max_id(lister, ListQuery("crm.lead.list")) == crm.ids[-1]
+    assert _max_id(lister, ListQuery("crm.item.list", before_id=100)) == max(i for i in crm.ids if i < 100)
+    assert _max_id(lister, ListQuery("crm.lead.list", after_id=10**9)) is None
     assert crm.requests == 3
     assert crm.count_pages == 0
 

@@ -237,13 +237,6 @@ class FastLister:
                 produced += 1
                 yield row
 
-    def max_id(self, portal: PortalContext, query: ListQuery) -> int | None:
-        """The highest matching ID (one `order ID DESC, start=-1` call), or None when nothing matches."""
-        spec = query.spec()
-        response = self.client.call(portal, spec.method, max_id_params(spec, query.window(spec)))
-        rows = spec.rows_of(response.result)
-        return spec.id_of(rows[0]) if rows else None
-
     def read_head(self, portal: PortalContext, query: ListQuery) -> ListHead:
         """One request: up to 49 pages (at most `query.limit` rows) plus the highest matching ID."""
         return self._head(portal, _Read.of(query), query.limit)
