@@ -48,10 +48,14 @@ format: $(STAMP) ## format and autofix
 	$(VENV)/bin/ruff format functions client infra tests
 	$(VENV)/bin/ruff check --fix functions client infra tests
 
-lint: $(STAMP) ## ruff + mypy
+# The layer contract (import-linter, [tool.importlinter] in pyproject.toml) and the dead-code check
+# (vulture with the reviewed vulture_whitelist.py) run from the tools virtualenv.
+lint: $(STAMP) $(TOOLS_STAMP) ## ruff (incl. complexity <= 12) + mypy + layer contract + dead code
 	$(VENV)/bin/ruff check functions client infra tests
 	$(VENV)/bin/ruff format --check functions client infra tests
 	$(VENV)/bin/mypy
+	$(TOOLS)/bin/lint-imports --no-cache
+	$(TOOLS)/bin/vulture functions client/src vulture_whitelist.py
 
 # All three run offline: checkov with skip-download (.checkov.yaml) and no update check; sam validate
 # needs a region but no credentials.
@@ -66,18 +70,18 @@ IAM_CALLS := .local/iam-calls.jsonl
 
 test: lint lint-template ## everything CI runs: lint, template checks, all tests, the IAM check, the deploy rehearsal
 	@rm -f $(IAM_CALLS)
-	$(PY) -m pytest tests/unit tests/integration tests/e2e tests/security --aws-call-log $(IAM_CALLS)
+	$(PY) -m pytest tests --ignore=tests/bench --aws-call-log $(IAM_CALLS)
 	$(PY) -m iam_check --calls $(IAM_CALLS) --json .local/iam-report.json
 	$(MAKE) --no-print-directory deploy-rehearsal
 
 iam-check: $(STAMP) $(TOOLS_STAMP) ## the IAM check on the last recording (make test writes it)
 	$(PY) -m iam_check --calls $(IAM_CALLS) --json .local/iam-report.json
 
-test-unit: $(STAMP) ## unit tests only (no sockets)
-	$(PY) -m pytest tests/unit
+test-unit: $(STAMP) ## unit tests only (no sockets: every test not marked integration)
+	$(PY) -m pytest tests --ignore=tests/bench -m "not integration"
 
-test-integration: $(STAMP) ## integration tests (moto, emulator)
-	$(PY) -m pytest tests/integration
+test-integration: $(STAMP) ## integration tests (moto, emulator, the security suite), without the browser ones
+	$(PY) -m pytest tests --ignore=tests/bench --ignore=tests/e2e -m integration
 
 test-e2e: $(STAMP) ## end-to-end tests (local stack, headless Chromium)
 	$(PY) -m pytest tests/e2e

@@ -1,5 +1,10 @@
 """Project-wide fixtures: safe AWS defaults, no sockets in unit tests, moto/dynalite servers, AWS stacks.
 
+Tests sit beside the package they test (tests/<package> mirrors functions/b24connector/<package>); a
+test that opens sockets (moto or dynalite servers, the emulator over HTTP, child processes) is marked
+`integration`, in its module (`pytestmark`) or, for the folders that hold nothing else, here
+(INTEGRATION_DIRS). Every other test is a unit test: any TCP/UDP connect fails loudly.
+
 Fixtures (details in tests/support):
 - `moto_server` (session): moto's server in a child process on an ephemeral port; DynamoDB calls
   serialised so conditional writes are atomic as in AWS (`raw_moto_server`: as shipped, not atomic).
@@ -43,7 +48,10 @@ for _name, _value in {
 for _name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
     os.environ.pop(_name, None)
 
-_UNIT_DIR = Path(__file__).parent / "unit"
+_TESTS = Path(__file__).parent
+# Folders whose every test opens sockets: the attacks through the real handlers, the browser journeys,
+# and the local infrastructure (the emulator and the local stack run as servers).
+INTEGRATION_DIRS = tuple(_TESTS / name for name in ("security", "e2e", "infra/emulator", "infra/local_stack"))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -53,6 +61,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="append every AWS call made by a template function to this JSONL file (make test's IAM check)",
     )
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test of the integration-only folders `integration`."""
+    for item in items:
+        if any(folder in item.path.parents for folder in INTEGRATION_DIRS):
+            item.add_marker(pytest.mark.integration)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -89,8 +105,8 @@ def _guarded(real: Callable[..., Any]) -> Callable[..., Any]:
 
 @pytest.fixture(autouse=True)
 def _no_sockets_in_unit_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """tests/unit is the no-network tier: any TCP/UDP connect fails loudly."""
-    if _UNIT_DIR in Path(str(request.node.path)).parents:
+    """A test not marked `integration` is a unit test: any TCP/UDP connect fails loudly."""
+    if request.node.get_closest_marker("integration") is None:
         monkeypatch.setattr(socket.socket, "connect", _guarded(_real_connect))
         monkeypatch.setattr(socket.socket, "connect_ex", _guarded(_real_connect_ex))
 

@@ -217,15 +217,15 @@ def _install_answer_and_exception_probes() -> None:
     import b24connector.leads
     import b24connector.portals
     import b24connector.problems
-    import b24connector.refresh
     import b24connector.settings
+    import b24connector.token_refresh.outcomes
     import b24connector.vault.journal
     from b24connector.web.http import HttpResponse
 
     _wrap_result(HttpResponse, "to_event", "HttpApi answer")
-    _wrap_result(b24connector.leads.LeadsError, "answer", "LeadsFunction answer")
-    _wrap_result(b24connector.leads.LeadsPage, "answer", "LeadsFunction answer")
-    _wrap_result(b24connector.refresh.BatchReport, "answer", "SQS batch answer")
+    _wrap_result(b24connector.leads.LeadsRefusal, "answer", "LeadsFunction answer")
+    _wrap_result(b24connector.leads.PageAnswer, "answer", "LeadsFunction answer")
+    _wrap_result(b24connector.token_refresh.outcomes.BatchReport, "answer", "SQS batch answer")
     # Lifecycle journal messages (SQS bodies): tokens must be sealed, never in the clear facts
     _wrap_result(b24connector.vault.journal.JournalCodec, "encode", "lifecycle journal message")
     # Every event detail put on the bus is built by detail_json (events.bus): no token, code, secret

@@ -22,11 +22,11 @@ from b24connector.bitrix24.errors import (
     TransientError,
     UnsafeEndpoint,
 )
-from b24connector.bitrix24.tokens import TokenSet
 from b24connector.credentials import ClientSecretNotSet, SecretUnavailable
 from b24connector.identifiers import is_member_id
 from b24connector.portals import InvalidPortal, PortalPolicy
 from b24connector.problems import forbidden, invalid, unavailable, upstream_rejected
+from b24connector.tokens import TokenSet
 from b24connector.vault.errors import StateRefusal, StateRefused, VaultUnavailable
 
 _MAX_PARAM = 512
@@ -163,6 +163,23 @@ class AuthorizationFlow:
 
     def complete(self, params: CallbackParams, browser_nonce: str | None) -> Connected:
         """Check the callback against its state, exchange the code once, and store the grant."""
+        domain, server, nonce = self._checked_callback(params, browser_nonce)
+        consumed = self._consume(params.state, nonce)
+        if consumed.portal_domain != domain:
+            raise invalid("domain_mismatch", "The portal differs from the one the sign-in started with.")
+        verifier = self._pkce_verifier(params.state, nonce) if self._pkce_verifier else None
+        grant = self._verified_grant(self._exchange(params.code, server, verifier), params, domain, server)
+        outcome = self._grants.store_authorized(grant, domain)
+        if not outcome.stored:
+            # An administrator or the app's system user holds the portal: an employee cannot take it over.
+            raise forbidden(
+                "administrator_required",
+                "This portal is connected by its administrator. Only an administrator can connect it again.",
+            )
+        return Connected(domain=domain, member_id=grant.member_id)
+
+    def _checked_callback(self, params: CallbackParams, browser_nonce: str | None) -> tuple[str, str, str]:
+        """The callback's portal domain, OAuth server and browser nonce, once every parameter passes."""
         for value, name in (
             (params.state, "state"),
             (params.code, "code"),
@@ -182,27 +199,17 @@ class AuthorizationFlow:
         if len(browser_nonce) > _MAX_PARAM or not browser_nonce.isascii() or not browser_nonce.isprintable():
             # Not a nonce we minted (and not hashable as UTF-8 if it holds a lone surrogate).
             raise invalid("cookie_mismatch", "This browser did not start this sign-in.")
-        consumed = self._consume(params.state, browser_nonce)
-        if consumed.portal_domain != domain:
-            raise invalid("domain_mismatch", "The portal differs from the one the sign-in started with.")
-        verifier = self._pkce_verifier(params.state, browser_nonce) if self._pkce_verifier else None
-        tokens = self._exchange(params.code, server, verifier)
+        return domain, server, browser_nonce
+
+    def _verified_grant(self, tokens: TokenSet, params: CallbackParams, domain: str, server: str) -> TokenSet:
+        """The exchanged pair with the endpoints we verified, not the ones the answer claimed."""
         if tokens.member_id != params.member_id:
             raise invalid("member_mismatch", "The token answer names another portal.")
         try:
             client_endpoint = self._policy.check_client_endpoint(tokens.client_endpoint, domain)
         except InvalidPortal:
             raise invalid("endpoint_mismatch", "The token answer points at another portal.") from None
-        # Store the endpoints we verified, not the ones the answer claimed.
-        grant = replace(tokens, client_endpoint=client_endpoint, server_endpoint=f"{server}/rest/")
-        outcome = self._grants.store_authorized(grant, domain)
-        if not outcome.stored:
-            # An administrator or the app's system user holds the portal: an employee cannot take it over.
-            raise forbidden(
-                "administrator_required",
-                "This portal is connected by its administrator. Only an administrator can connect it again.",
-            )
-        return Connected(domain=domain, member_id=grant.member_id)
+        return replace(tokens, client_endpoint=client_endpoint, server_endpoint=f"{server}/rest/")
 
     def _normalize(self, raw: str, reason: str) -> str:
         try:

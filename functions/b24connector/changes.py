@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from b24connector.bitrix24.errors import Bitrix24Error
 from b24connector.identifiers import is_member_id
-from b24connector.leads import LeadsError, PortalOpener, error_for
+from b24connector.leads import LeadsRefusal, PortalOpener, error_for
 from b24connector.numbers import ascii_int
 from b24connector.vault.errors import VaultError
 
@@ -46,8 +46,8 @@ _MAX_SELECT = 200
 _CHECKPOINT_VERSION = 1
 
 
-def _invalid(message: str) -> LeadsError:
-    return LeadsError(INVALID_REQUEST, message)
+def _invalid(message: str) -> LeadsRefusal:
+    return LeadsRefusal(INVALID_REQUEST, message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +66,7 @@ class Checkpoint:
 
     @classmethod
     def decode(cls, text: object) -> Checkpoint:
-        """A checkpoint from its text; LeadsError(INVALID_REQUEST) when it is not one."""
+        """A checkpoint from its text; LeadsRefusal(INVALID_REQUEST) when it is not one."""
         if not isinstance(text, str) or not 0 < len(text) <= 256:
             raise _invalid("checkpoint must be the text a previous answer gave")
         try:
@@ -102,32 +102,42 @@ def is_change_query(payload: object) -> bool:
 
 
 def parse_changes_request(payload: object, normalize_domain: Callable[[str], str]) -> ChangesRequest:
-    """Validate a change query; LeadsError(INVALID_REQUEST) naming what is wrong."""
+    """Validate a change query; LeadsRefusal(INVALID_REQUEST) naming what is wrong."""
     if not isinstance(payload, Mapping):
         raise _invalid("the request must be a JSON object")
     unknown = sorted(str(k) for k in payload if k not in _ALLOWED)
     if unknown:
         raise _invalid(f"a change query takes no {', '.join(unknown[:5])}")
+    start = _start(payload)
+    member_id, domain = _portal_key(payload, normalize_domain)
+    return ChangesRequest(member_id, domain, _select(payload), start, _limit(payload))
+
+
+def _start(payload: Mapping[str, Any]) -> Checkpoint:
     if ("changed_since" in payload) == ("checkpoint" in payload):
         raise _invalid("give exactly one of changed_since or checkpoint")
-    if "changed_since" in payload:
-        since = payload["changed_since"]
-        if not isinstance(since, str) or not _ISO.match(since):
-            raise _invalid("changed_since is an ISO 8601 date-time such as 2026-12-01T00:00:00+00:00")
-        start = Checkpoint(since, 0)
-    else:
-        start = Checkpoint.decode(payload["checkpoint"])
-    member_id, domain = _portal_key(payload, normalize_domain)
+    if "checkpoint" in payload:
+        return Checkpoint.decode(payload["checkpoint"])
+    since = payload["changed_since"]
+    if not isinstance(since, str) or not _ISO.match(since):
+        raise _invalid("changed_since is an ISO 8601 date-time such as 2026-12-01T00:00:00+00:00")
+    return Checkpoint(since, 0)
+
+
+def _select(payload: Mapping[str, Any]) -> tuple[str, ...]:
     select = payload.get("select", ["ID", "TITLE", "STATUS_ID", "DATE_MODIFY"])
     if not isinstance(select, list) or not 0 < len(select) <= _MAX_SELECT:
         raise _invalid(f"select is a list of 1-{_MAX_SELECT} field names")
     if not all(isinstance(f, str) and _FIELD.match(f) for f in select):
         raise _invalid("select holds field names such as 'TITLE', '*' or 'UF_*'")
-    fields = tuple(dict.fromkeys(["ID", "DATE_MODIFY", *select]))
+    return tuple(dict.fromkeys(["ID", "DATE_MODIFY", *select]))
+
+
+def _limit(payload: Mapping[str, Any]) -> int:
     limit = payload.get("limit", DEFAULT_CHANGES_LIMIT)
-    if ascii_int(limit, minimum=1, maximum=MAX_CHANGES_LIMIT) is None or isinstance(limit, str):
+    if isinstance(limit, str) or ascii_int(limit, minimum=1, maximum=MAX_CHANGES_LIMIT) is None:
         raise _invalid(f"limit is an integer from 1 to {MAX_CHANGES_LIMIT}")
-    return ChangesRequest(member_id, domain, fields, start, int(limit))
+    return int(limit)
 
 
 def _portal_key(payload: Mapping[str, Any], normalize: Callable[[str], str]) -> tuple[str | None, str | None]:
@@ -147,7 +157,7 @@ def _portal_key(payload: Mapping[str, Any], normalize: Callable[[str], str]) -> 
         raise _invalid("domain is not an allowed Bitrix24 portal") from None
 
 
-class RestCaller(Protocol):
+class ChangesRest(Protocol):
     """The REST client (bitrix24.rest.RestClient), paced by the shared per-portal bucket."""
 
     def call(self, portal: Any, method: str, params: Mapping[str, Any] | None = None) -> Any:
@@ -159,14 +169,14 @@ class ChangesReader:
     """Answers change queries with crm.lead.list pages ordered by (DATE_MODIFY, ID)."""
 
     def __init__(
-        self, portals: PortalOpener, rest: RestCaller, *, monotonic: Callable[[], float] = time.monotonic
+        self, portals: PortalOpener, rest: ChangesRest, *, monotonic: Callable[[], float] = time.monotonic
     ) -> None:
         self._portals = portals
         self._rest = rest
         self._monotonic = monotonic
 
     def read(self, request: ChangesRequest, *, deadline: float | None = None) -> dict[str, Any]:
-        """One answer of up to `request.limit` leads; LeadsError for expected failures."""
+        """One answer of up to `request.limit` leads; LeadsRefusal for expected failures."""
         try:
             portal = self._portals.open(member_id=request.member_id, domain=request.domain, deadline=deadline)
         except VaultError as exc:
@@ -174,31 +184,32 @@ class ChangesReader:
         rows: list[dict[str, Any]] = []
         point, more = request.start, True
         try:
-            while len(rows) < request.limit and more:
-                if deadline is not None and self._monotonic() >= deadline:
-                    break
-                if point.lead_id:
-                    # The rest of second T, by ID.
-                    tied = self._page(
-                        portal.context,
-                        request,
-                        {"=DATE_MODIFY": point.date_modify, ">ID": point.lead_id},
-                        {"ID": "ASC"},
-                    )
-                    point = self._take(tied, rows, request.limit, point)
-                    if len(tied) == PAGE or len(rows) >= request.limit:
-                        continue  # more of second T may follow (or the answer is full)
-                key = ">DATE_MODIFY" if point.lead_id else ">=DATE_MODIFY"
-                later = self._page(
-                    portal.context, request, {key: point.date_modify}, {"DATE_MODIFY": "ASC", "ID": "ASC"}
-                )
-                point = self._take(later, rows, request.limit, point)
-                more = len(later) == PAGE or (len(rows) >= request.limit and bool(later))
+            while more and len(rows) < request.limit and not self._late(deadline):
+                point, more = self._step(portal.context, request, rows, point)
         except (Bitrix24Error, VaultError) as exc:
             if not rows:
                 raise error_for(exc) from None
             more = True  # answer what was read; the checkpoint resumes after it
         return {"leads": rows, "count": len(rows), "checkpoint": point.encode(), "more": more}
+
+    def _late(self, deadline: float | None) -> bool:
+        return deadline is not None and self._monotonic() >= deadline
+
+    def _step(
+        self, portal: Any, request: ChangesRequest, rows: list[dict[str, Any]], point: Checkpoint
+    ) -> tuple[Checkpoint, bool]:
+        """One or two pages: the rest of the checkpoint's second (by ID), then what follows it."""
+        if point.lead_id:
+            tied = self._page(
+                portal, request, {"=DATE_MODIFY": point.date_modify, ">ID": point.lead_id}, {"ID": "ASC"}
+            )
+            point = self._take(tied, rows, request.limit, point)
+            if len(tied) == PAGE or len(rows) >= request.limit:
+                return point, True  # more of the second may follow (or the answer is full)
+        key = ">DATE_MODIFY" if point.lead_id else ">=DATE_MODIFY"
+        later = self._page(portal, request, {key: point.date_modify}, {"DATE_MODIFY": "ASC", "ID": "ASC"})
+        point = self._take(later, rows, request.limit, point)
+        return point, len(later) == PAGE or (len(rows) >= request.limit and bool(later))
 
     def _page(
         self, portal: Any, request: ChangesRequest, filter_: dict[str, Any], order: dict[str, str]

@@ -227,7 +227,3 @@ class PortalPolicy:
         if expected_host is not None and host != self.normalize(expected_host):
             raise InvalidPortal("host_mismatch")
         return f"{scheme}://{host}{_REST_PATH}"
-
-    def scheme_for(self, host: str) -> str:
-        """The scheme to reach an already-normalized portal host: http only for loopback in local mode."""
-        return "http" if self.local_mode and is_loopback_host(host) else "https"

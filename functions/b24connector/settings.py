@@ -195,12 +195,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         allowed_portal_suffixes=read.get("ALLOWED_PORTAL_SUFFIXES", _csv, ",".join(DEFAULT_PORTAL_SUFFIXES)),
         allowed_portal_hosts=read.get("ALLOWED_PORTAL_HOSTS", _csv, ""),
         oauth_servers=read.get("OAUTH_SERVERS", _oauth_servers, ",".join(DEFAULT_OAUTH_SERVERS)),
-        # 21 days: safe even under the historical 28-day refresh-token lifetime (fact sheet 2.5), and
+        # 21 days: safe even under the historical 28-day refresh-token lifetime (docs/bitrix24-facts.md#f-oauth-11), and
         # far from the hourly/daily refreshing that Bitrix24 says gets apps blocked (2.7).
         refresh_after_days=read.get("REFRESH_AFTER_DAYS", _positive(int), "21"),
         min_refresh_interval_hours=read.get("MIN_REFRESH_INTERVAL_HOURS", _positive(int), "24"),
         # A portal that answers expired_token to every fresh pair must not make us refresh on every read:
-        # Bitrix24 blocks apps that refresh too often (fact sheet 2.7).
+        # Bitrix24 blocks apps that refresh too often (docs/bitrix24-facts.md#f-oauth-11).
         lazy_refresh_min_interval_seconds=read.get(
             "LAZY_REFRESH_MIN_INTERVAL_SECONDS", _positive(float), "300"
         ),

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from b24connector.bitrix24.errors import AccessDenied, Bitrix24Error, RestError, TransientError
 from b24connector.observability import count, logger
-from b24connector.vault.errors import PortalNotFound, ReauthRequired
+from b24connector.vault.errors import GrantNeedsReauth, PortalNotStored
 from b24connector.vault.models import SUBSCRIPTION_BOUND, SUBSCRIPTION_FAILED
 
 _ALREADY_BOUND = "already binded"  # Bitrix24's own spelling (docs/bitrix24-facts.md#f-bind-7)
@@ -113,7 +113,7 @@ class Subscriber:
             opened = self._opener.open(
                 member_id=member_id, domain=None, deadline=self._monotonic() + _WORK_SECONDS
             )
-        except (PortalNotFound, ReauthRequired):
+        except (PortalNotStored, GrantNeedsReauth):
             return SubscriptionResult(SubscriptionState.SKIPPED)
         portal = opened.context
         try:

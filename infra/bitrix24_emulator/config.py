@@ -80,7 +80,7 @@ RUNTIME_SETTINGS = frozenset(
 
 
 def _random_client_id() -> str:
-    # Local apps look like local.<14 hex>.<8 digits> (see the fact sheet, section 1).
+    # Local apps look like local.<14 hex>.<8 digits> (docs/bitrix24-facts.md#f-oauth-1).
     return f"local.{secrets.token_hex(7)}.{secrets.randbelow(10**8):08d}"
 
 
@@ -210,6 +210,10 @@ class EmulatorConfig:
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        self._validate_ranges()
+
+    def _validate_ranges(self) -> None:
+        """Raise ValueError when a bounded setting is outside its range."""
         if not 0 <= self.deleted_ratio < 1:
             raise ValueError("deleted_ratio must be in [0, 1)")
         if self.leads < 0:

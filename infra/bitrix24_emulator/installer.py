@@ -1,4 +1,4 @@
-"""The portal acting toward the app: install page POST, ONAPPINSTALL, ONAPPUNINSTALL (fact sheet section 3)."""
+"""The portal acting toward the app: install page POST, ONAPPINSTALL, ONAPPUNINSTALL (docs/bitrix24-facts.md#f-app-9, #f-app-10)."""
 
 from __future__ import annotations
 

@@ -407,12 +407,7 @@ def build_conditions(
                 raise QueryError(f"Invalid filter: field '{name}' is not allowed in filter")
             continue  # the classic crm.*.list ignores filter keys it does not know
         attribute, kind = spec
-        items = list(raw) if isinstance(raw, list | tuple) else [raw]
-        if isinstance(raw, dict):
-            items = list(raw.values())
-        items = _cast_arrays(kind, items)
-        if operator in ("=", "!", "!=") and len(items) > 1:
-            operator = "@" if operator == "=" else "!@"
+        items, operator = _filter_items(kind, operator, raw)
         present = [item for item in items if item not in (None, "")]
         if not present and kind != _TEXT:
             # UNVERIFIED: an empty value for a number/date condition (e.g. `>ID=` after a batch
@@ -431,6 +426,18 @@ def build_conditions(
             continue
         conditions.append(Condition(attribute, kind, operator, values))
     return conditions, impossible
+
+
+def _filter_items(kind: str, operator: str, raw: Any) -> tuple[list[Any], str]:
+    """A filter value as a list of items, and the operator (`=`/`!` over several values mean IN/NOT IN)."""
+    if isinstance(raw, dict):
+        items = list(raw.values())
+    else:
+        items = list(raw) if isinstance(raw, list | tuple) else [raw]
+    items = _cast_arrays(kind, items)
+    if operator in ("=", "!", "!=") and len(items) > 1:
+        operator = "@" if operator == "=" else "!@"
+    return items, operator
 
 
 def build_order(

@@ -28,7 +28,7 @@ from bitrix24_emulator.state import EmulatorState
 from bitrix24_emulator.tokens import AuthFailure, Chain
 from bitrix24_emulator.users import is_admin, users
 
-# Texts as Bitrix24 and b24pysdk show them (fact sheet section 4.3).
+# Texts as Bitrix24 and b24pysdk show them (docs/bitrix24-errors.md, docs/bitrix24-facts.md#f-rest-2).
 QUERY_LIMIT = ("QUERY_LIMIT_EXCEEDED", "Too many requests")
 OPERATION_LIMIT = ("OPERATION_TIME_LIMIT", "Method is blocked due to operation time limit.")
 METHOD_NOT_FOUND = ("ERROR_METHOD_NOT_FOUND", "Method not found!")

@@ -89,7 +89,7 @@ class EmulatorState:
     # --- tokens ------------------------------------------------------------------------------------
 
     def token_response(self, pair: IssuedPair) -> dict[str, Any]:
-        """The OAuth server's JSON for a grant, field for field as fact sheet section 2.4."""
+        """The OAuth server's JSON for a grant, field for field as docs/bitrix24-facts.md#f-oauth-5."""
         config = self.config
         domain = self.oauth_domain if config.token_response_domain == "oauth_server" else self.portal_domain
         return {
@@ -121,7 +121,7 @@ class EmulatorState:
             return pair, self.token_response(pair)
 
     def approve(self, state: str | None, user_id: int | None = None) -> tuple[str, str]:
-        """The user pressed "allow": a new code and the redirect URL carrying it (fact sheet section 1)."""
+        """The user pressed "allow": a new code and the redirect URL carrying it (docs/bitrix24-facts.md#f-oauth-2, #f-oauth-3)."""
         with self.lock:
             user = get_user(self.config, user_id or self.config.user_id)
             code = self.tokens.issue_code(self.clock.now(), user.user_id)

@@ -194,10 +194,13 @@ def template_expectations(template_path: Path) -> dict[str, list[str]]:
         own = resources[function_id].get("Properties", {}).get("Environment", {}).get("Variables", {})
         variables.update(own or {})
     # Variables holding a resource reference (Ref to a resource, GetAtt, Sub): never empty once deployed.
+    # A conditional one (Fn::If, e.g. PKCE_SECRET_ID is "" while PkceEnabled is false) may be empty.
     referenced = sorted(
         name
         for name, value in variables.items()
-        if isinstance(value, dict) and not ("Ref" in value and value["Ref"] in parameters)
+        if isinstance(value, dict)
+        and not ("Ref" in value and value["Ref"] in parameters)
+        and "Fn::If" not in value
     )
     return {
         "referenced_variables": referenced,

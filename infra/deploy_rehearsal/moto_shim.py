@@ -175,8 +175,12 @@ def _generated_secret(spec: dict[str, Any]) -> str:
 
 
 def _model_classes() -> list[type[Any]]:
+    """moto CloudFormation models for the resource types moto lacks (built on first use: moto loads late)."""
+    return [_secret_model(), _schedule_model(), *(_recorded_model(t) for t in RECORDED_TYPES)]
+
+
+def _secret_model() -> type[Any]:
     from moto.core.common_models import CloudFormationModel
-    from moto.scheduler.models import scheduler_backends
     from moto.secretsmanager.models import secretsmanager_backends
 
     class RehearsalSecret(CloudFormationModel):
@@ -245,6 +249,13 @@ def _model_classes() -> list[type[Any]]:
             cls, resource_name: str, cloudformation_json: dict[str, Any], account_id: str, region_name: str
         ) -> None:
             return None
+
+    return RehearsalSecret
+
+
+def _schedule_model() -> type[Any]:
+    from moto.core.common_models import CloudFormationModel
+    from moto.scheduler.models import scheduler_backends
 
     class RehearsalSchedule(CloudFormationModel):
         """AWS::Scheduler::Schedule created in moto's Scheduler, which refuses a duplicate name."""
@@ -335,38 +346,38 @@ def _model_classes() -> list[type[Any]]:
             group = cloudformation_json.get("Properties", {}).get("GroupName")
             scheduler_backends[account_id][region_name].delete_schedule(group, resource_name)
 
-    def recorded(resource_type: str) -> type[Any]:
-        """A class that accepts `resource_type` and records it (moto has no backend for it)."""
+    return RehearsalSchedule
 
-        def create(
-            cls: Any, resource_name: str, cloudformation_json: dict[str, Any], *args: Any, **kwargs: Any
-        ) -> Any:
-            record(f"accepted-without-effect:{resource_type}", resource_name)
-            instance = cls()
-            instance.name = resource_name
-            return instance
 
-        def update(
-            cls: Any, original_resource: Any, new_resource_name: str, *args: Any, **kwargs: Any
-        ) -> Any:
-            record(f"accepted-without-effect:{resource_type}", new_resource_name)
-            return original_resource
+def _recorded_model(resource_type: str) -> type[Any]:
+    """A class that accepts `resource_type` and records it (moto has no backend for it)."""
+    from moto.core.common_models import CloudFormationModel
 
-        namespace: dict[str, Any] = {
-            "__module__": __name__,
-            "__doc__": f"{resource_type}: accepted, not created (no moto backend).",
-            "cloudformation_name_type": staticmethod(lambda: ""),
-            "cloudformation_type": staticmethod(lambda: resource_type),
-            "has_cfn_attr": classmethod(lambda cls, attr: True),
-            "physical_resource_id": property(lambda self: self.name),
-            "get_cfn_attribute": lambda self, attr: f"{self.name}.{attr}",
-            "create_from_cloudformation_json": classmethod(create),
-            "update_from_cloudformation_json": classmethod(update),
-            "delete_from_cloudformation_json": classmethod(lambda cls, *a, **k: None),
-        }
-        return type("Recorded" + resource_type.replace("::", ""), (CloudFormationModel,), namespace)
+    def create(
+        cls: Any, resource_name: str, cloudformation_json: dict[str, Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        record(f"accepted-without-effect:{resource_type}", resource_name)
+        instance = cls()
+        instance.name = resource_name
+        return instance
 
-    return [RehearsalSecret, RehearsalSchedule, *(recorded(t) for t in RECORDED_TYPES)]
+    def update(cls: Any, original_resource: Any, new_resource_name: str, *args: Any, **kwargs: Any) -> Any:
+        record(f"accepted-without-effect:{resource_type}", new_resource_name)
+        return original_resource
+
+    namespace: dict[str, Any] = {
+        "__module__": __name__,
+        "__doc__": f"{resource_type}: accepted, not created (no moto backend).",
+        "cloudformation_name_type": staticmethod(lambda: ""),
+        "cloudformation_type": staticmethod(lambda: resource_type),
+        "has_cfn_attr": classmethod(lambda cls, attr: True),
+        "physical_resource_id": property(lambda self: self.name),
+        "get_cfn_attribute": lambda self, attr: f"{self.name}.{attr}",
+        "create_from_cloudformation_json": classmethod(create),
+        "update_from_cloudformation_json": classmethod(update),
+        "delete_from_cloudformation_json": classmethod(lambda cls, *a, **k: None),
+    }
+    return type("Recorded" + resource_type.replace("::", ""), (CloudFormationModel,), namespace)
 
 
 # Lambda's quota for an established account; MOTO_LAMBDA_CONCURRENCY_QUOTA makes moto enforce it too.

@@ -50,7 +50,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-TOKEN_PURPOSE = "bitrix24-oauth-tokens"  # the KMS encryption context's purpose (ARCHITECTURE.md)
+TOKEN_PURPOSE = (
+    "bitrix24-oauth-tokens"  # the KMS encryption context's purpose (docs/architecture.md#tables-and-keys)
+)
 DEFAULT_LEADS = 10_000
 DEFAULT_PAGE_LIMIT = 2_000
 DEFAULT_LOG_FILE = REPO_ROOT / ".local" / "demo-functions.log"

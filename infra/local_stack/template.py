@@ -15,6 +15,10 @@ _NO_VALUE = object()
 _SUB_VARIABLE = re.compile(r"\$\{([^!}][^}]*)\}")
 
 
+# Intrinsics that evaluate a condition (or pick a value by one): _condition_intrinsic.
+_CONDITION_FUNCTIONS = frozenset({"Fn::If", "Fn::Equals", "Fn::Not", "Fn::And", "Fn::Or", "Condition"})
+
+
 class TemplateError(ValueError):
     """The template uses something the local stack cannot reproduce."""
 
@@ -321,7 +325,7 @@ class Resolver:
             return json.dumps(resolved)
         return str(resolved)
 
-    def _intrinsic(self, name: str, arg: Any) -> Any:  # noqa: PLR0911, PLR0912 - one branch per function
+    def _intrinsic(self, name: str, arg: Any) -> Any:  # noqa: PLR0911 - one branch per function
         if name == "Ref":
             return self._resolve_ref(str(arg))
         if name == "Fn::GetAtt":
@@ -329,9 +333,8 @@ class Resolver:
             return self._resolve_get_att(str(logical), str(self.resolve(attribute)))
         if name == "Fn::Sub":
             return self._sub(arg)
-        if name == "Fn::If":
-            condition, when_true, when_false = arg
-            return self.resolve(when_true if self.condition(str(condition)) else when_false)
+        if name in _CONDITION_FUNCTIONS:
+            return self._condition_intrinsic(name, arg)
         if name == "Fn::Join":
             separator, items = arg
             return str(separator).join(str(item) for item in self.resolve(items))
@@ -344,6 +347,20 @@ class Resolver:
         if name == "Fn::FindInMap":
             mapping, top, second = (self.resolve(part) for part in arg[:3])
             return self.resolve((self.template.document.get("Mappings") or {})[mapping][top][second])
+        if name == "Fn::Base64":
+            import base64
+
+            return base64.b64encode(str(self.resolve(arg)).encode()).decode()
+        if name == "Fn::GetAZs":
+            region = self.pseudo["AWS::Region"]
+            return [f"{region}a", f"{region}b", f"{region}c"]
+        raise TemplateError(f"{name} cannot be evaluated locally")
+
+    def _condition_intrinsic(self, name: str, arg: Any) -> Any:
+        """Fn::If and the condition functions (Fn::Equals, Fn::Not, Fn::And, Fn::Or, Condition)."""
+        if name == "Fn::If":
+            condition, when_true, when_false = arg
+            return self.resolve(when_true if self.condition(str(condition)) else when_false)
         if name == "Fn::Equals":
             left, right = (self.resolve(part) for part in arg)
             return str(left) == str(right)
@@ -353,16 +370,7 @@ class Resolver:
             return all(self.resolve(part) for part in arg)
         if name == "Fn::Or":
             return any(self.resolve(part) for part in arg)
-        if name == "Condition":
-            return self.condition(str(arg))
-        if name == "Fn::Base64":
-            import base64
-
-            return base64.b64encode(str(self.resolve(arg)).encode()).decode()
-        if name == "Fn::GetAZs":
-            region = self.pseudo["AWS::Region"]
-            return [f"{region}a", f"{region}b", f"{region}c"]
-        raise TemplateError(f"{name} cannot be evaluated locally")
+        return self.condition(str(arg))
 
     def _resolve_ref(self, name: str) -> Any:
         if name in self.pseudo:

@@ -106,7 +106,9 @@ def _realistic(plan: Plan) -> Section:
         "limit), modeled server time applied in full (time scale 1.0), 50 ms latency per request (and a "
         "150 ms variant). Ours is fetch_leads() without `parallel`: its first LeadsFunction answer plans the "
         "parts, which run on that many concurrent warm invocations sharing the DynamoDB token bucket. "
-        "The raw lister runs in the caller's process with as many ID-window chains as there were parts. "
+        "The raw lister runs in the caller's process with as many ID-window chains as there were parts, "
+        "paced in that process (as a library caller runs it: the overhead target) and, in a second row, "
+        "through the same DynamoDB bucket as LeadsFunction (the overhead without the cost of shared pacing). "
         "One discarded export of each of ours runs first (first-use costs in the warm workers). "
         "fast_bitrix24 runs once, at 50 ms, stopped after "
         f"{realistic.PEER_TIMEOUT:.0f} s.",

@@ -125,6 +125,39 @@ class Refresh:
     sweep_rru: float = 16 * 0.5  # 16 shard Queries, eventually consistent, few due items each
 
 
+@dataclass(frozen=True)
+class Drain:
+    """Inputs of the refresh drain model, measured by the `refresh` section on this machine."""
+
+    worker_cpu_ms: float = (
+        13.5  # RefreshWorkerFunction CPU per refresh (boto3, KMS/DynamoDB clients, OAuth call)
+    )
+    aws_calls: float = 4.0  # lease UpdateItem, Decrypt, Encrypt, commit UpdateItem (warm worker)
+    # Assumed, not measured here: an in-region DynamoDB UpdateItem or KMS call from Lambda (single-digit ms),
+    # and the SQS poller's invoke per batch of 10 messages.
+    aws_call_ms: float = 8.0
+    batch_overhead_ms: float = 20.0
+    batch_size: int = 10
+
+
+def drain_model(
+    d: Drain, due: int, workers: int, latency_s: float, memory_mb: int
+) -> tuple[float, float, float]:
+    """(seconds per refresh, drain seconds, drain ÷ ideal) for `due` portals on `workers` workers in AWS.
+
+    A worker refreshes the records of its batch one after another (the batch processor is sequential):
+    each costs its CPU, stretched below a full vCPU by 1769/MB, its AWS calls and one OAuth round trip.
+    Workers run in parallel and share nothing but DynamoDB and KMS, which do not queue at this rate.
+    The ideal is the bench's: due x OAuth latency / workers.
+    """
+    stretch = max(1.0, FULL_VCPU_MB / memory_mb)
+    per_refresh = (
+        d.worker_cpu_ms * stretch + d.aws_calls * d.aws_call_ms + d.batch_overhead_ms / d.batch_size
+    ) / 1000 + latency_s
+    drain = -(-due // workers) * per_refresh
+    return per_refresh, drain, drain / (due * latency_s / workers)
+
+
 def refresh_cost(r: Refresh) -> list[tuple[str, str, float]]:
     """(item, quantity, USD) rows for a month of keep-alive refresh of `r.portals` portals."""
     refreshes = r.portals * 30 / r.refresh_after_days
@@ -203,6 +236,14 @@ def main(argv: list[str]) -> int:
     for mb, seconds, export_wall, usd, score in memory_model(export, wall):
         print(f"| {mb} | {seconds:.1f} | {export_wall:.2f} | {usd:.6f} | {score:.6f} |")
     _print("Per 1,000 portals per month of keep-alive refresh", refresh_cost(Refresh()))
+    print(
+        "\nRefresh drain model, 10,000 due portals, 10 workers"
+        "\n| OAuth latency | worker MB | s per refresh | drain s | ÷ ideal |\n|---|---|---|---|---|"
+    )
+    for latency in (0.05, 0.2):
+        for mb in (512, 1024, 1769):
+            per, drain, ratio = drain_model(Drain(), 10_000, 10, latency, mb)
+            print(f"| {latency * 1000:.0f} ms | {mb} | {per:.3f} | {drain:.0f} | {ratio:.2f}x |")
     fixed = 2 * price("kms_key_month") + 2 * price("secret_month")
     print(
         f"\nFixed per stack and month: 2 KMS keys + 2 secrets = {fixed:.2f} USD "

@@ -213,12 +213,24 @@ def _ours(job: dict[str, Any], parallel: bool) -> Callable[[], Rows]:
     from b24connector.bitrix24.list_query import ListQuery
     from b24connector.bitrix24.listing import FastLister
     from b24connector.bitrix24.pacing import LocalTokenBucket
-    from b24connector.bitrix24.rest import PortalContext, RestClient
+    from b24connector.bitrix24.portal_context import PortalContext
+    from b24connector.bitrix24.rest import RestClient
     from b24connector.portals import PortalPolicy
 
     policy = PortalPolicy((), (job["domain"],), local_mode=True)
-    lister = FastLister(RestClient(policy, pacer=LocalTokenBucket(job["rate"], job["burst"])))
-    portal = PortalContext(job["client_endpoint"], job["token"], domain=job["domain"])
+    pacer: Any = LocalTokenBucket(job["rate"], job["burst"])
+    pacing_key = None
+    if job.get("pacing_table"):
+        # Paced as LeadsFunction is: through the shared DynamoDB bucket, under the same portal key, so
+        # a comparison with LeadsFunction measures LeadsFunction, not the pacer.
+        from b24connector.shared_pacing import DynamoTokenBucket
+
+        pacer = DynamoTokenBucket(
+            job["pacing_table"], job["rate"], job["burst"], lease_size=int(job.get("pacing_lease", 1))
+        )
+        pacing_key = job["member_id"]
+    lister = FastLister(RestClient(policy, pacer=pacer))
+    portal = PortalContext(job["client_endpoint"], job["token"], domain=job["domain"], pacing_key=pacing_key)
 
     def run() -> Rows:
         if parallel:
@@ -284,11 +296,13 @@ def main() -> int:
     error = None
     rows: Rows = []
     started = time.perf_counter()
+    cpu_started = time.process_time()
     try:
         rows = run()
     except Exception as exc:  # a peer giving up is a result, not a bench failure
         error = f"{type(exc).__name__}: {str(exc)[:160]}"
     wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
     ids = [int(row["ID"]) for row in rows]  # empty for a streamed export (it reports its own counts)
     print(
         json.dumps(
@@ -297,6 +311,7 @@ def main() -> int:
                 "rows": len(rows),
                 "unique_ids": len(set(ids)),
                 "wall_seconds": wall,
+                "cpu_seconds": cpu,  # this process only (all its threads)
                 "error": error,
                 "maxrss_kb": peak_rss_kb(os.getpid()) or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                 **SEEN,

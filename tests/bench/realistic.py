@@ -8,6 +8,7 @@ client's COUNT pages cost) shows up in wall time as it would in production.
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +43,11 @@ AUTO = Variant(
     "leads_function", "leads_function_auto", "ours: LeadsFunction, fetch_leads() (client picks parts)"
 )
 RAW = Variant("raw", "ours_parallel", "ours: raw FastLister, as many chains as the parts")
+# The same lister paced as LeadsFunction is (the shared DynamoDB bucket, one pacing write per request):
+# LeadsFunction ÷ this is LeadsFunction's overhead without the cost of shared pacing.
+RAW_SHARED = Variant(
+    "raw_shared", "ours_parallel", "ours: raw FastLister, as many chains, paced through the DynamoDB bucket"
+)
 B24 = Variant("b24pysdk", "b24pysdk", "b24pysdk as_list_fast (480 s limit on)")
 FB_ON = Variant("fb_limit", "fast_bitrix24", "fast_bitrix24 get_all (480 s limit on)", 480.0, PEER_TIMEOUT)
 FB_OFF = Variant("fb_off", "fast_bitrix24", "fast_bitrix24 get_all (limit off, reference)", 0.0, PEER_TIMEOUT)
@@ -98,12 +104,14 @@ def measure(bench: BenchStack, variant: Variant, n: int, token: str, **extra: An
         **extra,
     }
     leads_function = variant.client.startswith("leads_function")
+    load = os.getloadavg()[0]
     cpu_before = workers_cpu(bench) if leads_function else 0.0
     result = _child(job, variant.timeout)
     stats = emulator.stats()
     if leads_function:
         result["lambda_cpu_seconds"] = workers_cpu(bench) - cpu_before
     result.update(
+        load_average=load,
         requests=stats["requests"],
         count_pages=stats["count_queries"],
         operating_seconds=stats["operating_seconds"],
@@ -133,17 +141,19 @@ def run(bench: BenchStack, section: Section, runs: int, *, n: int = N, judge: bo
     # the caller's first use of them are first-use costs, not the steady state being compared.
     measure(bench, AUTO, n, token)
     measure(bench, RAW, n, token, workers=MAX_PARTS)
+    measure(bench, RAW_SHARED, n, token, workers=MAX_PARTS, **_shared_pacing(bench))
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for latency in LATENCIES:
         emulator.configure(latency_seconds=latency)
-        per: dict[str, list[dict[str, Any]]] = {AUTO.key: [], RAW.key: [], B24.key: []}
+        per: dict[str, list[dict[str, Any]]] = {AUTO.key: [], RAW.key: [], RAW_SHARED.key: [], B24.key: []}
         for _ in range(runs):
             ours = measure(bench, AUTO, n, token)
             parts = max(1, int(ours.get("parts") or 1))
             raw = measure(bench, RAW, n, token, workers=parts)
+            shared = measure(bench, RAW_SHARED, n, token, workers=parts, **_shared_pacing(bench))
             peer = measure(bench, B24, n, token)
-            raw["chains"] = parts
-            for key, result in zip((AUTO.key, RAW.key, B24.key), (ours, raw, peer), strict=True):
+            raw["chains"] = shared["chains"] = parts
+            for key, result in zip(per, (ours, raw, shared, peer), strict=True):
                 per[key].append(result)
         if latency == LATENCIES[0]:
             per[FB_ON.key] = [measure(bench, FB_ON, n, token)]
@@ -153,6 +163,17 @@ def run(bench: BenchStack, section: Section, runs: int, *, n: int = N, judge: bo
     bench.reset_portal()
     section.data["results"] = results
     _tabulate(section, results, n, judge=judge)
+
+
+def _shared_pacing(bench: BenchStack) -> dict[str, Any]:
+    """Job keys that make the raw lister pace through LeadsFunction's DynamoDB bucket (same portal key)."""
+    return {
+        "pacing_table": bench.table("RateLimitTable"),
+        "env": {
+            "AWS_ENDPOINT_URL": bench.stack.aws_endpoint_url,
+            "AWS_DEFAULT_REGION": bench.stack.aws_region,
+        },
+    }
 
 
 def _ratio(runs: list[dict[str, Any]], base: list[dict[str, Any]]) -> float:
@@ -178,7 +199,7 @@ def _tabulate(
         "rows complete",
         "errors",
     ]
-    labels = {v.key: v.label for v in (AUTO, RAW, B24, FB_ON, FB_OFF)}
+    labels = {v.key: v.label for v in (AUTO, RAW, RAW_SHARED, B24, FB_ON, FB_OFF)}
     rows: list[Sequence[Any]] = []
     for latency, per in results.items():
         base = per[B24.key]
@@ -187,7 +208,7 @@ def _tabulate(
             chains = "-"
             if key == AUTO.key:
                 chains = str(last.get("parts"))
-            elif key == RAW.key:
+            elif key in (RAW.key, RAW_SHARED.key):
                 chains = str(last.get("chains", "-"))
             errors = sorted({r["error"] for r in runs if r["error"]})
             batch = sum(sum(r["batch_errors"].values()) for r in runs) // len(runs)
@@ -220,6 +241,41 @@ def _tabulate(
     section.table(
         f"{n:,} leads at time scale 1.0 (medians; ratios are medians of per-run ratios)", header, rows
     )
+    each: list[Sequence[Any]] = []
+    for latency, per in results.items():
+        for i, (ours, raw, shared, peer) in enumerate(
+            zip(per[AUTO.key], per[RAW.key], per[RAW_SHARED.key], per[B24.key], strict=True), 1
+        ):
+            each.append(
+                [
+                    f"{latency} ms",
+                    str(i),
+                    f"{ours['load_average']:.2f}",
+                    fmt(ours["wall_seconds"]),
+                    fmt(raw["wall_seconds"]),
+                    fmt(shared["wall_seconds"]),
+                    fmt(peer["wall_seconds"]),
+                    f"{ours['wall_seconds'] / peer['wall_seconds']:.3f}",
+                    f"{ours['wall_seconds'] / raw['wall_seconds']:.2f}",
+                    f"{ours['wall_seconds'] / shared['wall_seconds']:.2f}",
+                ]
+            )
+    section.table(
+        "Each run (load average = 1-minute load when ours started; the machine is shared)",
+        [
+            "latency",
+            "run",
+            "load average",
+            "ours s",
+            "raw s",
+            "raw, shared pacing s",
+            "b24pysdk s",
+            "ours ÷ b24pysdk",
+            "overhead ÷ raw",
+            "overhead ÷ raw, shared pacing",
+        ],
+        each,
+    )
     usage: list[Sequence[Any]] = []
     for latency, per in results.items():
         for r in per[AUTO.key]:
@@ -242,7 +298,7 @@ def _tabulate(
                 "invocations",
                 "sum of invocation seconds (client-side)",
                 "worker CPU s",
-                "REST requests = pacing writes",
+                "REST requests",
                 "GB-s at 1024 MB",
             ],
             usage,
@@ -253,7 +309,7 @@ def _tabulate(
 
 
 def _checks(section: Section, per: dict[str, list[dict[str, Any]]], latency: str, n: int) -> None:
-    ours, raw, b24 = per[AUTO.key], per[RAW.key], per[B24.key]
+    ours, raw, shared, b24 = per[AUTO.key], per[RAW.key], per[RAW_SHARED.key], per[B24.key]
     last = ours[-1]
     parts = int(last.get("parts") or 0)
     tag = f"realistic {latency} ms"
@@ -289,10 +345,14 @@ def _checks(section: Section, per: dict[str, list[dict[str, Any]]], latency: str
         concurrent <= BURST and all(r["http_429"] == 0 for r in ours),
     )
     overhead = _ratio(ours, raw)
+    # The target is as the issue states it: against the raw lister as a library caller runs it (paced
+    # in its own process). The same lister paced through the shared bucket is shown beside it, so the
+    # share of the overhead that is shared pacing (not LeadsFunction itself) is visible.
     section.check(
         f"{tag}: LeadsFunction overhead (wall ÷ raw lister with {parts} chains)",
         f"{overhead:.2f}x ({median(r['wall_seconds'] for r in ours):.2f} s vs "
-        f"{median(r['wall_seconds'] for r in raw):.2f} s)",
+        f"{median(r['wall_seconds'] for r in raw):.2f} s); ÷ the raw lister paced through the same "
+        f"DynamoDB bucket: {_ratio(ours, shared):.2f}x ({median(r['wall_seconds'] for r in shared):.2f} s)",
         "≤ 1.1x",
         overhead <= 1.1,
     )

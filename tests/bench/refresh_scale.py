@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tests.bench.common import Section, cpu_seconds, fmt
+from tests.bench.cost import Drain, drain_model
 from tests.bench.dynamo_proxy import DynamoSerializingProxy
 from tests.bench.oauth_facade import OAuthFacade
 from tests.bench.stack import BenchStack, bench_stack
@@ -42,7 +43,7 @@ def _seed(bench: BenchStack, facade: OAuthFacade, portals: int, due: int) -> dic
     adopted by the facade under its own member_id. The others are never decrypted or refreshed (they
     are not due), so they carry a placeholder blob: only the sweep's index reads touch them.
     """
-    from b24connector.bitrix24.tokens import TokenSet
+    from b24connector.bitrix24.tokens import parse_token_payload
     from b24connector.settings import load_settings
     from b24connector.vault import open_vault
     from b24connector.vault.models import HEALTH_ACTIVE, due_shard_of
@@ -85,7 +86,7 @@ def _seed(bench: BenchStack, facade: OAuthFacade, portals: int, due: int) -> dic
     def due_portal(i: int) -> str:
         member_id = f"due-{i:05d}"
         issued = emulator.issue_tokens()
-        tokens = TokenSet.from_payload(issued, now=obtained)
+        tokens = parse_token_payload(issued, now=obtained)
         tokens = dataclasses.replace(
             tokens, member_id=member_id, obtained_at=obtained, server_endpoint=server_endpoint
         )
@@ -239,6 +240,7 @@ def _report(section: Section, r: dict[str, Any]) -> None:
         ],
     ]
     section.table("Refresh at scale", ["measure", "value"], rows)
+    _drain_model(section, r)
     section.check(
         "refresh: items read by the sweep ÷ due",
         f"{ratio:.3f} ({r['scans']} scans)",
@@ -269,4 +271,27 @@ def _report(section: Section, r: dict[str, Any]) -> None:
         r["drain_seconds"] <= 2 * ideal,
         f"everything shares {os.cpu_count()} cores here: the drain used {sum(r['cpu_seconds'].values()):.1f} CPU s, "
         f"a floor of {r['cpu_floor_seconds']:.1f} s before any latency",
+    )
+
+
+def _drain_model(section: Section, r: dict[str, Any]) -> None:
+    """The drain of 10,000 due portals at concurrency 10 in AWS, modeled from this run's CPU and calls."""
+    due = max(r["due"], 1)
+    measured = Drain(
+        worker_cpu_ms=r["cpu_seconds"]["refresh workers"] / due * 1000,
+        aws_calls=r["aws_calls_per_refresh_warm"],
+    )
+    rows = []
+    for latency in (OAUTH_LATENCY, 0.2):
+        for mb in (512, 1024, 1769):
+            per, drain, ratio = drain_model(measured, 10_000, WORKERS, latency, mb)
+            rows.append(
+                [f"{latency * 1000:.0f} ms", str(mb), f"{per * 1000:.0f}", f"{drain:.0f}", f"{ratio:.2f}x"]
+            )
+    section.table(
+        f"Drain model: 10,000 due portals, {WORKERS} workers, in AWS (from this run: worker CPU "
+        f"{measured.worker_cpu_ms:.1f} ms and {measured.aws_calls:.2f} AWS calls per refresh; "
+        f"{measured.aws_call_ms:.0f} ms per AWS call and {measured.batch_overhead_ms:.0f} ms per batch assumed)",
+        ["OAuth latency", "worker MB", "ms per refresh", "drain s", "÷ ideal"],
+        rows,
     )

@@ -24,8 +24,9 @@ from packaging.requirements import Requirement
 
 from local_stack import LocalStack
 from tests.e2e.helpers import admin, install_app
+from tests.support.servers import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 CLIENT = REPO / "client"
 VERSION = re.search(
     r'^__version__ = "(.+)"$', (CLIENT / "src/b24connector_client/__init__.py").read_text(), re.M

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -11,11 +10,12 @@ import jsonschema
 
 from local_stack import LocalStack
 from tests.e2e.helpers import admin, install_app
+from tests.support.servers import REPO_ROOT
 
 if TYPE_CHECKING:
     from mypy_boto3_lambda import LambdaClient
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+DOCS = REPO_ROOT / "docs"
 
 
 def _validator(name: str) -> jsonschema.Draft202012Validator:

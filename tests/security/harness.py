@@ -38,8 +38,8 @@ from local_stack.runtime import InvocationResult
 from local_stack.template import Route
 from tests.leak_canary import canary_value
 from tests.support.aws import AwsStack
+from tests.support.aws_events import FakeContext, http_event, sqs_event
 from tests.support.lifecycle import drain_queue
-from tests.unit.handlers.aws_events import FakeContext, http_event, sqs_event
 
 CLIENT_ID = "local.test.app"  # what tests.support.aws.AwsStack.env() configures
 CLIENT_SECRET = canary_value("clientsecret", 50)
@@ -507,26 +507,9 @@ def cold_start() -> None:
     """Forget every per-container cache (wiring, decrypted tokens, secrets): the next call is a cold start."""
     from aws_lambda_powertools.utilities import parameters
 
-    from b24connector import vault
-    from b24connector.handlers import _services, refresh_sweep
+    from b24connector import wiring
 
-    for cached in (
-        vault._vault_for,
-        _services.portal_policy,
-        _services.oauth_client,
-        _services.coordinator,
-        _services.rest_client,
-        _services.installer,
-        _services.authorization_flow,
-        _services.subscriber,
-        lifecycle.worker,
-        lifecycle.codec,
-        leads.reader,
-        refresh_worker.worker,
-        refresh_sweep.sweep,
-        token_rescue.rescue_worker,
-    ):
-        cached.cache_clear()
+    wiring.reset()
     parameters.clear_caches()
 
 

@@ -17,8 +17,9 @@ from bitrix24_emulator import Clock, EmulatorConfig
 from bitrix24_emulator.state import EmulatorState
 from bitrix24_emulator.tokens import new_secret
 from tests.leak_canary import CANARY_ENV, CANARY_PREFIX, STATIC_CANARIES, canary_value, find_canaries
+from tests.support.servers import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 LEAKING_TESTS = {
     "test_debug_log": 'logging.getLogger("app.deep").debug("got %s", TOKEN)',
     "test_log_extra": 'logging.getLogger("app").info("refreshed", extra={"pair": {"a": TOKEN}})',
@@ -33,7 +34,7 @@ LEAKING_TESTS = {
     "test_powertools_logger": 'Logger(service="leaky").info({"token": TOKEN})',
     "test_problem_text": 'invalid("bad_token", f"token {TOKEN} refused")',
     "test_http_answer": "HttpResponse(200, body=TOKEN).to_event()",
-    "test_leads_answer": 'LeadsError("UPSTREAM_ERROR", TOKEN).answer()',
+    "test_leads_answer": 'LeadsRefusal("UPSTREAM_ERROR", TOKEN).answer()',
     "test_static_client_secret": 'print("the secret is test-client-secret")',
     "test_failure_text": "assert TOKEN == 'x'",
 }
@@ -44,7 +45,7 @@ import sys
 import pytest
 from aws_lambda_powertools import Logger
 
-from b24connector.leads import LeadsError
+from b24connector.leads import LeadsRefusal
 from b24connector.problems import invalid
 from b24connector.web.http import HttpResponse
 from bitrix24_emulator.tokens import new_secret

@@ -408,18 +408,6 @@ def _token_seen_by_an_employee(rig: Rig) -> str:
     return seen
 
 
-def test_an_employee_who_read_the_application_token_cannot_uninstall_the_portal(admin_rig: Rig) -> None:
-    rig = admin_rig
-    seen = _token_seen_by_an_employee(rig)
-    answer = rig.post_form("/events", _uninstall_fields(rig, seen, clean=True))
-    rig.drain_lifecycle()
-    # The app is still installed in Bitrix24: the portal's grant and data must survive
-    item = rig.portal()
-    assert answer["statusCode"] != 200
-    assert item is not None
-    assert item["health"]["S"] == "active"
-
-
 def test_an_employee_who_read_the_application_token_cannot_forge_a_system_grant(admin_rig: Rig) -> None:
     rig = admin_rig
     seen = _token_seen_by_an_employee(rig)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from b24connector.vault.hashing import hash_secret
 from tests.leak_canary import canary_value
 from tests.security.harness import Rig, header
 
@@ -53,6 +54,9 @@ def test_forged_uninstalls_change_nothing(installed: tuple[Rig, Any, Any]) -> No
     member_a = rig.emulator.member_id
     before = rig.items()
     attempts = {
+        # The real token proves nothing: newer install pages post it into every employee's app frame
+        "the real application token": (member_a, a_token),
+        "the stored verifier": (member_a, hash_secret(a_token)),
         "wrong token": (member_a, canary_value("apptoken")),
         "other portal's token": (member_a, b_token),
         "token with a suffix": (member_a, a_token + "0"),

@@ -14,7 +14,7 @@ from typing import Any
 import botocore.retries.standard
 import pytest
 
-from b24connector.handlers import _services
+from b24connector import wiring
 from b24connector.settings import get_settings
 from tests.security.conftest import BACKENDS
 from tests.security.harness import (
@@ -157,23 +157,34 @@ def test_a_token_revoked_by_another_containers_refresh_is_not_reauth_required(
 ) -> None:
     from b24connector.bitrix24.oauth import OAuthClient
     from b24connector.bitrix24.rest import RestClient
+    from b24connector.token_refresh.coordinator import RefreshCoordinator
+    from b24connector.token_refresh.policy import RefreshPolicy
+    from b24connector.token_refresh.rescue import SqsRescueQueue
     from b24connector.vault import Vault
+    from b24connector.vault.endpoints import EndpointGuard
     from tests.security.harness import CLIENT_SECRET
+    from tests.support.vault_fakes import current_tokens
 
     member_id = _installed(rig)
     assert "leads" in rig.leads(_page(rig, member_id))  # this container caches the current pair
     conf = get_settings()
-    other_container = Vault.from_settings(conf).coordinator(
-        OAuthClient.from_settings(conf, lambda: CLIENT_SECRET)
+    other_vault = Vault.from_settings(conf)  # its own decrypted-token cache, like another container
+    other_container = RefreshCoordinator(
+        other_vault.portals,
+        OAuthClient.from_settings(conf, lambda: CLIENT_SECRET),
+        SqsRescueQueue(conf.rescue_queue_url),
+        endpoints=EndpointGuard.from_settings(conf),
+        policy=RefreshPolicy.from_settings(conf),
     )
-    stale = other_container.current_tokens(member_id).access_token
+    stale = current_tokens(other_vault.portals, member_id).access_token
     real_send = RestClient._send
     interleaved: list[bool] = []
 
     def send_after_the_other_container_refreshed(self: RestClient, *args: Any) -> Any:
         if not interleaved:
             # Our request is about to leave with the cached token; another container refreshes first
-            # (Bitrix24 revokes the access token issued with the spent refresh token: fact sheet 2.6).
+            # (Bitrix24 may revoke the access token issued with the spent refresh token:
+            # docs/bitrix24-facts.md#f-oauth-12).
             interleaved.append(True)
             other_container.fresh_access_token(member_id, stale)
         return real_send(self, *args)
@@ -208,7 +219,7 @@ def test_a_commit_that_keeps_failing_is_retried_then_rescued_and_applied(
     rig.emulator.reset()
     rig.emulator.expire_access_tokens()
     # Given every commit of a refreshed pair fails at DynamoDB (botocore event hook on UpdateItem)
-    client = _services.vault(get_settings()).portals.model._get_connection().connection.client
+    client = wiring.vault(get_settings()).portals.model._get_connection().connection.client
     fault = inject(
         client, "dynamodb.UpdateItem", InjectedFault(status, error_code, body_contains=b"token_ciphertext")
     )
@@ -219,7 +230,7 @@ def test_a_commit_that_keeps_failing_is_retried_then_rescued_and_applied(
     assert page.get("count") == 5, page
     assert rig.emulator.stats()["token_requests"] == 1
     botocore_attempts = client.meta.config.retries["total_max_attempts"]
-    coordinator_attempts = _services.vault(get_settings()).policy.commit_attempts
+    coordinator_attempts = wiring.coordinator(get_settings()).policy.commit_attempts
     assert botocore_attempts > 1
     assert coordinator_attempts > 1
     assert fault.seen == botocore_attempts * coordinator_attempts
@@ -260,7 +271,7 @@ def test_a_scheduled_refresh_whose_commit_keeps_failing_is_rescued_and_a_replaye
     assert before is not None
     version = int(before["version"]["N"])
     # Given every commit of a refreshed pair fails at DynamoDB
-    client = _services.vault(get_settings()).portals.model._get_connection().connection.client
+    client = wiring.vault(get_settings()).portals.model._get_connection().connection.client
     fault = inject(
         client, "dynamodb.UpdateItem", InjectedFault(500, "com.amazonaws.dynamodb.v20120810#InternalServerError",
                                                      body_contains=b"token_ciphertext"),
@@ -298,7 +309,7 @@ SEAL = "kms.GenerateDataKey"
 def test_kms_down_at_callback_is_a_clear_5xx_and_stores_nothing(rig: Rig) -> None:
     consent_url, nonce = rig.authorize()
     query = rig.consent(consent_url)
-    kms = _services.vault(get_settings()).cipher.kms
+    kms = wiring.vault(get_settings()).cipher.kms
     fault = inject(kms, SEAL, InjectedFault(*KMS_DOWN))
     answer = rig.callback(query, nonce)
     assert (answer["statusCode"], header(answer, "X-Reason-Code")) == (503, "storage_unavailable")
@@ -310,7 +321,7 @@ def test_kms_down_at_callback_is_a_clear_5xx_and_stores_nothing(rig: Rig) -> Non
 @pytest.mark.filterwarnings("ignore:No application metrics to publish")  # a batch where every job failed
 def test_kms_down_at_install_stores_nothing(rig: Rig) -> None:
     # KMS down when the event arrives: it cannot be sealed, so nothing is journaled (Bitrix24 gets a 503)
-    kms = _services.vault(get_settings()).cipher.kms
+    kms = wiring.vault(get_settings()).cipher.kms
     fault = inject(kms, SEAL, InjectedFault(*KMS_DOWN))
     answer, _fields = rig.install_event(drain=False)
     assert (answer["statusCode"], header(answer, "X-Reason-Code")) == (503, "journal_unavailable")
@@ -343,7 +354,7 @@ def test_kms_down_at_a_refresh_spends_nothing_and_writes_no_plaintext(
     before = rig.portal()
     rig.emulator.reset()
     rig.emulator.expire_access_tokens()
-    kms = _services.vault(get_settings()).cipher.kms
+    kms = wiring.vault(get_settings()).cipher.kms
     fault = inject(kms, SEAL, InjectedFault(*KMS_DOWN))
     capsys.readouterr()
     answer = rig.leads(_page(rig, member_id))
@@ -378,7 +389,7 @@ def test_kms_down_on_a_cold_read_is_a_clear_error(rig: Rig) -> None:
     member_id = _installed(rig)
     cold_start()
     before = rig.items()
-    kms = _services.vault(get_settings()).cipher.kms
+    kms = wiring.vault(get_settings()).cipher.kms
     inject(kms, "kms.Decrypt", InjectedFault(*KMS_DOWN))
     answer = rig.leads(_page(rig, member_id))
     assert answer == {
@@ -550,6 +561,6 @@ def _outage_counted(metrics: dict[str, float]) -> bool:
 
 
 def _sqs(bodies: list[str]) -> dict[str, Any]:
-    from tests.unit.handlers.aws_events import sqs_event
+    from tests.support.aws_events import sqs_event
 
     return sqs_event(bodies)

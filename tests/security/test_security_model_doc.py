@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.servers import REPO_ROOT
+
+REPO = REPO_ROOT
 README = REPO / "README.md"
-PREFIXES = {"S/": "tests/security/", "T/": "tests/unit/template/"}
+PREFIXES = {"S/": "tests/security/", "T/": "tests/infra/template/"}
 _REFERENCE = re.compile(r"`((?:S/|T/|tests/)[\w/]+\.py)?(::\w+)?`")
 
 

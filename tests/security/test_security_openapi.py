@@ -5,7 +5,6 @@ header the routes answer is documented."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,8 +20,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from local_stack import LocalStack, StackConfig
+from tests.support.servers import REPO_ROOT
 
-OPENAPI = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
+OPENAPI = REPO_ROOT / "docs" / "openapi.yaml"
 EXAMPLES_PER_OPERATION = {GenerationMode.POSITIVE: 60, GenerationMode.NEGATIVE: 40}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance]
 RUNS: dict[str, int] = {}

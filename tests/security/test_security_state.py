@@ -9,20 +9,20 @@ import hmac
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from b24connector import wiring
 from b24connector.authorization import AuthorizationFlow
-from b24connector.handlers import _services
 from b24connector.settings import get_settings
 from b24connector.vault.hashing import hash_secret
 from b24connector.vault.states import StateStore
 from tests.security.conftest import BACKENDS
 from tests.security.harness import COOKIE, Rig, header
+from tests.support.servers import REPO_ROOT
 
-PACKAGE = Path(__file__).resolve().parents[2] / "functions" / "b24connector"
+PACKAGE = REPO_ROOT / "functions" / "b24connector"
 RACERS = 8
 
 
@@ -98,16 +98,16 @@ class FrozenClock:
 def _frozen_flow(monkeypatch: pytest.MonkeyPatch, clock: FrozenClock) -> int:
     """Wire the real flow (real tables, OAuth client, vault) with `clock`; returns the TTL."""
     conf = get_settings()
-    vault = _services.vault(conf)
+    vault = wiring.vault(conf)
     states = StateStore(vault.states.model, ttl_seconds=conf.state_ttl_seconds, clock=clock)
     flow = AuthorizationFlow(
-        _services.portal_policy(conf),
+        wiring.portal_policy(conf),
         states,
-        _services.oauth_client(conf),
-        _services.installer(conf),
+        wiring.oauth_client(conf),
+        wiring.installer(conf),
         ttl_seconds=conf.state_ttl_seconds,
     )
-    monkeypatch.setattr(_services, "authorization_flow", lambda _conf: flow)
+    monkeypatch.setattr(wiring, "authorization_flow", lambda _conf: flow)
     return conf.state_ttl_seconds
 
 
@@ -337,7 +337,10 @@ SECRET_NAME = (
 )
 SCANNED = [
     "authorization.py",
-    "install.py",
+    "install/installer.py",
+    "install/parsing.py",
+    "install/jobs.py",
+    "install/probes.py",
     "pkce.py",
     "leads/cursor.py",
     "leads/errors.py",
@@ -359,7 +362,10 @@ CONDITION_BUILDERS = ("m.", "self.model.", "model.")
 NOT_SECRET: dict[tuple[str, str], str] = {
     ("leads/errors.py", "exc.code"): "a Bitrix24 error code, not a secret",
     ("vault/dynamo.py", "exc.cause_response_code"): "an AWS error code, not a secret",
-    ("install.py", "self._role_of(installer.tokens, event.grant.domain)"): "a role name, not a secret",
+    (
+        "install/installer.py",
+        "self._role_of(installer.tokens, event.grant.domain)",
+    ): "a role name, not a secret",
 }
 
 
@@ -420,5 +426,5 @@ def test_the_ast_scan_catches_a_secret_comparison() -> None:
 
 
 def test_the_modules_that_check_secrets_use_compare_digest() -> None:
-    for relative in ("vault/states.py", "install.py", "leads/cursor.py", "leads/reader.py"):
+    for relative in ("vault/states.py", "install/installer.py", "leads/cursor.py", "leads/reader.py"):
         assert "hmac.compare_digest(" in (PACKAGE / relative).read_text(), relative

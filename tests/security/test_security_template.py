@@ -1,19 +1,19 @@
-"""template.yaml checks the template's own tests (tests/unit/template) do not make: who may call in
+"""template.yaml checks the template's own tests (tests/infra/template) do not make: who may call in
 (principals, function URLs, permissions, routes), that alarmed metrics are ones the code emits, and
 that logging cannot be turned into a payload dump by configuration."""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from operator_tools.cfn_yaml import load_template, resources_of_type
-from tests.unit.template.template_support import HANDLERS, as_list, policy_statements
+from tests.support.servers import REPO_ROOT
+from tests.support.template_support import HANDLERS, as_list, policy_statements
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 PACKAGE = REPO / "functions" / "b24connector"
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from b24connector.bitrix24.errors import InvalidGrant
-from b24connector.bitrix24.tokens import TokenSet
+from b24connector.tokens import TokenSet
 from tests.leak_canary import canary_value
 
 

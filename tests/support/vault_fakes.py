@@ -1,11 +1,23 @@
-"""Small deterministic stand-ins for the vault's collaborators: a clock and a rescue sink."""
+"""Small deterministic stand-ins for the vault's collaborators (a clock, a rescue sink) and a reader."""
 
 from __future__ import annotations
 
 import threading
 
-from b24connector.vault.errors import VaultUnavailable
-from b24connector.vault.rescue import RescueMessage
+from b24connector.token_refresh.rescue import RescueMessage
+from b24connector.tokens import TokenSet
+from b24connector.vault.errors import GrantNeedsReauth, PortalNotStored, VaultUnavailable
+from b24connector.vault.store import PortalStore
+
+
+def current_tokens(store: PortalStore, member_id: str) -> TokenSet:
+    """The stored pair of an active portal, read as a container would (no KMS call once it saw the version)."""
+    portal = store.get(member_id)
+    if portal is None:
+        raise PortalNotStored(f"no portal {member_id}")
+    if not portal.is_active:
+        raise GrantNeedsReauth(member_id, portal.health)
+    return store.tokens(portal)
 
 
 class FakeClock:

@@ -17,13 +17,15 @@ from typing import Any
 import requests
 
 from b24connector.bitrix24.oauth import OAuthClient
-from b24connector.bitrix24.tokens import TokenSet
 from b24connector.settings import Settings, load_settings
+from b24connector.token_refresh.coordinator import RefreshCoordinator
+from b24connector.token_refresh.lease_holder import TokenRefresher
+from b24connector.token_refresh.policy import RefreshPolicy
+from b24connector.token_refresh.rescue import SqsRescueQueue
+from b24connector.tokens import TokenSet
 from b24connector.vault.cipher import TokenCipher
 from b24connector.vault.endpoints import EndpointGuard
 from b24connector.vault.models import aws_region, bind_portal_model
-from b24connector.vault.refresh import RefreshCoordinator, RefreshPolicy, TokenRefresher
-from b24connector.vault.rescue import SqsRescueQueue
 from b24connector.vault.store import PortalStore
 from tests.support.vault_fakes import FakeClock
 

@@ -1,4 +1,4 @@
-"""REST response envelopes (fact sheet 4.2, 5.3) and the error taxonomy of 4.3, as pure functions."""
+"""REST envelopes (docs/bitrix24-facts.md#f-rest-1, #f-batch-1) and the error taxonomy of docs/bitrix24-errors.md, as pure functions."""
 
 from __future__ import annotations
 

@@ -169,6 +169,13 @@ def max_id_params(spec: ListSpec, window: Window) -> dict[str, Any]:
 _WINDOW_FILL = 0.98
 
 
+def window_span(density: float) -> int:
+    """IDs in a window expected to hold a little under one batch (2,500 rows) at `density` rows per ID."""
+    batch_rows = PAGE_SIZE * MAX_CHAIN
+    # At density 1 a window of 2,500 IDs holds exactly 2,500 rows; sparser ranges get wider windows.
+    return max(batch_rows, math.floor(batch_rows * _WINDOW_FILL / max(density, 1e-6)))
+
+
 def plan_windows(
     after: int, top: int, density: float, base_filter: Mapping[str, Any], wanted: int | None
 ) -> tuple[list[Window], int]:
@@ -178,9 +185,7 @@ def plan_windows(
     a limited read must not fetch windows past its limit. Returns the windows and the last ID they cover.
     """
     density = max(density, 1e-6)
-    batch_rows = PAGE_SIZE * MAX_CHAIN
-    # At density 1 a window of 2,500 IDs holds exactly 2,500 rows; sparser ranges get wider windows.
-    size = max(batch_rows, math.floor(batch_rows * _WINDOW_FILL / density))
+    size = window_span(density)
     end = top if wanted is None else min(top, after + math.ceil(wanted / density))
     windows = [Window(low, min(low + size, end) + 1, base_filter) for low in range(after, end, size)]
     return windows, end

@@ -36,13 +36,16 @@ from b24connector.bitrix24.list_query import (
     page_params,
     plan_windows,
     select_with_id,
+    window_span,
 )
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
+    from b24connector.bitrix24.portal_context import PortalContext
+
     # Annotations only: the REST client module loads requests, which the caller brings anyway.
-    from b24connector.bitrix24.rest import PortalContext, RestClient
+    from b24connector.bitrix24.rest import RestClient
 
 Commands = Mapping[str, tuple[str, Mapping[str, Any]]]
 
@@ -56,6 +59,16 @@ class ListHead:
     exhausted: bool  # nothing matches after these rows
     density: float  # rows per ID over the IDs the batch walked (1.0 when it walked none)
     last: int  # the next read starts after this ID
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    """A planned read of whole ID windows: its rows, where the next read starts and the density seen."""
+
+    rows: list[Row]
+    last: int  # the next read starts after this ID
+    exhausted: bool  # nothing matches after `last` (below the read's upper bound)
+    density: float  # rows per ID over the IDs this read walked: the plan for the next read
 
 
 @dataclass(slots=True)
@@ -224,13 +237,6 @@ class FastLister:
                 produced += 1
                 yield row
 
-    def max_id(self, portal: PortalContext, query: ListQuery) -> int | None:
-        """The highest matching ID (one `order ID DESC, start=-1` call), or None when nothing matches."""
-        spec = query.spec()
-        response = self.client.call(portal, spec.method, max_id_params(spec, query.window(spec)))
-        rows = spec.rows_of(response.result)
-        return spec.id_of(rows[0]) if rows else None
-
     def read_head(self, portal: PortalContext, query: ListQuery) -> ListHead:
         """One request: up to 49 pages (at most `query.limit` rows) plus the highest matching ID."""
         return self._head(portal, _Read.of(query), query.limit)
@@ -281,6 +287,34 @@ class FastLister:
             for page in self.iter_window(portal, rest, limit=wanted):
                 yield from out.emit(page)
 
+    def read_windows(
+        self, portal: PortalContext, query: ListQuery, *, top: int | None, density: float, batches: int
+    ) -> ListPage:
+        """At most `batches` ID windows of about one batch each, planned from an earlier read, read at once.
+
+        No head request: `top` (the highest matching ID an earlier read saw) and `density` come from
+        that read, so every request is a whole window and all of them run in one round. A bounded read
+        (`before_id`) plans up to its bound; an open one up to `top` and then reads one open window above
+        it, so rows created since `top` was seen are not lost. Rows come in ID order, at most `query.limit`.
+        """
+        read = _Read.of(query)
+        spec, window = read.spec, read.window
+        windows, stop, tail = _plan_windows(window, top=top, density=density, batches=batches)
+        out = _Emitter(query.limit)
+        # Every window starts at once, one request each: the shared pacer can reserve them in one write.
+        self.client.expect_requests(portal, len(windows))
+        rows = list(
+            self._run_windows(portal, read, windows, workers=len(windows), out=out, window_limit=query.limit)
+        )
+        span = stop - window.after
+        seen = _rows_up_to(rows, spec, stop)
+        walked = max(seen, 1) / span if span > 0 else density
+        if out.done():
+            return ListPage(rows, spec.id_of(rows[-1]), False, walked)
+        exhausted = tail or (window.before is not None and stop >= window.before - 1)
+        last = max(stop, spec.id_of(rows[-1])) if rows else stop
+        return ListPage(rows, last, exhausted, walked)
+
     @staticmethod
     def _top_of(spec: ListSpec, result: BatchResult | None) -> int | None:
         if result is None or "top" in result.errors:
@@ -289,14 +323,21 @@ class FastLister:
         return spec.id_of(rows[0]) if rows else None
 
     def _run_windows(
-        self, portal: PortalContext, read: _Read, windows: list[Window], *, workers: int, out: _Emitter
+        self,
+        portal: PortalContext,
+        read: _Read,
+        windows: list[Window],
+        *,
+        workers: int,
+        out: _Emitter,
+        window_limit: int | None = None,
     ) -> Iterator[Row]:
         # Imported here: only the parallel path pays for concurrent.futures at cold start.
         from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
 
         def read_window(window: Window) -> list[Row]:
             rows: list[Row] = []
-            for page in self.iter_window(portal, read.within(window)):
+            for page in self.iter_window(portal, read.within(window), limit=window_limit):
                 rows.extend(page)
             return rows
 
@@ -352,3 +393,27 @@ class _Emitter:
     def wanted(self) -> int | None:
         """Rows still wanted (None: no limit)."""
         return None if self._limit is None else self._limit - self._produced
+
+
+def _plan_windows(
+    window: Window, *, top: int | None, density: float, batches: int
+) -> tuple[list[Window], int, bool]:
+    """The whole windows of a planned read, the ID they stop at, and whether an open tail window follows."""
+    end = window.before - 1 if window.before is not None else top if top is not None else window.after
+    size = window_span(density)
+    stop = max(window.after, min(end, window.after + max(1, batches) * size))
+    windows = [
+        Window(low, min(low + size, stop) + 1, window.base_filter) for low in range(window.after, stop, size)
+    ]
+    tail = window.before is None and stop >= end
+    if tail:
+        windows.append(Window(stop, None, window.base_filter))
+    return windows, stop, tail
+
+
+def _rows_up_to(rows: list[dict[str, Any]], spec: ListSpec, stop: int) -> int:
+    """How many of `rows` (ascending IDs) lie at or below `stop`, counting only the open tail from the end."""
+    above = 0
+    while above < len(rows) and spec.id_of(rows[-1 - above]) > stop:
+        above += 1
+    return len(rows) - above

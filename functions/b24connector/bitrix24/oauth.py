@@ -34,7 +34,7 @@ from b24connector.bitrix24.errors import (
     UnsafeEndpoint,
     redact,
 )
-from b24connector.bitrix24.tokens import TokenSet
+from b24connector.bitrix24.tokens import parse_token_payload
 from b24connector.bitrix24.transport import (
     DEFAULT_TIMEOUT,
     BodyDeadline,
@@ -47,6 +47,7 @@ from b24connector.bitrix24.transport import (
 )
 from b24connector.numbers import ascii_int
 from b24connector.portals import is_loopback_host
+from b24connector.tokens import TokenSet
 
 if TYPE_CHECKING:
     from b24connector.settings import Settings
@@ -159,8 +160,8 @@ class OAuthClient:
         self._timeout = timeout
         self.local_mode = local_mode
         self._clock = clock
-        # One call, answer included, never takes longer than this: the vault's refresh lease
-        # (2 x HTTP_TIMEOUT_SECONDS + 10 s, vault/refresh.py RefreshPolicy) always outlives it.
+        # One call, answer included, never takes longer than this: the refresh lease
+        # (2 x HTTP_TIMEOUT_SECONDS + 10 s, token_refresh/policy.py RefreshPolicy) always outlives it.
         self.total_timeout = total_timeout if total_timeout is not None else timeout[1]
         self._max_answer_bytes = max_answer_bytes
         self._monotonic = monotonic
@@ -238,7 +239,7 @@ class OAuthClient:
             form["code_verifier"] = code_verifier
         secrets_sent = [secret, code] + ([code_verifier] if code_verifier else [])
         data = self._post(f"{self.resolve_server(server_hint)}/oauth/token/", form, secrets_sent, deadline)
-        return TokenSet.from_payload(data, now=self._clock())
+        return parse_token_payload(data, now=self._clock())
 
     def refresh(
         self, refresh_token: str, *, server_hint: str | None = None, deadline: float | None = None
@@ -260,7 +261,7 @@ class OAuthClient:
         data = self._post(
             f"{self.resolve_server(server_hint)}/oauth/token/", form, [secret, refresh_token], deadline
         )
-        return TokenSet.from_payload(data, now=self._clock())
+        return parse_token_payload(data, now=self._clock())
 
     def app_info(
         self, access_token: str, *, server_hint: str | None = None, deadline: float | None = None
@@ -342,7 +343,7 @@ def _as_bool(value: object) -> bool:
 
 
 def parse_app_info(data: Mapping[str, Any]) -> AppInfo:
-    """Parse the OAuth server's app.info answer (TEAM.md shape) into AppInfo."""
+    """Parse the OAuth server's app.info answer (docs/bitrix24-facts.md#f-oauth-8) into AppInfo."""
     result = data.get("result")
     install = result.get("install") if isinstance(result, dict) else None
     if not isinstance(result, dict) or not isinstance(install, dict):

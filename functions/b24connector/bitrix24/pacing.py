@@ -1,11 +1,15 @@
-"""Client-side request pacing so we stay inside the portal's leaky bucket (fact sheet 6) instead of hitting 503."""
+"""Client-side request pacing, so we stay inside the portal's leaky bucket instead of hitting 503.
+
+The bucket is docs/bitrix24-facts.md#f-limit-1. LocalTokenBucket paces one process; the bucket every
+instance shares is b24connector.shared_pacing.DynamoTokenBucket (the same Pacer protocol).
+"""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from b24connector.bitrix24.errors import QueryLimitExceeded
 
@@ -20,11 +24,13 @@ class Pacer(Protocol):
         ...
 
 
-class NoPacing:
-    """A Pacer that never waits (tests, or when the server-side bucket is known to be empty)."""
+@runtime_checkable
+class PlanningPacer(Protocol):
+    """A Pacer that can be told how many requests are about to start at once (to reserve them together)."""
 
-    def acquire(self, key: str, deadline: float | None) -> None:
-        """Return at once."""
+    def expect(self, key: str, requests: int) -> None:
+        """The next `requests` acquires for `key` come together (a planned read's windows)."""
+        ...
 
 
 class LocalTokenBucket:

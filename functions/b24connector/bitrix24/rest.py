@@ -1,11 +1,13 @@
-"""Portal REST client: JSON POSTs with `auth` in the body, the error taxonomy, and the retry rules of 4.1-6.
+"""Portal REST client: JSON POSTs with `auth` in the body, the error taxonomy, and its narrow retries.
 
-Retries are narrow on purpose: 503 QUERY_LIMIT_EXCEEDED and 401 CONNECTION_ERROR (the portal could not
-check our token with the OAuth server) get bounded, fully jittered backoff within the deadline; 429
-OPERATION_TIME_LIMIT waits for `operating_reset_at` only when that fits the caller's budget; 401
-expired_token renews the access token once; 401 invalid_token adopts a newer stored access token once (a
-refresh elsewhere revoked ours), never renews; a 302 portal rename is re-POSTed to an allowed new host
-(its scheme and host only; the path stays ours).
+Retries are narrow on purpose: 503 QUERY_LIMIT_EXCEEDED (docs/bitrix24-facts.md#f-limit-1) and 401
+CONNECTION_ERROR (the portal could not check our token with the OAuth server, #f-auth-2) get bounded,
+fully jittered backoff within the deadline; 429 OPERATION_TIME_LIMIT (#f-limit-2) waits for
+`operating_reset_at` only when that fits the caller's budget; 401 expired_token renews the access token
+once; 401 invalid_token adopts a newer stored access token once (a refresh elsewhere revoked ours),
+never renews; a 302 portal rename (#f-host-1) is re-POSTed to an allowed new host (its scheme and host
+only, #f-host-2; the path stays ours). The portal the call is for, with its renewal hooks, is a
+portal_context.PortalContext.
 Nothing else is retried here (callers own that), and no body, URL query or token is ever logged.
 """
 
@@ -17,6 +19,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
@@ -46,7 +49,8 @@ from b24connector.bitrix24.errors import (
     UnknownAuthError,
     UnsafeEndpoint,
 )
-from b24connector.bitrix24.pacing import LocalTokenBucket, Pacer
+from b24connector.bitrix24.pacing import LocalTokenBucket, Pacer, PlanningPacer
+from b24connector.bitrix24.portal_context import PortalContext
 from b24connector.bitrix24.transport import (
     DEFAULT_TIMEOUT,
     BodyDeadline,
@@ -64,7 +68,7 @@ if TYPE_CHECKING:
 
 MAX_BATCH_COMMANDS = 50
 # A lead filter is repeated, URL-encoded, in each of a batch's 50 chained commands: a query at
-# leads.MAX_QUERY_BYTES builds bodies of about 4.2 MB at worst (tests/unit/handlers/test_leads_size_caps.py).
+# leads.MAX_QUERY_BYTES builds bodies of about 4.2 MB at worst (tests/leads/test_leads_size_caps.py).
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 # A batch of 50 pages of 50 leads with every field weighs ~3 MiB in the emulator (about 1.2 KB a row);
 # real portals with many user fields and long comments stay far below 6.7 KB a row, which this allows.
@@ -76,117 +80,6 @@ _JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json
 _RESET_MARGIN_SECONDS = 0.5  # operating_reset_at has one-second resolution
 _MIN_REQUEST_SECONDS = 0.05  # below this a request cannot complete; fail fast instead
 _MAX_REMEMBERED_RESETS = 4096
-
-
-class PortalContext:
-    """One portal as the REST client sees it: endpoint, current access token, renewal hooks and budget.
-
-    `renew(rejected)` returns a fresh access token (it may call the token endpoint); `reload(rejected)`
-    returns the stored access token if it differs from the rejected one, else None; it may wait for a
-    refresh in flight elsewhere to land but never calls the token endpoint itself.
-
-    Thread-safe: parallel list windows share one context, and a single renewal serves them all.
-    """
-
-    def __init__(
-        self,
-        client_endpoint: str,
-        access_token: str,
-        *,
-        renew: Callable[[str], str] | None = None,
-        reload: Callable[[str], str | None] | None = None,
-        deadline: float | None = None,
-        on_moved: Callable[[str, str], None] | None = None,
-        domain: str | None = None,
-        pacing_key: str | None = None,
-    ) -> None:
-        self._client_endpoint = client_endpoint
-        self._access_token = access_token
-        self._renew = renew
-        self._reload = reload
-        self.deadline = deadline  # time.monotonic() value after which no request is started
-        self._on_moved = on_moved
-        self.domain = domain  # when set, client_endpoint must be on exactly this host
-        self._pacing_key = pacing_key
-        self.moved_to: str | None = None  # new host after a followed 302 rename
-        self._lock = threading.Lock()
-        self._move_lock = threading.Lock()  # one thread reports a rename; the others wait and follow
-
-    def __repr__(self) -> str:
-        return f"PortalContext(host={self.host!r}, deadline={self.deadline!r}, moved_to={self.moved_to!r})"
-
-    @property
-    def client_endpoint(self) -> str:
-        """The REST base URL, e.g. https://acme.bitrix24.com/rest/."""
-        return self._client_endpoint
-
-    @property
-    def access_token(self) -> str:
-        """The access token currently in use."""
-        return self._access_token
-
-    @property
-    def host(self) -> str:
-        """host[:port] of the client endpoint."""
-        return _host_of(self._client_endpoint)
-
-    @property
-    def pacing_key(self) -> str:
-        """The key the pacer buckets this portal's requests under."""
-        return self._pacing_key or self.host
-
-    @property
-    def can_renew(self) -> bool:
-        """True when an expired access token can be replaced."""
-        return self._renew is not None
-
-    def renew_token(self, rejected: str) -> None:
-        """Replace `rejected` with a fresh access token, unless another thread already did."""
-        if self._renew is None:
-            return
-        with self._lock:
-            if self._access_token != rejected:
-                return
-            self._access_token = self._renew(rejected)
-
-    @property
-    def can_reload(self) -> bool:
-        """True when a newer stored access token can be looked up."""
-        return self._reload is not None
-
-    def reload_token(self, rejected: str) -> bool:
-        """Adopt a newer stored access token in place of `rejected`; False when there is none."""
-        if self._reload is None:
-            return False
-        with self._lock:
-            if self._access_token != rejected:
-                return True  # another thread already replaced it
-            newer = self._reload(rejected)
-            if newer is None or newer == rejected:
-                return False
-            self._access_token = newer
-            return True
-
-    def move_to(self, client_endpoint: str) -> None:
-        """Switch to the endpoint of a renamed portal once its owner was told (once per new endpoint).
-
-        `on_moved(host, client_endpoint)` runs first and may raise to refuse the move: then nothing
-        switches and the error ends the call. Parallel requests that hit the same 302 report it once.
-        """
-        with self._move_lock:
-            if client_endpoint == self._client_endpoint:
-                return  # another thread already moved this context
-            host = _host_of(client_endpoint)
-            if self._on_moved is not None:
-                self._on_moved(host, client_endpoint)
-            with self._lock:
-                self._client_endpoint = client_endpoint
-                self.moved_to = host
-                self.domain = host
-
-
-def _host_of(client_endpoint: str) -> str:
-    return client_endpoint.partition("://")[2].partition("/")[0].lower()
 
 
 def check_method(method: str) -> str:
@@ -217,6 +110,17 @@ def encode_commands(
             cmd[key] = batch_command(check_method(method), params)
         methods[key] = method
     return cmd, methods
+
+
+@dataclass(slots=True)
+class _Retries:
+    """What one call has used of each retry allowance."""
+
+    token_retried: bool = False  # expired_token renewed, or invalid_token reloaded, or a newer token used
+    limit_waited: bool = False  # one wait for operating_reset_at
+    query_limit: int = 0
+    auth_check: int = 0
+    redirects: int = 0
 
 
 class RestClient:
@@ -283,6 +187,11 @@ class RestClient:
         return f"RestClient(policy={self.policy!r}, pacer={self.pacer!r}, timeout={self._timeout!r})"
 
     # --- public API -------------------------------------------------------------------------------
+
+    def expect_requests(self, portal: PortalContext, requests: int) -> None:
+        """Tell the pacer that `requests` requests to `portal` start now together (it may reserve them at once)."""
+        if requests > 1 and isinstance(self.pacer, PlanningPacer):
+            self.pacer.expect(portal.pacing_key, requests)
 
     def call(
         self, portal: PortalContext, method: str, params: Mapping[str, Any] | None = None
@@ -372,66 +281,76 @@ class RestClient:
         make_body: Callable[[str], Mapping[str, Any]],
         limit_methods: tuple[str, ...],
     ) -> Mapping[str, Any]:
-        renewed = False
-        limit_waited = False
-        query_limit_attempts = 0
-        auth_check_attempts = 0
-        redirects = 0
+        """POST until Bitrix24 answers a success envelope, retrying only what the module docstring allows."""
+        spent = _Retries()
         while True:
             token = portal.access_token
-            body = json.dumps(make_body(token), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-            if len(body) > self._max_request_bytes:
-                raise RequestTooLarge(
-                    "REQUEST_TOO_LARGE",
-                    f"the {method} request would be larger than {self._max_request_bytes} bytes",
-                )
-            status, data, location = self._send(portal, method, body)
+            status, data, location = self._send(portal, method, self._encode(method, make_body(token)))
             if status in _REDIRECTS:
-                redirects += 1
-                self._follow_rename(portal, location, redirects)
+                spent.redirects += 1
+                self._follow_rename(portal, location, spent.redirects)
                 continue
             error = error_of(status, data, (token,))
             if error is None:
                 return data  # type: ignore[no-any-return]  # error_of vetted it as a success envelope
-            if (
-                isinstance(error, ExpiredToken | InvalidToken | UnknownAuthError)
-                and not renewed
-                and portal.access_token != token
+            if not (
+                self._retry_with_another_token(portal, error, token, spent)
+                or self._wait_out_limit(portal, error, spent, limit_methods)
             ):
-                # Another thread renewed while this request was in flight (and the refresh may have
-                # revoked the old token): retry once with the new token, without renewing again.
-                renewed = True
-                continue
-            if isinstance(error, ExpiredToken) and portal.can_renew and not renewed:
-                renewed = True
-                portal.renew_token(token)
-                continue
-            if isinstance(error, InvalidToken | UnknownAuthError) and portal.can_reload and not renewed:
-                # Another container's refresh revokes the token we cached (invalid_token, not
-                # expired_token): adopt the stored newer one and retry once. Never refresh here: a
-                # truly revoked grant must end as it is, without spending the refresh token.
-                renewed = True
-                if portal.reload_token(token):
-                    continue
-            if isinstance(error, QueryLimitExceeded):
-                self._back_off(portal, error, query_limit_attempts, self._max_query_limit_retries)
-                query_limit_attempts += 1
-                continue
-            if isinstance(error, AuthServerUnavailable):
-                # Bitrix24's own check with the OAuth server failed (docs/bitrix24-errors.md): the
-                # grant is fine, a moment later the check usually passes.
-                self._back_off(portal, error, auth_check_attempts, self._max_auth_check_retries)
-                auth_check_attempts += 1
-                continue
-            if isinstance(error, OperationTimeLimit):
-                if limit_waited:
-                    raise _with_reset(
-                        error, error.reset_at or self.known_reset_at(portal.host, limit_methods)
-                    )
-                self.wait_for_operating_reset(portal, error, limit_methods)
-                limit_waited = True
-                continue
-            raise error
+                raise error
+
+    def _encode(self, method: str, body: Mapping[str, Any]) -> bytes:
+        encoded = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        if len(encoded) > self._max_request_bytes:
+            raise RequestTooLarge(
+                "REQUEST_TOO_LARGE",
+                f"the {method} request would be larger than {self._max_request_bytes} bytes",
+            )
+        return encoded
+
+    @staticmethod
+    def _retry_with_another_token(
+        portal: PortalContext, error: Bitrix24Error, token: str, spent: _Retries
+    ) -> bool:
+        """True when the call should go again with another access token: at most once per call."""
+        if spent.token_retried or not isinstance(error, ExpiredToken | InvalidToken | UnknownAuthError):
+            return False
+        spent.token_retried = True
+        if portal.access_token != token:
+            # Another thread renewed while this request was in flight (and the refresh may have
+            # revoked the old token): retry with the new token, without renewing again.
+            return True
+        if isinstance(error, ExpiredToken):
+            if not portal.can_renew:
+                return False
+            portal.renew_token(token)
+            return True
+        # Another container's refresh revokes the token we cached (invalid_token, not expired_token):
+        # adopt the stored newer one and retry once. Never refresh here: a truly revoked grant must end
+        # as it is, without spending the refresh token.
+        return portal.can_reload and portal.reload_token(token)
+
+    def _wait_out_limit(
+        self, portal: PortalContext, error: Bitrix24Error, spent: _Retries, limit_methods: tuple[str, ...]
+    ) -> bool:
+        """True after waiting out a limit the call may be retried after; raises when it may not."""
+        if isinstance(error, QueryLimitExceeded):
+            self._back_off(portal, error, spent.query_limit, self._max_query_limit_retries)
+            spent.query_limit += 1
+            return True
+        if isinstance(error, AuthServerUnavailable):
+            # Bitrix24's own check with the OAuth server failed (docs/bitrix24-errors.md): the
+            # grant is fine, a moment later the check usually passes.
+            self._back_off(portal, error, spent.auth_check, self._max_auth_check_retries)
+            spent.auth_check += 1
+            return True
+        if isinstance(error, OperationTimeLimit):
+            if spent.limit_waited:
+                raise _with_reset(error, error.reset_at or self.known_reset_at(portal.host, limit_methods))
+            self.wait_for_operating_reset(portal, error, limit_methods)
+            spent.limit_waited = True
+            return True
+        return False
 
     def _back_off(self, portal: PortalContext, error: TransientError, attempt: int, max_retries: int) -> None:
         if attempt >= max_retries:

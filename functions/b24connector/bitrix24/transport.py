@@ -119,11 +119,6 @@ def shared_session() -> requests.Session:
         return _session
 
 
-def decode_json(response: requests.Response) -> Any:
-    """The decoded JSON body, or None when the body is not JSON (HTML error pages, empty bodies)."""
-    return decode_body(response.content)
-
-
 def decode_body(body: bytes) -> Any:
     """The decoded JSON of a body read with read_body, or None when it is not JSON."""
     if not body:
@@ -169,27 +164,32 @@ def read_body(
             if len(body) > max_bytes:
                 raise BodyTooLarge
             return body
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            remaining = deadline - monotonic()
-            if remaining <= 0:
-                raise BodyDeadline
-            _narrow_socket_timeout(raw, remaining)
-            try:
-                chunk = _read_some(raw)
-            except (OSError, Urllib3Error, requests.RequestException, ValueError) as exc:
-                if deadline - monotonic() <= 0:
-                    raise BodyDeadline from None
-                raise requests.ConnectionError("the answer broke off") from exc
-            if not chunk:
-                return b"".join(chunks)
-            size += len(chunk)
-            if size > max_bytes:
-                raise BodyTooLarge
-            chunks.append(chunk)
+        return _read_stream(raw, max_bytes=max_bytes, deadline=deadline, monotonic=monotonic)
     finally:
         close_response(response)
+
+
+def _read_stream(raw: Any, *, max_bytes: int, deadline: float, monotonic: Callable[[], float]) -> bytes:
+    """Read `raw` to its end, each read waiting at most until `deadline`, the whole within `max_bytes`."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        remaining = deadline - monotonic()
+        if remaining <= 0:
+            raise BodyDeadline
+        _narrow_socket_timeout(raw, remaining)
+        try:
+            chunk = _read_some(raw)
+        except (OSError, Urllib3Error, requests.RequestException, ValueError) as exc:
+            if deadline - monotonic() <= 0:
+                raise BodyDeadline from None
+            raise requests.ConnectionError("the answer broke off") from exc
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > max_bytes:
+            raise BodyTooLarge
+        chunks.append(chunk)
 
 
 def close_response(response: requests.Response) -> None:

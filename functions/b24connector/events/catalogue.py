@@ -23,16 +23,6 @@ LEAD_CREATED = "LeadCreated"
 LEAD_UPDATED = "LeadUpdated"
 LEAD_DELETED = "LeadDeleted"
 
-DETAIL_TYPES = (
-    PORTAL_CONNECTED,
-    PORTAL_NEEDS_REAUTH,
-    PORTAL_UNINSTALLED,
-    PORTAL_MOVED,
-    LEAD_CREATED,
-    LEAD_UPDATED,
-    LEAD_DELETED,
-)
-
 # Bitrix24 event name -> detail-type (docs/bitrix24-facts.md#f-events-8).
 LEAD_DETAIL_TYPES = {
     "ONCRMLEADADD": LEAD_CREATED,

@@ -23,7 +23,6 @@ class LeadsFunctionFields:
     def __init__(self, lambda_client: Any, function_name: str) -> None:
         self._lambda = lambda_client
         self._function = function_name
-        self.invocations = 0
 
     def read(
         self, member_id: str, lead_ids: Sequence[int], fields: Sequence[str]
@@ -52,7 +51,6 @@ class LeadsFunctionFields:
         return rows
 
     def _invoke(self, request: dict[str, Any]) -> dict[str, Any]:
-        self.invocations += 1
         try:
             response = self._lambda.invoke(FunctionName=self._function, Payload=json.dumps(request).encode())
             answer = json.loads(response["Payload"].read())

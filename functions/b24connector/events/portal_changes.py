@@ -49,40 +49,55 @@ def portal_events(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) 
     member_id = _text(new, "member_id") or _text(old, "member_id")
     if member_id is None:
         return []
-    health, before = _text(new, "health"), _text(old, "health")
-    version = _int(new.get("version"))
-    at = _int(new.get("updated_at")) or _int(new.get("uninstalled_at"))
-    domain = _text(new, "domain") or _text(old, "domain")
-    events: list[BusEvent] = []
     new_grant = _newest_grant(new) is not None and _newest_grant(new) != _newest_grant(old)
-    if new_grant and health == _ACTIVE:
-        events.append(
-            catalogue.portal_connected(
-                member_id,
-                _text(new, "domain"),
-                at,
-                grant_role=_text(new, "grant_role") or "user",
-                previous_state=before or "none",
-                version=version,
-            )
-        )
-    if health == _NEEDS_REAUTH and before != _NEEDS_REAUTH:
-        events.append(
-            catalogue.portal_needs_reauth(member_id, domain, at, reason=_reason(new), version=version)
-        )
-    if health == _UNINSTALLED and before != _UNINSTALLED:
-        # A clean uninstall removes the domain with everything else that describes the tenant.
-        clean = _text(new, "domain") is None
-        at = _int(new.get("uninstalled_at")) or at
-        events.append(catalogue.portal_uninstalled(member_id, domain, at, clean=clean, version=version))
+    found = [
+        _connected(member_id, old, new) if new_grant else None,
+        _needs_reauth(member_id, old, new),
+        _uninstalled(member_id, old, new),
+        None if new_grant else _moved(member_id, old, new),
+    ]
+    return [event for event in found if event is not None]
+
+
+def _at(new: Mapping[str, Any]) -> int:
+    return _int(new.get("updated_at")) or _int(new.get("uninstalled_at"))
+
+
+def _connected(member_id: str, old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> BusEvent | None:
+    if _text(new, "health") != _ACTIVE:
+        return None
+    return catalogue.portal_connected(
+        member_id,
+        _text(new, "domain"),
+        _at(new),
+        grant_role=_text(new, "grant_role") or "user",
+        previous_state=_text(old, "health") or "none",
+        version=_int(new.get("version")),
+    )
+
+
+def _needs_reauth(member_id: str, old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> BusEvent | None:
+    if _text(new, "health") != _NEEDS_REAUTH or _text(old, "health") == _NEEDS_REAUTH:
+        return None
+    domain = _text(new, "domain") or _text(old, "domain")
+    return catalogue.portal_needs_reauth(
+        member_id, domain, _at(new), reason=_reason(new), version=_int(new.get("version"))
+    )
+
+
+def _uninstalled(member_id: str, old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> BusEvent | None:
+    if _text(new, "health") != _UNINSTALLED or _text(old, "health") == _UNINSTALLED:
+        return None
+    # A clean uninstall removes the domain with everything else that describes the tenant.
+    clean = _text(new, "domain") is None
+    at = _int(new.get("uninstalled_at")) or _at(new)
+    domain = _text(new, "domain") or _text(old, "domain")
+    return catalogue.portal_uninstalled(member_id, domain, at, clean=clean, version=_int(new.get("version")))
+
+
+def _moved(member_id: str, old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> BusEvent | None:
     old_domain, new_domain = _text(old, "domain"), _text(new, "domain")
-    if (
-        not new_grant
-        and health == _ACTIVE
-        and before == _ACTIVE
-        and old_domain is not None
-        and new_domain is not None
-        and old_domain != new_domain
-    ):
-        events.append(catalogue.portal_moved(member_id, at, old_domain=old_domain, new_domain=new_domain))
-    return events
+    both_active = _text(new, "health") == _ACTIVE and _text(old, "health") == _ACTIVE
+    if not both_active or old_domain is None or new_domain is None or old_domain == new_domain:
+        return None
+    return catalogue.portal_moved(member_id, _at(new), old_domain=old_domain, new_domain=new_domain)

@@ -131,28 +131,33 @@ class StreamPublisher:
                 ids = wanted.setdefault(str(event.detail["member_id"]), [])
                 if event.detail["lead_id"] not in ids:
                     ids.append(int(event.detail["lead_id"]))
+        found, failed = self._read_fields(self._reader, wanted)
+        return [_with_fields(event, found, failed) for event in events]
+
+    def _read_fields(
+        self, reader: FieldsReader, wanted: dict[str, list[int]]
+    ) -> tuple[dict[tuple[str, int], dict[str, Any]], dict[str, str]]:
+        """The rows read, by (member_id, lead id), and why a portal could not be read."""
         found: dict[tuple[str, int], dict[str, Any]] = {}
         failed: dict[str, str] = {}
         for member_id, ids in wanted.items():
             for start in range(0, len(ids), MAX_IDS_PER_READ):
-                part = ids[start : start + MAX_IDS_PER_READ]
                 try:
-                    rows = self._reader.read(member_id, part, self._fields)
+                    rows = reader.read(member_id, ids[start : start + MAX_IDS_PER_READ], self._fields)
                 except FieldsUnavailable as exc:
                     failed[member_id] = exc.status
                     count("LeadFieldsUnavailable")
                     continue
                 found.update({(member_id, lead_id): row for lead_id, row in rows.items()})
-        out = []
-        for event in events:
-            if event.detail_type not in (LEAD_CREATED, LEAD_UPDATED):
-                out.append(event)
-                continue
-            member_id, lead_id = str(event.detail["member_id"]), int(event.detail["lead_id"])
-            if (member_id, lead_id) in found:
-                out.append(catalogue.with_fields(event, found[(member_id, lead_id)], "ok"))
-            elif member_id in failed:
-                out.append(catalogue.with_fields(event, None, failed[member_id]))
-            else:
-                out.append(catalogue.with_fields(event, None, "not_found"))
-        return out
+        return found, failed
+
+
+def _with_fields(
+    event: BusEvent, found: dict[tuple[str, int], dict[str, Any]], failed: dict[str, str]
+) -> BusEvent:
+    if event.detail_type not in (LEAD_CREATED, LEAD_UPDATED):
+        return event
+    member_id, lead_id = str(event.detail["member_id"]), int(event.detail["lead_id"])
+    if (member_id, lead_id) in found:
+        return catalogue.with_fields(event, found[(member_id, lead_id)], "ok")
+    return catalogue.with_fields(event, None, failed.get(member_id, "not_found"))

@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.logging import correlation_paths
 
-from b24connector.handlers import _services, import_done
+from b24connector import wiring
+from b24connector.handlers import import_done
 from b24connector.observability import count, logger, metrics
 from b24connector.settings import get_settings
 from b24connector.web.errors import serve
@@ -21,7 +22,7 @@ def start_authorization(request: HttpRequest) -> HttpResponse:
     if request.method != "GET":
         raise HttpProblem(405, "method_not_allowed", "Use GET.")
     conf = get_settings()
-    start = _services.authorization_flow(conf).start(request.query.one("domain"))
+    start = wiring.authorization_flow(conf).start(request.query.one("domain"))
     count("AuthorizationStarted")
     return redirect(
         start.redirect_url,

@@ -6,8 +6,9 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.logging import correlation_paths
 
+from b24connector import wiring
 from b24connector.authorization import CallbackParams
-from b24connector.handlers import _services, import_done
+from b24connector.handlers import import_done
 from b24connector.observability import count, logger, metrics
 from b24connector.settings import get_settings
 from b24connector.web.errors import serve
@@ -32,7 +33,7 @@ def finish_authorization(request: HttpRequest) -> HttpResponse:
         server_domain=query.one("server_domain"),
         scope=query.one("scope"),
     )
-    connected = _services.authorization_flow(conf).complete(params, request.cookie(conf.state_cookie_name))
+    connected = wiring.authorization_flow(conf).complete(params, request.cookie(conf.state_cookie_name))
     count("AuthorizationCompleted")
     logger.info("portal connected", extra={"member_id": connected.member_id, "domain": connected.domain})
     cookies = [clear_cookie(conf.state_cookie_name)]

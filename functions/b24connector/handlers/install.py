@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.logging import correlation_paths
 
+from b24connector import wiring
 from b24connector.events.lead_changes import is_lead_event, parse_lead_delivery
-from b24connector.handlers import _services, import_done
+from b24connector.handlers import import_done
 from b24connector.install import (
     EVENT_UNINSTALL,
     JOURNALED_EVENTS,
@@ -38,10 +39,10 @@ def _event(conf: Settings, form: Fields) -> HttpResponse:
         raise invalid("event_missing", "The request names no event.")
     if is_lead_event(name):
         return _lead_event(conf, payload)
-    use_case = _services.installer(conf)
+    use_case = wiring.installer(conf)
     if name in JOURNALED_EVENTS:
         # Delivered once, never again: accepted durably first, verified and applied by LifecycleFunction.
-        event = parse_install_event(payload, _services.portal_policy(conf), now=use_case.now())
+        event = parse_install_event(payload, wiring.portal_policy(conf), now=use_case.now())
         use_case.accept(event)
         count("InstallEventAccepted")
         logger.info("install event accepted", extra={"member_id": event.member_id, "event": name})
@@ -63,11 +64,9 @@ def _event(conf: Settings, form: Fields) -> HttpResponse:
 
 def _lead_event(conf: Settings, payload: dict[str, Any]) -> HttpResponse:
     """ONCRMLEAD*: authenticated by the stored application token, recorded once, published from the stream."""
-    from b24connector.events import services  # noqa: PLC0415  (only deliveries of lead events need it)
-
     delivery = parse_lead_delivery(payload)
     try:
-        outcome = services.lead_desk(conf).accept(delivery)
+        outcome = wiring.lead_desk(conf).accept(delivery)
     except Problem:
         count("LeadEventRefused")
         logger.warning("lead event refused", extra={"member_id": delivery.member_id, "event": delivery.event})
@@ -81,9 +80,9 @@ def _lead_event(conf: Settings, payload: dict[str, Any]) -> HttpResponse:
 
 
 def _install_page(conf: Settings, request: HttpRequest, form: Fields) -> HttpResponse:
-    use_case = _services.installer(conf)
+    use_case = wiring.installer(conf)
     grant = parse_install_page(
-        request.query.single_values(), form.single_values(), _services.portal_policy(conf), now=use_case.now()
+        request.query.single_values(), form.single_values(), wiring.portal_policy(conf), now=use_case.now()
     )
     installed = use_case.install_page(grant)
     count(

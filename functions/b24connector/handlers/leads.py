@@ -1,91 +1,32 @@
-"""LeadsFunction (direct invoke): one page of a portal's leads, per ARCHITECTURE.md section 2."""
+"""LeadsFunction (direct invoke): one page of a portal's leads, per docs/architecture.md#leadsfunction-payload."""
 
 from __future__ import annotations
 
 import time
-from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from b24connector.changes import ChangesReader, is_change_query, parse_changes_request
-from b24connector.handlers import _services, import_done
-from b24connector.leads import (
-    UPSTREAM_ERROR,
-    CursorCodec,
-    LeadsError,
-    LeadsReader,
-    VaultPortalOpener,
-    parse_request,
-)
+from b24connector import wiring
+from b24connector.changes import is_change_query, parse_changes_request
+from b24connector.handlers import import_done
+from b24connector.leads import UPSTREAM_ERROR, LeadsRefusal, parse_request
 from b24connector.observability import count, logger, metrics
 from b24connector.problems import safe_traceback
-from b24connector.settings import Settings, get_settings
+from b24connector.settings import get_settings
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
-    from b24connector.bitrix24.rest import RestClient
-
 # Leave this much of the invocation for answering: the reader stops starting requests after it.
 ANSWER_RESERVE_SECONDS = 3.0
-# Tokens the shared pacer reserves per DynamoDB write (see reader()).
-PACING_LEASE_SIZE = 1
-
-
-@cache
-def rest_client(conf: Settings) -> RestClient:
-    """The paced REST client the leads reader and the change query share (one pacer per container)."""
-    # Imported on the first invocation: the REST client loads requests, which invalid requests and
-    # other handlers never need.
-    from b24connector.bitrix24.pacing import LocalTokenBucket, Pacer  # noqa: PLC0415
-    from b24connector.bitrix24.rest import RestClient  # noqa: PLC0415
-    from b24connector.bitrix24.transport import shared_session  # noqa: PLC0415
-    from b24connector.vault.rate_limit import DynamoTokenBucket  # noqa: PLC0415
-
-    pacer: Pacer
-    if conf.rate_limit_shared:
-        # Concurrent instances share the portal's request budget through the RateLimitTable. One token
-        # per write: a lease's unused tokens die with the invocation, and a parallel export runs many
-        # short invocations (5 parts x 8 requests wasted ~6 of the 47 usable tokens with leases of 5).
-        pacer = DynamoTokenBucket.from_settings(
-            conf,
-            lease_size=PACING_LEASE_SIZE,
-            on_fallback=lambda reason: logger.warning("shared pacing off", extra={"reason": reason}),
-        )
-    else:
-        pacer = LocalTokenBucket(conf.rate_limit_per_second, conf.rate_limit_burst)
-    return RestClient.from_settings(conf, session=shared_session(), pacer=pacer)
-
-
-@cache
-def reader(conf: Settings) -> LeadsReader:
-    """The leads use case, wired once per container."""
-    # Imported on the first invocation: the secret reader loads the Powertools parameters utility.
-    from b24connector import credentials  # noqa: PLC0415
-    from b24connector.bitrix24.listing import FastLister  # noqa: PLC0415
-
-    store = _services.vault(conf).portals
-    return LeadsReader(
-        VaultPortalOpener(store, _services.coordinator(conf)),
-        FastLister(rest_client(conf)),
-        CursorCodec(lambda: credentials.cursor_signing_key(conf)),
-    )
-
-
-@cache
-def changes_reader(conf: Settings) -> ChangesReader:
-    """The change query (changed_since / checkpoint), on the reader's REST client and shared pacing."""
-    return ChangesReader(
-        VaultPortalOpener(_services.vault(conf).portals, _services.coordinator(conf)), rest_client(conf)
-    )
 
 
 def read_changes(event: Any, deadline: float) -> dict[str, Any]:
     """A change query (docs/bitrix24-facts.md#f-events-14); expected failures become error answers."""
     conf = get_settings()
     try:
-        request = parse_changes_request(event, _services.portal_policy(conf).normalize)
-        answer = changes_reader(conf).read(request, deadline=deadline)
-    except LeadsError as exc:
+        request = parse_changes_request(event, wiring.portal_policy(conf).normalize)
+        answer = wiring.changes_reader(conf).read(request, deadline=deadline)
+    except LeadsRefusal as exc:
         logger.info("changes refused", extra={"code": exc.code})
         count(f"Changes{exc.code.title().replace('_', '')}")
         return exc.answer()
@@ -100,9 +41,9 @@ def read_leads(event: Any, deadline: float) -> dict[str, Any]:
         return read_changes(event, deadline)
     conf = get_settings()
     try:
-        request = parse_request(event, _services.portal_policy(conf).normalize)
-        page = reader(conf).read(request, deadline=deadline)
-    except LeadsError as exc:
+        request = parse_request(event, wiring.portal_policy(conf).normalize)
+        page = wiring.leads_reader(conf).read(request, deadline=deadline)
+    except LeadsRefusal as exc:
         logger.info("leads refused", extra={"code": exc.code})
         count(f"Leads{exc.code.title().replace('_', '')}")
         return exc.answer()
@@ -124,7 +65,7 @@ def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     except Exception as exc:
         # Unexpected (a bug, or AWS failing in a way no layer mapped): logged without its text.
         logger.error("leads failed", extra=safe_traceback(exc))
-        return LeadsError(UPSTREAM_ERROR, f"internal failure (request {context.aws_request_id})").answer()
+        return LeadsRefusal(UPSTREAM_ERROR, f"internal failure (request {context.aws_request_id})").answer()
 
 
 # Last statement: the import is complete (see b24connector.handlers).

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 
-from b24connector.handlers import _services, import_done
-from b24connector.lifecycle import LifecycleWorker
+from b24connector import wiring
+from b24connector.handlers import import_done
 from b24connector.observability import logger, metrics
 from b24connector.problems import safe_traceback
-from b24connector.settings import Settings, get_settings
-from b24connector.vault.journal import JournalCodec
+from b24connector.settings import get_settings
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
@@ -23,23 +21,11 @@ if TYPE_CHECKING:
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
-@cache
-def worker(conf: Settings) -> LifecycleWorker:
-    """The lifecycle use case, wired once per container."""
-    return LifecycleWorker(_services.installer(conf), _services.subscriber(conf))
-
-
-@cache
-def codec(conf: Settings) -> JournalCodec:
-    """Opens journal messages (KMS Decrypt under the portal's token context)."""
-    return JournalCodec(_services.vault(conf).cipher)
-
-
 def run_record(record: SQSRecord) -> str:
     """One message: decode (decrypting its sealed tokens), run; an exception keeps it for a retry."""
     conf = get_settings()
     try:
-        return worker(conf).run(codec(conf).decode(record.body))
+        return wiring.lifecycle_worker(conf).run(wiring.journal_codec(conf).decode(record.body))
     except Exception as exc:
         # Logged by type and place only: exception texts stay out of logs.
         logger.warning(

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from boto3.dynamodb.types import TypeDeserializer
 
-from b24connector.events import services
+from b24connector import wiring
 from b24connector.events.publisher import LEADS, PORTALS, StreamRecord
 from b24connector.handlers import import_done
 from b24connector.observability import logger, metrics
@@ -77,7 +77,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     conf = get_settings()
     records = records_of(conf, event)
     try:
-        failed = services.stream_publisher(conf).publish(records)
+        failed = wiring.stream_publisher(conf).publish(records)
     except Exception as exc:
         # Logged by type and place only; the whole batch is retried (then bisected, then dead-lettered).
         logger.warning("publishing failed; batch retried", extra=safe_traceback(exc))

@@ -2,33 +2,22 @@
 
 from __future__ import annotations
 
-from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from b24connector import wiring
 from b24connector.handlers import import_done
 from b24connector.observability import count, logger, metrics
-from b24connector.refresh import RefreshSweep, SqsBatchSender
-from b24connector.settings import Settings, get_settings
-from b24connector.vault import open_vault
-from b24connector.vault.clients import boto3_client
+from b24connector.settings import get_settings
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
-
-
-@cache
-def sweep(conf: Settings) -> RefreshSweep:
-    """The sweep use case, wired once per container."""
-    sqs = boto3_client("sqs", max_attempts=4)
-    # The sweep never talks to Bitrix24, so it does not load the OAuth client (or requests).
-    return RefreshSweep(open_vault(conf).portals, SqsBatchSender(sqs, conf.refresh_queue_url))
 
 
 @logger.inject_lambda_context(log_event=False, clear_state=True)
 @metrics.log_metrics
 def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     """Whatever the schedule sends (no Input is configured) is ignored: the due index says what to do."""
-    report = sweep(get_settings()).run(context.get_remaining_time_in_millis)
+    report = wiring.refresh_sweep(get_settings()).run(context.get_remaining_time_in_millis)
     logger.info("refresh sweep", extra=report.as_log())
     count("RefreshDue", report.due)
     count("RefreshQueued", report.queued)

@@ -4,8 +4,8 @@ The contract is docs/leads-client.md (request and answer schemas in docs/). One 
 
 - `request`: the payload's validation into a LeadsRequest, and its fast-list query (ListQuery);
 - `cursor`: the signed cursor codec (where the next page starts, bound to tenant and query);
-- `answer`: rows kept under the answer size, and the success answer (LeadsPage);
-- `errors`: the error answer (LeadsError) and the one map from Bitrix24 and vault failures to it;
+- `answer`: rows kept under the answer size, and the success answer (PageAnswer);
+- `errors`: the error answer (LeadsRefusal) and the one map from Bitrix24 and vault failures to it;
 - `portals`: portal access (VaultPortalOpener: vault, token renewal, renames);
 - `split`: cutting the rest of an ID range into parts for the `split` option;
 - `reader`: the use case (LeadsReader) that ties them together.
@@ -17,19 +17,19 @@ caller cannot edit it to read outside its filter or another tenant's rows.
 
 from __future__ import annotations
 
-from b24connector.leads.answer import MAX_ANSWER_BYTES, LeadsPage, row_bytes
-from b24connector.leads.cursor import CursorCodec, CursorPosition
+from b24connector.leads.answer import MAX_ANSWER_BYTES, PageAnswer, row_bytes
+from b24connector.leads.cursor import CursorCodec, CursorPosition, ReadPlan
 from b24connector.leads.errors import (
     INVALID_REQUEST,
     PORTAL_NOT_FOUND,
     RATE_LIMITED,
     REAUTH_REQUIRED,
     UPSTREAM_ERROR,
-    LeadsError,
+    LeadsRefusal,
     error_for,
 )
 from b24connector.leads.portals import OpenPortal, PortalOpener, VaultPortalOpener
-from b24connector.leads.reader import PARALLEL_FROM, LeadLister, LeadsReader
+from b24connector.leads.reader import BATCH_ROWS, PARALLEL_FROM, LeadLister, LeadsReader
 from b24connector.leads.request import (
     DEFAULT_LIMIT,
     LEAD_METHOD,
@@ -39,9 +39,10 @@ from b24connector.leads.request import (
     LeadsRequest,
     parse_request,
 )
-from b24connector.leads.split import MIN_SPLIT_ROWS, split_points
+from b24connector.leads.split import split_points
 
 __all__ = [
+    "BATCH_ROWS",
     "DEFAULT_LIMIT",
     "INVALID_REQUEST",
     "LEAD_METHOD",
@@ -49,7 +50,6 @@ __all__ = [
     "MAX_LIMIT",
     "MAX_QUERY_BYTES",
     "MAX_SPLIT",
-    "MIN_SPLIT_ROWS",
     "PARALLEL_FROM",
     "PORTAL_NOT_FOUND",
     "RATE_LIMITED",
@@ -58,12 +58,13 @@ __all__ = [
     "CursorCodec",
     "CursorPosition",
     "LeadLister",
-    "LeadsError",
-    "LeadsPage",
     "LeadsReader",
+    "LeadsRefusal",
     "LeadsRequest",
     "OpenPortal",
+    "PageAnswer",
     "PortalOpener",
+    "ReadPlan",
     "VaultPortalOpener",
     "error_for",
     "parse_request",

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from b24connector.leads.errors import UPSTREAM_ERROR, LeadsError
+from b24connector.leads.errors import UPSTREAM_ERROR, LeadsRefusal
 from b24connector.numbers import ascii_int
 
 # Lambda answers at most 6 MB; keep a wide margin for the envelope and estimation error.
@@ -22,7 +22,7 @@ def row_id(row: Mapping[str, Any]) -> int:
     number = ascii_int(row.get("ID"))
     if number is not None:
         return number
-    raise LeadsError(UPSTREAM_ERROR, "Bitrix24 answered a lead without a numeric ID")
+    raise LeadsRefusal(UPSTREAM_ERROR, "Bitrix24 answered a lead without a numeric ID")
 
 
 def row_bytes(row: Mapping[str, Any]) -> int:
@@ -64,7 +64,7 @@ class AnswerRows:
             self._size += row_bytes(row)
             if self._size > self._max_bytes:
                 if not self.rows:
-                    raise LeadsError(UPSTREAM_ERROR, "a single lead is larger than the answer limit")
+                    raise LeadsRefusal(UPSTREAM_ERROR, "a single lead is larger than the answer limit")
                 break
             self.rows.append(row)
         self._pending.clear()
@@ -73,7 +73,7 @@ class AnswerRows:
 
 
 @dataclass(frozen=True, slots=True)
-class LeadsPage:
+class PageAnswer:
     """One page of the contract's answer."""
 
     leads: list[dict[str, Any]]

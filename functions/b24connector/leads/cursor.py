@@ -5,6 +5,9 @@ A cursor is base64url(JSON) + "." + base64url(HMAC-SHA256 over MAC_LABEL + body)
   part, so a reader that ignored it would read past its part.
 - "m": the member_id, "q": base64url of the query digest (LeadsRequest.query_digest),
 - "a": the last ID answered (the next page starts after it), "b": the upper bound (format 2 only).
+- "t" and "d" (optional, either format, both or neither): the read plan, i.e. the highest matching ID
+  and the rows per million IDs the previous read saw. Advisory: they shape the next page's ID windows
+  (no head request), never which rows match; readers that predate them ignore them.
 
 The MAC label names the signing scheme, unchanged since the first cursor; it is not the payload
 format. Changing its bytes would invalidate every cursor in flight, so it stays `.../v1`.
@@ -28,6 +31,14 @@ MAC_LABEL = b"b24connector/leads-cursor/v1\n"
 
 
 @dataclass(frozen=True, slots=True)
+class ReadPlan:
+    """What an earlier read saw: the highest matching ID and rows per ID (plans the next page's windows)."""
+
+    top: int
+    density: float
+
+
+@dataclass(frozen=True, slots=True)
 class CursorPosition:
     """Where the next page starts: after `last_id` (and below `before_id`), for this tenant and query only."""
 
@@ -35,6 +46,7 @@ class CursorPosition:
     query_digest: bytes
     last_id: int
     before_id: int | None = None
+    plan: ReadPlan | None = None  # advisory: lets the next page skip its head request
 
 
 class CursorCodec:
@@ -56,6 +68,8 @@ class CursorCodec:
         }
         if position.before_id is not None:
             payload.update(v=BOUNDED_FORMAT, b=position.before_id)
+        if position.plan is not None:
+            payload.update(t=position.plan.top, d=density_ppm(position.plan.density))
         body = b64url.encode(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("ascii"))
         return f"{body}.{b64url.encode(self._mac(body))}"
 
@@ -85,9 +99,22 @@ def _position(payload: Any) -> CursorPosition | None:
         return None
     if not _is_position(last_id):
         return None
+    top, ppm = payload.get("t"), payload.get("d")
+    plan = None
+    if top is not None or ppm is not None:
+        if not (_is_position(top) and _is_position(ppm) and 1 <= ppm <= 1_000_000):
+            return None
+        plan = ReadPlan(top, ppm / 1_000_000)
     if version == BOUNDED_FORMAT:
-        return CursorPosition(member_id, digest, last_id, before_id) if _is_position(before_id) else None
-    return CursorPosition(member_id, digest, last_id) if before_id is None else None
+        return (
+            CursorPosition(member_id, digest, last_id, before_id, plan) if _is_position(before_id) else None
+        )
+    return CursorPosition(member_id, digest, last_id, None, plan) if before_id is None else None
+
+
+def density_ppm(density: float) -> int:
+    """Rows per million IDs, 1..1,000,000: an integer keeps the cursor free of floats."""
+    return min(1_000_000, max(1, round(density * 1_000_000)))
 
 
 def _is_position(value: object) -> bool:

@@ -22,8 +22,8 @@ from b24connector.bitrix24.errors import (
     UnknownAuthError,
 )
 from b24connector.vault.errors import (
-    PortalNotFound,
-    ReauthRequired,
+    GrantNeedsReauth,
+    PortalNotStored,
     RefreshThrottled,
     RefreshUnsettled,
     TokenDecryptError,
@@ -37,7 +37,7 @@ RATE_LIMITED = "RATE_LIMITED"
 UPSTREAM_ERROR = "UPSTREAM_ERROR"
 
 
-class LeadsError(Exception):
+class LeadsRefusal(Exception):
     """An expected failure answered as `{"error": {"code", "message"}}`; the message is caller-safe."""
 
     def __init__(self, code: str, message: str) -> None:
@@ -50,9 +50,9 @@ class LeadsError(Exception):
         return {"error": {"code": self.code, "message": self.message}}
 
 
-def invalid(message: str) -> LeadsError:
+def invalid(message: str) -> LeadsRefusal:
     """An INVALID_REQUEST error with a caller-safe message."""
-    return LeadsError(INVALID_REQUEST, message)
+    return LeadsRefusal(INVALID_REQUEST, message)
 
 
 # Which Bitrix24 errors tell the caller to have the portal connected again: docs/bitrix24-errors.md.
@@ -67,17 +67,17 @@ def resumable(exc: Bitrix24Error | VaultError) -> bool:
     return isinstance(exc, TransientError | OperationTimeLimit | DeadlineExceeded)
 
 
-def error_for(exc: Bitrix24Error | VaultError) -> LeadsError:
+def error_for(exc: Bitrix24Error | VaultError) -> LeadsRefusal:
     """The contract's error for a Bitrix24 or vault failure."""
     if isinstance(exc, VaultError):
         return _vault_error(exc)
     if isinstance(exc, RequestTooLarge):
         return invalid("the query is too large to send to Bitrix24")
     if isinstance(exc, _REAUTH_ERRORS):
-        return LeadsError(REAUTH_REQUIRED, f"Bitrix24 no longer accepts this portal's grant ({exc.code})")
+        return LeadsRefusal(REAUTH_REQUIRED, f"Bitrix24 no longer accepts this portal's grant ({exc.code})")
     if isinstance(exc, _RATE_ERRORS) or exc.code == "CLIENT_RATE_LIMIT":
-        return LeadsError(RATE_LIMITED, f"Bitrix24 rate limits were reached ({exc.code}); retry later")
-    return LeadsError(UPSTREAM_ERROR, _upstream_message(exc))
+        return LeadsRefusal(RATE_LIMITED, f"Bitrix24 rate limits were reached ({exc.code}); retry later")
+    return LeadsRefusal(UPSTREAM_ERROR, _upstream_message(exc))
 
 
 def _upstream_message(exc: Bitrix24Error) -> str:
@@ -90,23 +90,23 @@ def _upstream_message(exc: Bitrix24Error) -> str:
     return f"Bitrix24 failed ({exc.code})"
 
 
-def _vault_error(exc: VaultError) -> LeadsError:
-    if isinstance(exc, PortalNotFound):
-        return LeadsError(PORTAL_NOT_FOUND, "no connected portal with that member_id or domain")
-    if isinstance(exc, ReauthRequired | TokenDecryptError):
-        return LeadsError(REAUTH_REQUIRED, "the portal must be installed or authorized again")
+def _vault_error(exc: VaultError) -> LeadsRefusal:
+    if isinstance(exc, PortalNotStored):
+        return LeadsRefusal(PORTAL_NOT_FOUND, "no connected portal with that member_id or domain")
+    if isinstance(exc, GrantNeedsReauth | TokenDecryptError):
+        return LeadsRefusal(REAUTH_REQUIRED, "the portal must be installed or authorized again")
     if isinstance(exc, RefreshThrottled):
         # Our own limit, kept so Bitrix24 does not block the app: a rate limit to the caller.
-        return LeadsError(
+        return LeadsRefusal(
             RATE_LIMITED,
             "Bitrix24 rejected the portal's freshly refreshed token; the connector refreshes a portal "
             f"at most once per interval, retry in {exc.retry_after} s",
         )
     if isinstance(exc, RefreshUnsettled):
         # Not REAUTH_REQUIRED: the grant is most likely alive, its new pair on the way from the rescue queue.
-        return LeadsError(
+        return LeadsRefusal(
             UPSTREAM_ERROR,
             "the portal's last token refresh has not settled yet (its new pair is being recovered); "
             f"retry in {exc.retry_after} s",
         )
-    return LeadsError(UPSTREAM_ERROR, "the token vault is unavailable right now; retry later")
+    return LeadsRefusal(UPSTREAM_ERROR, "the token vault is unavailable right now; retry later")

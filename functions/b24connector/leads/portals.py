@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from b24connector.bitrix24.errors import PortalMoved
+from b24connector.bitrix24.portal_context import PortalContext
 from b24connector.observability import count, logger
-from b24connector.vault.errors import PortalNotFound, ReauthRequired, VaultError
+from b24connector.token_refresh.coordinator import RefreshCoordinator
+from b24connector.vault.errors import GrantNeedsReauth, PortalNotStored, VaultError
 from b24connector.vault.portal import Portal
-from b24connector.vault.refresh import RefreshCoordinator
 from b24connector.vault.store import PortalStore
 
 
@@ -27,7 +28,7 @@ class PortalOpener(Protocol):
     """Finds an active portal by member_id or domain and prepares it for REST calls."""
 
     def open(self, *, member_id: str | None, domain: str | None, deadline: float | None) -> OpenPortal:
-        """Raise the vault's PortalNotFound / ReauthRequired / TokenDecryptError when it cannot be used."""
+        """Raise the vault's PortalNotStored / GrantNeedsReauth / TokenDecryptError when it cannot be used."""
         ...
 
 
@@ -76,9 +77,6 @@ class VaultPortalOpener:
         def moved(domain: str, client_endpoint: str) -> None:
             self._record_move(portal_id, domain, client_endpoint)
 
-        # Imported on the first read, not with the handler: the REST client loads requests.
-        from b24connector.bitrix24.rest import PortalContext  # noqa: PLC0415
-
         access_token = tokens.access_token
         if tokens.access_expired():
             # Known to be dead: renew now instead of spending a portal request on expired_token.
@@ -96,7 +94,7 @@ class VaultPortalOpener:
         return OpenPortal(portal_id, context)
 
     def _active_portal(self, member_id: str | None, domain: str | None) -> Portal:
-        """The portal by member_id or domain; PortalNotFound, or ReauthRequired when it cannot be used."""
+        """The portal by member_id or domain; PortalNotStored, or GrantNeedsReauth when it cannot be used."""
         if member_id is not None:
             portal = self._store.get(member_id)
         elif domain is not None:
@@ -104,9 +102,9 @@ class VaultPortalOpener:
         else:
             raise ValueError("a member_id or a domain is required")
         if portal is None:
-            raise PortalNotFound("no portal with that key")
+            raise PortalNotStored("no portal with that key")
         if not portal.is_active or not portal.client_endpoint:
-            raise ReauthRequired(portal.member_id, portal.health)
+            raise GrantNeedsReauth(portal.member_id, portal.health)
         return portal
 
     def _record_move(self, member_id: str, domain: str, client_endpoint: str) -> None:

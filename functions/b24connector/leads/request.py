@@ -80,7 +80,7 @@ class LeadsRequest:
 
 
 def parse_request(payload: object, normalize_domain: Callable[[str], str]) -> LeadsRequest:
-    """Validate a direct-invoke payload; every problem is a LeadsError(INVALID_REQUEST)."""
+    """Validate a direct-invoke payload; every problem is a LeadsRefusal(INVALID_REQUEST)."""
     if not isinstance(payload, dict):
         raise invalid("the request must be a JSON object")
     unknown = sorted(str(key) for key in payload if key not in _ALLOWED_KEYS)

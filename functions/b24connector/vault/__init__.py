@@ -1,4 +1,7 @@
-"""Token vault: portal records (DynamoDB via PynamoDB), KMS token ciphertext, versioned refreshes."""
+"""Token vault: portal records (DynamoDB via PynamoDB), KMS token ciphertext, versioned commits.
+
+The refresh use case that drives the commits lives in b24connector.token_refresh.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +10,11 @@ from functools import cache
 
 from b24connector.settings import Settings, get_settings
 from b24connector.vault.cipher import TokenCipher
-from b24connector.vault.endpoints import EndpointGuard
 from b24connector.vault.errors import (
+    GrantNeedsReauth,
     GrantRefused,
     NotEnoughTime,
-    PortalNotFound,
-    ReauthRequired,
+    PortalNotStored,
     RefreshDeferred,
     RefreshRejected,
     RefreshThrottled,
@@ -29,42 +31,29 @@ from b24connector.vault.errors import (
 from b24connector.vault.journal import JournalCodec, LifecycleJob, SqsLifecycleQueue
 from b24connector.vault.models import aws_region, bind_portal_model, bind_state_model
 from b24connector.vault.portal import Portal
-from b24connector.vault.refresh import (
-    RefreshCoordinator,
-    RefreshOutcome,
-    RefreshPolicy,
-    RescueOutcome,
-    TokenRefresher,
-)
-from b24connector.vault.rescue import SqsRescueQueue
 from b24connector.vault.states import ConsumedState, StateStore
 from b24connector.vault.store import PortalStore
 
 __all__ = [
     "ConsumedState",
+    "GrantNeedsReauth",
     "GrantRefused",
     "LifecycleJob",
     "NotEnoughTime",
     "Portal",
-    "PortalNotFound",
+    "PortalNotStored",
     "PortalStore",
-    "ReauthRequired",
-    "RefreshCoordinator",
     "RefreshDeferred",
-    "RefreshOutcome",
-    "RefreshPolicy",
     "RefreshRejected",
     "RefreshThrottled",
     "RefreshTimeout",
     "RefreshUnavailable",
     "RefreshUnsettled",
-    "RescueOutcome",
     "StateRefusal",
     "StateRefused",
     "StateStore",
     "TokenCipher",
     "TokenDecryptError",
-    "TokenRefresher",
     "TokenRescueFailed",
     "Vault",
     "VaultError",
@@ -81,9 +70,7 @@ class Vault:
     cipher: TokenCipher
     portals: PortalStore
     states: StateStore
-    rescue_queue: SqsRescueQueue
     journal: SqsLifecycleQueue
-    policy: RefreshPolicy
 
     @classmethod
     def from_settings(cls, settings: Settings, *, region: str | None = None) -> Vault:
@@ -102,19 +89,7 @@ class Vault:
             states=StateStore(
                 bind_state_model(settings.states_table, where), ttl_seconds=settings.state_ttl_seconds
             ),
-            rescue_queue=SqsRescueQueue(settings.rescue_queue_url),
             journal=SqsLifecycleQueue(settings.lifecycle_queue_url, JournalCodec(cipher)),
-            policy=RefreshPolicy.from_settings(settings),
-        )
-
-    def coordinator(self, refresher: TokenRefresher) -> RefreshCoordinator:
-        """A refresh coordinator over this vault that calls `refresher` (the OAuth client)."""
-        return RefreshCoordinator(
-            self.portals,
-            refresher,
-            self.rescue_queue,
-            endpoints=EndpointGuard.from_settings(self.settings),
-            policy=self.policy,
         )
 
 

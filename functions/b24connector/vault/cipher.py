@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from b24connector.bitrix24.tokens import TokenSet
+from b24connector.tokens import TokenSet
 from b24connector.vault.clients import LazyClient, boto3_client
 from b24connector.vault.errors import TokenDecryptError, VaultUnavailable
 

@@ -11,11 +11,11 @@ class VaultError(Exception):
     retryable = False
 
 
-class PortalNotFound(VaultError):
+class PortalNotStored(VaultError):
     """No portal record for that member_id or domain."""
 
 
-class ReauthRequired(VaultError):
+class GrantNeedsReauth(VaultError):
     """The portal is not active (needs_reauth or uninstalled): only a new install/authorization helps."""
 
     def __init__(self, member_id: str, health: str, *, reason: str | None = None) -> None:
@@ -62,7 +62,7 @@ class RefreshThrottled(VaultError):
     """A lazy refresh of this portal ran (or was tried) within LAZY_REFRESH_MIN_INTERVAL_SECONDS.
 
     The stored pair is the one just rejected, so the portal refuses fresh tokens: refreshing again on
-    every read would only get the app blocked by Bitrix24 (fact sheet 2.7). `retry_after` is in seconds.
+    every read would only get the app blocked by Bitrix24 (docs/bitrix24-facts.md#f-oauth-11). `retry_after` is in seconds.
     """
 
     retryable = True

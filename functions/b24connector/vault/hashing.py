@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from b24connector.bitrix24.tokens import TokenSet
+from b24connector.tokens import TokenSet
 
 
 def hash_secret(value: str) -> str:

@@ -93,22 +93,7 @@ class JournalCodec:
         member_id, kind, facts = data.get("member_id"), data.get("job"), data.get("facts", {})
         if not is_member_id(member_id) or not isinstance(kind, str) or not isinstance(facts, Mapping):
             raise ValueError("lifecycle journal message is malformed")
-        secrets: dict[str, str] = {}
-        if "sealed_b64" in data:
-            try:
-                sealed = base64.b64decode(str(data["sealed_b64"]), validate=True)
-            except (binascii.Error, ValueError):
-                raise ValueError("lifecycle journal message has a malformed ciphertext") from None
-            plaintext = self._cipher.open_bytes(sealed, member_id, owner=member_id)
-            try:
-                opened = json.loads(plaintext)
-            except ValueError:
-                raise TokenDecryptError(member_id, "journal secrets are not JSON") from None
-            if not isinstance(opened, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in opened.items()
-            ):
-                raise TokenDecryptError(member_id, "journal secrets are malformed")
-            secrets = opened
+        secrets = self._open_secrets(data["sealed_b64"], member_id) if "sealed_b64" in data else {}
         created_at = data.get("created_at", 0)
         return LifecycleJob(
             kind=kind,
@@ -117,6 +102,23 @@ class JournalCodec:
             secrets=secrets,
             created_at=created_at if isinstance(created_at, int) else 0,
         )
+
+    def _open_secrets(self, sealed_b64: object, member_id: str) -> dict[str, str]:
+        """The job's sealed secrets, opened under the portal's encryption context."""
+        try:
+            sealed = base64.b64decode(str(sealed_b64), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("lifecycle journal message has a malformed ciphertext") from None
+        plaintext = self._cipher.open_bytes(sealed, member_id, owner=member_id)
+        try:
+            opened = json.loads(plaintext)
+        except ValueError:
+            raise TokenDecryptError(member_id, "journal secrets are not JSON") from None
+        if not isinstance(opened, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in opened.items()
+        ):
+            raise TokenDecryptError(member_id, "journal secrets are malformed")
+        return opened
 
 
 class SqsLifecycleQueue:

@@ -22,7 +22,6 @@ from pynamodb.models import Model
 HEALTH_ACTIVE = "active"
 HEALTH_NEEDS_REAUTH = "needs_reauth"
 HEALTH_UNINSTALLED = "uninstalled"
-HEALTH_STATES = (HEALTH_ACTIVE, HEALTH_NEEDS_REAUTH, HEALTH_UNINSTALLED)
 
 # Whose pair a portal's grant is (docs/bitrix24-facts.md#f-app-9, #f-user-1): the system user of a Market
 # app (ONAPPUSERREADY), a portal administrator (REST user.admin said so) or any other employee. A grant
@@ -79,8 +78,6 @@ class PortalModel(Model):
     user_id = NumberAttribute(null=True)
     # SHA-256 hex of the app's application_token: enough to check ONAPPUNINSTALL, useless to forge it.
     application_token_hash = UnicodeAttribute(null=True)
-    # Records written before the hash existed hold the plaintext here; the next grant replaces it.
-    legacy_application_token = UnicodeAttribute(null=True, attr_name="application_token")
     token_ciphertext = BinaryAttribute(null=True, legacy_encoding=False)
     access_expires_at = NumberAttribute(null=True)
     refresh_obtained_at = NumberAttribute(null=True)

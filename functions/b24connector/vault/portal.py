@@ -5,20 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from b24connector.vault.cipher import SealedTokens, TokenMetadata
-from b24connector.vault.hashing import hash_secret
 from b24connector.vault.models import HEALTH_ACTIVE, ROLE_RANK, ROLE_USER, PortalModel
 
 
 def _int_or_none(value: float | None) -> int | None:
     return None if value is None else int(value)
-
-
-def application_token_hash(item: PortalModel) -> str | None:
-    """The stored application_token verifier of a record (SHA-256 hex), or None."""
-    if item.application_token_hash:
-        return item.application_token_hash
-    # A record from before hashing: verify against its plaintext until the next grant rewrites it.
-    return hash_secret(item.legacy_application_token) if item.legacy_application_token else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +108,7 @@ class Portal:
             created_at=_int_or_none(item.created_at),
             updated_at=_int_or_none(item.updated_at),
             uninstalled_at=_int_or_none(item.uninstalled_at),
-            application_token_hash=application_token_hash(item),
+            application_token_hash=item.application_token_hash,
             token_ciphertext=item.token_ciphertext,
             grant_role=item.grant_role if item.grant_role in ROLE_RANK else ROLE_USER,
             subscription_state=item.subscription_state,

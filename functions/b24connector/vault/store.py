@@ -14,10 +14,10 @@ from typing import Any
 
 from pynamodb.exceptions import PynamoDBException
 
-from b24connector.bitrix24.tokens import TokenSet
+from b24connector.tokens import TokenSet
 from b24connector.vault.cipher import SealedTokens, TokenCipher
 from b24connector.vault.dynamo import Clock, conditional_failure, unavailable
-from b24connector.vault.errors import GrantRefused, ReauthRequired, VaultUnavailable
+from b24connector.vault.errors import GrantNeedsReauth, GrantRefused, VaultUnavailable
 from b24connector.vault.hashing import grant_digest, hash_secret
 from b24connector.vault.leases import RefreshLeases
 from b24connector.vault.models import (
@@ -31,7 +31,7 @@ from b24connector.vault.models import (
     PortalModel,
     due_shard_of,
 )
-from b24connector.vault.portal import Portal, application_token_hash
+from b24connector.vault.portal import Portal
 
 _GRANT_DIGESTS_KEPT = 4
 _GRANT_ATTEMPTS = 5
@@ -84,7 +84,7 @@ def _kept_verifier(existing: PortalModel | None) -> str | None:
     # A reinstall gets a new application token: an uninstalled record's verifier is stale.
     if existing is None or existing.health == HEALTH_UNINSTALLED:
         return None
-    return application_token_hash(existing)
+    return existing.application_token_hash
 
 
 def _kept_digests(existing: PortalModel | None, digest: str) -> list[str]:
@@ -139,10 +139,10 @@ class PortalStore(RefreshLeases):
         return max(items, key=lambda p: (p.is_active, p.updated_at or 0))
 
     def tokens(self, portal: Portal) -> TokenSet:
-        """Decrypt the portal's stored pair (cached per version); ReauthRequired when none is stored."""
+        """Decrypt the portal's stored pair (cached per version); GrantNeedsReauth when none is stored."""
         sealed = portal.sealed()
         if sealed is None:
-            raise ReauthRequired(portal.member_id, portal.health)
+            raise GrantNeedsReauth(portal.member_id, portal.health)
         return self.cipher.open(sealed, version=portal.version)
 
     def due_portals(self, now: float, limit: int) -> Iterator[tuple[str, int]]:
@@ -318,7 +318,6 @@ class PortalStore(RefreshLeases):
                 m.status,
                 m.user_id,
                 m.application_token_hash,
-                m.legacy_application_token,
                 m.access_expires_at,
                 m.refresh_obtained_at,
                 m.last_refresh_attempt_at,

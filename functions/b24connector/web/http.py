@@ -53,13 +53,6 @@ class Fields:
             )
         return values[0]
 
-    def require(self, name: str) -> str:
-        """The single non-empty value of `name`; missing or empty is refused."""
-        value = self.one(name)
-        if value is None or value == "":
-            raise HttpProblem(400, f"{_reason_name(name)}_missing", f"Field {name!r} is required.")
-        return value
-
     def single_values(self) -> dict[str, str]:
         """Every field with its one value; conflicting duplicates of any field are refused."""
         return {name: value for name in self.names() if (value := self.one(name)) is not None}
