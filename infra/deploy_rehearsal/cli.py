@@ -54,6 +54,10 @@ WORKAROUND_TEXT = {
         "moto cannot update a DynamoDB table through CloudFormation (it drops it from the stack): the "
         "table was kept in place, as CloudFormation updates it"
     ),
+    "event-bus-ref-is-its-name": (
+        "moto's AWS::Events::EventBus has no physical id, so Ref handed the object to a function's "
+        "environment: Ref resolved to the bus name, as CloudFormation resolves it"
+    ),
     "failed-execution-reported": (
         "moto raises a resource's error from ExecuteChangeSet: reported as CloudFormation does, a "
         "failed resource and a rolled-back stack (moto removes nothing it created)"

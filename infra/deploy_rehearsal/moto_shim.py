@@ -142,6 +142,19 @@ def _patch_table_updates() -> None:
     Table.update_from_cloudformation_json = classmethod(update_in_place)  # type: ignore[method-assign,assignment,arg-type]
 
 
+def _patch_event_bus_ref() -> None:
+    from moto.events.models import EventBus
+
+    def bus_name(bus: EventBus) -> str:
+        # CloudFormation's Ref of AWS::Events::EventBus is the bus name; moto's model has no
+        # physical_resource_id, so Ref handed the object itself to a function's environment and
+        # every GetFunctionConfiguration of that function failed to serialise.
+        return bus.name
+
+    EventBus.physical_resource_id = property(bus_name)  # type: ignore[attr-defined]
+    record("event-bus-ref-is-its-name", "AWS::Events::EventBus")
+
+
 def _patch_template_urls() -> None:
     from urllib.parse import urlparse
 
@@ -437,6 +450,7 @@ def install_workarounds(log_path: Path | None) -> list[str]:
     _patch_change_sets()
     _patch_template_urls()
     _patch_table_updates()
+    _patch_event_bus_ref()
     os.environ.setdefault("MOTO_LAMBDA_CONCURRENCY_QUOTA", DEFAULT_CONCURRENCY_QUOTA)
     moto_process.EXTRA_MIDDLEWARE.append(lambda_account_settings)
     return [cls.cloudformation_type() for cls in classes]
