@@ -101,25 +101,3 @@ def crafted_oauth() -> Iterator[CraftedOAuthServer]:
     server = CraftedOAuthServer().start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def one_metric_flush_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Serialize Powertools' per-process metric set for tests that run handlers on several threads.
-
-    Lambda runs one invocation per container at a time, so the shared metric set is never touched
-    concurrently there; threads in one process stand in for concurrent containers only with this.
-    """
-    import threading
-
-    from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import AmazonCloudWatchEMFProvider
-
-    lock = threading.RLock()
-    for name in ("add_metric", "add_dimension", "flush_metrics", "serialize_metric_set", "clear_metrics"):
-        real = getattr(AmazonCloudWatchEMFProvider, name)
-
-        def locked(self: Any, *args: Any, _real: Any = real, **kwargs: Any) -> Any:
-            with lock:
-                return _real(self, *args, **kwargs)
-
-        monkeypatch.setattr(AmazonCloudWatchEMFProvider, name, locked)

@@ -16,7 +16,8 @@ from b24connector.vault.models import HEALTH_ACTIVE
 from tests.support.vault_rig import access_token_works, process_context, refresher_process, run_concurrently
 from tests.support.vault_scene import BACKENDS, Scene
 
-pytestmark = pytest.mark.integration
+# Threads stand in for concurrent containers: they share one Powertools metric set only through this.
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_metric_flush_at_a_time")]
 
 
 def _assert_one_refresh_for_all(scene: Scene, results: list[TokenSet | BaseException], calls: int) -> None:
