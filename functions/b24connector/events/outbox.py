@@ -17,8 +17,7 @@ from pynamodb.exceptions import PutError, PynamoDBException
 from pynamodb.models import Model
 
 from b24connector.vault.errors import VaultUnavailable
-
-_MAX_POOL_CONNECTIONS = 10
+from b24connector.vault.models import bound_model
 
 
 class LeadEventModel(Model):
@@ -40,20 +39,8 @@ class LeadEventModel(Model):
 @cache
 def bind_lead_event_model(table_name: str, region: str, host: str | None = None) -> type[LeadEventModel]:
     """The model bound to one table, region and (optional) endpoint (None: botocore resolves it)."""
-    meta = type(
-        "Meta",
-        (),
-        {
-            "table_name": table_name,
-            "region": region,
-            "host": host,
-            "max_pool_connections": _MAX_POOL_CONNECTIONS,
-        },
-    )
-    bound: type[LeadEventModel] = type(
-        f"LeadEventModel_{table_name}", (LeadEventModel,), {"Meta": meta, "__module__": __name__}
-    )
-    return bound
+    model: type[LeadEventModel] = bound_model(LeadEventModel, table_name, region, host)
+    return model
 
 
 @dataclass(frozen=True, slots=True)

@@ -135,7 +135,8 @@ def aws_region() -> str:
     return region
 
 
-def _bound(base: type[Model], table_name: str, region: str, host: str | None) -> type[Any]:
+def bound_model(base: type[Model], table_name: str, region: str, host: str | None) -> type[Any]:
+    """A subclass of `base` bound to one table name, region and (optional) endpoint, with its own connection."""
     meta = type(
         "Meta",
         (),
@@ -154,14 +155,14 @@ def _bound(base: type[Model], table_name: str, region: str, host: str | None) ->
 @cache
 def bind_portal_model(table_name: str, region: str, host: str | None = None) -> type[PortalModel]:
     """The portals model bound to one table name, region and (optional) endpoint."""
-    model: type[PortalModel] = _bound(PortalModel, table_name, region, host)
+    model: type[PortalModel] = bound_model(PortalModel, table_name, region, host)
     return model
 
 
 @cache
 def bind_state_model(table_name: str, region: str, host: str | None = None) -> type[OAuthStateModel]:
     """The OAuth-state model bound to one table name, region and (optional) endpoint."""
-    model: type[OAuthStateModel] = _bound(OAuthStateModel, table_name, region, host)
+    model: type[OAuthStateModel] = bound_model(OAuthStateModel, table_name, region, host)
     return model
 
 
