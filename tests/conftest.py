@@ -14,6 +14,10 @@ Fixtures (details in tests/support):
   `moto_server`, with every env var the settings read set (monkeypatched) and get_settings() reset.
 - `aws_stack_factory` (function): build more stacks, e.g. `aws_stack_factory(dynamodb="dynalite")`
   (backends: "moto", "dynalite", "raw-moto"); extra keyword arguments become env vars.
+- `rig_factory` / `rig` (function): the one test rig (tests/support/rig.py): a stack plus emulated
+  portal(s), driving the handlers in process, the API on a loopback socket, or the vault per worker.
+- `scene_factory` (function): a rig whose portal's grant is already saved through the vault.
+- `aws_calls` (function): every botocore call (service, operation, table) made during the test.
 - `metrics_capture` (function): the Powertools metric buffer, cleared before and after the test.
 
 `--aws-call-log PATH` (make test passes .local/iam-calls.jsonl): record every AWS call each template
@@ -26,12 +30,15 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.support.aws import FAKE_CREDENTIALS, TEST_REGION, AwsStack, provision
 from tests.support.servers import DynaliteServer, MotoServer, ensure_dynalite
+
+if TYPE_CHECKING:  # imported in the fixtures: the rig imports the handlers, after the env below is set
+    from tests.support.rig import ApiFront, AwsCalls, Rig, Scene
 
 pytest_plugins = ["tests.leak_canary"]  # DEBUG logging + secret canaries for the whole session
 
@@ -167,6 +174,112 @@ def aws_stack_factory(
 def aws_stack(aws_stack_factory: Callable[..., AwsStack]) -> AwsStack:
     """A fresh stack on the moto server, active in this process's environment."""
     return aws_stack_factory()
+
+
+@pytest.fixture
+def rig_factory(
+    request: pytest.FixtureRequest, moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Rig]]:
+    """Build a rig, active in this process's environment (settings reset).
+
+    `backend` moto|dynalite (where the tables live), `portals` emulated portals (all allow-listed),
+    `emulator` EmulatorConfig overrides (default: 120 leads, seed 11, no rate limit), `extra_oauth_servers`
+    more trusted OAuth servers; other keyword arguments become environment variables.
+    """
+    from b24connector.settings import get_settings
+    from bitrix24_emulator import Emulator, EmulatorConfig
+    from tests.support.rig import CLIENT_ID, CLIENT_SECRET, ApiFront, Rig
+
+    started: list[Emulator] = []
+    fronts: list[ApiFront] = []
+
+    def build(
+        *,
+        backend: str = "moto",
+        portals: int = 1,
+        extra_oauth_servers: tuple[str, ...] = (),
+        emulator: dict[str, Any] | None = None,
+        **env: str,
+    ) -> Rig:
+        dynamodb_url = None
+        if backend == "dynalite":
+            dynamodb_url = request.getfixturevalue("dynalite_server").endpoint_url
+        elif backend != "moto":
+            raise ValueError(f"unknown DynamoDB backend {backend!r}")
+        stack = provision(
+            moto_server.endpoint_url, dynamodb_endpoint_url=dynamodb_url, client_secret=CLIENT_SECRET
+        )
+        config = {
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "redirect_uri": "https://api.test/callback",
+            "leads": 120,
+            "seed": 11,
+            "rate_plan": "off",
+            **(emulator or {}),
+        }
+        emulators = [Emulator(EmulatorConfig(**config)).start() for _ in range(portals)]
+        started.extend(emulators)
+        front = ApiFront().start()
+        fronts.append(front)
+        full_env = {
+            **stack.env(),
+            "LOCAL_MODE": "true",
+            "ALLOWED_PORTAL_HOSTS": ",".join(e.portal_domain for e in emulators),
+            "OAUTH_SERVERS": ",".join([*(e.oauth_url for e in emulators), *extra_oauth_servers]),
+            "HTTP_TIMEOUT_SECONDS": "10",  # production default: a loaded CI machine must not time out
+            "EVENTS_URL": f"{front.url}/events",
+            **env,
+        }
+        monkeypatch.delenv("AWS_ENDPOINT_URL_DYNAMODB", raising=False)
+        for name, value in full_env.items():
+            monkeypatch.setenv(name, value)
+        get_settings.cache_clear()
+        return Rig(stack, emulators[0], full_env, backend, emulators[1:], front.url)
+
+    yield build
+    for running in started:
+        running.stop()
+    for front in fronts:
+        front.stop()
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def rig(rig_factory: Callable[..., Rig]) -> Rig:
+    """One emulated portal on moto."""
+    return rig_factory()
+
+
+@pytest.fixture
+def scene_factory(rig_factory: Callable[..., Rig]) -> Callable[..., Scene]:
+    """A portal installed at the vault level on `backend`, with RefreshPolicy overrides as kwargs.
+
+    The emulator runs the portal's standard rate plan and holds no leads (nothing here lists them).
+    """
+
+    def build(backend: str = "moto", **policy: Any) -> Scene:
+        return rig_factory(backend=backend, emulator={"leads": 0, "rate_plan": "standard"}).scene(**policy)
+
+    return build
+
+
+@pytest.fixture
+def aws_calls(monkeypatch: pytest.MonkeyPatch) -> AwsCalls:
+    """Record botocore calls (boto3, PynamoDB and Powertools all go through BaseClient._make_api_call)."""
+    import botocore.client
+
+    from tests.support.rig import AwsCalls
+
+    recorded = AwsCalls()
+    real = botocore.client.BaseClient._make_api_call
+
+    def recording(self: Any, operation_name: str, api_params: Any) -> Any:
+        recorded.record(self.meta.service_model.service_name, operation_name, api_params)
+        return real(self, operation_name, api_params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", recording)
+    return recorded
 
 
 @pytest.fixture

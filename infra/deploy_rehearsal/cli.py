@@ -366,14 +366,14 @@ def rehearse(rehearsal: Rehearsal, make: Sequence[str]) -> None:
     print("\n==> check the prod stack next to dev")
     check_stack(rehearsal, "prod", {"CREATE_COMPLETE"})
     names = schedules(rehearsal, region)
-    expected_count = 2 * len(_schedule_events(REPO_ROOT / "template.yaml"))
+    expected_count = 2 * len(schedule_events(REPO_ROOT / "template.yaml"))
     if len(names) == expected_count and len(set(names)) == len(names):
         rehearsal.ok(f"schedules of both stacks coexist: {', '.join(names)}")
     else:
         rehearsal.fail(f"expected {expected_count} distinct schedules, found {names}")
 
 
-def _schedule_events(template_path: Path) -> list[str]:
+def schedule_events(template_path: Path) -> list[str]:
     """Function events of type ScheduleV2 in the template (each becomes one schedule)."""
     template = load_template(template_path)
     found = []

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 
 from bitrix24_emulator import Emulator
-from tests.handlers.conftest import Connector
+from tests.support.rig import Rig
 
 pytestmark = pytest.mark.integration
 
 
-def _install(connector: Connector, emulator: Emulator) -> dict[str, Any]:
-    connector.install_event()
-    item = connector.portal_item()
+def _install(rig: Rig, emulator: Emulator) -> dict[str, Any]:
+    rig.http.install_event()
+    item = rig.portal()
     assert item is not None
     return item
 
@@ -38,32 +38,32 @@ def _auth_check_fails(emulator: Emulator, count: int) -> None:
 
 
 def test_a_failed_token_check_on_the_portal_is_retried_and_the_read_succeeds(
-    connector: Connector, emulator: Emulator
+    rig: Rig, emulator: Emulator
 ) -> None:
     # Given the portal's check with its OAuth server fails once
-    before = _install(connector, emulator)
+    before = _install(rig, emulator)
     _auth_check_fails(emulator, 1)
     emulator.reset()
     # When LeadsFunction reads
-    page = connector.leads(member_id=emulator.member_id, select=["ID"], limit=5)
+    page = rig.leads(member_id=emulator.member_id, select=["ID"], limit=5)
     # Then the read is retried with the same token and succeeds; no refresh, the record as it was
     assert len(page["leads"]) == 5, page
     assert emulator.stats()["token_requests"] == 0
-    assert connector.portal_item() == before
+    assert rig.portal() == before
 
 
 def test_a_token_check_that_keeps_failing_is_an_upstream_error_not_reauth(
-    connector: Connector, emulator: Emulator
+    rig: Rig, emulator: Emulator
 ) -> None:
     # Given the portal's check with its OAuth server keeps failing
-    before = _install(connector, emulator)
+    before = _install(rig, emulator)
     _auth_check_fails(emulator, 20)
     emulator.reset()
     # When LeadsFunction reads
-    answer = connector.leads(member_id=emulator.member_id, select=["ID"], limit=5)
+    answer = rig.leads(member_id=emulator.member_id, select=["ID"], limit=5)
     # Then the caller is told to retry later, never to re-authorize, and nothing is flagged
     assert answer["error"]["code"] == "UPSTREAM_ERROR", answer
     assert "CONNECTION_ERROR" in answer["error"]["message"]
     assert emulator.stats()["token_requests"] == 0
-    assert connector.portal_item() == before
+    assert rig.portal() == before
     assert before["health"]["S"] == "active"

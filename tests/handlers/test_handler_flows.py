@@ -14,7 +14,7 @@ import requests
 from b24connector import wiring
 from b24connector.settings import get_settings
 from bitrix24_emulator import Emulator
-from tests.handlers.conftest import COOKIE, AwsCalls, Connector
+from tests.support.rig import COOKIE, AwsCalls, Rig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -27,13 +27,13 @@ def _item_version(item: dict[str, Any] | None) -> int:
 # --- authorize -> consent -> callback ------------------------------------------------------------
 
 
-def test_authorize_consent_callback_stores_working_tokens(connector: Connector, emulator: Emulator) -> None:
+def test_authorize_consent_callback_stores_working_tokens(rig: Rig, emulator: Emulator) -> None:
     # Given a user who names the emulated portal
-    consent_url, nonce = connector.authorize()
+    consent_url, nonce = rig.http.authorize()
     assert consent_url.startswith(f"{emulator.portal_url}/oauth/authorize/?client_id=local.test.app&state=")
     # When they approve on the portal and the browser follows the redirect with its cookie
-    redirect = connector.consent(consent_url)
-    assert redirect.startswith(f"{connector.api_url}/callback?")
+    redirect = rig.http.consent(consent_url)
+    assert redirect.startswith(f"{rig.api_url}/callback?")
     answer = requests.get(
         redirect, headers={"Cookie": f"{COOKIE}={nonce}"}, allow_redirects=False, timeout=10
     )
@@ -41,7 +41,7 @@ def test_authorize_consent_callback_stores_working_tokens(connector: Connector, 
     assert answer.status_code == 200, answer.text
     assert "Connected" in answer.text
     assert answer.headers["Set-Cookie"].startswith(f"{COOKIE}=; Max-Age=0")
-    item = connector.portal_item()
+    item = rig.portal()
     assert item is not None
     assert item["health"]["S"] == "active"
     assert item["domain"]["S"] == emulator.portal_domain
@@ -50,48 +50,48 @@ def test_authorize_consent_callback_stores_working_tokens(connector: Connector, 
     assert not any(chain["access_token"] in repr(item) for chain in live if chain.get("access_token"))
     assert emulator.stats()["token_requests"] == 1
     # And the stored tokens work: LeadsFunction reads with them
-    page = connector.leads(member_id=emulator.member_id, limit=5, select=["TITLE"])
+    page = rig.leads(member_id=emulator.member_id, limit=5, select=["TITLE"])
     assert page["count"] == 5, page
 
 
-def test_a_replayed_callback_is_refused_and_changes_nothing(connector: Connector) -> None:
-    consent_url, nonce = connector.authorize()
-    redirect = connector.consent(consent_url)
+def test_a_replayed_callback_is_refused_and_changes_nothing(rig: Rig) -> None:
+    consent_url, nonce = rig.http.authorize()
+    redirect = rig.http.consent(consent_url)
     first = requests.get(redirect, headers={"Cookie": f"{COOKIE}={nonce}"}, allow_redirects=False, timeout=10)
     assert first.status_code == 200
-    version = _item_version(connector.portal_item())
+    version = _item_version(rig.portal())
     again = requests.get(redirect, headers={"Cookie": f"{COOKIE}={nonce}"}, allow_redirects=False, timeout=10)
     assert (again.status_code, again.headers["X-Reason-Code"]) == (400, "state_used")
-    assert _item_version(connector.portal_item()) == version
+    assert _item_version(rig.portal()) == version
     # The state is kept, marked used, until DynamoDB's TTL removes it
-    (state,) = connector.stack.raw_items(connector.stack.states_table)
+    (state,) = rig.stack.raw_items(rig.stack.states_table)
     assert int(state["used_at"]["N"]) <= int(state["expires_at"]["N"])
 
 
 def test_callback_without_the_cookie_is_refused_before_the_code_is_spent(
-    connector: Connector, emulator: Emulator
+    rig: Rig, emulator: Emulator
 ) -> None:
-    consent_url, nonce = connector.authorize()
-    redirect = connector.consent(consent_url)
+    consent_url, nonce = rig.http.authorize()
+    redirect = rig.http.consent(consent_url)
     answer = requests.get(redirect, allow_redirects=False, timeout=10)
     assert (answer.status_code, answer.headers["X-Reason-Code"]) == (400, "cookie_missing")
-    assert connector.portal_item() is None
+    assert rig.portal() is None
     assert emulator.stats()["token_requests"] == 0
     # The same browser can still finish (the state was not consumed)
     done = requests.get(redirect, headers={"Cookie": f"{COOKIE}={nonce}"}, allow_redirects=False, timeout=10)
     assert done.status_code == 200
 
 
-def test_an_expired_code_is_refused_and_not_retried(connector: Connector, emulator: Emulator) -> None:
-    consent_url, nonce = connector.authorize()
-    redirect = connector.consent(consent_url)
+def test_an_expired_code_is_refused_and_not_retried(rig: Rig, emulator: Emulator) -> None:
+    consent_url, nonce = rig.http.authorize()
+    redirect = rig.http.consent(consent_url)
     emulator.clock.advance(31)  # codes live 30 s
     answer = requests.get(
         redirect, headers={"Cookie": f"{COOKIE}={nonce}"}, allow_redirects=False, timeout=10
     )
     assert (answer.status_code, answer.headers["X-Reason-Code"]) == (400, "code_rejected")
     assert emulator.stats()["token_requests"] == 1
-    assert connector.portal_item() is None
+    assert rig.portal() is None
 
 
 @pytest.mark.parametrize(
@@ -103,24 +103,24 @@ def test_an_expired_code_is_refused_and_not_retried(connector: Connector, emulat
     ],
 )
 def test_authorize_refuses_bad_domains_and_stores_nothing(
-    connector: Connector, query: dict[str, str], reason: str
+    rig: Rig, query: dict[str, str], reason: str
 ) -> None:
-    answer = requests.get(f"{connector.api_url}/authorize", params=query, allow_redirects=False, timeout=10)
+    answer = requests.get(f"{rig.api_url}/authorize", params=query, allow_redirects=False, timeout=10)
     assert (answer.status_code, answer.headers["X-Reason-Code"]) == (400, reason)
     assert "Set-Cookie" not in answer.headers
-    assert connector.stack.raw_items(connector.stack.states_table) == []
+    assert rig.stack.raw_items(rig.stack.states_table) == []
 
 
-def test_authorize_refuses_duplicate_domains(connector: Connector, emulator: Emulator) -> None:
-    url = f"{connector.api_url}/authorize?domain={emulator.portal_domain}&domain=other.bitrix24.com"
+def test_authorize_refuses_duplicate_domains(rig: Rig, emulator: Emulator) -> None:
+    url = f"{rig.api_url}/authorize?domain={emulator.portal_domain}&domain=other.bitrix24.com"
     answer = requests.get(url, allow_redirects=False, timeout=10)
     assert (answer.status_code, answer.headers["X-Reason-Code"]) == (400, "domain_duplicate")
-    assert connector.stack.raw_items(connector.stack.states_table) == []
+    assert rig.stack.raw_items(rig.stack.states_table) == []
 
 
-def test_states_are_stored_hashed_with_an_expiry(connector: Connector) -> None:
-    consent_url, nonce = connector.authorize()
-    (item,) = connector.stack.raw_items(connector.stack.states_table)
+def test_states_are_stored_hashed_with_an_expiry(rig: Rig) -> None:
+    consent_url, nonce = rig.http.authorize()
+    (item,) = rig.stack.raw_items(rig.stack.states_table)
     assert nonce not in repr(item)
     assert consent_url.split("state=", 1)[1].split("&", 1)[0] not in repr(item)
     assert int(item["expires_at"]["N"]) > 0
@@ -129,9 +129,9 @@ def test_states_are_stored_hashed_with_an_expiry(connector: Connector) -> None:
 # --- install page, ONAPPINSTALL, uninstall -------------------------------------------------------
 
 
-def _api_only(connector: Connector, emulator: Emulator) -> None:
+def _api_only(rig: Rig, emulator: Emulator) -> None:
     """The app card of an API-only app: the events URL is its installation event handler."""
-    emulator.configure(app_mode="api_only", install_url=connector.events_url())
+    emulator.configure(app_mode="api_only", install_url=rig.http.events_url())
 
 
 def _delivery(answer: dict[str, Any], event: str) -> dict[str, Any]:
@@ -140,18 +140,18 @@ def _delivery(answer: dict[str, Any], event: str) -> dict[str, Any]:
 
 
 def test_api_only_install_is_journaled_applied_and_subscribed_then_uninstalled_through_the_binding(
-    connector: Connector, emulator: Emulator
+    rig: Rig, emulator: Emulator
 ) -> None:
     # Given an API-only app whose administrator installs it
-    _api_only(connector, emulator)
+    _api_only(rig, emulator)
     installed = emulator.install(user_id=1)
     # Then ONAPPINSTALL was answered at once, before anything was verified or stored
     assert _delivery(installed, "ONAPPINSTALL")["status"] == 200
-    assert connector.portal_item() is None
+    assert rig.portal() is None
     assert emulator.stats()["oauth_app_info_requests"] == 0
     # When LifecycleFunction runs: the grant is verified, stored as the administrator's, and subscribed
-    connector.drain_lifecycle()
-    item = connector.portal_item()
+    rig.drain_lifecycle()
+    item = rig.portal()
     assert item is not None
     assert (item["health"]["S"], item["grant_role"]["S"], item["subscription_state"]["S"]) == (
         "active",
@@ -168,46 +168,44 @@ def test_api_only_install_is_journaled_applied_and_subscribed_then_uninstalled_t
     assert emulator.application_token not in repr(item)
     bindings = emulator.events()["bindings"]
     assert [(b["event"], b["handler"]) for b in bindings] == [
-        (e, connector.events_url())
+        (e, rig.http.events_url())
         for e in ("ONAPPUNINSTALL", "ONCRMLEADADD", "ONCRMLEADUPDATE", "ONCRMLEADDELETE")
     ]
     # When the administrator removes the app, Bitrix24 delivers ONAPPUNINSTALL through the binding
     removed = emulator.uninstall(clean=False)
     # Then it is accepted for confirmation (a token alone proves nothing: employees can read it) ...
     assert _delivery(removed, "ONAPPUNINSTALL")["status"] == 202
-    assert connector.portal_item()["health"]["S"] == "active"  # type: ignore[index]
+    assert rig.portal()["health"]["S"] == "active"  # type: ignore[index]
     # ... and applied once Bitrix24, asked with the stored grant, says the app is gone
-    connector.drain_lifecycle()
-    item = connector.portal_item()
+    rig.drain_lifecycle()
+    item = rig.portal()
     assert item is not None
     assert (item["health"]["S"], "token_ciphertext" in item) == ("uninstalled", False)
-    assert connector.leads(member_id=emulator.member_id)["error"]["code"] == "REAUTH_REQUIRED"
+    assert rig.leads(member_id=emulator.member_id)["error"]["code"] == "REAUTH_REQUIRED"
 
 
-def test_legacy_install_page_then_uninstall_confirmed_with_bitrix24(
-    connector: Connector, emulator: Emulator
-) -> None:
+def test_legacy_install_page_then_uninstall_confirmed_with_bitrix24(rig: Rig, emulator: Emulator) -> None:
     # Given a UI app on a portal whose install page carries no application token (the legacy form)
     emulator.install(user_id=1)
-    page = emulator.send_install(connector.install_url(), "page")
+    page = emulator.send_install(rig.http.install_url(), "page")
     assert page["status"] == 200, page
     assert "BX24.installFinish()" in page["body"]
     emulator.install_finish()
-    item = connector.portal_item()
+    item = rig.portal()
     assert item is not None
     assert item["server_endpoint"]["S"] == f"{emulator.oauth_url}/rest/"
     assert "application_token_hash" not in item
     # And the connector subscribed to ONAPPUNINSTALL
-    connector.drain_lifecycle()
-    assert connector.portal_item()["subscription_state"]["S"] == "bound"  # type: ignore[index]
+    rig.drain_lifecycle()
+    assert rig.portal()["subscription_state"]["S"] == "bound"  # type: ignore[index]
     # When the administrator removes the app, with "keep data"
     removed = emulator.uninstall(clean=False)
     # Then nothing proves the event by token: accepted, nothing changed yet
     assert _delivery(removed, "ONAPPUNINSTALL")["status"] == 202
-    assert connector.portal_item()["health"]["S"] == "active"  # type: ignore[index]
+    assert rig.portal()["health"]["S"] == "active"  # type: ignore[index]
     # And once Bitrix24, asked with the stored grant, says the app is gone, the uninstall is applied
-    connector.drain_lifecycle()
-    item = connector.portal_item()
+    rig.drain_lifecycle()
+    item = rig.portal()
     assert item is not None
     assert (item["health"]["S"], "token_ciphertext" in item, item["domain"]["S"]) == (
         "uninstalled",
@@ -216,65 +214,61 @@ def test_legacy_install_page_then_uninstall_confirmed_with_bitrix24(
     )
 
 
-def test_replayed_install_event_keeps_the_version(connector: Connector, emulator: Emulator) -> None:
+def test_replayed_install_event_keeps_the_version(rig: Rig, emulator: Emulator) -> None:
     from bitrix24_emulator.installer import deliver, install_event_request
 
-    request = install_event_request(emulator.state, connector.events_url())
+    request = install_event_request(emulator.state, rig.http.events_url())
     assert deliver(request, 10)["status"] == 200
-    connector.drain_lifecycle()
-    version = _item_version(connector.portal_item())
+    rig.drain_lifecycle()
+    version = _item_version(rig.portal())
     assert deliver(request, 10)["status"] == 200
-    connector.drain_lifecycle()
-    assert _item_version(connector.portal_item()) == version
+    rig.drain_lifecycle()
+    assert _item_version(rig.portal()) == version
 
 
-def test_a_late_install_event_and_a_first_app_info_timeout_lose_nothing(
-    connector: Connector, emulator: Emulator
-) -> None:
+def test_a_late_install_event_and_a_first_app_info_timeout_lose_nothing(rig: Rig, emulator: Emulator) -> None:
     # Given an ONAPPINSTALL whose access token expired before LifecycleFunction got to it
-    _api_only(connector, emulator)
+    _api_only(rig, emulator)
     emulator.install(user_id=1)
     emulator.expire_access_tokens()
     # And an OAuth server whose first app.info answer times out
     emulator.add_faults([{"target": "oauth", "method": "app.info", "kind": "slow", "delay": 6, "count": 1}])
     # When the journal is drained (a failed try comes back, as SQS redelivers it)
-    drain = connector.drain_lifecycle()
+    drain = rig.drain_lifecycle()
     # Then the install is stored all the same, after one renewal of the event's own refresh token
     assert drain.retried >= 1
-    item = connector.portal_item()
+    item = rig.portal()
     assert item is not None
     assert item["health"]["S"] == "active"
     assert emulator.stats()["token_grants"].get("refresh_token") == 1
-    assert connector.leads(member_id=emulator.member_id, limit=1)["count"] == 1
+    assert rig.leads(member_id=emulator.member_id, limit=1)["count"] == 1
 
 
-def test_an_employee_cannot_take_the_portal_over_by_authorize(
-    connector: Connector, emulator: Emulator
-) -> None:
+def test_an_employee_cannot_take_the_portal_over_by_authorize(rig: Rig, emulator: Emulator) -> None:
     # Given a portal connected by its administrator
-    assert connector.connect().status_code == 200
-    before = connector.portal_item()
+    assert rig.http.connect().status_code == 200
+    before = rig.portal()
     # When an employee who is not an administrator completes /authorize
-    answer = connector.connect(user_id=2)
+    answer = rig.http.connect(user_id=2)
     # Then a clear page, and the administrator's grant still serves every reader
     assert (answer.status_code, answer.headers["X-Reason-Code"]) == (403, "administrator_required")
-    assert connector.portal_item() == before
+    assert rig.portal() == before
     emulator.reset()
-    assert connector.leads(member_id=emulator.member_id, limit=3)["count"] == 3
+    assert rig.leads(member_id=emulator.member_id, limit=3)["count"] == 3
     assert set(emulator.stats()["requests_by_user"]) == {"1"}
 
 
-def test_uninstall_of_an_unknown_portal_is_403(connector: Connector) -> None:
-    answer = connector.post_form(
+def test_uninstall_of_an_unknown_portal_is_403(rig: Rig) -> None:
+    answer = rig.http.post_form(
         "/events",
         [("event", "ONAPPUNINSTALL"), ("auth[member_id]", "f" * 32), ("auth[application_token]", "a" * 32)],
     )
     assert answer.status_code == 403
-    assert connector.portal_item() is None
+    assert rig.portal() is None
 
 
 def test_install_with_a_token_the_oauth_server_does_not_know_stores_nothing(
-    connector: Connector, emulator: Emulator
+    rig: Rig, emulator: Emulator
 ) -> None:
     fields = [
         ("event", "ONAPPINSTALL"),
@@ -287,10 +281,10 @@ def test_install_with_a_token_the_oauth_server_does_not_know_stores_nothing(
         ("auth[member_id]", emulator.member_id),
         ("auth[application_token]", "z" * 32),
     ]
-    answer = connector.post_form("/events", fields)
+    answer = rig.http.post_form("/events", fields)
     assert answer.status_code == 200  # accepted into the journal; verified there
-    connector.drain_lifecycle()
-    assert connector.portal_item() is None
+    rig.drain_lifecycle()
+    assert rig.portal() is None
 
 
 @pytest.mark.parametrize(
@@ -310,27 +304,27 @@ def test_install_with_a_token_the_oauth_server_does_not_know_stores_nothing(
 )
 @pytest.mark.parametrize("path", ["/install", "/events"])
 def test_bad_posts_are_4xx_and_change_nothing(
-    connector: Connector, path: str, headers: dict[str, str], body: bytes, status: int
+    rig: Rig, path: str, headers: dict[str, str], body: bytes, status: int
 ) -> None:
-    emulator = connector.emulator
+    emulator = rig.emulator
     answer = requests.post(
-        f"{connector.api_url}{path}?DOMAIN={emulator.portal_domain}", data=body, headers=headers, timeout=10
+        f"{rig.api_url}{path}?DOMAIN={emulator.portal_domain}", data=body, headers=headers, timeout=10
     )
     assert answer.status_code == status, answer.text
     assert "Traceback" not in answer.text
-    assert connector.portal_item() is None
+    assert rig.portal() is None
     assert emulator.stats()["oauth_app_info_requests"] == 0
 
 
 # --- LeadsFunction -------------------------------------------------------------------------------
 
 
-def _install(connector: Connector, emulator: Emulator) -> None:
-    connector.install_event()
+def _install(rig: Rig, emulator: Emulator) -> None:
+    rig.http.install_event()
 
 
-def test_leads_pages_every_lead_through_cursors(connector: Connector, emulator: Emulator) -> None:
-    _install(connector, emulator)
+def test_leads_pages_every_lead_through_cursors(rig: Rig, emulator: Emulator) -> None:
+    _install(rig, emulator)
     seen: list[int] = []
     cursor = None
     pages = 0
@@ -338,7 +332,7 @@ def test_leads_pages_every_lead_through_cursors(connector: Connector, emulator: 
         payload: dict[str, Any] = {"domain": emulator.portal_domain, "select": ["ID", "TITLE"], "limit": 70}
         if cursor:
             payload["cursor"] = cursor
-        page = connector.leads(**payload)
+        page = rig.leads(**payload)
         assert "error" not in page, page
         assert page["count"] == len(page["leads"])
         seen.extend(int(lead["ID"]) for lead in page["leads"])
@@ -351,24 +345,22 @@ def test_leads_pages_every_lead_through_cursors(connector: Connector, emulator: 
     assert emulator.stats()["count_queries"] == 0  # start=-1 everywhere
 
 
-def test_leads_filter_and_large_limits(connector: Connector, emulator: Emulator) -> None:
-    _install(connector, emulator)
+def test_leads_filter_and_large_limits(rig: Rig, emulator: Emulator) -> None:
+    _install(rig, emulator)
     ids = sorted(emulator.state.leads.ids())
     middle = ids[len(ids) // 2]
-    page = connector.leads(
-        member_id=emulator.member_id, filter={">=ID": middle}, select=["TITLE"], limit=5000
-    )
+    page = rig.leads(member_id=emulator.member_id, filter={">=ID": middle}, select=["TITLE"], limit=5000)
     assert [int(lead["ID"]) for lead in page["leads"]] == [i for i in ids if i >= middle]
     assert page["next_cursor"] is None
 
 
 @pytest.mark.parametrize("emulator_config", [{"leads": 12_000, "seed": 7}])
-def test_split_parts_cover_every_lead_once(connector: Connector, emulator: Emulator) -> None:
+def test_split_parts_cover_every_lead_once(rig: Rig, emulator: Emulator) -> None:
     # Given a portal with 12,000 leads
-    _install(connector, emulator)
+    _install(rig, emulator)
     ids = sorted(emulator.state.leads.ids())
     # When the first page asks for three parts
-    first = connector.leads(member_id=emulator.member_id, select=["TITLE"], limit=20_000, split=3)
+    first = rig.leads(member_id=emulator.member_id, select=["TITLE"], limit=20_000, split=3)
     assert "error" not in first, first
     parts = first["split_cursors"]
     # Then it answers one batch, read in one REST request, and three signed parts
@@ -380,9 +372,7 @@ def test_split_parts_cover_every_lead_once(connector: Connector, emulator: Emula
     for part in parts:
         cursor = part
         while cursor is not None:
-            page = connector.leads(
-                member_id=emulator.member_id, select=["TITLE"], limit=20_000, cursor=cursor
-            )
+            page = rig.leads(member_id=emulator.member_id, select=["TITLE"], limit=20_000, cursor=cursor)
             assert "error" not in page, page
             seen.extend(int(lead["ID"]) for lead in page["leads"])
             cursor = page["next_cursor"]
@@ -395,69 +385,67 @@ def test_split_parts_cover_every_lead_once(connector: Connector, emulator: Emula
     decoded = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
     decoded["b"] = ids[-1] + 1
     widened = base64.urlsafe_b64encode(json.dumps(decoded).encode()).rstrip(b"=").decode()
-    answer = connector.leads(member_id=emulator.member_id, select=["TITLE"], cursor=f"{widened}.{mac}")
+    answer = rig.leads(member_id=emulator.member_id, select=["TITLE"], cursor=f"{widened}.{mac}")
     assert answer["error"]["code"] == "INVALID_REQUEST"
 
 
-def test_tampered_and_foreign_cursors_are_rejected(connector: Connector, emulator: Emulator) -> None:
-    _install(connector, emulator)
-    first = connector.leads(member_id=emulator.member_id, limit=10)
+def test_tampered_and_foreign_cursors_are_rejected(rig: Rig, emulator: Emulator) -> None:
+    _install(rig, emulator)
+    first = rig.leads(member_id=emulator.member_id, limit=10)
     cursor = first["next_cursor"]
     body, _, mac = cursor.partition(".")
     decoded = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
     decoded["a"] = 0
     forged_body = base64.urlsafe_b64encode(json.dumps(decoded).encode()).rstrip(b"=").decode()
     for bad in (f"{forged_body}.{mac}", cursor[:-3] + "AAA", "garbage"):
-        answer = connector.leads(member_id=emulator.member_id, limit=10, cursor=bad)
+        answer = rig.leads(member_id=emulator.member_id, limit=10, cursor=bad)
         assert answer["error"]["code"] == "INVALID_REQUEST"
-    other_filter = connector.leads(
+    other_filter = rig.leads(
         member_id=emulator.member_id, limit=10, cursor=cursor, filter={"STATUS_ID": "NEW"}
     )
     assert other_filter["error"]["code"] == "INVALID_REQUEST"
 
 
-def test_expired_token_is_refreshed_transparently_once(connector: Connector, emulator: Emulator) -> None:
-    _install(connector, emulator)
-    connector.leads(member_id=emulator.member_id, limit=5)  # warm: tokens decrypted and cached
+def test_expired_token_is_refreshed_transparently_once(rig: Rig, emulator: Emulator) -> None:
+    _install(rig, emulator)
+    rig.leads(member_id=emulator.member_id, limit=5)  # warm: tokens decrypted and cached
     emulator.reset()
     emulator.expire_access_tokens()
-    page = connector.leads(member_id=emulator.member_id, limit=5)
+    page = rig.leads(member_id=emulator.member_id, limit=5)
     assert page["count"] == 5, page
     assert emulator.stats()["token_requests"] == 1
     # The new pair was committed and cached: the next call uses it without another refresh
-    again = connector.leads(member_id=emulator.member_id, limit=5)
+    again = rig.leads(member_id=emulator.member_id, limit=5)
     assert again["count"] == 5
     assert emulator.stats()["token_requests"] == 1
 
 
-def test_a_portal_rejecting_every_token_gets_one_refresh_per_interval(
-    connector: Connector, emulator: Emulator
-) -> None:
+def test_a_portal_rejecting_every_token_gets_one_refresh_per_interval(rig: Rig, emulator: Emulator) -> None:
     # Given a portal that answers expired_token to every REST call, even with a pair just issued
-    _install(connector, emulator)
+    _install(rig, emulator)
     emulator.add_faults([{"target": "rest", "kind": "expired_token", "count": 1000}])
     # When ten lead reads come in
-    answers = [connector.leads(member_id=emulator.member_id, limit=5) for _ in range(10)]
+    answers = [rig.leads(member_id=emulator.member_id, limit=5) for _ in range(10)]
     # Then the token endpoint saw one refresh (Bitrix24 blocks apps that refresh too often), and every
     # read after it got a clear, retryable RATE_LIMITED answer instead of another refresh
     assert emulator.stats()["token_requests"] == 1
     assert all("error" in answer for answer in answers), answers
     assert [answer["error"]["code"] for answer in answers[1:]] == ["RATE_LIMITED"] * 9
     assert "retry in" in answers[1]["error"]["message"]
-    item = connector.portal_item()
+    item = rig.portal()
     assert item is not None
     assert item["health"]["S"] == "active"  # nothing was flagged: the grant itself is fine
 
 
 def test_warm_invocation_makes_one_dynamodb_read_and_no_kms_or_secrets_calls(
-    connector: Connector, emulator: Emulator, aws_calls: AwsCalls
+    rig: Rig, emulator: Emulator, aws_calls: AwsCalls
 ) -> None:
-    _install(connector, emulator)
-    connector.leads(member_id=emulator.member_id, limit=5)  # cold: decrypt + secret
-    first = connector.leads(member_id=emulator.member_id, limit=5)
+    _install(rig, emulator)
+    rig.leads(member_id=emulator.member_id, limit=5)  # cold: decrypt + secret
+    first = rig.leads(member_id=emulator.member_id, limit=5)
     aws_calls.clear()
-    connector.leads(member_id=emulator.member_id, limit=5, cursor=first["next_cursor"])
-    stack = connector.stack
+    rig.leads(member_id=emulator.member_id, limit=5, cursor=first["next_cursor"])
+    stack = rig.stack
     assert aws_calls.dynamodb_on(stack.portals_table) == ["GetItem"]
     # The shared pacer writes (never reads) its bucket: at most one lease per invocation here
     assert set(aws_calls.dynamodb_on(stack.rate_limit_table)) <= {"UpdateItem"}
@@ -465,7 +453,7 @@ def test_warm_invocation_makes_one_dynamodb_read_and_no_kms_or_secrets_calls(
     assert aws_calls.of("kms") == []
     assert aws_calls.of("secretsmanager") == []
     aws_calls.clear()
-    connector.leads(domain=emulator.portal_domain, limit=5)
+    rig.leads(domain=emulator.portal_domain, limit=5)
     assert aws_calls.dynamodb_on(stack.portals_table) == ["Query"]
     assert aws_calls.of("kms") == []
     assert aws_calls.of("secretsmanager") == []
@@ -482,28 +470,26 @@ def test_warm_invocation_makes_one_dynamodb_read_and_no_kms_or_secrets_calls(
         ({"member_id": "m", "extra": True}, "INVALID_REQUEST"),
     ],
 )
-def test_leads_errors(connector: Connector, emulator: Emulator, payload: dict[str, Any], code: str) -> None:
-    _install(connector, emulator)
-    assert connector.invoke("LeadsFunction", payload)["error"]["code"] == code
+def test_leads_errors(rig: Rig, emulator: Emulator, payload: dict[str, Any], code: str) -> None:
+    _install(rig, emulator)
+    assert rig.invoke("LeadsFunction", payload)["error"]["code"] == code
 
 
-def test_dead_grant_is_reauth_required(connector: Connector, emulator: Emulator) -> None:
-    _install(connector, emulator)
+def test_dead_grant_is_reauth_required(rig: Rig, emulator: Emulator) -> None:
+    _install(rig, emulator)
     emulator.expire_access_tokens()
     emulator.invalidate_refresh_tokens()
-    answer = connector.leads(member_id=emulator.member_id, limit=5)
+    answer = rig.leads(member_id=emulator.member_id, limit=5)
     assert answer["error"]["code"] == "REAUTH_REQUIRED"
-    item = connector.portal_item()
+    item = rig.portal()
     assert item is not None
     assert item["health"]["S"] == "needs_reauth"
 
 
-def test_rate_limit_exhaustion_is_rate_limited(connector: Connector, emulator: Emulator) -> None:
-    _install(connector, emulator)
+def test_rate_limit_exhaustion_is_rate_limited(rig: Rig, emulator: Emulator) -> None:
+    _install(rig, emulator)
     emulator.add_faults([{"target": "rest", "kind": "query_limit", "count": 50}])
-    answer = connector.invoke(
-        "LeadsFunction", {"member_id": emulator.member_id, "limit": 5}, remaining_ms=5_000
-    )
+    answer = rig.invoke("LeadsFunction", {"member_id": emulator.member_id, "limit": 5}, remaining_ms=5_000)
     assert answer["error"]["code"] == "RATE_LIMITED", answer
 
 
@@ -511,57 +497,55 @@ def test_rate_limit_exhaustion_is_rate_limited(connector: Connector, emulator: E
 
 
 def test_sweep_and_worker_refresh_a_due_portal_once_and_not_again_within_a_day(
-    connector: Connector, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+    rig: Rig, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _install(connector, emulator)
-    version = _item_version(connector.portal_item())
+    _install(rig, emulator)
+    version = _item_version(rig.portal())
     # Nothing is due right after install
-    assert connector.sweep()["due"] == 0
+    assert rig.sweep()["due"] == 0
     # Given the refresh token is 22 days old (REFRESH_AFTER_DAYS is 21)
-    _age_portal(connector, days=22)
-    report = connector.sweep()
+    _age_portal(rig, days=22)
+    report = rig.sweep()
     assert (report["due"], report["queued"]) == (1, 1)
-    sqs = connector.stack.client("sqs")
-    messages = sqs.receive_message(QueueUrl=connector.stack.refresh_queue_url, MaxNumberOfMessages=10)[
-        "Messages"
-    ]
+    sqs = rig.stack.client("sqs")
+    messages = sqs.receive_message(QueueUrl=rig.stack.refresh_queue_url, MaxNumberOfMessages=10)["Messages"]
     assert json.loads(messages[0]["Body"]) == {"member_id": emulator.member_id, "version": version}
     event = _sqs_event(messages)
     emulator.reset()
     # When the worker runs the message
-    assert connector.invoke("RefreshWorkerFunction", event) == {"batchItemFailures": []}
+    assert rig.invoke("RefreshWorkerFunction", event) == {"batchItemFailures": []}
     # Then one refresh happened and the version moved
     assert emulator.stats()["token_requests"] == 1
-    assert _item_version(connector.portal_item()) == version + 1
+    assert _item_version(rig.portal()) == version + 1
     # And a redelivery, or a new sweep within 24 h, refreshes nothing
-    assert connector.invoke("RefreshWorkerFunction", event) == {"batchItemFailures": []}
+    assert rig.invoke("RefreshWorkerFunction", event) == {"batchItemFailures": []}
     # Even when the index says due again (clock moved back) the attempt a moment ago blocks it
-    _age_portal(connector, days=22, keep_recent_attempt=True)
-    assert connector.sweep()["due"] == 1
-    for message in sqs.receive_message(
-        QueueUrl=connector.stack.refresh_queue_url, MaxNumberOfMessages=10
-    ).get("Messages", []):
-        connector.invoke("RefreshWorkerFunction", _sqs_event([message]))
+    _age_portal(rig, days=22, keep_recent_attempt=True)
+    assert rig.sweep()["due"] == 1
+    for message in sqs.receive_message(QueueUrl=rig.stack.refresh_queue_url, MaxNumberOfMessages=10).get(
+        "Messages", []
+    ):
+        rig.invoke("RefreshWorkerFunction", _sqs_event([message]))
     assert emulator.stats()["token_requests"] == 1
 
 
 def test_one_scheduled_refresh_makes_four_aws_calls(
-    connector: Connector, emulator: Emulator, aws_calls: AwsCalls
+    rig: Rig, emulator: Emulator, aws_calls: AwsCalls
 ) -> None:
-    _install(connector, emulator)
-    version = _item_version(connector.portal_item())
-    _age_portal(connector, days=22)
+    _install(rig, emulator)
+    version = _item_version(rig.portal())
+    _age_portal(rig, days=22)
     message = {"MessageId": "m-1", "ReceiptHandle": "r-1", "MD5OfBody": "0" * 32}
     body = json.dumps({"member_id": emulator.member_id, "version": version})
     # A worker that has not seen this pair: the refresh token must be decrypted (KMS Decrypt).
     wiring.reset()  # a cold container: nothing built, no decrypted pair cached
     aws_calls.clear()
-    assert connector.invoke("RefreshWorkerFunction", _sqs_event([{**message, "Body": body}])) == {
+    assert rig.invoke("RefreshWorkerFunction", _sqs_event([{**message, "Body": body}])) == {
         "batchItemFailures": []
     }
     refresh_calls = [call for call in aws_calls.calls if call[0] != "secretsmanager"]
-    portal_calls = aws_calls.dynamodb_on(connector.stack.portals_table)
-    assert _item_version(connector.portal_item()) == version + 1
+    portal_calls = aws_calls.dynamodb_on(rig.stack.portals_table)
+    assert _item_version(rig.portal()) == version + 1
     # lease (one conditional UpdateItem, no GetItem), decrypt the refresh token, a data key for the new
     # pair (before the token call: sealing after it is local), commit; the client secret read is
     # Powertools-cached per container, not per refresh
@@ -574,10 +558,10 @@ def test_one_scheduled_refresh_makes_four_aws_calls(
     assert portal_calls == ["UpdateItem", "UpdateItem"]
 
 
-def _age_portal(connector: Connector, *, days: int, keep_recent_attempt: bool = False) -> None:
+def _age_portal(rig: Rig, *, days: int, keep_recent_attempt: bool = False) -> None:
     """Move the portal's refresh clock back (test setup writes the item directly)."""
-    dynamodb = connector.stack.client("dynamodb")
-    item = connector.portal_item()
+    dynamodb = rig.stack.client("dynamodb")
+    item = rig.portal()
     assert item is not None
     past = int(float(item["refresh_obtained_at"]["N"])) - days * 86_400
     names = {"#o": "refresh_obtained_at", "#d": "refresh_due_at"}
@@ -587,7 +571,7 @@ def _age_portal(connector: Connector, *, days: int, keep_recent_attempt: bool = 
         names["#a"] = "last_refresh_attempt_at"
         expression += " REMOVE #a"
     dynamodb.update_item(
-        TableName=connector.stack.portals_table,
+        TableName=rig.stack.portals_table,
         Key={"member_id": item["member_id"]},
         UpdateExpression=expression,
         ExpressionAttributeNames=names,
@@ -614,7 +598,7 @@ def _sqs_event(messages: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def test_services_are_built_once_per_settings(connector: Connector) -> None:
+def test_services_are_built_once_per_settings(rig: Rig) -> None:
     conf = get_settings()
     assert wiring.oauth_client(conf) is wiring.oauth_client(conf)
     assert wiring.coordinator(conf) is wiring.coordinator(conf)
@@ -623,20 +607,20 @@ def test_services_are_built_once_per_settings(connector: Connector) -> None:
 # --- AWS calls per invocation ----------------------------------------------------------------------
 
 
-def test_aws_calls_per_invocation(connector: Connector, emulator: Emulator, aws_calls: AwsCalls) -> None:
+def test_aws_calls_per_invocation(rig: Rig, emulator: Emulator, aws_calls: AwsCalls) -> None:
     def calls() -> list[tuple[str, str]]:
         taken = sorted(aws_calls.calls)
         aws_calls.clear()
         return taken
 
     aws_calls.clear()
-    consent_url, nonce = connector.authorize()
+    consent_url, nonce = rig.http.authorize()
     assert calls() == [("dynamodb", "PutItem")]
-    redirect = connector.consent(consent_url)
+    redirect = rig.http.consent(consent_url)
     requests.get(redirect, headers={"Cookie": f"{COOKIE}={nonce}"}, allow_redirects=False, timeout=10)
     # consume the state, read + conditionally write the portal, seal the pair, read the client secret,
     # queue the portal's event.bind check
-    assert aws_calls.dynamodb_on(connector.stack.states_table) == ["UpdateItem"]
+    assert aws_calls.dynamodb_on(rig.stack.states_table) == ["UpdateItem"]
     assert calls() == [
         ("dynamodb", "GetItem"),
         ("dynamodb", "PutItem"),
@@ -647,17 +631,17 @@ def test_aws_calls_per_invocation(connector: Connector, emulator: Emulator, aws_
     ]
     # a replay: the conditional update is refused, one read says why; nothing else is touched
     requests.get(redirect, headers={"Cookie": f"{COOKIE}={nonce}"}, allow_redirects=False, timeout=10)
-    assert aws_calls.dynamodb_on(connector.stack.states_table) == ["UpdateItem", "GetItem"]
+    assert aws_calls.dynamodb_on(rig.stack.states_table) == ["UpdateItem", "GetItem"]
     assert calls() == [("dynamodb", "GetItem"), ("dynamodb", "UpdateItem")]
     # ONAPPINSTALL: sealed and journaled, nothing else before the answer
-    assert emulator.send_install(connector.events_url(), "event")["status"] == 200
+    assert emulator.send_install(rig.http.events_url(), "event")["status"] == 200
     assert calls() == [("kms", "GenerateDataKey"), ("sqs", "SendMessage")]
-    connector.drain_lifecycle()
+    rig.drain_lifecycle()
     aws_calls.clear()
     # an uninstall: one read, then journaled (the token sealed) for Bitrix24 to confirm
-    assert emulator.send_uninstall(connector.events_url(), application_token="0" * 32)["status"] == 202
+    assert emulator.send_uninstall(rig.http.events_url(), application_token="0" * 32)["status"] == 202
     assert calls() == [("dynamodb", "GetItem"), ("kms", "GenerateDataKey"), ("sqs", "SendMessage")]
-    connector.sweep()
+    rig.sweep()
     assert calls() == [("dynamodb", "Query")] * 16  # one query per due-index shard, nothing to queue
 
 
@@ -673,10 +657,10 @@ def test_aws_calls_per_invocation(connector: Connector, emulator: Emulator, aws_
     ],
 )
 def test_callback_bad_input_is_4xx_and_spends_nothing(
-    connector: Connector, emulator: Emulator, drop: str, extra: str, reason: str
+    rig: Rig, emulator: Emulator, drop: str, extra: str, reason: str
 ) -> None:
-    consent_url, nonce = connector.authorize()
-    redirect = connector.consent(consent_url)
+    consent_url, nonce = rig.http.authorize()
+    redirect = rig.http.consent(consent_url)
     base, _, query = redirect.partition("?")
     kept = "&".join(part for part in query.split("&") if not drop or not part.startswith(f"{drop}="))
     answer = requests.get(
@@ -684,15 +668,15 @@ def test_callback_bad_input_is_4xx_and_spends_nothing(
     )
     assert (answer.status_code, answer.headers["X-Reason-Code"]) == (400, reason)
     assert emulator.stats()["token_requests"] == 0
-    assert connector.portal_item() is None
-    assert len(connector.stack.raw_items(connector.stack.states_table)) == 1
+    assert rig.portal() is None
+    assert len(rig.stack.raw_items(rig.stack.states_table)) == 1
 
 
 @pytest.mark.parametrize("emulator_config", [{"leads": 6000, "seed": 11}])
-def test_large_pages_read_id_windows_in_parallel(connector: Connector, emulator: Emulator) -> None:
-    _install(connector, emulator)
+def test_large_pages_read_id_windows_in_parallel(rig: Rig, emulator: Emulator) -> None:
+    _install(rig, emulator)
     emulator.reset()
-    page = connector.leads(member_id=emulator.member_id, select=["ID", "TITLE"], limit=20_000)
+    page = rig.leads(member_id=emulator.member_id, select=["ID", "TITLE"], limit=20_000)
     assert [int(lead["ID"]) for lead in page["leads"]] == sorted(emulator.state.leads.ids())
     assert page["next_cursor"] is None
     stats = emulator.stats()
@@ -701,10 +685,10 @@ def test_large_pages_read_id_windows_in_parallel(connector: Connector, emulator:
     assert stats["batch_requests"] <= 5
 
 
-def test_a_page_can_end_mid_window_and_continue(connector: Connector, emulator: Emulator) -> None:
-    _install(connector, emulator)
-    first = connector.leads(member_id=emulator.member_id, select=["TITLE"], limit=123)
-    second = connector.leads(
+def test_a_page_can_end_mid_window_and_continue(rig: Rig, emulator: Emulator) -> None:
+    _install(rig, emulator)
+    first = rig.leads(member_id=emulator.member_id, select=["TITLE"], limit=123)
+    second = rig.leads(
         member_id=emulator.member_id, select=["TITLE"], limit=20_000, cursor=first["next_cursor"]
     )
     ids = [int(lead["ID"]) for lead in first["leads"] + second["leads"]]
@@ -713,22 +697,22 @@ def test_a_page_can_end_mid_window_and_continue(connector: Connector, emulator: 
 
 
 def test_onappuserready_makes_the_system_user_the_grant_over_an_employees(
-    connector: Connector, emulator: Emulator
+    rig: Rig, emulator: Emulator
 ) -> None:
     # Given a portal an employee connected first (nobody held it)
-    assert connector.connect(user_id=2).status_code == 200
-    connector.drain_lifecycle()
-    item = connector.portal_item()
+    assert rig.http.connect(user_id=2).status_code == 200
+    rig.drain_lifecycle()
+    item = rig.portal()
     assert item is not None
     assert (item["grant_role"]["S"], item["user_id"]["N"]) == ("user", "2")
     # When the Market app is installed by an administrator: ONAPPINSTALL, then ONAPPUSERREADY on the install URL
-    emulator.configure(app_mode="api_only", market_app=True, install_url=connector.install_url())
+    emulator.configure(app_mode="api_only", market_app=True, install_url=rig.http.install_url())
     installed = emulator.install(user_id=1)
     assert [d["status"] for d in installed["deliveries"]] == [200, 200]
     assert [d["event"] for d in installed["deliveries"]] == ["ONAPPINSTALL", "ONAPPUSERREADY"]
-    connector.drain_lifecycle()
+    rig.drain_lifecycle()
     # Then the system user's long-lived pair is the portal's grant, with the application token
-    item = connector.portal_item()
+    item = rig.portal()
     assert item is not None
     system_user = str(emulator.config.system_user_id)
     assert (item["grant_role"]["S"], item["user_id"]["N"], item["health"]["S"]) == (
@@ -739,20 +723,20 @@ def test_onappuserready_makes_the_system_user_the_grant_over_an_employees(
     assert "application_token_hash" in item
     # And LeadsFunction reads as the system user from now on
     emulator.reset()
-    assert connector.leads(member_id=emulator.member_id, limit=2)["count"] == 2
+    assert rig.leads(member_id=emulator.member_id, limit=2)["count"] == 2
     assert set(emulator.stats()["requests_by_user"]) == {system_user}
     # And an administrator's later /authorize does not displace it
-    assert connector.connect().status_code == 403
-    assert connector.portal_item()["grant_role"]["S"] == "system"  # type: ignore[index]
+    assert rig.http.connect().status_code == 403
+    assert rig.portal()["grant_role"]["S"] == "system"  # type: ignore[index]
 
 
 def test_an_uninstall_check_that_renews_the_stored_grant_rescues_a_pair_whose_commit_fails(
-    connector: Connector, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+    rig: Rig, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given an installed portal whose stored access token has expired (the usual case: they live an hour)
-    connector.install_event()
+    rig.http.install_event()
     emulator.expire_access_tokens()
-    before = connector.portal_item()
+    before = rig.portal()
     assert before is not None
     # And DynamoDB refusing the commit of the renewed pair
     from b24connector.vault.errors import VaultUnavailable
@@ -763,13 +747,13 @@ def test_an_uninstall_check_that_renews_the_stored_grant_rescues_a_pair_whose_co
 
     monkeypatch.setattr(PortalStore, "commit_refresh", commit_fails)
     # When an unproven uninstall is checked with Bitrix24 through the stored grant
-    assert emulator.send_uninstall(connector.events_url(), application_token="0" * 32)["status"] == 202
-    connector.drain_lifecycle(rounds=1)
+    assert emulator.send_uninstall(rig.http.events_url(), application_token="0" * 32)["status"] == 202
+    rig.drain_lifecycle(rounds=1)
     # Then the renewed pair went to the rescue queue (the old refresh token is spent), and the uninstall
     # was refused: app.info with the renewed token says the app is installed
-    rescued = connector.stack.client("sqs").receive_message(QueueUrl=connector.stack.rescue_queue_url)
+    rescued = rig.stack.client("sqs").receive_message(QueueUrl=rig.stack.rescue_queue_url)
     assert len(rescued.get("Messages", [])) == 1
     assert emulator.stats()["token_grants"] == {"refresh_token": 1}
-    item = connector.portal_item()
+    item = rig.portal()
     assert item is not None
     assert item["health"]["S"] == "active"

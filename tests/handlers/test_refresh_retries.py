@@ -22,9 +22,9 @@ from b24connector.settings import get_settings
 from b24connector.vault.cipher import TokenCipher
 from b24connector.vault.errors import VaultUnavailable
 from bitrix24_emulator import Emulator
-from tests.handlers.conftest import Connector
 from tests.support.aws_events import sqs_event
 from tests.support.emf import emf_counts
+from tests.support.rig import Rig
 
 pytestmark = pytest.mark.integration
 
@@ -79,29 +79,29 @@ def gate(emulator: Emulator) -> Iterator[Gate]:
     opened.close()
 
 
-def _install_due(connector: Connector, emulator: Emulator, **extra: str) -> dict[str, Any]:
+def _install_due(rig: Rig, emulator: Emulator, **extra: str) -> dict[str, Any]:
     """Install the portal and make its refresh due (22-day-old refresh token), written straight to the table."""
-    connector.install_event()
+    rig.http.install_event()
     past = int(time.time()) - 22 * DAY
     names = {f"#{k}": k for k in ("refresh_obtained_at", "refresh_due_at", *extra)}
     values = {":refresh_obtained_at": {"N": str(past)}, ":refresh_due_at": {"N": str(past + 21 * DAY)}}
     values.update({f":{k}": {"S": v} for k, v in extra.items()})
-    connector.stack.client("dynamodb").update_item(
-        TableName=connector.stack.portals_table,
+    rig.stack.client("dynamodb").update_item(
+        TableName=rig.stack.portals_table,
         Key={"member_id": {"S": emulator.member_id}},
         UpdateExpression="SET " + ", ".join(f"#{k} = :{k}" for k in names.values()),
         ExpressionAttributeNames=names,
         ExpressionAttributeValues=values,
     )
-    item = connector.portal_item()
+    item = rig.portal()
     assert item is not None
     return item
 
 
-def _deliver(connector: Connector, event: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> Any:
+def _deliver(rig: Rig, event: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> Any:
     """One RefreshWorkerFunction invocation: (message ids sent back, metric counts)."""
     capsys.readouterr()
-    answer = connector.invoke("RefreshWorkerFunction", event)
+    answer = rig.invoke("RefreshWorkerFunction", event)
     failed = [f["itemIdentifier"] for f in answer["batchItemFailures"]]
     return failed, emf_counts(capsys.readouterr().out)
 
@@ -111,7 +111,7 @@ def _message(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_a_refused_token_request_goes_back_to_the_queue_and_the_redelivery_refreshes(
-    connector: Connector,
+    rig: Rig,
     emulator: Emulator,
     gate: Gate,
     monkeypatch: pytest.MonkeyPatch,
@@ -121,24 +121,24 @@ def test_a_refused_token_request_goes_back_to_the_queue_and_the_redelivery_refre
     server = f"http://127.0.0.1:{gate.port}"
     monkeypatch.setenv("OAUTH_SERVERS", f"{server},{emulator.oauth_url}")
     get_settings.cache_clear()
-    before = _install_due(connector, emulator, server_endpoint=f"{server}/rest/")
+    before = _install_due(rig, emulator, server_endpoint=f"{server}/rest/")
     emulator.reset()
     event = _message(before)
     # When the worker takes the message
-    failed, metrics = _deliver(connector, event, capsys)
+    failed, metrics = _deliver(rig, event, capsys)
     # Then it goes back to the queue, and the record shows no attempt (nothing reached Bitrix24)
     assert failed == [event["Records"][0]["messageId"]]
     assert metrics.get("RefreshRetried") == 1
     assert "RefreshDeferred" not in metrics
-    assert connector.portal_item() == before
+    assert rig.portal() == before
     assert emulator.stats()["token_requests"] == 0
     # When the server is back and SQS redelivers the message
     gate.open()
-    failed, metrics = _deliver(connector, event, capsys)
+    failed, metrics = _deliver(rig, event, capsys)
     # Then the portal is refreshed
     assert failed == []
     assert metrics.get("TokenRefreshed") == 1
-    after = connector.portal_item()
+    after = rig.portal()
     assert after is not None
     assert int(after["version"]["N"]) == int(before["version"]["N"]) + 1
     assert int(after["refresh_due_at"]["N"]) > time.time() + 20 * DAY
@@ -146,22 +146,22 @@ def test_a_refused_token_request_goes_back_to_the_queue_and_the_redelivery_refre
 
 
 def test_a_token_request_that_may_have_reached_bitrix24_is_deferred_not_retried(
-    connector: Connector, emulator: Emulator, capsys: pytest.CaptureFixture[str]
+    rig: Rig, emulator: Emulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Given a due portal, and an OAuth server that answers its token request with a 502 page
-    before = _install_due(connector, emulator)
+    before = _install_due(rig, emulator)
     emulator.reset()
     emulator.add_faults([{"target": "oauth", "kind": "html", "method": "token", "status": 502, "count": 5}])
     event = _message(before)
     started = time.time()
     # When the worker takes the message
-    failed, metrics = _deliver(connector, event, capsys)
+    failed, metrics = _deliver(rig, event, capsys)
     # Then the message is acknowledged and counted as deferred, and the failure is on record
     assert failed == []
     assert (metrics.get("RefreshDeferred"), metrics.get("TokenRefreshTransientFailure")) == (1, 1)
     assert "RefreshRetried" not in metrics
     assert emulator.stats()["token_requests"] == 1
-    item = connector.portal_item()
+    item = rig.portal()
     assert item is not None
     assert (item["version"], item["token_ciphertext"], item["health"]) == (
         before["version"],
@@ -174,19 +174,19 @@ def test_a_token_request_that_may_have_reached_bitrix24_is_deferred_not_retried(
     assert int(started) + 24 * 3600 <= due <= time.time() + 24 * 3600
     assert float(item["last_refresh_attempt_at"]["N"]) >= int(started)
     # And a duplicate delivery makes no token call
-    failed, _ = _deliver(connector, event, capsys)
+    failed, _ = _deliver(rig, event, capsys)
     assert failed == []
     assert emulator.stats()["token_requests"] == 1
 
 
 def test_kms_failing_before_the_token_call_goes_back_to_the_queue_with_nothing_recorded(
-    connector: Connector,
+    rig: Rig,
     emulator: Emulator,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # Given a due portal, a cold container (no decrypted pair cached) and KMS failing
-    before = _install_due(connector, emulator)
+    before = _install_due(rig, emulator)
     wiring.reset()  # a cold container: nothing built, no decrypted pair cached
     emulator.reset()
 
@@ -196,14 +196,14 @@ def test_kms_failing_before_the_token_call_goes_back_to_the_queue_with_nothing_r
     event = _message(before)
     with monkeypatch.context() as patch:
         patch.setattr(TokenCipher, "decrypt", kms_down)
-        failed, _ = _deliver(connector, event, capsys)
+        failed, _ = _deliver(rig, event, capsys)
     # Then the message goes back to the queue and the record is untouched
     assert failed == [event["Records"][0]["messageId"]]
-    assert connector.portal_item() == before
+    assert rig.portal() == before
     assert emulator.stats()["token_requests"] == 0
     # And the redelivery refreshes once KMS is back
-    failed, _ = _deliver(connector, event, capsys)
+    failed, _ = _deliver(rig, event, capsys)
     assert failed == []
-    after = connector.portal_item()
+    after = rig.portal()
     assert after is not None
     assert int(after["version"]["N"]) == int(before["version"]["N"]) + 1

@@ -11,6 +11,7 @@ import pytest
 import b24connector_client
 from b24connector import leads as leads_module
 from b24connector.leads import MAX_LIMIT, MAX_SPLIT, LeadsRefusal, parse_request
+from tests.client.test_client_fetch_leads import FakeLambda
 from tests.leads.test_leads_reader import leads, normalize, reader, request
 from tests.support.servers import REPO_ROOT
 
@@ -109,16 +110,18 @@ def test_the_request_schema_agrees_with_the_function(payload: dict[str, Any]) ->
 
 
 def test_the_client_sends_requests_the_schema_accepts() -> None:
-    sent = b24connector_client._request(
-        member_id=None,
+    lambda_client = FakeLambda([{"leads": [], "count": 0, "next_cursor": None}])
+    b24connector_client.fetch_leads_page(
         domain="acme.bitrix24.com",
         select=["TITLE"],
         filter={"STATUS_ID": "NEW", ">ID": 10},
         limit=500,
         cursor="c1",
         split=4,
+        lambda_client=lambda_client,
     )
-    REQUEST.validate(sent)
+    (sent,) = lambda_client.requests
+    REQUEST.validate(sent["Payload"])
 
 
 def test_answers_of_every_kind_match_the_answer_schema() -> None:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.security.harness import Rig
+from tests.support.rig import Rig
 
 
 def _changes(rig: Rig, limit: int, **start: str) -> tuple[list[int], int]:

@@ -19,7 +19,7 @@ import pytest
 from b24connector.vault.hashing import hash_secret
 from bitrix24_emulator.installer import install_page_request, user_ready_fields
 from tests.leak_canary import canary_value, find_canaries
-from tests.security.harness import Rig, header, query_of
+from tests.support.rig import Rig, header, query_of
 
 ADMIN, EMPLOYEE, OTHER_EMPLOYEE = 1, 2, 3
 SYSTEM_USER = 512  # the emulator's app system user (EmulatorConfig.system_user_id)

@@ -15,7 +15,7 @@ import pytest
 
 from b24connector.vault.hashing import hash_secret
 from tests.leak_canary import canary_value
-from tests.security.harness import Rig, header
+from tests.support.rig import Rig, header
 
 
 def _code(answer: dict[str, Any]) -> str | None:

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.security.harness import Rig, free_port, header
+from tests.support.hostile import free_port
+from tests.support.rig import Rig, header
 
 
 def _approved(rig: Rig) -> tuple[list[tuple[str, str]], str]:

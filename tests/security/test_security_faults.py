@@ -16,17 +16,9 @@ import pytest
 
 from b24connector import wiring
 from b24connector.settings import get_settings
-from tests.security.conftest import BACKENDS
-from tests.security.harness import (
-    InjectedFault,
-    Rig,
-    cold_start,
-    emf_metrics,
-    header,
-    inject,
-    invoke,
-    leads_process,
-)
+from tests.support.emf import emf_counts
+from tests.support.faults import InjectedFault, cold_start, inject, leads_process
+from tests.support.rig import BACKENDS, Rig, header, invoke
 
 THREADS = 10
 PROCESSES = 4
@@ -156,13 +148,13 @@ def test_a_token_revoked_by_another_containers_refresh_is_not_reauth_required(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from b24connector.bitrix24.oauth import OAuthClient
-    from b24connector.bitrix24.rest import RestClient
+    from b24connector.bitrix24.transport import shared_session
     from b24connector.token_refresh.coordinator import RefreshCoordinator
     from b24connector.token_refresh.policy import RefreshPolicy
     from b24connector.token_refresh.rescue import SqsRescueQueue
     from b24connector.vault import Vault
     from b24connector.vault.endpoints import EndpointGuard
-    from tests.security.harness import CLIENT_SECRET
+    from tests.support.rig import CLIENT_SECRET
     from tests.support.vault_fakes import current_tokens
 
     member_id = _installed(rig)
@@ -177,19 +169,20 @@ def test_a_token_revoked_by_another_containers_refresh_is_not_reauth_required(
         policy=RefreshPolicy.from_settings(conf),
     )
     stale = current_tokens(other_vault.portals, member_id).access_token
-    real_send = RestClient._send
+    session = shared_session()  # the container's HTTP session, which the REST client sends through
+    real_post = session.post
     interleaved: list[bool] = []
 
-    def send_after_the_other_container_refreshed(self: RestClient, *args: Any) -> Any:
-        if not interleaved:
+    def post_after_the_other_container_refreshed(url: str, *args: Any, **kwargs: Any) -> Any:
+        if not interleaved and "/rest/" in url:
             # Our request is about to leave with the cached token; another container refreshes first
             # (Bitrix24 may revoke the access token issued with the spent refresh token:
             # docs/bitrix24-facts.md#f-oauth-12).
             interleaved.append(True)
             other_container.fresh_access_token(member_id, stale)
-        return real_send(self, *args)
+        return real_post(url, *args, **kwargs)
 
-    monkeypatch.setattr(RestClient, "_send", send_after_the_other_container_refreshed)
+    monkeypatch.setattr(session, "post", post_after_the_other_container_refreshed)
     rig.emulator.reset()
     answer = rig.leads(_page(rig, member_id))
     assert rig.emulator.stats()["token_requests"] == 1  # the other container's refresh only
@@ -366,7 +359,7 @@ def test_kms_down_at_a_refresh_spends_nothing_and_writes_no_plaintext(
     assert rig.portal() == before
     stored = json.dumps(rig.items(), default=str) + "".join(rig.queue_bodies(rig.stack.rescue_queue_url))
     assert not any(token in stored for token in _emulator_tokens(rig))
-    assert "PortalNeedsReauth" not in emf_metrics(capsys.readouterr().out)
+    assert "PortalNeedsReauth" not in emf_counts(capsys.readouterr().out)
 
 
 def test_every_path_that_flags_needs_reauth_emits_the_alarmed_metric(
@@ -382,7 +375,7 @@ def test_every_path_that_flags_needs_reauth_emits_the_alarmed_metric(
     item = rig.portal()
     assert item is not None
     assert item["health"]["S"] == "needs_reauth"
-    assert emf_metrics(capsys.readouterr().out).get("PortalNeedsReauth", 0) >= 1
+    assert emf_counts(capsys.readouterr().out).get("PortalNeedsReauth", 0) >= 1
 
 
 def test_kms_down_on_a_cold_read_is_a_clear_error(rig: Rig) -> None:
@@ -477,7 +470,7 @@ def test_callback_before_put_secret_is_a_clear_503_and_never_sends_the_code(
     assert "client secret has not been stored" in answer["body"]
     assert rig.emulator.stats()["token_requests"] == 0  # the code never went out with a wrong secret
     assert rig.items() == []
-    assert emf_metrics(out).get("ClientSecretMissing") == 1
+    assert emf_counts(out).get("ClientSecretMissing") == 1
 
 
 def test_refresh_before_put_secret_waits_without_spending_the_refresh_token(
@@ -494,7 +487,7 @@ def test_refresh_before_put_secret_waits_without_spending_the_refresh_token(
     assert answer["error"]["code"] == "UPSTREAM_ERROR"
     assert rig.emulator.stats()["token_requests"] == 0
     assert _without(rig.portal(), LEASE_FIELDS) == _without(before, LEASE_FIELDS)
-    assert emf_metrics(out).get("ClientSecretMissing", 0) >= 1
+    assert emf_counts(out).get("ClientSecretMissing", 0) >= 1
 
 
 # --- Bitrix24 OAuth server down ------------------------------------------------------------------
@@ -518,7 +511,7 @@ def test_oauth_server_down_during_a_lazy_refresh_leaves_the_portal_untouched(
     assert rig.emulator.stats()["token_requests"] == 1
     assert _without(rig.portal(), LEASE_FIELDS) == _without(before, LEASE_FIELDS)
     assert "lease_owner" not in rig.portal()  # type: ignore[operator]  # released for the next attempt
-    assert _outage_counted(emf_metrics(out))
+    assert _outage_counted(emf_counts(out))
 
 
 def test_oauth_server_down_during_a_scheduled_refresh_retries_later(
@@ -550,7 +543,7 @@ def test_oauth_server_down_during_a_scheduled_refresh_retries_later(
     after = rig.portal()
     assert _without(after, volatile) == _without(before, volatile)
     assert int(after["refresh_due_at"]["N"]) >= int(before["refresh_due_at"]["N"])  # type: ignore[index]
-    assert _outage_counted(emf_metrics(out))
+    assert _outage_counted(emf_counts(out))
 
 
 def _outage_counted(metrics: dict[str, float]) -> bool:

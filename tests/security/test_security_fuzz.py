@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 
 from bitrix24_emulator.installer import install_event_request, install_page_request, user_ready_fields
 from tests.leak_canary import canary_value
-from tests.security.harness import COOKIE, ROUTE_FUNCTION, Rig, header, invoke, location_allowed
 from tests.support.aws_events import http_event
+from tests.support.rig import COOKIE, ROUTE_FUNCTION, Rig, header, invoke, location_allowed
 
 # About 40 s on 2 cores in all; SECURITY_FUZZ_SCALE=10 for a longer hunt (same derandomized start).
 _SCALE = float(os.environ.get("SECURITY_FUZZ_SCALE", "1"))

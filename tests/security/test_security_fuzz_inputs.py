@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.leak_canary import canary_value
-from tests.security.harness import CraftedOAuthServer, Rig, header, query_of
+from tests.support.hostile import CraftedOAuthServer
+from tests.support.rig import Rig, header, query_of
 
 # Digits that str.isdigit() / str.isdecimal() accept and int() may or may not: superscripts, Arabic-Indic,
 # fullwidth, Devanagari, a circled digit.

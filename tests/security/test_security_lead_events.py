@@ -10,7 +10,7 @@ from typing import Any
 import requests
 
 from tests.leak_canary import canary_value
-from tests.security.harness import Rig, header
+from tests.support.rig import Rig, header
 
 
 def _rest(rig: Rig, method: str, access_token: str, **params: Any) -> Any:

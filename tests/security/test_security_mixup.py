@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from tests.leak_canary import canary_value
-from tests.security.harness import CatchAll, CraftedOAuthServer, Rig, header, query_of
+from tests.support.hostile import CatchAll, CraftedOAuthServer
+from tests.support.rig import Rig, header, query_of
 
 CRAFTED_PORTAL = "acme.bitrix24.com"  # allowed by the default cloud suffixes
 

@@ -9,9 +9,9 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
-from tests.security.harness import COOKIE, Rig, header, location_allowed, route
 from tests.security.hostile_domains import GOOD_DOMAINS, HOSTILE_DOMAINS
 from tests.support.aws_events import http_event
+from tests.support.rig import COOKIE, Rig, header, location_allowed, route
 
 PRODUCTION = {"LOCAL_MODE": "false", "ALLOWED_PORTAL_HOSTS": "", "OAUTH_SERVERS": "https://oauth.bitrix.info"}
 # Local mode (the local stack only) accepts an http:// prefix on input; the redirect still goes to https.

@@ -18,8 +18,7 @@ from b24connector.authorization import AuthorizationFlow
 from b24connector.settings import get_settings
 from b24connector.vault.hashing import hash_secret
 from b24connector.vault.states import StateStore
-from tests.security.conftest import BACKENDS
-from tests.security.harness import COOKIE, Rig, header
+from tests.support.rig import BACKENDS, COOKIE, Rig, header
 from tests.support.servers import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "functions" / "b24connector"

@@ -13,8 +13,8 @@ import pytest
 
 from b24connector.tokens import TokenSet
 from b24connector.vault.models import HEALTH_ACTIVE
-from tests.support.vault_rig import access_token_works, process_context, refresher_process, run_concurrently
-from tests.support.vault_scene import BACKENDS, Scene
+from tests.support.rig import BACKENDS, Scene
+from tests.support.workers import access_token_works, process_context, refresher_process, run_concurrently
 
 # Threads stand in for concurrent containers: they share one Powertools metric set only through this.
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_metric_flush_at_a_time")]
@@ -36,13 +36,13 @@ def _assert_one_refresh_for_all(scene: Scene, results: list[TokenSet | BaseExcep
     assert stored.health == HEALTH_ACTIVE
     assert stored.lease_owner is None
     # the chain is intact: the stored refresh token is the live one (nothing lost)
-    stored_tokens = scene.rig.worker().store.tokens(stored)
+    stored_tokens = scene.workers.worker().store.tokens(stored)
     assert stored_tokens.access_token == token
     raw = repr(scene.stack.raw_items(scene.stack.portals_table))
     for secret in (token, stored_tokens.refresh_token, scene.grant.access_token, scene.grant.refresh_token):
         assert secret not in raw
     assert access_token_works(
-        scene.grant.client_endpoint, scene.rig.oauth.refresh(stored_tokens.refresh_token).access_token
+        scene.grant.client_endpoint, scene.workers.oauth.refresh(stored_tokens.refresh_token).access_token
     )
 
 
@@ -60,7 +60,7 @@ def test_concurrent_refreshers_in_threads(
     scene = scene_factory(backend)
     calls = scene.token_requests()
     # When all of them ask for a fresh pair at once
-    results = run_concurrently(scene.rig, scene.member_id, scene.grant.access_token, callers)
+    results = run_concurrently(scene.workers, scene.member_id, scene.grant.access_token, callers)
     # Then one refresh happened and everyone got its pair
     _assert_one_refresh_for_all(scene, results, calls)
 
@@ -70,9 +70,9 @@ def test_callers_with_the_old_token_after_a_refresh_cause_no_refresh(
     scene_factory: Callable[..., Scene], backend: str
 ) -> None:
     scene = scene_factory(backend)
-    fresh = scene.rig.worker().coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
+    fresh = scene.workers.worker().coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
     calls = scene.token_requests()
-    results = run_concurrently(scene.rig, scene.member_id, scene.grant.access_token, 50)
+    results = run_concurrently(scene.workers, scene.member_id, scene.grant.access_token, 50)
     assert scene.token_requests() == calls
     assert {r.access_token for r in results if isinstance(r, TokenSet)} == {fresh.access_token}
     assert scene.stored().version == scene.portal.version + 1
@@ -86,7 +86,7 @@ def test_concurrent_refreshers_in_processes(scene_factory: Callable[..., Scene],
     calls = scene.token_requests()
     ctx = process_context()
     go, results = ctx.Event(), ctx.Queue()
-    env = scene.stack.env()
+    env = scene.rig.env
     processes = [
         ctx.Process(
             target=refresher_process,

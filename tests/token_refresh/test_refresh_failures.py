@@ -39,9 +39,9 @@ from b24connector.vault.errors import (
 )
 from b24connector.vault.models import HEALTH_ACTIVE, HEALTH_NEEDS_REAUTH, bind_state_model
 from b24connector.vault.states import StateStore
+from tests.support.rig import BACKENDS, Scene
 from tests.support.vault_fakes import FakeClock
-from tests.support.vault_rig import Rig, access_token_works, process_context, refresher_process
-from tests.support.vault_scene import BACKENDS, Scene
+from tests.support.workers import Workers, access_token_works, process_context, refresher_process
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +64,7 @@ def test_commit_failure_after_bitrix24_answered_is_rescued_through_sqs(
     # Given a worker whose DynamoDB commit keeps failing right after the token endpoint answered
     scene = scene_factory(backend, commit_attempts=3, commit_backoff_seconds=0.01)
     calls = scene.token_requests()
-    worker = scene.rig.worker()
+    worker = scene.workers.worker()
     _break_commits(monkeypatch, worker.store)
     # When it refreshes
     fresh = worker.coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
@@ -78,19 +78,19 @@ def test_commit_failure_after_bitrix24_answered_is_rescued_through_sqs(
     assert json.loads(message["Body"])["base_version"] == scene.portal.version
     assert scene.stored().version == scene.portal.version  # nothing landed yet
     # When the rescue function applies it (another container: cold cache)
-    outcome = scene.rig.worker().coordinator.apply_rescue(message["Body"])
+    outcome = scene.workers.worker().coordinator.apply_rescue(message["Body"])
     # Then the pair is stored at version +1 and the chain lives on
     assert outcome is RescueOutcome.APPLIED
     stored = scene.stored()
     assert (stored.version, stored.health) == (scene.portal.version + 1, HEALTH_ACTIVE)
-    tokens = scene.rig.worker().store.tokens(stored)
+    tokens = scene.workers.worker().store.tokens(stored)
     assert tokens.access_token == fresh.access_token
     assert scene.token_requests() - calls == 1
     assert access_token_works(
-        scene.grant.client_endpoint, scene.rig.oauth.refresh(tokens.refresh_token).access_token
+        scene.grant.client_endpoint, scene.workers.oauth.refresh(tokens.refresh_token).access_token
     )
     # and applying the same message twice (SQS redelivery) is harmless
-    assert scene.rig.worker().coordinator.apply_rescue(message["Body"]) is RescueOutcome.STALE
+    assert scene.workers.worker().coordinator.apply_rescue(message["Body"]) is RescueOutcome.STALE
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -103,7 +103,7 @@ def test_a_lapsed_lease_whose_rescue_is_late_is_not_spent_again(
     # Given a refresh whose commit DynamoDB keeps refusing: the new pair went to the rescue queue
     scene = scene_factory(backend, commit_attempts=3, commit_backoff_seconds=0.01)
     clock = FakeClock(time.time())
-    holder = scene.rig.worker(clock=clock)
+    holder = scene.workers.worker(clock=clock)
     _break_commits(monkeypatch, holder.store)
     calls = scene.token_requests()
     fresh = holder.coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
@@ -112,11 +112,11 @@ def test_a_lapsed_lease_whose_rescue_is_late_is_not_spent_again(
     (message,) = sqs.receive_message(QueueUrl=scene.stack.rescue_queue_url, WaitTimeSeconds=2)["Messages"]
     # and the rescue is late (its function failing, the message back after each visibility timeout)
     # while the holder's lease lapses, past the lazy-refresh interval too
-    policy = scene.rig.policy
+    policy = scene.workers.policy
     clock.advance(max(policy.lease_seconds, policy.lazy_min_interval_seconds) + 1)
     assert clock() < scene.stored().lease_expires_at + policy.rescue_window_seconds  # type: ignore[operator]
     # When the next lazy callers need a fresh pair (expired_token) or a newer one (invalid_token)
-    following = scene.rig.worker(clock=clock)
+    following = scene.workers.worker(clock=clock)
     with pytest.raises(RefreshUnsettled) as unsettled:
         following.coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
     with pytest.raises(RefreshUnsettled):
@@ -128,7 +128,7 @@ def test_a_lapsed_lease_whose_rescue_is_late_is_not_spent_again(
     assert scene.stored().health == HEALTH_ACTIVE
     assert _metric(metrics_capture, "PortalNeedsReauth") == 0
     # When the rescue finally lands
-    assert scene.rig.worker().coordinator.apply_rescue(message["Body"]) is RescueOutcome.APPLIED
+    assert scene.workers.worker().coordinator.apply_rescue(message["Body"]) is RescueOutcome.APPLIED
     # Then reads work with the rescued pair, still without another token call
     adopted = following.coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
     assert adopted.access_token == fresh.access_token
@@ -141,8 +141,8 @@ def test_rescue_queue_down_too_flags_the_portal(
     scene_factory: Callable[..., Scene], monkeypatch: pytest.MonkeyPatch, metrics_capture: dict[str, Any]
 ) -> None:
     scene = scene_factory("moto", commit_attempts=2, commit_backoff_seconds=0.01)
-    env = {**scene.stack.env(), "RESCUE_QUEUE_URL": scene.stack.rescue_queue_url + "-missing"}
-    worker = Rig.from_env(
+    env = {**scene.rig.env, "RESCUE_QUEUE_URL": scene.stack.rescue_queue_url + "-missing"}
+    worker = Workers.from_env(
         env, scene.emulator.client_secret, commit_attempts=2, commit_backoff_seconds=0.01
     ).worker()
     _break_commits(monkeypatch, worker.store)
@@ -169,7 +169,7 @@ def _crash_in_child(scene: Scene, mode: str) -> None:
     child = ctx.Process(
         target=refresher_process,
         kwargs={
-            "env": scene.stack.env(),
+            "env": scene.rig.env,
             "client_secret": scene.emulator.client_secret,
             "member_id": scene.member_id,
             "rejected_access_token": scene.grant.access_token,
@@ -200,7 +200,7 @@ def _unsettled_until_the_window_ends(scene: Scene, worker: Any, clock: FakeClock
     """The next caller waits out the dead lease, is told the outcome is unknown, then the window passes."""
     with pytest.raises(RefreshUnsettled):
         worker.coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
-    window = scene.rig.policy.rescue_window_seconds
+    window = scene.workers.policy.rescue_window_seconds
     assert dead_until <= clock() < dead_until + window  # it never took the lease over early
     clock.advance(window)
 
@@ -209,8 +209,8 @@ def _next_worker(scene: Scene, dead_lease_until: float) -> tuple[Any, FakeClock]
     """Another container's worker whose clock starts now and moves only when it waits."""
     clock = FakeClock(time.time())
     assert clock() < dead_lease_until  # the dead worker's lease is still running when it starts
-    policy = dataclasses.replace(scene.rig.policy, **TAKEOVER_POLICY)
-    return scene.rig.worker(clock=clock, policy=policy), clock
+    policy = dataclasses.replace(scene.workers.policy, **TAKEOVER_POLICY)
+    return scene.workers.worker(clock=clock, policy=policy), clock
 
 
 def _dead_lease(scene: Scene) -> float:
@@ -269,14 +269,14 @@ def test_answer_lost_after_issue_is_transient_then_needs_reauth(
 ) -> None:
     # The second refresh follows at once (no fake clock here): the lazy-refresh throttle is off.
     scene = scene_factory("moto", lazy_min_interval_seconds=0)
-    scene.rig.oauth_timeout = (2.0, 0.3)
+    scene.workers.oauth_timeout = (2.0, 0.3)
     scene.emulator.add_faults([{"target": "oauth", "kind": "timeout_after_issue", "delay": 1.0}])
     with pytest.raises(RefreshUnavailable):
-        scene.rig.worker().coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
+        scene.workers.worker().coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
     stored = scene.stored()
     assert (stored.version, stored.health, stored.lease_owner) == (scene.portal.version, HEALTH_ACTIVE, None)
     with pytest.raises(GrantNeedsReauth):
-        scene.rig.worker().coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
+        scene.workers.worker().coordinator.fresh_access_token(scene.member_id, scene.grant.access_token)
     assert scene.stored().health == HEALTH_NEEDS_REAUTH
     assert _metric(metrics_capture, "TokenRefreshTransientFailure") == 1
     assert _metric(metrics_capture, "PortalNeedsReauth") == 1
@@ -314,14 +314,14 @@ def test_invalid_grant_after_another_worker_committed_is_adopted(
         token_call_seconds=0,  # the half-second lease is all the token call gets here
     )
     b_has_lease, a_committed = threading.Event(), threading.Event()
-    scene.rig.refresher_wrapper = lambda inner: _Choreographed(
+    scene.workers.refresher_wrapper = lambda inner: _Choreographed(
         inner, lambda: None, lambda: b_has_lease.wait(10)
     )
-    worker_a = scene.rig.worker()
-    scene.rig.refresher_wrapper = lambda inner: _Choreographed(
+    worker_a = scene.workers.worker()
+    scene.workers.refresher_wrapper = lambda inner: _Choreographed(
         inner, lambda: (b_has_lease.set(), a_committed.wait(10)), lambda: None
     )
-    worker_b = scene.rig.worker()
+    worker_b = scene.workers.worker()
     results: dict[str, TokenSet | BaseException] = {}
 
     def run(name: str, worker: Any) -> None:
@@ -389,7 +389,7 @@ def test_refresh_lease_has_exactly_one_winner_among_50(
     scene_factory: Callable[..., Scene], backend: str
 ) -> None:
     scene = scene_factory(backend)
-    stores = [scene.rig.worker().store for _ in range(50)]
+    stores = [scene.workers.worker().store for _ in range(50)]
     for _ in range(5):
         barrier = threading.Barrier(50)
         winners: list[str] = []

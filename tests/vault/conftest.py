@@ -1,8 +1,5 @@
-"""The vault's fixtures: in-process moto for the unit tests, real servers and the emulator for the rest.
-
-Both live in tests/support (vault_unit.py, vault_scene.py) because tests/vault and tests/token_refresh
-share them.
+"""In-process moto for the vault's unit tests (tests/support/vault_unit.py; tests/vault and
+tests/token_refresh share it). The integration tests use the project's `scene_factory` (tests/conftest.py).
 """
 
-from tests.support.vault_scene import emulator, scene_factory  # noqa: F401  (fixtures)
 from tests.support.vault_unit import _in_process_moto, mocked_aws, vault  # noqa: F401  (fixtures)

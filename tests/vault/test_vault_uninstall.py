@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.support.vault_scene import BACKENDS, Scene
+from tests.support.rig import BACKENDS, Scene
 
 pytestmark = pytest.mark.integration
 
@@ -16,7 +16,7 @@ def test_a_replayed_uninstall_is_a_conditional_no_op(
     scene_factory: Callable[..., Scene], backend: str
 ) -> None:
     scene = scene_factory(backend=backend)
-    store = scene.rig.worker().store
+    store = scene.workers.worker().store
     kept = store.mark_uninstalled(scene.member_id, clean=False)
     assert kept is not None
     assert kept.version == scene.portal.version + 1

@@ -40,7 +40,7 @@ def test_a_template_with_another_function_is_expected_whole(tmp_path: Path) -> N
         encoding="utf-8",
     )
     assert "ExtraFunction" in cli.template_expectations(extra)["functions"]
-    assert cli._schedule_events(TEMPLATE_PATH) == ["RefreshFunction.Sweep"]
+    assert cli.schedule_events(TEMPLATE_PATH) == ["RefreshFunction.Sweep"]
 
 
 def test_every_step_runs_on_moto_with_fake_credentials_only(

@@ -280,8 +280,10 @@ def test_the_portal_session_cookie_decides_who_approves(emu: Emulator) -> None:
     )
     assert answer.status_code == 302
     code = answer.headers["Location"].split("code=", 1)[1].split("&", 1)[0]
-    with emu.state.lock:
-        assert emu.state.tokens._codes[code].user_id == 2
+    spent = token_request(emu, grant_type="authorization_code", code=code)
+    assert spent.status_code == 200, spent.text
+    (chain,) = [c for c in emu.tokens() if c["access_token"] == spent.json()["access_token"]]
+    assert chain["user_id"] == 2
     # And a session naming an unknown user is refused, not approved as someone else
     browser.cookies.clear()
     browser.cookies.set("b24_emulator_user", "99")

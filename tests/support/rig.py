@@ -1,7 +1,21 @@
-"""The security suite's rig: the real handlers in process, real AWS-shaped events, moto or dynalite,
-the Bitrix24 emulator, plus hostile helpers (a catch-all listener, a crafted OAuth server).
+"""The one test rig: real product code against real servers, at the level a test needs.
 
-Every secret here is canary-marked (tests/leak_canary.py), so a leak anywhere fails the session.
+A `Rig` is one stack (tables, key, secrets and queues from template.yaml, on moto's server; tables on
+dynalite when asked) and one or more emulated Bitrix24 portals (the first is `rig.emulator`). Build it
+with the `rig_factory` fixture (tests/conftest.py). It drives the product at three levels:
+
+- **handlers, in process** — `rig.get`, `rig.post_form`, `rig.authorize`/`consent`/`callback`,
+  `rig.install_event`, `rig.leads`, `rig.invoke`, `rig.sweep`, `rig.drain_lifecycle`,
+  `rig.publish_changes`: AWS-shaped events through a JSON round trip, answers as Lambda returns them.
+  Fast, and what the attack tests use.
+- **the API on a loopback socket** — `rig.http`: the HTTP routes behind local_stack's HttpApi front
+  (API Gateway's event and answer mapping), reached with `requests` as a browser or the portal
+  does. The emulator delivers bound events (ONAPPUNINSTALL after event.bind) to `{rig.api_url}/events`.
+- **the vault, per worker** — `rig.workers()` builds a store and refresh coordinator per worker (its
+  own caches, like its own container), in threads or child processes (tests/support/workers.py);
+  `rig.scene()` installs the portal's grant at that level first.
+
+Every secret is canary-marked (tests/leak_canary.py), so a leak anywhere fails the session.
 """
 
 from __future__ import annotations
@@ -9,16 +23,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import socket
-import socketserver
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
-from werkzeug.serving import BaseWSGIServer, make_server
-from werkzeug.wrappers import Request, Response
+import requests
+from werkzeug.serving import make_server
 
 from b24connector.handlers import (
     authorize,
@@ -27,6 +39,7 @@ from b24connector.handlers import (
     leads,
     lifecycle,
     publisher,
+    refresh_sweep,
     refresh_worker,
     token_rescue,
 )
@@ -38,19 +51,27 @@ from local_stack.runtime import InvocationResult
 from local_stack.template import Route
 from tests.leak_canary import canary_value
 from tests.support.aws import AwsStack
-from tests.support.aws_events import FakeContext, http_event, sqs_event
+from tests.support.aws_events import FakeContext, http_event, scheduler_event, sqs_event
 from tests.support.lifecycle import drain_queue
+
+if TYPE_CHECKING:
+    from b24connector.tokens import TokenSet
+    from b24connector.vault.portal import Portal
+    from tests.support.workers import Workers
 
 CLIENT_ID = "local.test.app"  # what tests.support.aws.AwsStack.env() configures
 CLIENT_SECRET = canary_value("clientsecret", 50)
 COOKIE = "__Host-b24-oauth"
 API_HOST = "a1b2c3d4e5.execute-api.eu-central-1.amazonaws.com"
+BACKENDS = ("moto", "dynalite")  # the DynamoDB implementations a race or fault test runs on
+HTTP_TIMEOUT = 10  # seconds, for requests to the loopback API and the emulator
 
 HANDLERS: dict[str, Callable[[Any, Any], Any]] = {
     "AuthorizeFunction": authorize.handler,
     "CallbackFunction": callback.handler,
     "InstallFunction": install.handler,
     "LeadsFunction": leads.handler,
+    "RefreshFunction": refresh_sweep.handler,
     "RefreshWorkerFunction": refresh_worker.handler,
     "TokenRescueFunction": token_rescue.handler,
     "LifecycleFunction": lifecycle.handler,
@@ -69,33 +90,6 @@ def invoke(function: str, event: Any, *, remaining_ms: int = 60_000) -> Any:
     payload = json.loads(json.dumps(event))
     answer = HANDLERS[function](payload, FakeContext(function_name=function, remaining_ms=remaining_ms))
     return json.loads(json.dumps(answer))
-
-
-def _invoke_in_process(function: str, event: dict[str, Any]) -> InvocationResult:
-    return InvocationResult(request_id="local", payload=json.dumps(invoke(function, event)).encode())
-
-
-class ApiFront:
-    """The HTTP routes on a loopback port (API Gateway's event and answer mapping), for Bitrix24 to call:
-    the emulator delivers bound events (ONAPPUNINSTALL after event.bind) to `{url}/events`."""
-
-    def __init__(self) -> None:
-        front = HttpApiFront([Route(m, p, f) for (m, p), f in ROUTE_FUNCTION.items()], _invoke_in_process)
-        # Quiet: access lines would carry callback codes and states.
-        self._server = make_server("127.0.0.1", 0, front, threaded=True, request_handler=QuietRequestHandler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="api-front", daemon=True)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-
-    def start(self) -> ApiFront:
-        """Serve in a background thread."""
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
 
 
 def route(event: dict[str, Any]) -> dict[str, Any]:
@@ -136,125 +130,71 @@ def query_of(url: str) -> list[tuple[str, str]]:
     return parse_qsl(urlsplit(url).query, keep_blank_values=True)
 
 
-# --- hostile helpers -------------------------------------------------------------------------------
+def all_text(*values: Any) -> Iterator[str]:
+    """JSON text of values (for secret scans in assertions)."""
+    for value in values:
+        yield json.dumps(value, default=str, sort_keys=True)
 
 
-class CatchAll:
-    """A loopback listener that records every connection and request line; nothing should reach it."""
+class ApiFront:
+    """The HTTP routes on a loopback port (API Gateway's event and answer mapping), handlers in process."""
 
     def __init__(self) -> None:
-        self.connections = 0
-        self.requests: list[str] = []
-        self._lock = threading.Lock()
-        outer = self
+        front = HttpApiFront([Route(m, p, f) for (m, p), f in ROUTE_FUNCTION.items()], _invoke_in_process)
+        # Quiet: access lines would carry callback codes and states.
+        self._server = make_server("127.0.0.1", 0, front, threaded=True, request_handler=QuietRequestHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="api-front", daemon=True)
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
 
-        class _Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                with outer._lock:
-                    outer.connections += 1
-                self.request.settimeout(1.0)
-                try:
-                    data = self.request.recv(4096)
-                except OSError:
-                    data = b""
-                with outer._lock:
-                    outer.requests.append(data.split(b"\r\n", 1)[0].decode("latin-1"))
-                with contextlib.suppress(OSError):
-                    self.request.sendall(
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
-                    )
-
-        class _Server(socketserver.ThreadingTCPServer):
-            allow_reuse_address = True
-            daemon_threads = True
-
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, name="catch-all", daemon=True)
-
-    @property
-    def host(self) -> str:
-        """host:port of the listener."""
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> CatchAll:
-        """Start listening."""
+    def start(self) -> ApiFront:
+        """Serve in a background thread."""
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        """Stop listening."""
+        """Stop serving."""
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
 
-    @property
-    def hits(self) -> int:
-        """Connections accepted so far."""
-        with self._lock:
-            return self.connections
+
+def _invoke_in_process(function: str, event: dict[str, Any]) -> InvocationResult:
+    return InvocationResult(request_id="local", payload=json.dumps(invoke(function, event)).encode())
 
 
 @dataclass
-class CraftedOAuthServer:
-    """An allow-listed OAuth server that answers whatever the test scripts (a compromised or buggy one)."""
+class AwsCalls:
+    """Every botocore API call made while recording, as (service, operation); the `aws_calls` fixture."""
 
-    token_answer: dict[str, Any] = field(default_factory=dict)
-    app_info_answer: dict[str, Any] = field(default_factory=dict)
-    token_requests: int = 0
-    app_info_requests: int = 0
-    _server: BaseWSGIServer | None = None
-    _thread: threading.Thread | None = None
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def _app(self, environ: dict[str, Any], start_response: Any) -> Any:
-        request = Request(environ)
-        if request.path == "/oauth/token/":
-            self.token_requests += 1
-            body = self.token_answer
-        elif request.path == "/rest/app.info":
-            self.app_info_requests += 1
-            body = self.app_info_answer
-        else:
-            return Response("{}", status=404, content_type="application/json")(environ, start_response)
-        return Response(json.dumps(body), content_type="application/json")(environ, start_response)
+    def record(self, service: str, operation: str, params: Any) -> None:
+        """Note one call (its TableName, if any)."""
+        with self.lock:
+            self.calls.append((service, operation))
+            self.tables.append(str(params.get("TableName", "")) if isinstance(params, dict) else "")
 
-    def start(self) -> CraftedOAuthServer:
-        """Listen on an ephemeral loopback port."""
-        self._server = make_server(
-            "127.0.0.1", 0, self._app, threaded=True, request_handler=QuietRequestHandler
-        )
-        self._thread = threading.Thread(target=self._server.serve_forever, name="crafted-oauth", daemon=True)
-        self._thread.start()
-        return self
+    def clear(self) -> None:
+        """Forget what was recorded."""
+        with self.lock:
+            self.calls.clear()
+            self.tables.clear()
 
-    @property
-    def url(self) -> str:
-        """Base URL (http://127.0.0.1:port)."""
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_port}"
+    def dynamodb_on(self, table: str) -> list[str]:
+        """The DynamoDB operations called on `table`."""
+        with self.lock:
+            return [
+                op
+                for (svc, op), name in zip(self.calls, self.tables, strict=True)
+                if svc == "dynamodb" and name == table
+            ]
 
-    @property
-    def host(self) -> str:
-        """host:port."""
-        return self.url.removeprefix("http://")
-
-    def stop(self) -> None:
-        """Stop listening."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-# --- the rig -------------------------------------------------------------------------------------
+    def of(self, service: str) -> list[str]:
+        """The operations called on `service`."""
+        with self.lock:
+            return [op for svc, op in self.calls if svc == service]
 
 
 @dataclass
@@ -293,19 +233,27 @@ def _recording_outcomes(drain: LifecycleDrain) -> Iterator[None]:
         LifecycleWorker.run = real  # type: ignore[method-assign]
 
 
+_NO_PAYLOAD: Any = object()
+
+
 @dataclass
 class Rig:
-    """One stack (tables from template.yaml), the emulated portal(s), and the handlers in process."""
+    """One stack, the emulated portal(s), and the product's handlers and vault over them."""
 
     stack: AwsStack
     emulator: Emulator
     env: dict[str, str]
     backend: str = "moto"
     others: list[Emulator] = field(default_factory=list)
-    api_url: str = ""  # where Bitrix24 reaches the HTTP routes (EVENTS_URL is `{api_url}/events`)
+    api_url: str = ""  # the HTTP routes on loopback (EVENTS_URL is `{api_url}/events`)
     _stream_positions: dict[str, str] = field(default_factory=dict)
 
-    # -- HTTP routes --
+    @property
+    def http(self) -> Http:
+        """The API on its loopback socket, as a browser or the portal reaches it."""
+        return Http(self)
+
+    # -- HTTP routes, in process --
 
     def get(
         self, path: str, query: Sequence[tuple[str, str]] | str = (), *, cookies: Sequence[str] = ()
@@ -384,11 +332,23 @@ class Rig:
             self.emulator.state, "https://api.test/events", clean=clean, application_token=application_token
         ).fields
 
-    # -- other functions --
+    # -- the other functions --
 
-    def leads(self, payload: Any, *, remaining_ms: int = 60_000) -> Any:
-        """Invoke LeadsFunction."""
+    def invoke(self, function: str, event: Any, *, remaining_ms: int = 60_000) -> Any:
+        """Invoke any function of the template by logical id."""
+        return invoke(function, event, remaining_ms=remaining_ms)
+
+    def leads(self, payload: Any = _NO_PAYLOAD, /, *, remaining_ms: int = 60_000, **fields: Any) -> Any:
+        """Invoke LeadsFunction with `payload` (any JSON value, hostile ones too) or with keyword fields."""
+        if payload is _NO_PAYLOAD:
+            payload = fields
+        elif fields:
+            raise TypeError("give a payload or keyword fields, not both")
         return invoke("LeadsFunction", payload, remaining_ms=remaining_ms)
+
+    def sweep(self) -> Any:
+        """Run RefreshFunction on a scheduler event."""
+        return invoke("RefreshFunction", scheduler_event())
 
     def sqs(self, function: str, bodies: Sequence[str]) -> Any:
         """Invoke an SQS-fed function with one batch."""
@@ -410,20 +370,6 @@ class Rig:
                 rounds=rounds,
             )
         return drain
-
-    # -- inspection --
-
-    def items(self, table: str = "portals") -> list[dict[str, Any]]:
-        """Every raw DynamoDB item of a table, sorted by key."""
-        name = {"portals": self.stack.portals_table, "states": self.stack.states_table}[table]
-        key = "member_id" if table == "portals" else "state_hash"
-        return sorted(self.stack.raw_items(name), key=lambda item: item[key]["S"])
-
-    def portal(self, member_id: str | None = None) -> dict[str, Any] | None:
-        """The raw item of a portal (default: the main emulated one)."""
-        wanted = member_id or self.emulator.member_id
-        found = [item for item in self.items() if item["member_id"]["S"] == wanted]
-        return found[0] if found else None
 
     def publish_changes(self) -> int:
         """Run PublisherFunction over every new record of the PortalsTable and LeadEventsTable streams
@@ -468,6 +414,37 @@ class Rig:
         )
         return str(url)
 
+    # -- the vault, per worker --
+
+    def workers(self, **policy: Any) -> Workers:
+        """Vault + refresh coordinator per worker on this stack and portal (RefreshPolicy overrides)."""
+        from tests.support.workers import Workers
+
+        return Workers.from_env(self.env, CLIENT_SECRET, **policy)
+
+    def scene(self, **policy: Any) -> Scene:
+        """The portal's grant issued by the emulator and saved through the vault (no handler involved)."""
+        from b24connector.bitrix24.tokens import parse_token_payload
+
+        workers = self.workers(**policy)
+        grant = parse_token_payload(self.emulator.issue_tokens())
+        portal = workers.worker().store.save_grant(grant, domain=self.emulator.portal_domain, role="admin")
+        return Scene(self, workers, grant, portal)
+
+    # -- inspection --
+
+    def items(self, table: str = "portals") -> list[dict[str, Any]]:
+        """Every raw DynamoDB item of a table, sorted by key."""
+        name = {"portals": self.stack.portals_table, "states": self.stack.states_table}[table]
+        key = "member_id" if table == "portals" else "state_hash"
+        return sorted(self.stack.raw_items(name), key=lambda item: item[key]["S"])
+
+    def portal(self, member_id: str | None = None) -> dict[str, Any] | None:
+        """The raw item of a portal (default: the main emulated one)."""
+        wanted = member_id or self.emulator.member_id
+        found = [item for item in self.items() if item["member_id"]["S"] == wanted]
+        return found[0] if found else None
+
     def queue_bodies(self, queue_url: str, *, delete: bool = True) -> list[str]:
         """Every message body waiting in a queue (received, then deleted unless told otherwise)."""
         sqs = self.stack.client("sqs")
@@ -483,6 +460,131 @@ class Rig:
                     sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
 
 
+@dataclass
+class Http:
+    """The rig's API over its loopback socket: the browser journey and the portal's posts, with `requests`."""
+
+    rig: Rig
+
+    def events_url(self) -> str:
+        """Where the portal posts app events."""
+        return f"{self.rig.api_url}/events"
+
+    def install_url(self) -> str:
+        """Where the portal posts the install page."""
+        return f"{self.rig.api_url}/install"
+
+    def authorize(self) -> tuple[str, str]:
+        """GET /authorize for the emulated portal; returns (consent URL, browser nonce)."""
+        answer = requests.get(
+            f"{self.rig.api_url}/authorize",
+            params={"domain": self.rig.emulator.portal_domain},
+            allow_redirects=False,
+            timeout=HTTP_TIMEOUT,
+        )
+        assert answer.status_code == 302, answer.text
+        cookie = answer.headers["Set-Cookie"]
+        assert cookie.startswith(f"{COOKIE}=")
+        return answer.headers["Location"], cookie.split(";", 1)[0].split("=", 1)[1]
+
+    def consent(self, consent_url: str, *, user_id: int | None = None) -> str:
+        """The portal's answer to the consent URL for a logged-in user: the redirect to /callback.
+
+        A logged-in user is redirected at once (docs/bitrix24-facts.md#f-oauth-1); with the emulator's
+        `consent_form` on, its one form is submitted. `user_id` approves as another portal user.
+        """
+        emulator = self.rig.emulator
+        state = parse_qs(urlsplit(consent_url).query)["state"][0]
+        if user_id is not None:
+            approved = requests.post(
+                f"{emulator.admin_url}/authorize",
+                json={"state": state, "user_id": user_id},
+                timeout=HTTP_TIMEOUT,
+            )
+            assert approved.status_code == 200, approved.text
+            return str(approved.json()["location"])
+        page = requests.get(consent_url, allow_redirects=False, timeout=HTTP_TIMEOUT)
+        if page.status_code == 302:
+            return page.headers["Location"]
+        assert page.status_code == 200
+        assert page.text.count("<form") == 1
+        approved = requests.post(
+            f"{emulator.portal_url}/oauth/authorize/",
+            data={"client_id": CLIENT_ID, "state": state},
+            allow_redirects=False,
+            timeout=HTTP_TIMEOUT,
+        )
+        assert approved.status_code == 302, approved.text
+        return approved.headers["Location"]
+
+    def connect(self, *, user_id: int | None = None) -> requests.Response:
+        """The whole browser journey: authorize, consent, callback with the cookie."""
+        consent_url, nonce = self.authorize()
+        redirect = self.consent(consent_url, user_id=user_id)
+        return requests.get(
+            redirect, headers={"Cookie": f"{COOKIE}={nonce}"}, allow_redirects=False, timeout=HTTP_TIMEOUT
+        )
+
+    def post_form(self, path: str, fields: list[tuple[str, str]], **kwargs: Any) -> requests.Response:
+        """POST a form to the API."""
+        return requests.post(
+            f"{self.rig.api_url}{path}",
+            data=urlencode(fields),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            timeout=HTTP_TIMEOUT,
+            **kwargs,
+        )
+
+    def install_event(self) -> None:
+        """An API-only app's ONAPPINSTALL posted to /events by the portal, then applied from the journal.
+
+        The install's own REST calls (user.admin, event.get, event.bind) are then forgotten by the
+        emulator, so a test counts only what it does itself.
+        """
+        answer = self.rig.emulator.send_install(self.events_url(), "event")
+        assert answer["status"] == 200, answer
+        self.rig.drain_lifecycle()
+        item = self.rig.portal()
+        assert item is not None
+        assert item["health"]["S"] == "active", item
+        self.rig.emulator.reset()
+
+
+@dataclass
+class Scene:
+    """A portal installed at the vault level: the rig, its workers, the initial grant and record."""
+
+    rig: Rig
+    workers: Workers
+    grant: TokenSet
+    portal: Portal
+
+    @property
+    def stack(self) -> AwsStack:
+        """The rig's stack."""
+        return self.rig.stack
+
+    @property
+    def emulator(self) -> Emulator:
+        """The emulated portal."""
+        return self.rig.emulator
+
+    @property
+    def member_id(self) -> str:
+        """The emulated portal's member_id."""
+        return self.grant.member_id
+
+    def token_requests(self) -> int:
+        """Calls the emulator's token endpoint has served so far."""
+        return int(self.emulator.stats()["token_requests"])
+
+    def stored(self) -> Portal:
+        """The portal record, strongly consistent."""
+        portal = self.workers.worker().store.get(self.member_id, consistent=True)
+        assert portal is not None
+        return portal
+
+
 def _lambda_json(value: Any) -> Any:
     """Binary attribute values as Lambda's JSON event carries them (base64 text)."""
     if isinstance(value, bytes | bytearray):
@@ -492,98 +594,3 @@ def _lambda_json(value: Any) -> Any:
     if isinstance(value, list):
         return [_lambda_json(v) for v in value]
     return value
-
-
-def all_text(*values: Any) -> Iterator[str]:
-    """JSON text of values (for secret scans in assertions)."""
-    for value in values:
-        yield json.dumps(value, default=str, sort_keys=True)
-
-
-# --- containers, fault injection, metrics ------------------------------------------------------
-
-
-def cold_start() -> None:
-    """Forget every per-container cache (wiring, decrypted tokens, secrets): the next call is a cold start."""
-    from aws_lambda_powertools.utilities import parameters
-
-    from b24connector import wiring
-
-    wiring.reset()
-    parameters.clear_caches()
-
-
-class _Body:
-    """The `raw` of a botocore AWSResponse built in a test."""
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    def stream(self, **_: Any) -> Iterator[bytes]:
-        yield self._body
-
-
-@dataclass
-class InjectedFault:
-    """Answers matching requests of one botocore client with an error until `remaining` runs out."""
-
-    status: int
-    error_code: str
-    remaining: int = 1_000_000
-    body_contains: bytes = b""
-    seen: int = 0
-
-    def __call__(self, request: Any, **_: Any) -> Any:
-        from botocore.awsrequest import AWSResponse
-
-        body = request.body if isinstance(request.body, bytes) else str(request.body or "").encode()
-        if self.remaining <= 0 or self.body_contains not in body:
-            return None
-        self.remaining -= 1
-        self.seen += 1
-        payload = json.dumps({"__type": self.error_code, "message": "injected by the test"}).encode()
-        headers = {"x-amzn-requestid": "injected", "content-type": "application/x-amz-json-1.0"}
-        return AWSResponse(request.url, self.status, headers, _Body(payload))
-
-
-def inject(client: Any, operation: str, fault: InjectedFault) -> InjectedFault:
-    """Register `fault` on a botocore client's before-send event for `operation` (e.g. dynamodb.UpdateItem)."""
-    client.meta.events.register_first(f"before-send.{operation}", fault)
-    return fault
-
-
-def emf_metrics(stdout: str) -> dict[str, float]:
-    """Metric name -> summed value over every CloudWatch EMF document Powertools printed."""
-    totals: dict[str, float] = {}
-    for raw_line in stdout.splitlines():
-        line = raw_line.strip()
-        if not line.startswith("{") or '"_aws"' not in line:
-            continue
-        document = json.loads(line)
-        for directive in document["_aws"]["CloudWatchMetrics"]:
-            for metric in directive["Metrics"]:
-                value = document.get(metric["Name"], 0)
-                values = value if isinstance(value, list) else [value]
-                totals[metric["Name"]] = totals.get(metric["Name"], 0) + sum(float(v) for v in values)
-    return totals
-
-
-def leads_process(payload: dict[str, Any], callers: int, ready: Any, go: Any, results: Any) -> None:
-    """Child-process entry (a separate Lambda container): `callers` threads invoke LeadsFunction together."""
-    outcomes: list[tuple[str, Any]] = []
-    lock = threading.Lock()
-
-    def call() -> None:
-        answer = invoke("LeadsFunction", payload)
-        entry = ("ok", answer["count"]) if "leads" in answer else ("error", answer["error"]["code"])
-        with lock:
-            outcomes.append(entry)
-
-    ready.put(True)
-    go.wait(120)
-    pool = [threading.Thread(target=call) for _ in range(callers)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join(120)
-    results.put(outcomes)

@@ -1,7 +1,8 @@
-"""The real vault against real servers: settings -> store + OAuthClient + SQS rescue, per worker.
+"""The rig's vault level: settings -> store + OAuthClient + SQS rescue + refresh coordinator, per worker.
 
-Used by integration tests in this process and, through `refresher_process`, by child processes
-(spawned, so each is a cold interpreter like a separate Lambda container).
+`Rig.workers()` (tests/support/rig.py) builds one in this process; `refresher_process` builds one in a
+child process (forkserver, so each is a cold interpreter like a separate Lambda container). Kept apart
+from rig.py so a child imports the vault and not the handlers, servers or emulator.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class Worker:
 
 
 @dataclass
-class Rig:
+class Workers:
     """Builds workers that share the AWS endpoints and the emulator but not their caches."""
 
     settings: Settings
@@ -50,8 +51,8 @@ class Rig:
     oauth_timeout: tuple[float, float] | None = None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], client_secret: str, **policy: Any) -> Rig:
-        """A rig from an AwsStack.env()-style mapping (plus OAUTH_SERVERS, LOCAL_MODE, client id)."""
+    def from_env(cls, env: Mapping[str, str], client_secret: str, **policy: Any) -> Workers:
+        """Workers from a rig's environment-style mapping (plus OAUTH_SERVERS, LOCAL_MODE, client id)."""
         settings = load_settings(env)
         base = RefreshPolicy.from_settings(settings)
         import boto3
@@ -115,10 +116,10 @@ def access_token_works(client_endpoint: str, access_token: str) -> bool:
 
 
 def run_concurrently(
-    rig: Rig, member_id: str, rejected_access_token: str, callers: int
+    workers_of: Workers, member_id: str, rejected_access_token: str, callers: int
 ) -> list[TokenSet | BaseException]:
     """`callers` threads, each its own worker, released together at a barrier; results in order."""
-    workers = [rig.worker() for _ in range(callers)]
+    workers = [workers_of.worker() for _ in range(callers)]
     barrier = threading.Barrier(callers)
     results: list[TokenSet | BaseException] = [RuntimeError("not run")] * callers
 
@@ -141,7 +142,7 @@ def run_concurrently(
 def process_context() -> Any:
     """A forkserver context with the vault preloaded: separate processes without re-importing per child."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["tests.support.vault_rig"])
+    ctx.set_forkserver_preload(["tests.support.workers"])
     return ctx
 
 
@@ -164,10 +165,10 @@ def refresher_process(
     for name in [n for n in os.environ if n.startswith("AWS_ENDPOINT_URL") and n not in env]:
         del os.environ[name]
     os.environ.update(env)
-    rig = Rig.from_env(env, client_secret, **(policy or {}))
+    workers_of = Workers.from_env(env, client_secret, **(policy or {}))
     if mode != "normal":
-        rig.refresher_wrapper = lambda inner: _Crashing(inner, after=mode == "die_after_refresh")
-    workers = [rig.worker() for _ in range(threads)]
+        workers_of.refresher_wrapper = lambda inner: _Crashing(inner, after=mode == "die_after_refresh")
+    workers = [workers_of.worker() for _ in range(threads)]
     output: list[tuple[str, str]] = []
     lock = threading.Lock()
 
