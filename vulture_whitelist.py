@@ -29,7 +29,7 @@ _.total  # bitrix24/envelope.py BatchResult.total: Bitrix24's list total, kept w
 _.source_ip  # web/http.py HttpRequest.source_ip: API Gateway's requestContext.http.sourceIp
 
 # Public seams the tests use instead of private attributes.
-_.reset  # wiring.reset(): a cold start in the security harness (every builder forgotten)
+_.reset  # wiring.reset(): a cold start in the tests (tests/support/faults.py cold_start: every builder forgotten)
 _.kms_calls  # vault/cipher.py: the "a warm read makes no KMS call" invariant is counted through it
 _.known_codes  # bitrix24/envelope.py: the error-table test compares docs/bitrix24-errors.md with it
 _.writes  # shared_pacing.py DynamoTokenBucket: DynamoDB writes made, the cost the pacing tests bound
