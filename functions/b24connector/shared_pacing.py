@@ -125,7 +125,8 @@ def _tat_of(item: Mapping[str, Any] | None) -> float | None:
     return float(item["tat"]["N"])
 
 
-def _default_client() -> DynamoDBClient:
+def pacing_client() -> DynamoDBClient:
+    """The DynamoDB client a bucket builds on first use: short timeouts, few retries (it paces every call)."""
     client: DynamoDBClient = boto3.client(
         "dynamodb",
         region_name=aws_region(),
@@ -271,7 +272,7 @@ class DynamoTokenBucket:
     def _dynamodb(self) -> DynamoDBClient:
         with self._client_lock:
             if self._client is None:
-                self._client = _default_client()
+                self._client = pacing_client()
             return self._client
 
     def _reserve(self, key: str, lease: _Lease, wall_deadline: float | None, demand: int) -> deque[float]:

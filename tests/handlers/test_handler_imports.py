@@ -7,8 +7,9 @@ import sys
 from typing import Any
 
 import pytest
+from aws_lambda_powertools.utilities import parameters
 
-from b24connector import authorization, credentials, pkce, wiring
+from b24connector import authorization, pkce, wiring
 from b24connector.settings import ConfigError, get_settings, load_settings
 from b24connector.tokens import TokenSet
 from tests.handlers.test_handlers import ENV
@@ -99,11 +100,11 @@ def test_pkce_derives_its_verifier_from_its_own_key_never_the_cursor_key(
     conf = load_settings({**ENV, "PKCE_ENABLED": "true", "PKCE_SECRET_ID": "b24/pkce-key"})
     read: list[str] = []
 
-    def read_secret(secret_id: str, max_age: int) -> str:
+    def get_secret(secret_id: str, **_: Any) -> str:  # Powertools' public Secrets Manager reader
         read.append(secret_id)
         return f"key-of-{secret_id}"
 
-    monkeypatch.setattr(credentials, "_read_secret", read_secret)
+    monkeypatch.setattr(parameters, "get_secret", get_secret)
     built: list[Any] = []
     monkeypatch.setattr(authorization, "AuthorizationFlow", lambda *args, **kwargs: built.append(kwargs))
     wiring.authorization_flow.__wrapped__(conf)

@@ -16,7 +16,7 @@ from b24connector.bitrix24.pacing import LocalTokenBucket, Pacer
 from b24connector.bitrix24.portal_context import PortalContext
 from b24connector.bitrix24.rest import RestClient
 from b24connector.portals import PortalPolicy
-from b24connector.shared_pacing import DynamoTokenBucket
+from b24connector.shared_pacing import DynamoTokenBucket, pacing_client
 
 
 def main() -> int:
@@ -26,7 +26,12 @@ def main() -> int:
     pacer: Pacer
     if job["mode"] == "shared":
         shared = DynamoTokenBucket(
-            job["table"], rate, burst, lease_size=job.get("lease_size", 5), lease_seconds=job["lease_seconds"]
+            job["table"],
+            rate,
+            burst,
+            lease_size=job.get("lease_size", 5),
+            lease_seconds=job["lease_seconds"],
+            client=pacing_client(),  # built before the start line, as a warm container would have it
         )
         pacer = shared
     else:
@@ -36,8 +41,6 @@ def main() -> int:
         PortalPolicy((), (job["domain"],), local_mode=True), pacer=pacer, max_query_limit_retries=0
     )
     portal = PortalContext(job["client_endpoint"], job["token"], domain=job["domain"], pacing_key=job["key"])
-    if shared is not None:
-        shared._dynamodb()  # build the client before the start line, as a warm container would have it
     print("ready", flush=True)
     sys.stdin.readline()
     ok, errors, sent = 0, [], []
