@@ -54,7 +54,8 @@ def _json_binaries(value: Any) -> Any:
     return value
 
 
-def _lambda_record(record: dict[str, Any], stream_arn: str, region: str) -> dict[str, Any]:
+def lambda_record(record: dict[str, Any], stream_arn: str, region: str) -> dict[str, Any]:
+    """A record as GetRecords returned it (boto3), turned into what Lambda's stream event carries."""
     change = _json_binaries(dict(record.get("dynamodb") or {}))
     created = change.get("ApproximateCreationDateTime")
     if isinstance(created, datetime):
@@ -109,7 +110,7 @@ class StreamPoller:
             return None
         source = binding.source
         batch = [binding.pending[i] for i in range(min(source.batch_size, len(binding.pending)))]
-        event = {"Records": [_lambda_record(r, binding.stream_arn, self.region) for r in batch]}
+        event = {"Records": [lambda_record(r, binding.stream_arn, self.region) for r in batch]}
         outcome = self.invoke(source.function, event)
         done = len(batch)
         if outcome.function_error:

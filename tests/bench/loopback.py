@@ -3,13 +3,14 @@ session: the shared shell of the bench's DynamoDB proxy and OAuth facade."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable
-from typing import Any, Self
+from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+from tests.support.servers import ServedInThread
 
 
 class _Quiet(WSGIRequestHandler):
@@ -17,7 +18,7 @@ class _Quiet(WSGIRequestHandler):
         return
 
 
-class LoopbackForwarder:
+class LoopbackForwarder(ServedInThread):
     """Serves `_app` from a daemon thread; `_http` is the pooled session towards the upstream."""
 
     def __init__(self, name: str, *, pool_connections: int) -> None:
@@ -26,11 +27,9 @@ class LoopbackForwarder:
         self._http.mount(
             "http://", HTTPAdapter(pool_connections=pool_connections, pool_maxsize=64, max_retries=0)
         )
-        self.server: BaseWSGIServer = make_server(
-            "127.0.0.1", 0, self._app, threaded=True, request_handler=_Quiet
-        )
-        self.server.socket.listen(128)
-        self._thread = threading.Thread(target=self.server.serve_forever, name=name, daemon=True)
+        server: BaseWSGIServer = make_server("127.0.0.1", 0, self._app, threaded=True, request_handler=_Quiet)
+        server.socket.listen(128)
+        super().__init__(server, name)
 
     def _app(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         raise NotImplementedError
@@ -38,15 +37,4 @@ class LoopbackForwarder:
     @property
     def url(self) -> str:
         """http://127.0.0.1:<port>"""
-        return f"http://127.0.0.1:{self.server.server_port}"
-
-    def start(self) -> Self:
-        """Serve from a daemon thread."""
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving."""
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=5)
+        return f"http://127.0.0.1:{self.port}"

@@ -8,16 +8,16 @@ import json
 import socket
 import socketserver
 import threading
-from dataclasses import dataclass, field
 from typing import Any
 
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from bitrix24_emulator.wsgi import QuietRequestHandler
+from tests.support.servers import ServedInThread
 
 
-class CatchAll:
+class CatchAll(ServedInThread):
     """A loopback listener that records every connection and request line; nothing should reach it."""
 
     def __init__(self) -> None:
@@ -46,25 +46,12 @@ class CatchAll:
             allow_reuse_address = True
             daemon_threads = True
 
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, name="catch-all", daemon=True)
+        super().__init__(_Server(("127.0.0.1", 0), _Handler), "catch-all")
 
     @property
     def host(self) -> str:
         """host:port of the listener."""
         return f"127.0.0.1:{self.port}"
-
-    def start(self) -> CatchAll:
-        """Start listening."""
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop listening."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
 
     @property
     def hits(self) -> int:
@@ -73,16 +60,16 @@ class CatchAll:
             return self.connections
 
 
-@dataclass
-class CraftedOAuthServer:
+class CraftedOAuthServer(ServedInThread):
     """An allow-listed OAuth server that answers whatever the test scripts (a compromised or buggy one)."""
 
-    token_answer: dict[str, Any] = field(default_factory=dict)
-    app_info_answer: dict[str, Any] = field(default_factory=dict)
-    token_requests: int = 0
-    app_info_requests: int = 0
-    _server: BaseWSGIServer | None = None
-    _thread: threading.Thread | None = None
+    def __init__(self) -> None:
+        self.token_answer: dict[str, Any] = {}
+        self.app_info_answer: dict[str, Any] = {}
+        self.token_requests = 0
+        self.app_info_requests = 0
+        server = make_server("127.0.0.1", 0, self._app, threaded=True, request_handler=QuietRequestHandler)
+        super().__init__(server, "crafted-oauth")
 
     def _app(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)
@@ -96,33 +83,15 @@ class CraftedOAuthServer:
             return Response("{}", status=404, content_type="application/json")(environ, start_response)
         return Response(json.dumps(body), content_type="application/json")(environ, start_response)
 
-    def start(self) -> CraftedOAuthServer:
-        """Listen on an ephemeral loopback port."""
-        self._server = make_server(
-            "127.0.0.1", 0, self._app, threaded=True, request_handler=QuietRequestHandler
-        )
-        self._thread = threading.Thread(target=self._server.serve_forever, name="crafted-oauth", daemon=True)
-        self._thread.start()
-        return self
-
     @property
     def url(self) -> str:
         """Base URL (http://127.0.0.1:port)."""
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_port}"
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def host(self) -> str:
         """host:port."""
         return self.url.removeprefix("http://")
-
-    def stop(self) -> None:
-        """Stop listening."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
 
 
 def free_port() -> int:

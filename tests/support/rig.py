@@ -20,7 +20,6 @@ Every secret is canary-marked (tests/leak_canary.py), so a leak anywhere fails t
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import threading
@@ -48,11 +47,13 @@ from bitrix24_emulator.installer import install_event_request, install_page_requ
 from bitrix24_emulator.wsgi import QuietRequestHandler
 from local_stack.http_api import HttpApiFront
 from local_stack.runtime import InvocationResult
+from local_stack.streams import lambda_record
 from local_stack.template import Route
 from tests.leak_canary import canary_value
 from tests.support.aws import AwsStack
 from tests.support.aws_events import FakeContext, http_event, scheduler_event, sqs_event
 from tests.support.lifecycle import drain_queue
+from tests.support.servers import ServedInThread
 
 if TYPE_CHECKING:
     from b24connector.tokens import TokenSet
@@ -136,26 +137,15 @@ def all_text(*values: Any) -> Iterator[str]:
         yield json.dumps(value, default=str, sort_keys=True)
 
 
-class ApiFront:
+class ApiFront(ServedInThread):
     """The HTTP routes on a loopback port (API Gateway's event and answer mapping), handlers in process."""
 
     def __init__(self) -> None:
         front = HttpApiFront([Route(m, p, f) for (m, p), f in ROUTE_FUNCTION.items()], _invoke_in_process)
         # Quiet: access lines would carry callback codes and states.
-        self._server = make_server("127.0.0.1", 0, front, threaded=True, request_handler=QuietRequestHandler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="api-front", daemon=True)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-
-    def start(self) -> ApiFront:
-        """Serve in a background thread."""
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+        server = make_server("127.0.0.1", 0, front, threaded=True, request_handler=QuietRequestHandler)
+        super().__init__(server, "api-front")
+        self.url = f"http://127.0.0.1:{self.port}"
 
 
 def _invoke_in_process(function: str, event: dict[str, Any]) -> InvocationResult:
@@ -387,11 +377,7 @@ class Rig:
                 )["ShardIterator"]
             answer = streams.get_records(ShardIterator=position)
             self._stream_positions[arn] = answer["NextShardIterator"]
-            records = [
-                {**r, "eventSourceARN": arn, "dynamodb": _lambda_json({k: v for k, v in r["dynamodb"].items()
-                                                                       if k != "ApproximateCreationDateTime"})}
-                for r in answer.get("Records") or []
-            ]  # fmt: skip
+            records = [lambda_record(r, arn, self.stack.region) for r in answer.get("Records") or []]
             if records:
                 result = invoke("PublisherFunction", {"Records": records})
                 assert result == {"batchItemFailures": []}, result
@@ -583,14 +569,3 @@ class Scene:
         portal = self.workers.worker().store.get(self.member_id, consistent=True)
         assert portal is not None
         return portal
-
-
-def _lambda_json(value: Any) -> Any:
-    """Binary attribute values as Lambda's JSON event carries them (base64 text)."""
-    if isinstance(value, bytes | bytearray):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    if isinstance(value, dict):
-        return {k: _lambda_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_lambda_json(v) for v in value]
-    return value

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socketserver
 import subprocess
 import sys
 import threading
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NODE_PREFIX = REPO_ROOT / ".local" / "node"
@@ -158,3 +159,28 @@ class DynaliteServer(ChildServer):
         env = dict(os.environ)
         env["NODE_PATH"] = str(NODE_PREFIX / "node_modules")
         super().__init__([node, str(Path(__file__).with_name("dynalite_main.js"))], env=env)
+
+
+class ServedInThread:
+    """A server of the standard library's kind (werkzeug's included) on loopback, served from a daemon
+    thread: the shell of the rig's API front and the hostile listeners."""
+
+    def __init__(self, server: socketserver.BaseServer, name: str) -> None:
+        self.server = server
+        self._thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+
+    @property
+    def port(self) -> int:
+        """The ephemeral port it listens on."""
+        return int(self.server.server_address[1])  # type: ignore[index]
+
+    def start(self) -> Self:
+        """Serve in the background."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(5)
