@@ -90,7 +90,9 @@ def _seed(bench: BenchStack, facade: OAuthFacade, portals: int, due: int) -> dic
         tokens = dataclasses.replace(
             tokens, member_id=member_id, obtained_at=obtained, server_endpoint=server_endpoint
         )
-        store.save_grant(tokens, domain=f"due{i}.bitrix24.com", role="admin")
+        # The portal's own address, as in production: its refresh answers name the same host, so no
+        # refresh looks like a rename (which would add a DomainIndex Query per refresh).
+        store.save_grant(tokens, domain=emulator.portal_domain, role="admin")
         facade.adopt(tokens.refresh_token, member_id)
         return member_id
 
@@ -131,6 +133,11 @@ def _sweep_and_drain(
 ) -> dict[str, Any]:
     stack = bench.stack
     portals_table = bench.table("PortalsTable")
+    # Seeding wrote every record into the PortalsTable stream: publish that backlog (PublisherFunction)
+    # first, so the measured drain holds only what the refreshes cause.
+    backlog_began = time.perf_counter()
+    stack.drain_queues()
+    backlog_seconds = time.perf_counter() - backlog_began
     # Warm workers: the drain is measured at steady state (cold starts are section 2's subject).
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
         list(pool.map(lambda _: stack.invoke("RefreshWorkerFunction", {"Records": []}), range(WORKERS)))
@@ -157,6 +164,7 @@ def _sweep_and_drain(
     calls = drain_counts["calls"]
     return {
         "sweep": sweep,
+        "seeding_backlog_seconds": backlog_seconds,
         "sweep_seconds": sweep_seconds,
         "sweep_calls": sweep_counts["calls"],
         "items_read": sweep_counts["items_read"].get(portals_table, 0),
@@ -235,8 +243,8 @@ def _report(section: Section, r: dict[str, Any]) -> None:
             f"{r['cpu_floor_seconds']:.1f} s ({r['cpu_floor_seconds'] / ideal:.1f}x ideal)",
         ],
         [
-            "seeding seconds (idle / due records)",
-            f"{r['idle_write_seconds']:.1f} / {r['due_write_seconds']:.1f}",
+            "seeding seconds (idle / due records; publishing their stream backlog, not measured)",
+            f"{r['idle_write_seconds']:.1f} / {r['due_write_seconds']:.1f}; {r['seeding_backlog_seconds']:.1f}",
         ],
     ]
     section.table("Refresh at scale", ["measure", "value"], rows)
