@@ -130,8 +130,53 @@ def _failed_ids(result: Any, batch_ids: set[str]) -> set[str] | None:
     return failed
 
 
-class SqsPoller:
+class BackgroundPoller:
+    """What every event source poller shares: `drain()` on demand, or every interval in a daemon thread
+    until stop(), as Lambda's pollers run beside the functions."""
+
+    kind = "event source"  # names the poller in its thread and in the log line of a failed poll
+    log = _log
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def drain(self) -> DrainReport:
+        """Feed everything waiting to the functions; the subclass knows where it waits."""
+        raise NotImplementedError
+
+    def _after_drain(self, report: DrainReport) -> None:
+        """What a background poll reports after a drain (nothing unless the subclass says)."""
+
+    def start_background(self, interval_seconds: float) -> None:
+        """Poll every interval until stop()."""
+        if self._thread is not None:
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(interval_seconds):
+                try:
+                    report = self.drain()
+                except Exception:
+                    self.log.exception("background %s poll failed", self.kind)
+                    continue
+                self._after_drain(report)
+
+        self._thread = threading.Thread(target=loop, name=f"{self.kind.lower()}-poller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the background poller (waits for the batch in flight)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+
+class SqsPoller(BackgroundPoller):
     """Polls the bound queues and feeds their functions, on demand or in a background thread."""
+
+    kind = "SQS"
 
     def __init__(
         self,
@@ -147,8 +192,7 @@ class SqsPoller:
         self.invoke = invoke
         self.region = region
         self.concurrency = max(1, concurrency)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
         self._report_lock = threading.Lock()
 
     def _receive(self, binding: QueueBinding) -> list[dict[str, Any]]:
@@ -230,35 +274,14 @@ class SqsPoller:
                 future.result()
         return report
 
-    def start_background(self, interval_seconds: float) -> None:
-        """Poll every interval until stop()."""
-        if self._thread is not None:
-            return
-
-        def loop() -> None:
-            while not self._stop.wait(interval_seconds):
-                try:
-                    report = self.drain()
-                except Exception:
-                    _log.exception("background SQS poll failed")
-                    continue
-                if report.batches:
-                    _log.info(
-                        "sqs: %d messages received, %d deleted, %d left for retry",
-                        report.received,
-                        report.deleted,
-                        report.failed,
-                    )
-
-        self._thread = threading.Thread(target=loop, name="sqs-poller", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop the background poller (waits for the batch in flight)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+    def _after_drain(self, report: DrainReport) -> None:
+        if report.batches:
+            _log.info(
+                "sqs: %d messages received, %d deleted, %d left for retry",
+                report.received,
+                report.deleted,
+                report.failed,
+            )
 
 
 def schedule_event(

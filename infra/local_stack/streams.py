@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from local_stack.event_sources import BatchOutcome, DrainReport, Invoke
+from local_stack.event_sources import BackgroundPoller, BatchOutcome, DrainReport, Invoke
 from local_stack.template import StreamSource
 
 _log = logging.getLogger("local_stack.streams")
@@ -69,8 +69,11 @@ def lambda_record(record: dict[str, Any], stream_arn: str, region: str) -> dict[
     }
 
 
-class StreamPoller:
+class StreamPoller(BackgroundPoller):
     """Reads the bound streams and feeds their functions, on demand or in a background thread."""
+
+    kind = "stream"
+    log = _log
 
     def __init__(
         self, bindings: list[StreamBinding], streams_client: Any, invoke: Invoke, *, region: str
@@ -80,8 +83,7 @@ class StreamPoller:
         self.invoke = invoke
         self.region = region
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
 
     def _fill(self, binding: StreamBinding) -> None:
         if not binding.iterators:
@@ -149,25 +151,3 @@ class StreamPoller:
                     if outcome.deleted < outcome.received:
                         break  # retried on the next drain, as Lambda retries from the failed record
         return report
-
-    def start_background(self, interval_seconds: float) -> None:
-        """Poll every interval until stop()."""
-        if self._thread is not None:
-            return
-
-        def loop() -> None:
-            while not self._stop.wait(interval_seconds):
-                try:
-                    self.drain()
-                except Exception:
-                    _log.exception("background stream poll failed")
-
-        self._thread = threading.Thread(target=loop, name="stream-poller", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop the background poller (waits for the batch in flight)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
