@@ -29,25 +29,19 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from b24connector.bitrix24.errors import Bitrix24Error
-from b24connector.identifiers import is_member_id
-from b24connector.leads import LeadsRefusal, PortalOpener, error_for
+from b24connector.leads import FIELD_NAME, LEAD_METHOD, PortalOpener, error_for, portal_key
+from b24connector.leads.errors import invalid
 from b24connector.numbers import ascii_int
 from b24connector.vault.errors import VaultError
 
-INVALID_REQUEST = "INVALID_REQUEST"
 MAX_CHANGES_LIMIT = 5_000
 DEFAULT_CHANGES_LIMIT = 500
 PAGE = 50  # crm.lead.list with start=-1 answers at most 50 rows (docs/bitrix24-facts.md#f-list-1)
 _ALLOWED = frozenset({"member_id", "domain", "changed_since", "checkpoint", "select", "limit"})
-_FIELD = re.compile(r"(?:[A-Za-z][A-Za-z0-9_]{0,63}|\*|UF_\*)\Z")
 # A date-time as the portal writes DATE_MODIFY (2021-11-26T18:56:13+02:00), or without a zone.
 _ISO = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:[+-]\d{2}:\d{2}|Z)?\Z")
 _MAX_SELECT = 200
 _CHECKPOINT_VERSION = 1
-
-
-def _invalid(message: str) -> LeadsRefusal:
-    return LeadsRefusal(INVALID_REQUEST, message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +62,11 @@ class Checkpoint:
     def decode(cls, text: object) -> Checkpoint:
         """A checkpoint from its text; LeadsRefusal(INVALID_REQUEST) when it is not one."""
         if not isinstance(text, str) or not 0 < len(text) <= 256:
-            raise _invalid("checkpoint must be the text a previous answer gave")
+            raise invalid("checkpoint must be the text a previous answer gave")
         try:
             raw = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
         except (ValueError, binascii.Error):
-            raise _invalid("checkpoint must be the text a previous answer gave") from None
+            raise invalid("checkpoint must be the text a previous answer gave") from None
         lead_id = ascii_int(raw.get("id")) if isinstance(raw, dict) else None
         stamp = raw.get("t") if isinstance(raw, dict) else None
         if (
@@ -81,7 +75,7 @@ class Checkpoint:
             or not isinstance(stamp, str)
             or not _ISO.match(stamp)
         ):
-            raise _invalid("checkpoint must be the text a previous answer gave")
+            raise invalid("checkpoint must be the text a previous answer gave")
         return cls(stamp, lead_id)
 
 
@@ -104,57 +98,40 @@ def is_change_query(payload: object) -> bool:
 def parse_changes_request(payload: object, normalize_domain: Callable[[str], str]) -> ChangesRequest:
     """Validate a change query; LeadsRefusal(INVALID_REQUEST) naming what is wrong."""
     if not isinstance(payload, Mapping):
-        raise _invalid("the request must be a JSON object")
+        raise invalid("the request must be a JSON object")
     unknown = sorted(str(k) for k in payload if k not in _ALLOWED)
     if unknown:
-        raise _invalid(f"a change query takes no {', '.join(unknown[:5])}")
+        raise invalid(f"a change query takes no {', '.join(unknown[:5])}")
     start = _start(payload)
-    member_id, domain = _portal_key(payload, normalize_domain)
+    member_id, domain = portal_key(payload, normalize_domain)
     return ChangesRequest(member_id, domain, _select(payload), start, _limit(payload))
 
 
 def _start(payload: Mapping[str, Any]) -> Checkpoint:
     if ("changed_since" in payload) == ("checkpoint" in payload):
-        raise _invalid("give exactly one of changed_since or checkpoint")
+        raise invalid("give exactly one of changed_since or checkpoint")
     if "checkpoint" in payload:
         return Checkpoint.decode(payload["checkpoint"])
     since = payload["changed_since"]
     if not isinstance(since, str) or not _ISO.match(since):
-        raise _invalid("changed_since is an ISO 8601 date-time such as 2026-12-01T00:00:00+00:00")
+        raise invalid("changed_since is an ISO 8601 date-time such as 2026-12-01T00:00:00+00:00")
     return Checkpoint(since, 0)
 
 
 def _select(payload: Mapping[str, Any]) -> tuple[str, ...]:
     select = payload.get("select", ["ID", "TITLE", "STATUS_ID", "DATE_MODIFY"])
     if not isinstance(select, list) or not 0 < len(select) <= _MAX_SELECT:
-        raise _invalid(f"select is a list of 1-{_MAX_SELECT} field names")
-    if not all(isinstance(f, str) and _FIELD.match(f) for f in select):
-        raise _invalid("select holds field names such as 'TITLE', '*' or 'UF_*'")
+        raise invalid(f"select is a list of 1-{_MAX_SELECT} field names")
+    if not all(isinstance(f, str) and FIELD_NAME.match(f) for f in select):
+        raise invalid("select holds field names such as 'TITLE', '*' or 'UF_*'")
     return tuple(dict.fromkeys(["ID", "DATE_MODIFY", *select]))
 
 
 def _limit(payload: Mapping[str, Any]) -> int:
     limit = payload.get("limit", DEFAULT_CHANGES_LIMIT)
     if isinstance(limit, str) or ascii_int(limit, minimum=1, maximum=MAX_CHANGES_LIMIT) is None:
-        raise _invalid(f"limit is an integer from 1 to {MAX_CHANGES_LIMIT}")
+        raise invalid(f"limit is an integer from 1 to {MAX_CHANGES_LIMIT}")
     return int(limit)
-
-
-def _portal_key(payload: Mapping[str, Any], normalize: Callable[[str], str]) -> tuple[str | None, str | None]:
-    if ("member_id" in payload) == ("domain" in payload):
-        raise _invalid("give exactly one of member_id or domain")
-    if "member_id" in payload:
-        member_id = payload["member_id"]
-        if not is_member_id(member_id):
-            raise _invalid("member_id must be a string of 1-64 letters, digits, '_' or '-'")
-        return member_id, None
-    domain = payload["domain"]
-    if not isinstance(domain, str):
-        raise _invalid("domain must be a string")
-    try:
-        return None, normalize(domain)
-    except ValueError:
-        raise _invalid("domain is not an allowed Bitrix24 portal") from None
 
 
 class ChangesRest(Protocol):
@@ -215,7 +192,7 @@ class ChangesReader:
         self, portal: Any, request: ChangesRequest, filter_: dict[str, Any], order: dict[str, str]
     ) -> list[dict[str, Any]]:
         params = {"select": list(request.select), "filter": filter_, "order": order, "start": -1}
-        result = self._rest.call(portal, "crm.lead.list", params).result
+        result = self._rest.call(portal, LEAD_METHOD, params).result
         return [row for row in result if isinstance(row, dict)] if isinstance(result, list) else []
 
     @staticmethod

@@ -25,8 +25,8 @@ class EventBus:
         it was published ahead of it (beyond that call's own accepted entries).
         """
         done = 0
-        for chunk in self._chunks(events):
-            answer = self._client.put_events(Entries=[self._entry(e) for e in chunk])
+        for chunk in _chunks([self._entry(event) for event in events]):  # each detail serialized once
+            answer = self._client.put_events(Entries=chunk)
             if int(answer.get("FailedEntryCount") or 0):
                 results = answer.get("Entries") or []
                 for offset, result in enumerate(results):
@@ -44,13 +44,15 @@ class EventBus:
             "EventBusName": self._bus,
         }
 
-    def _chunks(self, events: Sequence[BusEvent]) -> Iterator[Sequence[BusEvent]]:
-        start, size = 0, 0
-        for index, event in enumerate(events):
-            weight = len(event.detail_json()) + len(event.detail_type) + len(SOURCE) + 64
-            if index > start and (index - start >= _MAX_ENTRIES or size + weight > _MAX_CALL_BYTES):
-                yield events[start:index]
-                start, size = index, 0
-            size += weight
-        if start < len(events):
-            yield events[start:]
+
+def _chunks(entries: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """PutEvents calls in order: at most 10 entries and under the request size limit each."""
+    start, size = 0, 0
+    for index, entry in enumerate(entries):
+        weight = len(entry["Detail"]) + len(entry["DetailType"]) + len(SOURCE) + 64
+        if index > start and (index - start >= _MAX_ENTRIES or size + weight > _MAX_CALL_BYTES):
+            yield entries[start:index]
+            start, size = index, 0
+        size += weight
+    if start < len(entries):
+        yield entries[start:]

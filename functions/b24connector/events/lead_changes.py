@@ -31,6 +31,7 @@ from b24connector.problems import forbidden, invalid, unavailable
 from b24connector.settings import LEAD_EVENT_NAMES
 from b24connector.vault.errors import VaultUnavailable
 from b24connector.vault.hashing import hash_secret
+from b24connector.vault.models import HEALTH_ACTIVE
 
 _OPAQUE = re.compile(r"[\x21-\x7e]{1,512}\Z")
 _MAX_TS = 2**40  # far beyond any plausible Unix time; keeps the key bounded
@@ -129,7 +130,7 @@ class LeadDeliveryDesk:
         # Compared as fixed-length SHA-256 hex digests, in constant time, before anything else is told.
         offered = hash_secret(delivery.application_token).encode("ascii")
         proven = hmac.compare_digest((stored or "\0" * 64).encode("ascii", "replace"), offered)
-        if portal is None or not stored or not proven or getattr(portal, "health", None) != "active":
+        if portal is None or not stored or not proven or getattr(portal, "health", None) != HEALTH_ACTIVE:
             raise forbidden("event_unauthenticated", "The event is not proven to come from this app.")
         if delivery.event not in self._published:
             return LeadOutcome.IGNORED

@@ -13,10 +13,8 @@ from typing import Any
 
 from b24connector.events import catalogue
 from b24connector.events.catalogue import BusEvent
+from b24connector.vault.models import HEALTH_ACTIVE, HEALTH_NEEDS_REAUTH, HEALTH_UNINSTALLED
 
-_ACTIVE = "active"
-_NEEDS_REAUTH = "needs_reauth"
-_UNINSTALLED = "uninstalled"
 _REASON_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 
 
@@ -64,7 +62,7 @@ def _at(new: Mapping[str, Any]) -> int:
 
 
 def _connected(member_id: str, old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> BusEvent | None:
-    if _text(new, "health") != _ACTIVE:
+    if _text(new, "health") != HEALTH_ACTIVE:
         return None
     return catalogue.portal_connected(
         member_id,
@@ -77,7 +75,7 @@ def _connected(member_id: str, old: Mapping[str, Any] | None, new: Mapping[str, 
 
 
 def _needs_reauth(member_id: str, old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> BusEvent | None:
-    if _text(new, "health") != _NEEDS_REAUTH or _text(old, "health") == _NEEDS_REAUTH:
+    if _text(new, "health") != HEALTH_NEEDS_REAUTH or _text(old, "health") == HEALTH_NEEDS_REAUTH:
         return None
     domain = _text(new, "domain") or _text(old, "domain")
     return catalogue.portal_needs_reauth(
@@ -86,7 +84,7 @@ def _needs_reauth(member_id: str, old: Mapping[str, Any] | None, new: Mapping[st
 
 
 def _uninstalled(member_id: str, old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> BusEvent | None:
-    if _text(new, "health") != _UNINSTALLED or _text(old, "health") == _UNINSTALLED:
+    if _text(new, "health") != HEALTH_UNINSTALLED or _text(old, "health") == HEALTH_UNINSTALLED:
         return None
     # A clean uninstall removes the domain with everything else that describes the tenant.
     clean = _text(new, "domain") is None
@@ -97,7 +95,7 @@ def _uninstalled(member_id: str, old: Mapping[str, Any] | None, new: Mapping[str
 
 def _moved(member_id: str, old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> BusEvent | None:
     old_domain, new_domain = _text(old, "domain"), _text(new, "domain")
-    both_active = _text(new, "health") == _ACTIVE and _text(old, "health") == _ACTIVE
+    both_active = _text(new, "health") == HEALTH_ACTIVE and _text(old, "health") == HEALTH_ACTIVE
     if not both_active or old_domain is None or new_domain is None or old_domain == new_domain:
         return None
     return catalogue.portal_moved(member_id, _at(new), old_domain=old_domain, new_domain=new_domain)

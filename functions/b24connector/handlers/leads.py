@@ -20,6 +20,13 @@ if TYPE_CHECKING:
 ANSWER_RESERVE_SECONDS = 3.0
 
 
+def _refused(query: str, exc: LeadsRefusal) -> dict[str, Any]:
+    """Log and count an expected refusal (metric `<query><Code>`, e.g. LeadsInvalidRequest); its answer."""
+    logger.info(f"{query.lower()} refused", extra={"code": exc.code})
+    count(f"{query}{exc.code.title().replace('_', '')}")
+    return exc.answer()
+
+
 def read_changes(event: Any, deadline: float) -> dict[str, Any]:
     """A change query (docs/bitrix24-facts.md#f-events-14); expected failures become error answers."""
     conf = get_settings()
@@ -27,9 +34,7 @@ def read_changes(event: Any, deadline: float) -> dict[str, Any]:
         request = parse_changes_request(event, wiring.portal_policy(conf).normalize)
         answer = wiring.changes_reader(conf).read(request, deadline=deadline)
     except LeadsRefusal as exc:
-        logger.info("changes refused", extra={"code": exc.code})
-        count(f"Changes{exc.code.title().replace('_', '')}")
-        return exc.answer()
+        return _refused("Changes", exc)
     count("ChangesServed", answer["count"])
     logger.info("changes served", extra={"count": answer["count"], "more": answer["more"]})
     return answer
@@ -44,9 +49,7 @@ def read_leads(event: Any, deadline: float) -> dict[str, Any]:
         request = parse_request(event, wiring.portal_policy(conf).normalize)
         page = wiring.leads_reader(conf).read(request, deadline=deadline)
     except LeadsRefusal as exc:
-        logger.info("leads refused", extra={"code": exc.code})
-        count(f"Leads{exc.code.title().replace('_', '')}")
-        return exc.answer()
+        return _refused("Leads", exc)
     count("LeadsServed", len(page.leads))
     extra: dict[str, Any] = {"count": len(page.leads), "more": page.next_cursor is not None}
     if page.split_cursors is not None:

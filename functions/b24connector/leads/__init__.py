@@ -32,18 +32,21 @@ from b24connector.leads.portals import OpenPortal, PortalOpener, VaultPortalOpen
 from b24connector.leads.reader import BATCH_ROWS, PARALLEL_FROM, LeadLister, LeadsReader
 from b24connector.leads.request import (
     DEFAULT_LIMIT,
+    FIELD_NAME,
     LEAD_METHOD,
     MAX_LIMIT,
     MAX_QUERY_BYTES,
     MAX_SPLIT,
     LeadsRequest,
     parse_request,
+    portal_key,
 )
 from b24connector.leads.split import split_points
 
 __all__ = [
     "BATCH_ROWS",
     "DEFAULT_LIMIT",
+    "FIELD_NAME",
     "INVALID_REQUEST",
     "LEAD_METHOD",
     "MAX_ANSWER_BYTES",
@@ -68,6 +71,7 @@ __all__ = [
     "VaultPortalOpener",
     "error_for",
     "parse_request",
+    "portal_key",
     "row_bytes",
     "split_points",
 ]

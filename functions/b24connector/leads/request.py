@@ -37,7 +37,7 @@ MAX_QUERY_BYTES = 16 * 1024
 MAX_SPLIT = 16
 
 _ALLOWED_KEYS = frozenset({"member_id", "domain", "select", "filter", "order", "limit", "cursor", "split"})
-_FIELD = re.compile(r"(?:[A-Za-z][A-Za-z0-9_]{0,63}|\*|UF_\*)\Z")
+FIELD_NAME = re.compile(r"(?:[A-Za-z][A-Za-z0-9_]{0,63}|\*|UF_\*)\Z")
 # Bitrix24 filter keys: an optional operator prefix, then a field name (crm.lead.list documents
 # >=, >, <=, <, @, !@, %, =%, %=, !%, !%=, =, !=, !). Longer operators first: `!%=` before `!%`.
 _FILTER_KEY = re.compile(
@@ -86,7 +86,7 @@ def parse_request(payload: object, normalize_domain: Callable[[str], str]) -> Le
     unknown = sorted(str(key) for key in payload if key not in _ALLOWED_KEYS)
     if unknown:
         raise invalid(f"unknown keys: {', '.join(unknown)[:200]}")
-    member_id, domain = _portal_key(payload, normalize_domain)
+    member_id, domain = portal_key(payload, normalize_domain)
     _check_order(payload.get("order"))
     select = _select(payload.get("select"))
     filter_ = _filter(payload.get("filter"))
@@ -109,9 +109,10 @@ def _check_query_size(select: tuple[str, ...], filter_: Mapping[str, Any]) -> No
         raise invalid(f"select and filter together may hold at most {MAX_QUERY_BYTES} bytes of JSON")
 
 
-def _portal_key(
+def portal_key(
     payload: Mapping[str, Any], normalize_domain: Callable[[str], str]
 ) -> tuple[str | None, str | None]:
+    """(member_id, None) or (None, normalized domain): exactly one must be given (page and change queries)."""
     has_member, has_domain = "member_id" in payload, "domain" in payload
     if has_member == has_domain:
         raise invalid("give exactly one of member_id or domain")
@@ -139,7 +140,7 @@ def _select(value: object) -> tuple[str, ...]:
         raise invalid(f"select may name at most {MAX_SELECT_FIELDS} fields")
     fields: list[str] = []
     for name in value:
-        if not isinstance(name, str) or not _FIELD.match(name):
+        if not isinstance(name, str) or not FIELD_NAME.match(name):
             raise invalid("select entries must be field names such as 'TITLE', '*' or 'UF_*'")
         if name not in fields:
             fields.append(name)
